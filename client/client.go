@@ -1,0 +1,219 @@
+// Package client is the merpati client: it runs next to the Telegram app,
+// accepts the app's connections on a local SOCKS5 port, and carries each as
+// a stream of one long-lived, authenticated session to a relay named in the
+// user's share link.
+//
+// Configure it with a [Config] and start it with [Run], or with [New] and
+// [Client.ServeSOCKS] on a listener of the caller's.
+package client
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"time"
+
+	"github.com/merpati/merpati/client/pick"
+	"github.com/merpati/merpati/client/socks5"
+	"github.com/merpati/merpati/transport"
+	"github.com/merpati/merpati/transport/auth"
+	"github.com/merpati/merpati/transport/link"
+	"github.com/merpati/merpati/transport/tlscarrier"
+)
+
+// DefaultListen is where the SOCKS5 front listens unless told otherwise.
+const DefaultListen = "127.0.0.1:1080"
+
+// Config configures a client.
+type Config struct {
+	// Link is the user's share link. Required.
+	Link *link.Link
+	// Listen is the SOCKS5 address for [Run]; empty means DefaultListen.
+	Listen string
+	// SocksUsers, if not empty, requires SOCKS5 username/password
+	// authentication (RFC 1929) with one of these user → password pairs.
+	SocksUsers map[string]string
+	// DialContext opens TCP connections to relays; nil means a
+	// net.Dialer.
+	DialContext func(ctx context.Context, network, addr string) (net.Conn, error)
+	// OpenTimeout bounds opening one stream, from session to the relay's
+	// answer; zero means 20 seconds.
+	OpenTimeout time.Duration
+	// Logger receives the client's logs; nil discards.
+	Logger *slog.Logger
+}
+
+// A Client carries streams to relays. It is safe for concurrent use.
+type Client struct {
+	cfg    Config
+	log    *slog.Logger
+	picker *pick.Picker
+}
+
+// New checks cfg and returns a Client. It connects to nothing until the
+// first stream is opened.
+func New(cfg Config) (*Client, error) {
+	if cfg.Link == nil {
+		return nil, errors.New("client: Config.Link: required")
+	}
+	if err := cfg.Link.Validate(); err != nil {
+		return nil, fmt.Errorf("client: Config.Link: %w", err)
+	}
+	if cfg.Listen == "" {
+		cfg.Listen = DefaultListen
+	}
+	if cfg.OpenTimeout <= 0 {
+		cfg.OpenTimeout = 20 * time.Second
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	var cands []pick.Candidate
+	for _, relay := range cfg.Link.Relays {
+		for _, carrier := range cfg.Link.Carriers {
+			if carrier != "tls" {
+				continue // QUIC is not built yet
+			}
+			d, err := tlscarrier.NewDialer(tlscarrier.ClientConfig{
+				Addr:        relay,
+				ServerName:  cfg.Link.SNI,
+				Pin:         cfg.Link.Pin,
+				Key:         auth.Key(cfg.Link.Key),
+				DialContext: cfg.DialContext,
+				Logger:      log,
+			})
+			if err != nil {
+				return nil, fmt.Errorf("client: relay %s: %w", relay, err)
+			}
+			cands = append(cands, pick.Candidate{Relay: relay, Dialer: d})
+		}
+	}
+	if len(cands) == 0 {
+		return nil, errors.New("client: the link offers no carrier this client supports (tls)")
+	}
+	p, err := pick.New(pick.Config{Candidates: cands, Logger: log})
+	if err != nil {
+		return nil, fmt.Errorf("client: %w", err)
+	}
+	return &Client{cfg: cfg, log: log, picker: p}, nil
+}
+
+// Run listens on cfg.Listen and serves SOCKS5 until ctx is done.
+func Run(ctx context.Context, cfg Config) error {
+	c, err := New(cfg)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	ln, err := net.Listen("tcp", c.cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("client: %w", err)
+	}
+	c.log.Info("SOCKS5 listening", "addr", ln.Addr().String())
+	return c.ServeSOCKS(ctx, ln)
+}
+
+// Close closes the session to the relay.
+func (c *Client) Close() error { return c.picker.Close() }
+
+// Active returns the session in use, or nil.
+func (c *Client) Active() *pick.Active { return c.picker.Current() }
+
+// ServeSOCKS serves SOCKS5 on ln until ctx is done, and closes ln.
+func (c *Client) ServeSOCKS(ctx context.Context, ln net.Listener) error {
+	srv := &socks5.Server{Config: socks5.Config{Users: c.cfg.SocksUsers}, Logger: c.log}
+	return srv.Serve(ctx, ln, c.handleSOCKS)
+}
+
+func (c *Client) handleSOCKS(ctx context.Context, conn net.Conn, req *socks5.Request) {
+	target := transport.AddrTarget(req.Host, req.Port)
+	st, err := c.OpenStream(ctx, target)
+	if err != nil {
+		c.log.Debug("stream not opened", "dc", target.String(), "err", err)
+		socks5.Reply(conn, replyCode(err), nil)
+		return
+	}
+	if err := socks5.Reply(conn, socks5.ReplySucceeded, nil); err != nil {
+		st.Close()
+		return
+	}
+	transport.Splice(conn, st, nil)
+}
+
+// replyCode maps a stream-opening error to the SOCKS5 reply the app sees.
+func replyCode(err error) socks5.ReplyCode {
+	var se *transport.StatusError
+	if !errors.As(err, &se) {
+		return socks5.ReplyGeneralFailure
+	}
+	switch se.Status {
+	case transport.StatusNotAllowed:
+		return socks5.ReplyNotAllowed
+	case transport.StatusUnreachable:
+		return socks5.ReplyHostUnreachable
+	case transport.StatusRefused:
+		return socks5.ReplyConnectionRefused
+	case transport.StatusTimeout:
+		return socks5.ReplyTTLExpired
+	default:
+		return socks5.ReplyGeneralFailure
+	}
+}
+
+// OpenStream opens a stream to target through the relay and waits for the
+// relay's answer. A *transport.StatusError says the relay refused it. If
+// the session turns out to be dead, it is replaced and the open retried
+// once; any other failure leaves the session alone.
+func (c *Client) OpenStream(ctx context.Context, target transport.Target) (transport.Stream, error) {
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.OpenTimeout)
+	defer cancel()
+	var lastErr error
+	for range 2 {
+		a, err := c.picker.Session(ctx)
+		if err != nil {
+			return nil, err
+		}
+		st, err := c.open(ctx, a.Session, target)
+		if err == nil {
+			return st, nil
+		}
+		select {
+		case <-a.Session.Done():
+			// The session died under us: replace it and try once more.
+			c.picker.Fail(a, err)
+			lastErr = err
+		default:
+			// The relay refused or reset this stream; the session is
+			// fine and stays.
+			return nil, err
+		}
+	}
+	return nil, lastErr
+}
+
+func (c *Client) open(ctx context.Context, s transport.Session, target transport.Target) (transport.Stream, error) {
+	st, err := s.OpenStream(ctx)
+	if err != nil {
+		return nil, err
+	}
+	stop := context.AfterFunc(ctx, func() { st.SetDeadline(time.Now()) })
+	defer stop()
+	req := transport.OpenRequest{Target: target, Padding: rand.IntN(64)}
+	if _, err := req.WriteTo(st); err != nil {
+		st.Close()
+		return nil, fmt.Errorf("open stream: %w", err)
+	}
+	if _, err := transport.ReadOpenReply(st); err != nil {
+		st.Close()
+		return nil, err
+	}
+	if !stop() {
+		st.Close()
+		return nil, ctx.Err()
+	}
+	return st, nil
+}

@@ -1,0 +1,197 @@
+// Command merpati is the merpati client: run it next to the Telegram app,
+// give it the share link you received, and point Telegram at it. It
+// carries Telegram's connections, disguised as a browser's, to a relay
+// outside the censored network.
+//
+// Usage:
+//
+//	merpati import LINK                      keep LINK in your config directory
+//	merpati run [--link LINK] [--listen ADDR] [--socks-user USER:PASS] [--log-level LEVEL] [--log-format text|json]
+//
+// run starts a SOCKS5 proxy on 127.0.0.1:1080 (change it with --listen) and
+// prints the tg://socks link and QR code that Telegram apps import: open
+// the link on the same device, or in Telegram go to Settings → Data and
+// Storage → Proxy → Add proxy → SOCKS5, server 127.0.0.1, port 1080.
+// Without --link it uses the link saved by import. --socks-user requires
+// that user name and password from SOCKS5 clients (RFC 1929), useful when
+// --listen is not a loopback address.
+//
+// --config-dir (default: your OS's config directory, such as
+// ~/.config/merpati) is where import keeps the link, in a file only you can
+// read.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"github.com/merpati/merpati/client"
+	"github.com/merpati/merpati/transport/link"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	if errors.Is(err, flag.ErrHelp) {
+		os.Exit(2)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "merpati:", err)
+		os.Exit(1)
+	}
+}
+
+const usage = `usage:
+  merpati import LINK
+  merpati run [--link LINK] [--listen 127.0.0.1:1080] [--socks-user USER:PASS]
+Run "merpati COMMAND -h" for a command's flags.`
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		fmt.Fprintln(stderr, usage)
+		return flag.ErrHelp
+	}
+	switch args[0] {
+	case "import":
+		return cmdImport(args[1:], stdout, stderr)
+	case "run":
+		return cmdRun(ctx, args[1:], stdout, stderr)
+	case "-h", "-help", "--help", "help":
+		fmt.Fprintln(stdout, usage)
+		return nil
+	}
+	fmt.Fprintln(stderr, usage)
+	return fmt.Errorf("unknown command %q", args[0])
+}
+
+func newFlagSet(name string, stderr io.Writer) (*flag.FlagSet, *string) {
+	fs := flag.NewFlagSet("merpati "+name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	dir := fs.String("config-dir", "", "where the imported link is kept (default: OS config dir/merpati)")
+	return fs, dir
+}
+
+func linkPath(dir string) (string, error) {
+	if dir == "" {
+		base, err := os.UserConfigDir()
+		if err != nil {
+			return "", fmt.Errorf("no config directory (use --config-dir): %w", err)
+		}
+		dir = filepath.Join(base, "merpati")
+	}
+	return filepath.Join(dir, "link"), nil
+}
+
+func cmdImport(args []string, stdout, stderr io.Writer) error {
+	fs, dir := newFlagSet("import", stderr)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() != 1 {
+		return errors.New("import: want exactly one LINK")
+	}
+	l, err := link.Parse(strings.TrimSpace(fs.Arg(0)))
+	if err != nil {
+		return fmt.Errorf("import: %w", err)
+	}
+	path, err := linkPath(*dir)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return err
+	}
+	if err := os.WriteFile(path, []byte(l.String()+"\n"), 0o600); err != nil {
+		return fmt.Errorf("import: %w", err)
+	}
+	fmt.Fprintf(stdout, "Link for %s saved to %s. Start with: merpati run\n", strings.Join(l.Relays, ", "), path)
+	return nil
+}
+
+func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs, dir := newFlagSet("run", stderr)
+	linkFlag := fs.String("link", "", "share link merpati://... (default: the imported one)")
+	listen := fs.String("listen", client.DefaultListen, "SOCKS5 listen address")
+	socksUser := fs.String("socks-user", "", "require SOCKS5 USER:PASS")
+	level := fs.String("log-level", "info", "log level: debug, info, warn, error")
+	format := fs.String("log-format", "text", "log format: text or json")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	log, err := newLogger(stderr, *level, *format)
+	if err != nil {
+		return err
+	}
+	text := *linkFlag
+	if text == "" {
+		path, err := linkPath(*dir)
+		if err != nil {
+			return err
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return fmt.Errorf("no --link given and none imported (%w); run: merpati import 'merpati://...'", err)
+		}
+		text = strings.TrimSpace(string(b))
+	}
+	l, err := link.Parse(text)
+	if err != nil {
+		return err
+	}
+	cfg := client.Config{Link: l, Listen: *listen, Logger: log}
+	var user, pass string
+	if *socksUser != "" {
+		var ok bool
+		user, pass, ok = strings.Cut(*socksUser, ":")
+		if !ok || user == "" {
+			return errors.New("--socks-user: want USER:PASS")
+		}
+		cfg.SocksUsers = map[string]string{user: pass}
+	}
+	c, err := client.New(cfg)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	ln, err := net.Listen("tcp", *listen)
+	if err != nil {
+		return err
+	}
+	host, portStr, _ := net.SplitHostPort(ln.Addr().String())
+	port, _ := strconv.Atoi(portStr)
+	tg := link.SocksLink(host, uint16(port), user, pass)
+	qr, err := link.TerminalQR(tg)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "SOCKS5 proxy for Telegram on %s. Open this link in Telegram on this device:\n\n%s\n\n%s\n", ln.Addr(), tg, qr)
+	log.Info("client started", "socks", ln.Addr().String(), "relays", len(l.Relays))
+	return c.ServeSOCKS(ctx, ln)
+}
+
+func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level: %w", err)
+	}
+	opts := &slog.HandlerOptions{Level: l}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("--log-format: want text or json, not %q", format)
+}

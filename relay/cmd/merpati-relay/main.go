@@ -1,0 +1,330 @@
+// Command merpati-relay runs a merpati relay: a server outside the censored
+// network that forwards its users' Telegram traffic to Telegram's
+// datacenters, and only there, while looking like an ordinary web site to
+// everyone else.
+//
+// Usage:
+//
+//	merpati-relay init --dir DIR --public HOST:PORT [--listen ADDR] [--cover URL] [--sni NAME] [--name NAME]
+//	                   [--dc ID=HOST:PORT]... [--allow CIDR]...
+//	merpati-relay run --dir DIR [--log-level LEVEL] [--log-format text|json]
+//	merpati-relay link add NAME --dir DIR [--quota BYTES] [--max-conns N] [--expires DURATION]
+//	merpati-relay link list --dir DIR
+//	merpati-relay link show NAME --dir DIR
+//	merpati-relay link revoke NAME --dir DIR
+//
+// init creates DIR with the relay's settings (relay.json), its certificate
+// and key (key.pem, mode 0600) and its access keys (keys.json, 0600), makes
+// a first access key, and prints its share link and QR code. --public is
+// the address users reach the relay at (repeatable); --cover is the https://
+// URL of the real web site that everyone without a key is shown (default
+// https://www.example.com; choose a site on your own server or one that is
+// plausible for your relay's address); --sni overrides the server name
+// clients send (default: the cover URL's host).
+//
+// run serves. It reloads keys.json when it changes, and on SIGHUP: a revoked
+// key's sessions end at once, and nobody else notices.
+//
+// link manages per-person access keys: give every person their own, so any
+// one can be revoked without disturbing the others.
+//
+// --dc and --allow exist for test labs: they point a datacenter number at
+// another address and allow extra target ranges. On a real relay leave them
+// out: the built-in table allows only Telegram.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/merpati/merpati/relay"
+	"github.com/merpati/merpati/relay/access"
+	"github.com/merpati/merpati/transport/link"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	if errors.Is(err, flag.ErrHelp) {
+		os.Exit(2)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "merpati-relay:", err)
+		os.Exit(1)
+	}
+}
+
+const usage = `usage:
+  merpati-relay init --dir DIR --public HOST:PORT [--listen ADDR] [--cover URL] [--sni NAME] [--name NAME]
+  merpati-relay run --dir DIR
+  merpati-relay link add|list|show|revoke [NAME] --dir DIR
+Run "merpati-relay COMMAND -h" for a command's flags.`
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		fmt.Fprintln(stderr, usage)
+		return flag.ErrHelp
+	}
+	switch args[0] {
+	case "init":
+		return cmdInit(args[1:], stdout, stderr)
+	case "run":
+		return cmdRun(ctx, args[1:], stderr)
+	case "link":
+		if len(args) < 2 {
+			fmt.Fprintln(stderr, usage)
+			return flag.ErrHelp
+		}
+		return cmdLink(args[1], args[2:], stdout, stderr)
+	case "-h", "-help", "--help", "help":
+		fmt.Fprintln(stdout, usage)
+		return nil
+	}
+	fmt.Fprintln(stderr, usage)
+	return fmt.Errorf("unknown command %q", args[0])
+}
+
+// listFlag is a repeatable string flag.
+type listFlag []string
+
+func (l *listFlag) String() string     { return strings.Join(*l, ",") }
+func (l *listFlag) Set(s string) error { *l = append(*l, s); return nil }
+
+// parse parses args with fs, allowing positional arguments before, between
+// and after flags ("link add alice --dir d"), and returns the positional
+// ones.
+func parse(fs *flag.FlagSet, args []string) ([]string, error) {
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, err
+		}
+		if fs.NArg() == 0 {
+			return pos, nil
+		}
+		pos = append(pos, fs.Arg(0))
+		args = fs.Args()[1:]
+	}
+}
+
+func newFlagSet(name string, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet("merpati-relay "+name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	return fs
+}
+
+func cmdInit(args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("init", stderr)
+	dir := fs.String("dir", "", "relay directory to create (required)")
+	var public, dcs, allow listFlag
+	fs.Var(&public, "public", "HOST:PORT users reach the relay at (repeatable; required)")
+	listen := fs.String("listen", ":443", "TCP address to listen on")
+	cover := fs.String("cover", "https://www.example.com", "https:// URL of the cover site shown to everyone without a key")
+	sni := fs.String("sni", "", "server name clients send (default: the cover URL's host)")
+	name := fs.String("name", "owner", "name of the first access key")
+	fs.Var(&dcs, "dc", "override a datacenter: ID=HOST:PORT (test labs only; repeatable)")
+	fs.Var(&allow, "allow", "allow an extra target range: CIDR (test labs only; repeatable)")
+	if _, err := parse(fs, args); err != nil {
+		return err
+	}
+	if *dir == "" {
+		return errors.New("init: --dir is required")
+	}
+	d, err := relay.Init(*dir, relay.Settings{
+		Listen: *listen, Public: public, Cover: *cover, SNI: *sni, DC: dcs, Allow: allow,
+	})
+	if err != nil {
+		return err
+	}
+	e, err := access.Add(d.KeysPath(), *name, access.Entry{})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "Relay created in %s. Start it with: merpati-relay run --dir %s\n\n", *dir, *dir)
+	return printLink(stdout, d, e)
+}
+
+func printLink(w io.Writer, d *relay.Dir, e access.Entry) error {
+	l := d.Link(e)
+	s := l.String()
+	qr, err := link.TerminalQR(s)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(w, "Share link for %q (give it to this person only):\n\n%s\n\n%s\n", e.Name, s, qr)
+	return nil
+}
+
+func cmdRun(ctx context.Context, args []string, stderr io.Writer) error {
+	fs := newFlagSet("run", stderr)
+	dir := fs.String("dir", "", "relay directory (required)")
+	level := fs.String("log-level", "info", "log level: debug, info, warn, error")
+	format := fs.String("log-format", "text", "log format: text or json")
+	if _, err := parse(fs, args); err != nil {
+		return err
+	}
+	if *dir == "" {
+		return errors.New("run: --dir is required")
+	}
+	log, err := newLogger(stderr, *level, *format)
+	if err != nil {
+		return err
+	}
+	d, err := relay.LoadDir(*dir)
+	if err != nil {
+		return err
+	}
+	cfg, err := d.Config(log)
+	if err != nil {
+		return err
+	}
+	cfg.Logger = log
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-hup:
+				if n, err := cfg.Keys.Reload(); err != nil {
+					log.Warn("keys not reloaded", "err", err)
+				} else {
+					log.Info("keys reloaded on SIGHUP", "keys", n)
+				}
+			}
+		}
+	}()
+	return relay.Run(ctx, cfg)
+}
+
+func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level: %w", err)
+	}
+	opts := &slog.HandlerOptions{Level: l}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("--log-format: want text or json, not %q", format)
+}
+
+func cmdLink(sub string, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("link "+sub, stderr)
+	dir := fs.String("dir", "", "relay directory (required)")
+	quota := fs.Int64("quota", 0, "add: byte quota for this key (0 = none)")
+	maxConns := fs.Int("max-conns", 0, "add: maximum concurrent connections (0 = none)")
+	expires := fs.Duration("expires", 0, "add: key lifetime, such as 720h (0 = never)")
+	pos, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if *dir == "" {
+		return fmt.Errorf("link %s: --dir is required", sub)
+	}
+	d, err := relay.LoadDir(*dir)
+	if err != nil {
+		return err
+	}
+	needName := func() (string, error) {
+		if len(pos) != 1 {
+			return "", fmt.Errorf("link %s: want exactly one NAME", sub)
+		}
+		return pos[0], nil
+	}
+	switch sub {
+	case "add":
+		name, err := needName()
+		if err != nil {
+			return err
+		}
+		lim := access.Entry{QuotaBytes: *quota, MaxConns: *maxConns}
+		if *expires > 0 {
+			lim.Expires = time.Now().Add(*expires).UTC().Truncate(time.Second)
+		}
+		e, err := access.Add(d.KeysPath(), name, lim)
+		if err != nil {
+			return err
+		}
+		return printLink(stdout, d, e)
+	case "show":
+		name, err := needName()
+		if err != nil {
+			return err
+		}
+		entries, err := access.Load(d.KeysPath())
+		if err != nil {
+			return err
+		}
+		for _, e := range entries {
+			if e.Name == name {
+				return printLink(stdout, d, e)
+			}
+		}
+		return fmt.Errorf("%w: %s", access.ErrNotFound, name)
+	case "revoke":
+		name, err := needName()
+		if err != nil {
+			return err
+		}
+		if err := access.Revoke(d.KeysPath(), name); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "Revoked %q. A running relay drops its sessions within a second.\n", name)
+		return nil
+	case "list":
+		entries, err := access.Load(d.KeysPath())
+		if err != nil {
+			return err
+		}
+		used, err := access.LoadUsage(d.UsagePath())
+		if err != nil {
+			return err
+		}
+		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "NAME\tCREATED\tUSED\tQUOTA\tMAX-CONNS\tEXPIRES")
+		for _, e := range entries {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", e.Name, e.Created.Format(time.DateOnly),
+				bytesString(used[e.Name]), orNone(e.QuotaBytes > 0, bytesString(e.QuotaBytes)),
+				orNone(e.MaxConns > 0, fmt.Sprint(e.MaxConns)), orNone(!e.Expires.IsZero(), e.Expires.Format(time.DateTime)))
+		}
+		return tw.Flush()
+	}
+	return fmt.Errorf("unknown link command %q (want add, list, show or revoke)", sub)
+}
+
+func orNone(ok bool, s string) string {
+	if ok {
+		return s
+	}
+	return "-"
+}
+
+func bytesString(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}

@@ -1,0 +1,223 @@
+package relay
+
+import (
+	"bytes"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+
+	"github.com/merpati/merpati/relay/access"
+	"github.com/merpati/merpati/relay/dc"
+	"github.com/merpati/merpati/transport/link"
+	"github.com/merpati/merpati/transport/tlscarrier"
+)
+
+// Files in a relay directory.
+const (
+	SettingsFile = "relay.json" // Settings, edited by hand or by init
+	CertFile     = "cert.pem"   // the relay's certificate
+	KeyFile      = "key.pem"    // its private key (0600)
+	KeysFile     = "keys.json"  // the access keys (0600)
+	UsageFile    = "usage.json" // bytes relayed per key, kept by the relay
+)
+
+// Settings are the operator's choices, kept in relay.json in the relay
+// directory. Unknown fields are rejected when loading.
+type Settings struct {
+	// Listen is the TCP address to listen on, such as ":443".
+	Listen string `json:"listen"`
+	// Public lists the "host:port" addresses clients reach the relay at;
+	// they go into share links.
+	Public []string `json:"public"`
+	// Cover is the cover site's URL, such as "https://www.example.com".
+	// Connections that do not authenticate are spliced to its host and
+	// port.
+	Cover string `json:"cover"`
+	// SNI is the server name clients send; empty means Cover's host name.
+	SNI string `json:"sni,omitempty"`
+	// DC overrides datacenter addresses: "ID=HOST:PORT" (tests, labs).
+	DC []string `json:"dc,omitempty"`
+	// Allow adds allowed target ranges in CIDR form (tests, labs).
+	Allow []string `json:"allow,omitempty"`
+}
+
+// CoverAddr returns the host:port of the cover site.
+func (s *Settings) CoverAddr() (string, error) {
+	u, err := url.Parse(s.Cover)
+	if err != nil || u.Scheme != "https" || u.Hostname() == "" {
+		return "", fmt.Errorf("cover %q: want an https:// URL", s.Cover)
+	}
+	port := u.Port()
+	if port == "" {
+		port = "443"
+	}
+	return net.JoinHostPort(u.Hostname(), port), nil
+}
+
+// ServerName returns the SNI clients send.
+func (s *Settings) ServerName() string {
+	if s.SNI != "" {
+		return s.SNI
+	}
+	u, err := url.Parse(s.Cover)
+	if err != nil {
+		return ""
+	}
+	return u.Hostname()
+}
+
+// Validate checks the settings.
+func (s *Settings) Validate() error {
+	if s.Listen == "" {
+		return errors.New("settings: listen: required")
+	}
+	if len(s.Public) == 0 {
+		return errors.New("settings: public: at least one address required")
+	}
+	for _, p := range s.Public {
+		if _, port, err := net.SplitHostPort(p); err != nil || port == "" {
+			return fmt.Errorf("settings: public %q: want host:port", p)
+		}
+	}
+	if _, err := s.CoverAddr(); err != nil {
+		return fmt.Errorf("settings: %w", err)
+	}
+	if net.ParseIP(s.ServerName()) != nil || s.ServerName() == "" {
+		return fmt.Errorf("settings: sni: the cover URL has no host name; set sni")
+	}
+	_, err := s.table()
+	return err
+}
+
+func (s *Settings) table() (*dc.Table, error) {
+	t := dc.New()
+	if err := t.ParseOverrides(s.DC); err != nil {
+		return nil, fmt.Errorf("settings: %w", err)
+	}
+	for _, a := range s.Allow {
+		if err := t.Allow(a); err != nil {
+			return nil, fmt.Errorf("settings: %w", err)
+		}
+	}
+	return t, nil
+}
+
+// A Dir is a loaded relay directory.
+type Dir struct {
+	// Path is the directory.
+	Path string
+	// Settings are its relay.json.
+	Settings Settings
+	// Certificate is the relay's certificate and key.
+	Certificate tls.Certificate
+	// Pin is the SHA-256 of the certificate's public key.
+	Pin [32]byte
+}
+
+// Init creates a relay directory at dir with settings s, a new certificate
+// and an empty keys file. It refuses to overwrite an existing relay.json.
+func Init(dir string, s Settings) (*Dir, error) {
+	if err := s.Validate(); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("init: %w", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, SettingsFile)); err == nil {
+		return nil, fmt.Errorf("init: %s already exists; refusing to overwrite a relay", filepath.Join(dir, SettingsFile))
+	}
+	certPEM, keyPEM, err := tlscarrier.NewCertificate(s.ServerName())
+	if err != nil {
+		return nil, fmt.Errorf("init: %w", err)
+	}
+	if err := access.WriteFileAtomic(filepath.Join(dir, KeyFile), keyPEM, 0o600); err != nil {
+		return nil, err
+	}
+	if err := access.WriteFileAtomic(filepath.Join(dir, CertFile), certPEM, 0o644); err != nil {
+		return nil, err
+	}
+	if err := access.Save(filepath.Join(dir, KeysFile), nil); err != nil {
+		return nil, err
+	}
+	b, _ := json.MarshalIndent(s, "", "  ")
+	if err := access.WriteFileAtomic(filepath.Join(dir, SettingsFile), append(b, '\n'), 0o600); err != nil {
+		return nil, err
+	}
+	return LoadDir(dir)
+}
+
+// LoadDir loads the relay directory at dir.
+func LoadDir(dir string) (*Dir, error) {
+	b, err := os.ReadFile(filepath.Join(dir, SettingsFile))
+	if err != nil {
+		return nil, fmt.Errorf("load relay dir: %w (run merpati-relay init first)", err)
+	}
+	d := &Dir{Path: dir}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&d.Settings); err != nil {
+		return nil, fmt.Errorf("parse %s: %w", filepath.Join(dir, SettingsFile), err)
+	}
+	if err := d.Settings.Validate(); err != nil {
+		return nil, fmt.Errorf("%s: %w", filepath.Join(dir, SettingsFile), err)
+	}
+	d.Certificate, err = tls.LoadX509KeyPair(filepath.Join(dir, CertFile), filepath.Join(dir, KeyFile))
+	if err != nil {
+		return nil, fmt.Errorf("load relay certificate: %w", err)
+	}
+	d.Pin, err = tlscarrier.Pin(d.Certificate)
+	if err != nil {
+		return nil, err
+	}
+	return d, nil
+}
+
+// KeysPath returns the path of the keys file.
+func (d *Dir) KeysPath() string { return filepath.Join(d.Path, KeysFile) }
+
+// UsagePath returns the path of the usage file.
+func (d *Dir) UsagePath() string { return filepath.Join(d.Path, UsageFile) }
+
+// Link returns the share link for access key e.
+func (d *Dir) Link(e access.Entry) *link.Link {
+	return &link.Link{
+		Relays:   append([]string(nil), d.Settings.Public...),
+		Pin:      d.Pin,
+		SNI:      d.Settings.ServerName(),
+		Carriers: []string{"tls"},
+		Key:      e.Key,
+		Name:     e.Name,
+	}
+}
+
+// Config returns the relay Config for this directory, with a keyring
+// loaded from its keys file that logs to log (nil discards). The Config's
+// Logger and timeouts are left to the caller.
+func (d *Dir) Config(log *slog.Logger) (Config, error) {
+	cover, err := d.Settings.CoverAddr()
+	if err != nil {
+		return Config{}, err
+	}
+	table, err := d.Settings.table()
+	if err != nil {
+		return Config{}, err
+	}
+	keys, err := access.NewKeyring(d.KeysPath(), d.UsagePath(), log)
+	if err != nil {
+		return Config{}, err
+	}
+	return Config{
+		Listen:      d.Settings.Listen,
+		Certificate: d.Certificate,
+		Keys:        keys,
+		Cover:       cover,
+		Table:       table,
+	}, nil
+}
+

@@ -1,0 +1,136 @@
+package h2mux
+
+import (
+	"fmt"
+	"log/slog"
+	"time"
+)
+
+// Defaults for [Config]. The window sizes are the ones Chrome advertises
+// (SETTINGS_INITIAL_WINDOW_SIZE 6 MiB and a 15 MiB connection window), which
+// both look ordinary on the wire and keep a loopback or fast link busy.
+const (
+	DefaultMaxStreamWindow = 6 << 20
+	DefaultMaxConnWindow   = 15 << 20
+	DefaultMaxFrameSize    = 16384
+	DefaultKeepAlive       = 15 * time.Second
+	DefaultTimeout         = 10 * time.Second
+	DefaultMaxStreams      = 1024
+	DefaultPath            = "/"
+)
+
+// Protocol limits from RFC 9113.
+const (
+	initialWindow = 65535       // section 6.9.2: initial window of every stream and of the connection
+	maxWindow     = 1<<31 - 1   // section 6.9.1: largest legal window
+	minFrameSize  = 16384       // section 6.5.2: SETTINGS_MAX_FRAME_SIZE lower bound and default
+	maxFrameSize  = 1<<24 - 1   // section 6.5.2: SETTINGS_MAX_FRAME_SIZE upper bound
+	maxStreamID   = 1<<31 - 1   // section 5.1.1: stream identifiers are 31 bits
+	frameHeaderSz = 9           // section 4.1
+	clientTable   = 65536       // HEADER_TABLE_SIZE a Chrome client advertises
+	defaultTable  = 4096        // section 6.5.2: default SETTINGS_HEADER_TABLE_SIZE
+	clientHdrList = 262144      // MAX_HEADER_LIST_SIZE a Chrome client advertises
+	serverHdrList = 65536       // MAX_HEADER_LIST_SIZE a server session advertises
+	maxQueuedCtrl = 4096        // peer-provoked frames (PING ACK, SETTINGS ACK, RST_STREAM) queued before we give up
+	writeChunk    = 256 << 10   // most bytes one stream hands the writer at a time, for fairness
+	closeTimeout  = time.Second // how long Close waits to flush its GOAWAY
+	readBufSize   = 64 << 10    // size of the connection read buffer
+	writeBufSize  = 256 << 10   // size of the connection write buffer: one flush carries several frames
+)
+
+// Config configures a [Session]. The zero value is usable: zero fields take
+// the defaults documented on each field. A Config is not modified by
+// [Client] or [Server].
+type Config struct {
+	// MaxStreamWindow is the receive window of each stream, advertised
+	// as SETTINGS_INITIAL_WINDOW_SIZE: the most bytes the peer may send
+	// on one stream before this side's application reads them. Zero
+	// means DefaultMaxStreamWindow; otherwise it must be between 65535
+	// and 2^31-1.
+	MaxStreamWindow int
+
+	// MaxConnWindow is the receive window of the whole connection: the
+	// most bytes, over all streams, buffered and not yet read. Zero means
+	// DefaultMaxConnWindow; otherwise it must be between 65535 and
+	// 2^31-1.
+	MaxConnWindow int
+
+	// MaxFrameSize is the largest frame payload the peer may send us,
+	// advertised as SETTINGS_MAX_FRAME_SIZE when it differs from the
+	// protocol default. Zero means DefaultMaxFrameSize (16384, which a
+	// browser never changes); otherwise it must be between 16384 and
+	// 2^24-1. Larger frames cost less CPU per byte.
+	MaxFrameSize int
+
+	// KeepAlive is the interval between keep-alive PINGs. Zero means
+	// DefaultKeepAlive; a negative value disables keep-alive.
+	KeepAlive time.Duration
+
+	// Timeout is how long a keep-alive PING may go unanswered before the
+	// session is declared dead. Zero means DefaultTimeout.
+	Timeout time.Duration
+
+	// MaxStreams is how many concurrent streams a server session allows,
+	// advertised as SETTINGS_MAX_CONCURRENT_STREAMS; streams beyond it are
+	// refused. A client session ignores it and obeys the server's value.
+	// Zero means DefaultMaxStreams.
+	MaxStreams int
+
+	// Logger receives debug messages about the session. Nil discards
+	// them.
+	Logger *slog.Logger
+
+	// Authority is the :authority pseudo-header of every stream a client
+	// opens; it should be the TLS server name. Empty means the remote
+	// address of the connection.
+	Authority string
+
+	// Path is the :path pseudo-header of every stream a client opens.
+	// Empty means DefaultPath.
+	Path string
+}
+
+// fill returns a copy of c with defaults filled in, or an error naming the
+// first invalid field.
+func (c Config) fill() (Config, error) {
+	if c.MaxStreamWindow == 0 {
+		c.MaxStreamWindow = DefaultMaxStreamWindow
+	}
+	if c.MaxStreamWindow < initialWindow || c.MaxStreamWindow > maxWindow {
+		return c, fmt.Errorf("h2mux: Config.MaxStreamWindow: must be between %d and %d, got %d", initialWindow, maxWindow, c.MaxStreamWindow)
+	}
+	if c.MaxConnWindow == 0 {
+		c.MaxConnWindow = DefaultMaxConnWindow
+	}
+	if c.MaxConnWindow < initialWindow || c.MaxConnWindow > maxWindow {
+		return c, fmt.Errorf("h2mux: Config.MaxConnWindow: must be between %d and %d, got %d", initialWindow, maxWindow, c.MaxConnWindow)
+	}
+	if c.MaxFrameSize == 0 {
+		c.MaxFrameSize = DefaultMaxFrameSize
+	}
+	if c.MaxFrameSize < minFrameSize || c.MaxFrameSize > maxFrameSize {
+		return c, fmt.Errorf("h2mux: Config.MaxFrameSize: must be between %d and %d, got %d", minFrameSize, maxFrameSize, c.MaxFrameSize)
+	}
+	if c.KeepAlive == 0 {
+		c.KeepAlive = DefaultKeepAlive
+	}
+	if c.Timeout == 0 {
+		c.Timeout = DefaultTimeout
+	}
+	if c.Timeout < 0 {
+		return c, fmt.Errorf("h2mux: Config.Timeout: must not be negative, got %v", c.Timeout)
+	}
+	if c.MaxStreams == 0 {
+		c.MaxStreams = DefaultMaxStreams
+	}
+	if c.MaxStreams < 1 || c.MaxStreams > maxStreamID/2 {
+		return c, fmt.Errorf("h2mux: Config.MaxStreams: must be between 1 and %d, got %d", maxStreamID/2, c.MaxStreams)
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Path == "" {
+		c.Path = DefaultPath
+	}
+	return c, nil
+}

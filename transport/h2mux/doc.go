@@ -1,0 +1,29 @@
+// Package h2mux multiplexes byte streams over one net.Conn using genuine
+// HTTP/2 framing (RFC 9113), so that a long-lived merpati session looks like
+// an ordinary HTTP/2 connection carrying POST requests.
+//
+// A [Client] session writes the connection preface and its SETTINGS; a
+// [Server] session expects them. Every stream the client opens with
+// [Session.OpenStream] is one HTTP/2 request: a HEADERS frame with the
+// pseudo-header fields :method POST, :scheme https, :authority and :path,
+// followed by DATA frames. The server answers with a HEADERS frame carrying
+// :status 200 when it first writes, then DATA frames. Either side ends its
+// direction with END_STREAM (half-close, [Stream.CloseWrite]); [Stream.Close]
+// before both directions have ended sends RST_STREAM.
+//
+// The package does not use the net/http handler model: an HTTP/2 server
+// built on it cannot end a response while still reading the request body,
+// and merpati needs independent half-close in both directions.
+//
+// Flow control (RFC 9113 section 5.2 and 6.9) is enforced on both the
+// connection and each stream. Data received but not yet read by the
+// application is bounded by the receive windows this side advertised, so a
+// peer cannot make a session buffer more than [Config.MaxConnWindow] bytes.
+// A peer that breaks the protocol ends the session with an error wrapping
+// [ErrProtocol]; a GOAWAY frame carrying the error code is sent first when
+// the connection still allows it.
+//
+// One goroutine reads frames and one writes them; stream reads and writes
+// never block the reading goroutine, so a slow stream does not stall the
+// others beyond what the connection window allows.
+package h2mux

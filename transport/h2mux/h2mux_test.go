@@ -1,0 +1,930 @@
+package h2mux
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"io"
+	"math/rand/v2"
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+	"golang.org/x/net/http2"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+// connPair returns the two ends of a connection.
+type connPair func(tb testing.TB) (client, server net.Conn)
+
+func pipePair(tb testing.TB) (net.Conn, net.Conn) {
+	return net.Pipe()
+}
+
+func tcpPair(tb testing.TB) (net.Conn, net.Conn) {
+	tb.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer ln.Close()
+	type res struct {
+		c   net.Conn
+		err error
+	}
+	ch := make(chan res, 1)
+	go func() {
+		c, err := ln.Accept()
+		ch <- res{c, err}
+	}()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	r := <-ch
+	if r.err != nil {
+		c.Close()
+		tb.Fatal(r.err)
+	}
+	return c, r.c
+}
+
+// forEachTransport runs f once over net.Pipe and once over loopback TCP.
+func forEachTransport(t *testing.T, f func(t *testing.T, pair connPair)) {
+	t.Run("pipe", func(t *testing.T) { f(t, pipePair) })
+	t.Run("tcp", func(t *testing.T) { f(t, tcpPair) })
+}
+
+// newSessions starts a client and a server session on a fresh connection
+// and closes both when the test ends.
+func newSessions(tb testing.TB, pair connPair, ccfg, scfg Config) (*Session, *Session) {
+	tb.Helper()
+	c, s := pair(tb)
+	cs, err := Client(c, ccfg)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	ss, err := Server(s, scfg)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() {
+		cs.Close()
+		ss.Close()
+	})
+	return cs, ss
+}
+
+func ctxT(tb testing.TB) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	tb.Cleanup(cancel)
+	return ctx
+}
+
+// echoServer accepts streams and echoes each until EOF, then half-closes.
+func echoServer(tb testing.TB, ss *Session) {
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			st, err := ss.AcceptStream(context.Background())
+			if err != nil {
+				return
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer st.Close()
+				if _, err := io.Copy(st, st); err != nil {
+					return
+				}
+				st.CloseWrite()
+			}()
+		}
+	}()
+	tb.Cleanup(func() {
+		ss.Close()
+		wg.Wait()
+	})
+}
+
+func TestConfig(t *testing.T) {
+	got, err := Config{}.fill()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.MaxStreamWindow != DefaultMaxStreamWindow || got.MaxConnWindow != DefaultMaxConnWindow ||
+		got.MaxFrameSize != DefaultMaxFrameSize || got.KeepAlive != DefaultKeepAlive ||
+		got.Timeout != DefaultTimeout || got.MaxStreams != DefaultMaxStreams || got.Path != "/" || got.Logger == nil {
+		t.Errorf("defaults not filled: %+v", got)
+	}
+	bad := []struct {
+		field string
+		cfg   Config
+	}{
+		{"MaxStreamWindow", Config{MaxStreamWindow: 1000}},
+		{"MaxStreamWindow", Config{MaxStreamWindow: 1 << 31}},
+		{"MaxConnWindow", Config{MaxConnWindow: 65534}},
+		{"MaxFrameSize", Config{MaxFrameSize: 16383}},
+		{"MaxFrameSize", Config{MaxFrameSize: 1 << 24}},
+		{"Timeout", Config{Timeout: -1}},
+		{"MaxStreams", Config{MaxStreams: -1}},
+	}
+	for _, tc := range bad {
+		_, err := tc.cfg.fill()
+		if err == nil || !strings.Contains(err.Error(), "Config."+tc.field) {
+			t.Errorf("%+v: got %v, want error naming %s", tc.cfg, err, tc.field)
+		}
+		if _, err := Client(nil, tc.cfg); err == nil {
+			t.Errorf("Client accepted %+v", tc.cfg)
+		}
+	}
+}
+
+func TestEcho(t *testing.T) {
+	forEachTransport(t, func(t *testing.T, pair connPair) {
+		cs, ss := newSessions(t, pair, Config{}, Config{})
+		echoServer(t, ss)
+		st, err := cs.OpenStream(ctxT(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer st.Close()
+		if _, err := st.Write([]byte("hello")); err != nil {
+			t.Fatal(err)
+		}
+		if err := st.CloseWrite(); err != nil {
+			t.Fatal(err)
+		}
+		got, err := io.ReadAll(st)
+		if err != nil || string(got) != "hello" {
+			t.Fatalf("ReadAll = %q, %v", got, err)
+		}
+	})
+}
+
+// TestManyStreams echoes random-sized payloads on many concurrent streams
+// and checks every byte with SHA-256.
+func TestManyStreams(t *testing.T) {
+	n, size := 100, 1<<20
+	if testing.Short() {
+		n, size = 20, 256<<10
+	}
+	for _, tc := range []struct {
+		name string
+		pair connPair
+		n    int
+	}{{"tcp", tcpPair, n}, {"pipe", pipePair, n / 4}} {
+		t.Run(tc.name, func(t *testing.T) {
+			cs, ss := newSessions(t, tc.pair, Config{}, Config{MaxFrameSize: 64 << 10})
+			echoServer(t, ss)
+			ctx := ctxT(t)
+			var wg sync.WaitGroup
+			errc := make(chan error, tc.n)
+			for i := range tc.n {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					errc <- echoOne(ctx, cs, i, size)
+				}()
+			}
+			wg.Wait()
+			close(errc)
+			for err := range errc {
+				if err != nil {
+					t.Error(err)
+				}
+			}
+		})
+	}
+}
+
+func echoOne(ctx context.Context, cs *Session, seed, maxSize int) error {
+	rng := rand.New(rand.NewPCG(uint64(seed), 1))
+	size := maxSize
+	if seed%3 != 0 {
+		size = rng.IntN(maxSize + 1) // includes 0
+	}
+	data := make([]byte, size)
+	for i := range data {
+		data[i] = byte(rng.Uint32())
+	}
+	st, err := cs.OpenStream(ctx)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	werr := make(chan error, 1)
+	go func() {
+		p := data
+		for len(p) > 0 {
+			k := min(len(p), 1+rng.IntN(100<<10))
+			if _, err := st.Write(p[:k]); err != nil {
+				werr <- err
+				return
+			}
+			p = p[k:]
+		}
+		werr <- st.CloseWrite()
+	}()
+	h := sha256.New()
+	got, err := io.Copy(h, st)
+	if err != nil {
+		return err
+	}
+	if err := <-werr; err != nil {
+		return err
+	}
+	want := sha256.Sum256(data)
+	if got != int64(size) || !bytes.Equal(h.Sum(nil), want[:]) {
+		return errors.New("echo mismatch")
+	}
+	return nil
+}
+
+func TestHalfClose(t *testing.T) {
+	forEachTransport(t, func(t *testing.T, pair connPair) {
+		cs, ss := newSessions(t, pair, Config{}, Config{})
+		ctx := ctxT(t)
+		payload := bytes.Repeat([]byte("0123456789abcdef"), 64<<10) // 1 MiB
+
+		t.Run("client first", func(t *testing.T) {
+			st, err := cs.OpenStream(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer st.Close()
+			if _, err := st.Write([]byte("request")); err != nil {
+				t.Fatal(err)
+			}
+			if err := st.CloseWrite(); err != nil {
+				t.Fatal(err)
+			}
+			srv, err := ss.AcceptStream(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer srv.Close()
+			got, err := io.ReadAll(srv)
+			if err != nil || string(got) != "request" {
+				t.Fatalf("server ReadAll = %q, %v", got, err)
+			}
+			// The server keeps writing after the client's half-close.
+			go func() {
+				srv.Write(payload)
+				srv.CloseWrite()
+			}()
+			resp, err := io.ReadAll(st)
+			if err != nil || !bytes.Equal(resp, payload) {
+				t.Fatalf("client ReadAll = %d bytes, %v", len(resp), err)
+			}
+			if _, err := st.Write([]byte("x")); err == nil {
+				t.Error("Write after CloseWrite succeeded")
+			}
+		})
+
+		t.Run("server first", func(t *testing.T) {
+			st, err := cs.OpenStream(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer st.Close()
+			if _, err := st.Write([]byte("hi")); err != nil {
+				t.Fatal(err)
+			}
+			srv, err := ss.AcceptStream(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer srv.Close()
+			if _, err := srv.Write([]byte("bye")); err != nil {
+				t.Fatal(err)
+			}
+			if err := srv.CloseWrite(); err != nil {
+				t.Fatal(err)
+			}
+			resp, err := io.ReadAll(st)
+			if err != nil || string(resp) != "bye" {
+				t.Fatalf("client ReadAll = %q, %v", resp, err)
+			}
+			// The client keeps writing after the server's half-close.
+			go func() {
+				st.Write(payload)
+				st.CloseWrite()
+			}()
+			got, err := io.ReadAll(srv)
+			if err != nil || !bytes.Equal(got, append([]byte("hi"), payload...)) {
+				t.Fatalf("server ReadAll = %d bytes, %v", len(got), err)
+			}
+		})
+	})
+}
+
+func TestReset(t *testing.T) {
+	forEachTransport(t, func(t *testing.T, pair connPair) {
+		cs, ss := newSessions(t, pair, Config{}, Config{MaxStreamWindow: 65535})
+		ctx := ctxT(t)
+
+		t.Run("client closes", func(t *testing.T) {
+			st, err := cs.OpenStream(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			st.Write([]byte("partial"))
+			srv, err := ss.AcceptStream(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer srv.Close()
+			buf := make([]byte, 7)
+			if _, err := io.ReadFull(srv, buf); err != nil {
+				t.Fatal(err)
+			}
+			st.Close()
+			_, err = srv.Read(buf)
+			if !errors.Is(err, ErrStreamReset) || err == io.EOF {
+				t.Fatalf("server Read after reset = %v, want ErrStreamReset", err)
+			}
+			if _, err := srv.Write([]byte("x")); !errors.Is(err, ErrStreamReset) {
+				t.Fatalf("server Write after reset = %v, want ErrStreamReset", err)
+			}
+			if _, err := st.Read(buf); !errors.Is(err, net.ErrClosed) {
+				t.Fatalf("client Read after Close = %v, want net.ErrClosed", err)
+			}
+		})
+
+		t.Run("server closes while client writes", func(t *testing.T) {
+			st, err := cs.OpenStream(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer st.Close()
+			werr := make(chan error, 1)
+			go func() {
+				// More than the server's window: blocks until reset.
+				_, err := st.Write(make([]byte, 1<<20))
+				werr <- err
+			}()
+			srv, err := ss.AcceptStream(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			srv.Close()
+			if err := <-werr; !errors.Is(err, ErrStreamReset) {
+				t.Fatalf("client Write = %v, want ErrStreamReset", err)
+			}
+			if _, err := st.Read(make([]byte, 1)); !errors.Is(err, ErrStreamReset) {
+				t.Fatalf("client Read = %v, want ErrStreamReset", err)
+			}
+		})
+
+		t.Run("clean close sends no reset", func(t *testing.T) {
+			st, err := cs.OpenStream(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			st.Write([]byte("a"))
+			st.CloseWrite()
+			srv, err := ss.AcceptStream(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got, err := io.ReadAll(srv); err != nil || string(got) != "a" {
+				t.Fatalf("server ReadAll = %q, %v", got, err)
+			}
+			srv.Write([]byte("b"))
+			srv.CloseWrite()
+			srv.Close()
+			if got, err := io.ReadAll(st); err != nil || string(got) != "b" {
+				t.Fatalf("client ReadAll = %q, %v", got, err)
+			}
+			st.Close()
+		})
+	})
+}
+
+func TestDeadlines(t *testing.T) {
+	forEachTransport(t, func(t *testing.T, pair connPair) {
+		cs, ss := newSessions(t, pair, Config{}, Config{MaxStreamWindow: 65535})
+		ctx := ctxT(t)
+		st, err := cs.OpenStream(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer st.Close()
+
+		// Read deadline in the past.
+		st.SetReadDeadline(time.Now().Add(-time.Second))
+		if _, err := st.Read(make([]byte, 1)); !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("Read with past deadline = %v", err)
+		}
+		// A deadline set while Read is blocked wakes it.
+		st.SetReadDeadline(time.Time{})
+		rerr := make(chan error, 1)
+		go func() {
+			_, err := st.Read(make([]byte, 1))
+			rerr <- err
+		}()
+		time.Sleep(20 * time.Millisecond)
+		start := time.Now()
+		st.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+		if err := <-rerr; !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("blocked Read = %v", err)
+		}
+		if d := time.Since(start); d > 2*time.Second {
+			t.Fatalf("deadline fired after %v", d)
+		}
+		var ne net.Error
+		if err := os.ErrDeadlineExceeded; !errors.As(err, &ne) || !ne.Timeout() {
+			t.Fatal("os.ErrDeadlineExceeded is not a timeout net.Error")
+		}
+
+		// Write deadline: the server never reads, so the 64 KiB stream
+		// window fills and Write blocks until the deadline.
+		st.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
+		n, err := st.Write(make([]byte, 1<<20))
+		if !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("Write = %d, %v; want deadline exceeded", n, err)
+		}
+		if n > 65535 {
+			t.Fatalf("Write sent %d bytes beyond the 65535 window", n)
+		}
+		// Clearing the deadline makes the stream usable again.
+		st.SetDeadline(time.Time{})
+		srv, err := ss.AcceptStream(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer srv.Close()
+		go io.Copy(io.Discard, srv)
+		if _, err := st.Write(make([]byte, 200<<10)); err != nil {
+			t.Fatalf("Write after clearing deadline: %v", err)
+		}
+	})
+}
+
+func TestSessionDeath(t *testing.T) {
+	forEachTransport(t, func(t *testing.T, pair connPair) {
+		c, s := pair(t)
+		cs, err := Client(c, Config{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer cs.Close()
+		ss, err := Server(s, Config{MaxStreamWindow: 65535})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ss.Close()
+		ctx := ctxT(t)
+		const n = 10
+		errc := make(chan error, 3*n)
+		for range n {
+			st, err := cs.OpenStream(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer st.Close()
+			go func() { // blocks: nobody answers
+				_, err := st.Read(make([]byte, 10))
+				errc <- err
+			}()
+			go func() { // blocks: window exhausted
+				_, err := st.Write(make([]byte, 1<<20))
+				errc <- err
+			}()
+			srv, err := ss.AcceptStream(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer srv.Close()
+			go func() {
+				_, err := srv.Read(make([]byte, 1<<20))
+				for err == nil {
+					_, err = srv.Read(make([]byte, 1<<20))
+				}
+				errc <- err
+			}()
+		}
+		time.Sleep(50 * time.Millisecond)
+		c.Close() // kill the client's connection under it
+		timeout := time.After(5 * time.Second)
+		for range 3 * n {
+			select {
+			case err := <-errc:
+				if err == nil || err == io.EOF {
+					t.Fatalf("pending call returned %v, want an error", err)
+				}
+				if !errors.Is(err, ErrSessionClosed) {
+					t.Errorf("pending call returned %v, want ErrSessionClosed", err)
+				}
+			case <-timeout:
+				t.Fatal("pending calls did not fail promptly")
+			}
+		}
+		for _, sess := range []*Session{cs, ss} {
+			select {
+			case <-sess.Done():
+			case <-time.After(5 * time.Second):
+				t.Fatal("Done not closed")
+			}
+			if sess.Err() == nil {
+				t.Error("Err() = nil after death")
+			}
+		}
+		if _, err := cs.OpenStream(ctx); !errors.Is(err, net.ErrClosed) {
+			t.Errorf("OpenStream on dead session = %v, want net.ErrClosed", err)
+		}
+	})
+}
+
+func TestSessionClose(t *testing.T) {
+	forEachTransport(t, func(t *testing.T, pair connPair) {
+		cs, ss := newSessions(t, pair, Config{}, Config{})
+		ctx := ctxT(t)
+		st, err := cs.OpenStream(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st.Write([]byte("x"))
+		srv, err := ss.AcceptStream(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := cs.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if !errors.Is(cs.Err(), ErrSessionClosed) {
+			t.Errorf("client Err() = %v, want ErrSessionClosed", cs.Err())
+		}
+		select {
+		case <-ss.Done():
+		case <-time.After(5 * time.Second):
+			t.Fatal("server did not notice the close")
+		}
+		buf := make([]byte, 1)
+		srv.Read(buf)
+		if _, err := srv.Read(buf); err == nil || err == io.EOF {
+			t.Errorf("server Read after session close = %v, want error", err)
+		}
+		if _, err := cs.OpenStream(ctx); !errors.Is(err, net.ErrClosed) {
+			t.Errorf("OpenStream after Close = %v, want net.ErrClosed", err)
+		}
+		if _, err := st.Write([]byte("y")); !errors.Is(err, ErrSessionClosed) {
+			t.Errorf("Write after Close = %v, want ErrSessionClosed", err)
+		}
+		if err := cs.Close(); err != nil {
+			t.Errorf("second Close = %v", err)
+		}
+	})
+}
+
+func TestPing(t *testing.T) {
+	forEachTransport(t, func(t *testing.T, pair connPair) {
+		cs, ss := newSessions(t, pair, Config{}, Config{})
+		for _, sess := range []*Session{cs, ss} {
+			rtt, err := sess.Ping(ctxT(t))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if rtt <= 0 || rtt > 5*time.Second {
+				t.Errorf("rtt = %v", rtt)
+			}
+		}
+	})
+}
+
+func TestKeepAliveTimeout(t *testing.T) {
+	// The "server" reads and never answers, so keep-alive must give up.
+	c, s := net.Pipe()
+	defer s.Close()
+	go io.Copy(io.Discard, s)
+	cs, err := Client(c, Config{KeepAlive: 20 * time.Millisecond, Timeout: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cs.Close()
+	select {
+	case <-cs.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("session did not die")
+	}
+	if !errors.Is(cs.Err(), ErrKeepAliveTimeout) {
+		t.Errorf("Err() = %v, want ErrKeepAliveTimeout", cs.Err())
+	}
+}
+
+// TestFlowControl checks that a stream whose reader stalls never has more
+// than its window buffered, and that other streams keep flowing.
+func TestFlowControl(t *testing.T) {
+	forEachTransport(t, func(t *testing.T, pair connPair) {
+		const win = 65535
+		cs, ss := newSessions(t, pair, Config{}, Config{MaxStreamWindow: win, MaxConnWindow: 1 << 20})
+		ctx := ctxT(t)
+		slow, err := cs.OpenStream(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer slow.Close()
+		payload := make([]byte, 1<<20)
+		for i := range payload {
+			payload[i] = byte(i * 7)
+		}
+		werr := make(chan error, 1)
+		go func() {
+			_, err := slow.Write(payload)
+			werr <- err
+		}()
+		slowSrv, err := ss.AcceptStream(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer slowSrv.Close()
+
+		// Meanwhile another stream carries several times the connection
+		// window in both directions.
+		echoed := make(chan error, 1)
+		go func() {
+			srv, err := ss.AcceptStream(ctx)
+			if err != nil {
+				echoed <- err
+				return
+			}
+			defer srv.Close()
+			io.Copy(srv, srv)
+			srv.CloseWrite()
+		}()
+		go func() { echoed <- echoOne(ctx, cs, 3, 4<<20) }()
+		if err := <-echoed; err != nil {
+			t.Fatalf("other stream: %v", err)
+		}
+
+		ss.mu.Lock()
+		buffered := len(slowSrv.buf) - slowSrv.roff
+		ss.mu.Unlock()
+		if buffered > win {
+			t.Fatalf("slow stream buffered %d bytes, window is %d", buffered, win)
+		}
+		if buffered == 0 {
+			t.Fatal("slow stream received nothing")
+		}
+		select {
+		case err := <-werr:
+			t.Fatalf("Write finished (%v) although the reader never read", err)
+		default:
+		}
+		got, err := io.ReadAll(io.LimitReader(slowSrv, int64(len(payload))))
+		if err != nil || !bytes.Equal(got, payload) {
+			t.Fatalf("slow stream ReadAll = %d bytes, %v", len(got), err)
+		}
+		if err := <-werr; err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+func TestMaxStreams(t *testing.T) {
+	cs, ss := newSessions(t, pipePair, Config{}, Config{MaxStreams: 2})
+	ctx := ctxT(t)
+	if _, err := cs.Ping(ctx); err != nil { // the server's SETTINGS precede its PING ACK
+		t.Fatal(err)
+	}
+	var open []*Stream
+	for range 2 {
+		st, err := cs.OpenStream(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer st.Close()
+		st.Write([]byte("x"))
+		open = append(open, st.(*Stream))
+		srv, err := ss.AcceptStream(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer srv.Close()
+	}
+	short, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	defer cancel()
+	if _, err := cs.OpenStream(short); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("third OpenStream = %v, want deadline exceeded", err)
+	}
+	got := make(chan error, 1)
+	go func() {
+		st, err := cs.OpenStream(ctx)
+		if err == nil {
+			st.Close()
+		}
+		got <- err
+	}()
+	open[0].Close()
+	if err := <-got; err != nil {
+		t.Fatalf("OpenStream after a slot freed: %v", err)
+	}
+}
+
+// rawClient speaks HTTP/2 by hand to a server session.
+type rawClient struct {
+	conn net.Conn
+	fr   *http2.Framer
+}
+
+func newRawClient(t *testing.T, scfg Config) (*rawClient, *Session) {
+	t.Helper()
+	c, s := net.Pipe()
+	ss, err := Server(s, scfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		c.Close()
+		ss.Close()
+	})
+	return &rawClient{conn: c, fr: http2.NewFramer(c, c)}, ss
+}
+
+// readGoAway reads frames until GOAWAY or an error.
+func (rc *rawClient) readGoAway() (http2.ErrCode, bool) {
+	for {
+		f, err := rc.fr.ReadFrame()
+		if err != nil {
+			return 0, false
+		}
+		if ga, ok := f.(*http2.GoAwayFrame); ok {
+			return ga.ErrCode, true
+		}
+	}
+}
+
+func TestProtocolErrors(t *testing.T) {
+	hdrs := func(rc *rawClient, id uint32, end bool) error {
+		// A minimal valid request header block (static table indexes):
+		// :method POST (3), :scheme https (7), :path / (4), :authority x.
+		block := []byte{0x83, 0x87, 0x84, 0x41, 0x01, 'x'}
+		return rc.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: block, EndHeaders: true, EndStream: end})
+	}
+	tests := []struct {
+		name string
+		code http2.ErrCode
+		send func(rc *rawClient) error
+	}{
+		{"DATA on idle stream", http2.ErrCodeProtocol, func(rc *rawClient) error {
+			return rc.fr.WriteData(1, false, []byte("x"))
+		}},
+		{"DATA beyond stream window", http2.ErrCodeFlowControl, func(rc *rawClient) error {
+			if err := hdrs(rc, 1, false); err != nil {
+				return err
+			}
+			chunk := make([]byte, 16384)
+			for range 5 {
+				if err := rc.fr.WriteData(1, false, chunk); err != nil {
+					return err
+				}
+			}
+			return nil
+		}},
+		{"connection window overflow", http2.ErrCodeFlowControl, func(rc *rawClient) error {
+			return rc.fr.WriteWindowUpdate(0, 1<<31-1)
+		}},
+		{"frame too large", http2.ErrCodeFrameSize, func(rc *rawClient) error {
+			return rc.fr.WriteData(1, false, make([]byte, 20000))
+		}},
+		{"even stream", http2.ErrCodeProtocol, func(rc *rawClient) error {
+			return hdrs(rc, 2, false)
+		}},
+		{"push promise", http2.ErrCodeProtocol, func(rc *rawClient) error {
+			return rc.fr.WritePushPromise(http2.PushPromiseParam{StreamID: 1, PromiseID: 2, BlockFragment: []byte{0x88}, EndHeaders: true})
+		}},
+		{"RST_STREAM on idle stream", http2.ErrCodeProtocol, func(rc *rawClient) error {
+			return rc.fr.WriteRSTStream(7, http2.ErrCodeCancel)
+		}},
+		{"bad HPACK", http2.ErrCodeCompression, func(rc *rawClient) error {
+			return rc.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: []byte{0xff, 0xff, 0xff, 0xff}, EndHeaders: true})
+		}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			rc, ss := newRawClient(t, Config{MaxStreamWindow: 65535})
+			go func() {
+				io.WriteString(rc.conn, http2.ClientPreface)
+				rc.fr.WriteSettings()
+				tc.send(rc)
+			}()
+			code, ok := rc.readGoAway()
+			if !ok || code != tc.code {
+				t.Errorf("GOAWAY = %v (received %v), want %v", code, ok, tc.code)
+			}
+			<-ss.Done()
+			if !errors.Is(ss.Err(), ErrProtocol) {
+				t.Errorf("Err() = %v, want ErrProtocol", ss.Err())
+			}
+		})
+	}
+
+	t.Run("bad preface", func(t *testing.T) {
+		rc, ss := newRawClient(t, Config{})
+		go io.Copy(io.Discard, rc.conn)
+		io.WriteString(rc.conn, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+		<-ss.Done()
+		if !errors.Is(ss.Err(), ErrProtocol) {
+			t.Errorf("Err() = %v, want ErrProtocol", ss.Err())
+		}
+	})
+	t.Run("first frame not SETTINGS", func(t *testing.T) {
+		rc, ss := newRawClient(t, Config{})
+		go func() {
+			io.WriteString(rc.conn, http2.ClientPreface)
+			rc.fr.WritePing(false, [8]byte{})
+		}()
+		if code, ok := rc.readGoAway(); !ok || code != http2.ErrCodeProtocol {
+			t.Errorf("GOAWAY = %v, %v", code, ok)
+		}
+		<-ss.Done()
+	})
+	t.Run("stream error keeps session", func(t *testing.T) {
+		rc, ss := newRawClient(t, Config{})
+		go func() {
+			io.WriteString(rc.conn, http2.ClientPreface)
+			rc.fr.WriteSettings()
+			// A response header on a request stream: refused with
+			// RST_STREAM, the session lives on.
+			rc.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: []byte{0x88}, EndHeaders: true})
+			rc.fr.WritePing(false, [8]byte{1})
+		}()
+		var sawRST bool
+		for {
+			f, err := rc.fr.ReadFrame()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if r, ok := f.(*http2.RSTStreamFrame); ok && r.StreamID == 1 {
+				sawRST = true
+			}
+			if p, ok := f.(*http2.PingFrame); ok && p.IsAck() {
+				break
+			}
+		}
+		if !sawRST {
+			t.Error("no RST_STREAM for the bad stream")
+		}
+		select {
+		case <-ss.Done():
+			t.Fatalf("session died: %v", ss.Err())
+		default:
+		}
+	})
+}
+
+func TestOpenStreamOnServer(t *testing.T) {
+	cs, ss := newSessions(t, pipePair, Config{}, Config{})
+	if _, err := ss.OpenStream(ctxT(t)); !errors.Is(err, ErrWrongSide) {
+		t.Errorf("server OpenStream = %v", err)
+	}
+	if _, err := cs.AcceptStream(ctxT(t)); !errors.Is(err, ErrWrongSide) {
+		t.Errorf("client AcceptStream = %v", err)
+	}
+}
+
+// TestResetAfterEnd checks RFC 9113 section 8.1: data followed by
+// END_STREAM and then RST_STREAM stays readable to io.EOF; only writes fail.
+func TestResetAfterEnd(t *testing.T) {
+	cli, srv := newSessions(t, tcpPair, Config{}, Config{})
+	cs, err := cli.OpenStream(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cs.Write([]byte("request"))
+	ss, err := srv.AcceptStream(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ss.Write([]byte("answer"))
+	ss.CloseWrite()
+	ss.Close() // the client had not ended its side: this resets
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if _, err := cs.Write([]byte("x")); err != nil {
+			if !errors.Is(err, ErrStreamReset) {
+				t.Fatalf("write after reset: %v", err)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("writes still succeed after the peer's reset")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	got, err := io.ReadAll(cs)
+	if err != nil || string(got) != "answer" {
+		t.Fatalf("read %q, %v; want the answer and EOF", got, err)
+	}
+}

@@ -1,0 +1,1107 @@
+package h2mux
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+
+	"github.com/merpati/merpati/transport"
+)
+
+// Compile-time checks that the types satisfy the transport contract.
+var (
+	_ transport.Session = (*Session)(nil)
+	_ transport.Stream  = (*Stream)(nil)
+)
+
+// A Session is one HTTP/2 connection carrying many streams. It is safe for
+// concurrent use. Create one with [Client] or [Server].
+type Session struct {
+	conn   net.Conn
+	cfg    Config
+	client bool
+	log    *slog.Logger
+
+	// Read side, owned by the readLoop goroutine.
+	br *bufio.Reader
+	fr *http2.Framer
+
+	// Write side, owned by the writeLoop goroutine.
+	bw   *bufio.Writer
+	wf   *http2.Framer
+	henc *hpack.Encoder
+	hbuf bytes.Buffer
+	dhdr [frameHeaderSz]byte
+
+	wake       chan struct{} // cap 1: something was queued for the writer
+	acceptCh   chan struct{} // cap 1: acceptQ grew
+	slotCh     chan struct{} // cap 1: a stream slot was freed or the limit rose
+	done       chan struct{} // closed when the session is dead
+	writerDone chan struct{} // closed when writeLoop has returned
+	dieOnce    sync.Once
+	wg         sync.WaitGroup
+
+	mu         sync.Mutex
+	err        error // why the session died; set before done is closed
+	closeErr   error // the reason given to the first shutdown call
+	closing    bool  // final GOAWAY queued; no new streams
+	goaway     bool  // peer sent GOAWAY
+	streams    map[uint32]*Stream
+	nextID     uint32 // client: next stream ID to assign
+	lastPeerID uint32 // server: highest stream ID the peer opened
+	numStreams int    // streams holding a concurrency slot
+	acceptQ    []*Stream
+	wq         []writeItem // frames waiting for the writer, in order
+	nCtrl      int         // peer-provoked frames in wq
+	pings      map[[8]byte]chan struct{}
+	ready      []*Stream // streams with new data whose readers are not yet woken
+	pingSeq    uint64
+
+	peerMaxStreams uint32
+	peerMaxFrame   uint32
+	peerInitWindow int64
+	connSend       int64 // bytes we may still send on the connection
+	connRecv       int64 // bytes the peer may still send on the connection
+	connUnacked    int64 // bytes read by the application but not yet returned with WINDOW_UPDATE
+}
+
+// itemKind says what frame a writeItem produces.
+type itemKind uint8
+
+const (
+	itemHeaders itemKind = iota // HEADERS (+CONTINUATION) opening a request or response
+	itemData                    // DATA, possibly empty with END_STREAM
+	itemSettingsAck
+	itemWindowUpdate
+	itemPing
+	itemRST
+	itemGoAway // always the last frame; the writer stops after it
+)
+
+// A writeItem is one frame (or, for data, one run of frames) queued for the
+// writer goroutine.
+type writeItem struct {
+	kind   itemKind
+	st     *Stream
+	id     uint32
+	val    uint32 // WINDOW_UPDATE increment, error code, or header table size
+	end    bool   // END_STREAM
+	ack    bool   // PING ACK
+	table  bool   // SETTINGS ACK: apply val as the peer's HEADER_TABLE_SIZE first
+	peer   bool   // provoked by the peer, counts towards maxQueuedCtrl
+	notify bool   // signal st.wdone once written
+	ping   [8]byte
+	data   []byte
+}
+
+// Client starts the client side of a session on conn, which the session
+// then owns: it writes the HTTP/2 connection preface and SETTINGS (RFC 9113
+// section 3.4) without waiting for the server. Client does not block on
+// the network; a failed handshake shows up as the session dying.
+func Client(conn net.Conn, cfg Config) (*Session, error) {
+	return newSession(conn, cfg, true)
+}
+
+// Server starts the server side of a session on conn, which the session
+// then owns. The client's connection preface is read by the session's
+// reading goroutine; if it is wrong the session dies with an error wrapping
+// [ErrProtocol]. Server does not block on the network.
+func Server(conn net.Conn, cfg Config) (*Session, error) {
+	return newSession(conn, cfg, false)
+}
+
+func newSession(conn net.Conn, cfg Config, client bool) (*Session, error) {
+	cfg, err := cfg.fill()
+	if err != nil {
+		return nil, err
+	}
+	if client && cfg.Authority == "" {
+		cfg.Authority = conn.RemoteAddr().String()
+	}
+	side := "server"
+	if client {
+		side = "client"
+	}
+	s := &Session{
+		conn:           conn,
+		cfg:            cfg,
+		client:         client,
+		log:            cfg.Logger.With("transport", "h2mux", "side", side),
+		br:             bufio.NewReaderSize(conn, readBufSize),
+		bw:             bufio.NewWriterSize(conn, writeBufSize),
+		wake:           make(chan struct{}, 1),
+		acceptCh:       make(chan struct{}, 1),
+		slotCh:         make(chan struct{}, 1),
+		done:           make(chan struct{}),
+		writerDone:     make(chan struct{}),
+		streams:        make(map[uint32]*Stream),
+		pings:          make(map[[8]byte]chan struct{}),
+		nextID:         1,
+		peerMaxStreams: maxStreamID, // section 5.1.2: unlimited until the peer says otherwise
+		peerMaxFrame:   minFrameSize,
+		peerInitWindow: initialWindow,
+		connSend:       initialWindow,
+		// We open the connection window to MaxConnWindow in our first
+		// flight; until the peer sees that it may send at most 65535,
+		// which is less, so counting from the full window is safe.
+		connRecv: int64(cfg.MaxConnWindow),
+	}
+	s.fr = http2.NewFramer(io.Discard, s.br)
+	s.fr.SetMaxReadFrameSize(uint32(cfg.MaxFrameSize))
+	s.fr.SetReuseFrames()
+	table, hdrList := uint32(defaultTable), uint32(serverHdrList)
+	if client {
+		table, hdrList = clientTable, clientHdrList
+	}
+	s.fr.ReadMetaHeaders = hpack.NewDecoder(table, nil)
+	s.fr.MaxHeaderListSize = hdrList
+	s.wf = http2.NewFramer(s.bw, nil)
+	s.henc = hpack.NewEncoder(&s.hbuf)
+
+	s.wg.Add(2)
+	go s.readLoop()
+	go s.writeLoop()
+	if cfg.KeepAlive > 0 {
+		s.wg.Add(1)
+		go s.keepAlive()
+	}
+	return s, nil
+}
+
+// OpenStream opens a new stream (an HTTP/2 request). It does not wait for
+// the server: the stream's HEADERS frame is sent together with its first
+// write, or when it is first read or half-closed, so the first bytes
+// written share the opening flight. OpenStream blocks only while the
+// server's SETTINGS_MAX_CONCURRENT_STREAMS limit is reached.
+//
+// After the session has ended, the error wraps [ErrSessionClosed] (and so
+// [net.ErrClosed]).
+func (s *Session) OpenStream(ctx context.Context) (transport.Stream, error) {
+	if !s.client {
+		return nil, fmt.Errorf("h2mux: open stream: %w", ErrWrongSide)
+	}
+	s.mu.Lock()
+	for {
+		if err := s.openErrLocked(); err != nil {
+			s.mu.Unlock()
+			return nil, err
+		}
+		if s.numStreams < int(s.peerMaxStreams) {
+			break
+		}
+		s.mu.Unlock()
+		select {
+		case <-s.slotCh:
+		case <-s.done:
+		case <-ctx.Done():
+			s.signalSlot() // pass on a wake-up we may have consumed
+			return nil, fmt.Errorf("h2mux: open stream: %w", ctx.Err())
+		}
+		s.mu.Lock()
+	}
+	s.numStreams++
+	st := s.newStream(0)
+	st.slot = true
+	st.accepted = true
+	s.mu.Unlock()
+	return st, nil
+}
+
+func (s *Session) openErrLocked() error {
+	switch {
+	case s.err != nil:
+		return s.deadErr("open stream")
+	case s.closing:
+		return fmt.Errorf("h2mux: open stream: %w", ErrSessionClosed)
+	case s.goaway:
+		return fmt.Errorf("h2mux: open stream: %w", ErrGoAway)
+	}
+	return nil
+}
+
+// AcceptStream waits for the client to open a stream and returns it. It is
+// valid only on a server session. Streams the client resets before they
+// are accepted are skipped.
+func (s *Session) AcceptStream(ctx context.Context) (*Stream, error) {
+	if s.client {
+		return nil, fmt.Errorf("h2mux: accept stream: %w", ErrWrongSide)
+	}
+	for {
+		s.mu.Lock()
+		for len(s.acceptQ) > 0 {
+			st := s.acceptQ[0]
+			s.acceptQ[0] = nil
+			s.acceptQ = s.acceptQ[1:]
+			st.accepted = true
+			if st.finished {
+				s.releaseSlotLocked(st)
+				continue
+			}
+			s.mu.Unlock()
+			return st, nil
+		}
+		if s.err != nil {
+			err := s.deadErr("accept stream")
+			s.mu.Unlock()
+			return nil, err
+		}
+		s.mu.Unlock()
+		select {
+		case <-s.acceptCh:
+		case <-s.done:
+		case <-ctx.Done():
+			return nil, fmt.Errorf("h2mux: accept stream: %w", ctx.Err())
+		}
+	}
+}
+
+// Ping sends a PING frame and waits for its acknowledgement, returning the
+// round-trip time (RFC 9113 section 6.7).
+func (s *Session) Ping(ctx context.Context) (time.Duration, error) {
+	ch := make(chan struct{})
+	s.mu.Lock()
+	if s.err != nil || s.closing {
+		s.mu.Unlock()
+		return 0, fmt.Errorf("h2mux: ping: %w", ErrSessionClosed)
+	}
+	s.pingSeq++
+	var data [8]byte
+	binary.BigEndian.PutUint64(data[:], s.pingSeq)
+	s.pings[data] = ch
+	start := time.Now()
+	s.enqueueLocked(writeItem{kind: itemPing, ping: data})
+	s.mu.Unlock()
+	select {
+	case <-ch:
+		return time.Since(start), nil
+	case <-s.done:
+		return 0, s.deadErr("ping")
+	case <-ctx.Done():
+		s.mu.Lock()
+		delete(s.pings, data)
+		s.mu.Unlock()
+		return 0, fmt.Errorf("h2mux: ping: %w", ctx.Err())
+	}
+}
+
+// Done returns a channel that is closed when the session has ended.
+func (s *Session) Done() <-chan struct{} { return s.done }
+
+// Err returns why the session ended: [ErrSessionClosed] after Close, or the
+// failure that killed it. It returns nil while the session is alive.
+func (s *Session) Err() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.err
+}
+
+// Close ends the session and every stream in it. It sends GOAWAY (RFC 9113
+// section 6.8), waits briefly for it to be written, closes the connection
+// and waits for the session's goroutines to exit. Close always returns nil.
+func (s *Session) Close() error {
+	s.shutdown(ErrSessionClosed, http2.ErrCodeNo)
+	s.wg.Wait()
+	return nil
+}
+
+// LocalAddr returns the local address of the underlying connection.
+func (s *Session) LocalAddr() net.Addr { return s.conn.LocalAddr() }
+
+// RemoteAddr returns the remote address of the underlying connection.
+func (s *Session) RemoteAddr() net.Addr { return s.conn.RemoteAddr() }
+
+// shutdown queues a final GOAWAY with code, waits up to closeTimeout for
+// the writer to flush it, then kills the session with err.
+func (s *Session) shutdown(err error, code http2.ErrCode) {
+	s.mu.Lock()
+	if s.err == nil && !s.closing {
+		s.closing = true
+		s.closeErr = err
+		last := s.lastPeerID
+		s.enqueueLocked(writeItem{kind: itemGoAway, id: last, val: uint32(code)})
+	}
+	s.mu.Unlock()
+	t := time.NewTimer(closeTimeout)
+	select {
+	case <-s.writerDone:
+	case <-s.done:
+	case <-t.C:
+	}
+	t.Stop()
+	s.die(err)
+}
+
+// die ends the session at once: it records the reason, closes the
+// connection (which unblocks both loops) and wakes every waiter.
+func (s *Session) die(err error) {
+	s.dieOnce.Do(func() {
+		s.mu.Lock()
+		if s.closeErr != nil {
+			err = s.closeErr
+		}
+		s.err = err
+		for _, st := range s.streams {
+			st.stopTimersLocked()
+		}
+		s.mu.Unlock()
+		close(s.done)
+		s.conn.Close()
+		if !errors.Is(err, ErrSessionClosed) {
+			s.log.Debug("session ended", "err", err)
+		}
+	})
+}
+
+// deadErr returns the error for an operation on a dead session: it wraps
+// both ErrSessionClosed and the reason the session died.
+func (s *Session) deadErr(op string) error {
+	<-s.done // s.err is set before done closes
+	if errors.Is(s.err, ErrSessionClosed) {
+		return fmt.Errorf("h2mux: %s: %w", op, s.err)
+	}
+	return fmt.Errorf("h2mux: %s: %w: %w", op, ErrSessionClosed, s.err)
+}
+
+func (s *Session) keepAlive() {
+	defer s.wg.Done()
+	t := time.NewTicker(s.cfg.KeepAlive)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.done:
+			return
+		case <-t.C:
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), s.cfg.Timeout)
+		_, err := s.Ping(ctx)
+		cancel()
+		if err != nil && errors.Is(err, context.DeadlineExceeded) {
+			s.die(fmt.Errorf("h2mux: no PING answer within %v: %w", s.cfg.Timeout, ErrKeepAliveTimeout))
+			return
+		}
+	}
+}
+
+// enqueueLocked queues a frame for the writer. A peer that provokes more
+// queued replies than maxQueuedCtrl (PING or SETTINGS floods while not
+// reading) is cut off, as net/http's HTTP/2 server does.
+func (s *Session) enqueueLocked(it writeItem) bool {
+	if it.peer {
+		if s.nCtrl >= maxQueuedCtrl {
+			return false
+		}
+		s.nCtrl++
+	}
+	s.wq = append(s.wq, it)
+	if len(s.wq) == 1 {
+		signal(s.wake)
+	}
+	return true
+}
+
+// signal does a non-blocking send on a 1-buffered notification channel.
+func signal(ch chan struct{}) {
+	select {
+	case ch <- struct{}{}:
+	default:
+	}
+}
+
+func (s *Session) signalSlot() {
+	s.mu.Lock()
+	if s.numStreams < int(s.peerMaxStreams) {
+		signal(s.slotCh)
+	}
+	s.mu.Unlock()
+}
+
+// releaseSlotLocked frees the concurrency slot st holds, if any.
+func (s *Session) releaseSlotLocked(st *Stream) {
+	if st.slot {
+		st.slot = false
+		s.numStreams--
+		signal(s.slotCh)
+	}
+}
+
+// consumedLocked returns n bytes of receive window after the application
+// (or the session, for discarded data) consumed them from st, sending
+// WINDOW_UPDATE once half a window is due (RFC 9113 section 6.9). st may be
+// nil for bytes that only count against the connection window.
+func (s *Session) consumedLocked(st *Stream, n int64) {
+	if n <= 0 {
+		return
+	}
+	s.connUnacked += n
+	if s.connUnacked >= int64(s.cfg.MaxConnWindow/2) {
+		s.enqueueLocked(writeItem{kind: itemWindowUpdate, val: uint32(s.connUnacked)})
+		s.connRecv += s.connUnacked
+		s.connUnacked = 0
+	}
+	if st == nil || st.remoteEnd || st.finished {
+		return // no more DATA may come on this stream, no update needed
+	}
+	st.unacked += n
+	if st.unacked >= int64(s.cfg.MaxStreamWindow/2) {
+		s.enqueueLocked(writeItem{kind: itemWindowUpdate, id: st.id, val: uint32(st.unacked)})
+		st.recvAvail += st.unacked
+		st.unacked = 0
+	}
+}
+
+// ---- writer ----
+
+func (s *Session) writeLoop() {
+	defer s.wg.Done()
+	defer close(s.writerDone)
+	if err := s.writeFrames(); err != nil {
+		s.die(fmt.Errorf("h2mux: write: %w", err))
+	}
+}
+
+func (s *Session) writeFrames() error {
+	if err := s.writePreface(); err != nil {
+		return err
+	}
+	var batch []writeItem
+	for {
+		s.mu.Lock()
+		for len(s.wq) == 0 {
+			if s.bw.Buffered() > 0 {
+				// Flush only when the queue is empty so that a burst of
+				// frames from many streams shares system calls.
+				s.mu.Unlock()
+				if err := s.bw.Flush(); err != nil {
+					return err
+				}
+				s.mu.Lock()
+				continue
+			}
+			s.mu.Unlock()
+			select {
+			case <-s.wake:
+			case <-s.done:
+				return nil
+			}
+			s.mu.Lock()
+		}
+		batch, s.wq = s.wq, batch[:0]
+		s.nCtrl = 0
+		maxFrame := int(s.peerMaxFrame)
+		s.mu.Unlock()
+
+		for i := range batch {
+			it := &batch[i]
+			err := s.writeItem(it, maxFrame)
+			if it.notify {
+				signal(it.st.wdone)
+			}
+			if err != nil {
+				return err
+			}
+			if it.kind == itemGoAway {
+				return s.bw.Flush()
+			}
+			*it = writeItem{} // drop references to streams and buffers
+		}
+	}
+}
+
+// writePreface writes the first flight: the client preface (section 3.4),
+// our SETTINGS (section 6.5) and a WINDOW_UPDATE that opens the connection
+// window. A client sends the settings Chrome sends, in Chrome's order.
+func (s *Session) writePreface() error {
+	var settings []http2.Setting
+	if s.client {
+		if _, err := s.bw.WriteString(http2.ClientPreface); err != nil {
+			return err
+		}
+		settings = append(settings,
+			http2.Setting{ID: http2.SettingHeaderTableSize, Val: clientTable},
+			http2.Setting{ID: http2.SettingEnablePush, Val: 0},
+			http2.Setting{ID: http2.SettingInitialWindowSize, Val: uint32(s.cfg.MaxStreamWindow)},
+			http2.Setting{ID: http2.SettingMaxHeaderListSize, Val: clientHdrList},
+		)
+	} else {
+		settings = append(settings,
+			http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: uint32(s.cfg.MaxStreams)},
+			http2.Setting{ID: http2.SettingInitialWindowSize, Val: uint32(s.cfg.MaxStreamWindow)},
+			http2.Setting{ID: http2.SettingMaxHeaderListSize, Val: serverHdrList},
+		)
+	}
+	if s.cfg.MaxFrameSize != minFrameSize {
+		settings = append(settings, http2.Setting{ID: http2.SettingMaxFrameSize, Val: uint32(s.cfg.MaxFrameSize)})
+	}
+	if err := s.wf.WriteSettings(settings...); err != nil {
+		return err
+	}
+	if inc := s.cfg.MaxConnWindow - initialWindow; inc > 0 {
+		if err := s.wf.WriteWindowUpdate(0, uint32(inc)); err != nil {
+			return err
+		}
+	}
+	return s.bw.Flush()
+}
+
+func (s *Session) writeItem(it *writeItem, maxFrame int) error {
+	switch it.kind {
+	case itemHeaders:
+		return s.writeHeaders(it.id, it.end, maxFrame)
+	case itemData:
+		return s.writeData(it.id, it.data, it.end, maxFrame)
+	case itemSettingsAck:
+		if it.table {
+			// Section 6.5.3: the new HEADER_TABLE_SIZE applies from our
+			// acknowledgement on; the encoder signals the change.
+			s.henc.SetMaxDynamicTableSizeLimit(it.val)
+		}
+		return s.wf.WriteSettingsAck()
+	case itemWindowUpdate:
+		return s.wf.WriteWindowUpdate(it.id, it.val)
+	case itemPing:
+		return s.wf.WritePing(it.ack, it.ping)
+	case itemRST:
+		return s.wf.WriteRSTStream(it.id, http2.ErrCode(it.val))
+	case itemGoAway:
+		return s.wf.WriteGoAway(it.id, http2.ErrCode(it.val), nil)
+	}
+	return nil
+}
+
+// writeHeaders encodes a request (client) or response (server) header
+// block and writes it as HEADERS plus CONTINUATION frames (section 6.2,
+// 6.10).
+func (s *Session) writeHeaders(id uint32, end bool, maxFrame int) error {
+	s.hbuf.Reset()
+	if s.client {
+		// Chrome's pseudo-header order.
+		s.henc.WriteField(hpack.HeaderField{Name: ":method", Value: "POST"})
+		s.henc.WriteField(hpack.HeaderField{Name: ":authority", Value: s.cfg.Authority})
+		s.henc.WriteField(hpack.HeaderField{Name: ":scheme", Value: "https"})
+		s.henc.WriteField(hpack.HeaderField{Name: ":path", Value: s.cfg.Path})
+	} else {
+		s.henc.WriteField(hpack.HeaderField{Name: ":status", Value: "200"})
+	}
+	block := s.hbuf.Bytes()
+	first := block
+	if len(first) > maxFrame {
+		first = first[:maxFrame]
+	}
+	block = block[len(first):]
+	err := s.wf.WriteHeaders(http2.HeadersFrameParam{
+		StreamID:      id,
+		BlockFragment: first,
+		EndStream:     end,
+		EndHeaders:    len(block) == 0,
+	})
+	for err == nil && len(block) > 0 {
+		frag := block
+		if len(frag) > maxFrame {
+			frag = frag[:maxFrame]
+		}
+		block = block[len(frag):]
+		err = s.wf.WriteContinuation(id, len(block) == 0, frag)
+	}
+	return err
+}
+
+// writeData writes data as DATA frames of at most maxFrame bytes (section
+// 6.1). The frame header is built here rather than with Framer.WriteData so
+// that the payload is copied only once, into the buffered writer.
+func (s *Session) writeData(id uint32, data []byte, end bool, maxFrame int) error {
+	for {
+		n := min(len(data), maxFrame)
+		last := n == len(data)
+		h := s.dhdr[:]
+		h[0], h[1], h[2] = byte(n>>16), byte(n>>8), byte(n)
+		h[3] = byte(http2.FrameData)
+		h[4] = 0
+		if last && end {
+			h[4] = byte(http2.FlagDataEndStream)
+		}
+		binary.BigEndian.PutUint32(h[5:], id)
+		if _, err := s.bw.Write(h); err != nil {
+			return err
+		}
+		if _, err := s.bw.Write(data[:n]); err != nil {
+			return err
+		}
+		data = data[n:]
+		if last {
+			return nil
+		}
+	}
+}
+
+// ---- reader ----
+
+func (s *Session) readLoop() {
+	defer s.wg.Done()
+	err := s.readFrames()
+	var pe *protoError
+	if errors.As(err, &pe) {
+		s.shutdown(err, pe.code)
+		return
+	}
+	s.die(err)
+}
+
+// protoError is a connection error (RFC 9113 section 5.4.1): the session
+// ends, telling the peer the code in GOAWAY.
+type protoError struct {
+	code http2.ErrCode
+	msg  string
+}
+
+func (e *protoError) Error() string {
+	return fmt.Sprintf("h2mux: %s (%v)", e.msg, e.code)
+}
+
+func (e *protoError) Unwrap() error { return ErrProtocol }
+
+func connError(code http2.ErrCode, format string, args ...any) error {
+	return &protoError{code: code, msg: fmt.Sprintf(format, args...)}
+}
+
+func (s *Session) readFrames() error {
+	if !s.client {
+		var buf [len(http2.ClientPreface)]byte
+		if _, err := io.ReadFull(s.br, buf[:]); err != nil {
+			return fmt.Errorf("h2mux: read preface: %w", err)
+		}
+		if string(buf[:]) != http2.ClientPreface {
+			return fmt.Errorf("h2mux: bad connection preface: %w", ErrProtocol)
+		}
+	}
+	first := true
+	for {
+		f, err := s.fr.ReadFrame()
+		if err != nil {
+			var se http2.StreamError
+			var ce http2.ConnectionError
+			switch {
+			case errors.As(err, &se):
+				if err := s.onStreamError(se); err != nil {
+					return err
+				}
+				continue
+			case errors.As(err, &ce):
+				return connError(http2.ErrCode(ce), "bad frame: %v", s.fr.ErrorDetail())
+			case errors.Is(err, http2.ErrFrameTooLarge):
+				return connError(http2.ErrCodeFrameSize, "frame larger than %d bytes", s.cfg.MaxFrameSize)
+			}
+			return fmt.Errorf("h2mux: read frame: %w", err)
+		}
+		if first {
+			// Section 3.4: the first frame from either side is SETTINGS.
+			if sf, ok := f.(*http2.SettingsFrame); !ok || sf.IsAck() {
+				return connError(http2.ErrCodeProtocol, "first frame is %v, not SETTINGS", f.Header().Type)
+			}
+			first = false
+		}
+		if err := s.handleFrame(f); err != nil {
+			return err
+		}
+		if !s.frameBuffered() {
+			s.wakeReaders()
+		}
+	}
+}
+
+// frameBuffered reports whether a whole frame is already buffered, so that
+// the next ReadFrame will not block. Readers of streams that got data are
+// woken only before the read loop may block: one wake-up then covers many
+// frames instead of one per frame.
+func (s *Session) frameBuffered() bool {
+	n := s.br.Buffered()
+	if n < frameHeaderSz {
+		return false
+	}
+	h, err := s.br.Peek(frameHeaderSz)
+	if err != nil {
+		return false
+	}
+	length := int(h[0])<<16 | int(h[1])<<8 | int(h[2])
+	return n >= frameHeaderSz+length
+}
+
+// wakeReaders wakes the readers of streams that received data.
+func (s *Session) wakeReaders() {
+	s.mu.Lock()
+	for i, st := range s.ready {
+		st.readyQueued = false
+		signal(st.rch)
+		s.ready[i] = nil
+	}
+	s.ready = s.ready[:0]
+	s.mu.Unlock()
+}
+
+func (s *Session) handleFrame(f http2.Frame) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch f := f.(type) {
+	case *http2.DataFrame:
+		return s.onData(f)
+	case *http2.MetaHeadersFrame:
+		return s.onHeaders(f)
+	case *http2.SettingsFrame:
+		return s.onSettings(f)
+	case *http2.PingFrame:
+		return s.onPing(f)
+	case *http2.WindowUpdateFrame:
+		return s.onWindowUpdate(f)
+	case *http2.RSTStreamFrame:
+		return s.onRSTStream(f)
+	case *http2.GoAwayFrame:
+		return s.onGoAway(f)
+	case *http2.PushPromiseFrame:
+		// Section 8.4: we never enable push.
+		return connError(http2.ErrCodeProtocol, "PUSH_PROMISE with push disabled")
+	}
+	// PRIORITY and unknown frame types are ignored (section 5.3.2, 5.5).
+	return nil
+}
+
+// idleLocked reports whether id names a stream that has not been opened
+// yet (section 5.1: frames other than HEADERS and PRIORITY on an idle stream
+// are a connection error).
+func (s *Session) idleLocked(id uint32) bool {
+	if id%2 == 1 { // client-initiated
+		if s.client {
+			return id >= s.nextID
+		}
+		return id > s.lastPeerID
+	}
+	return true // nobody opens even streams: we disable push
+}
+
+// onStreamError handles a stream error the framer detected (for example
+// invalid header fields): the stream is reset, the session lives on.
+func (s *Session) onStreamError(se http2.StreamError) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if se.StreamID == 0 {
+		return connError(se.Code, "stream error on stream 0")
+	}
+	if !s.client && se.StreamID%2 == 1 && se.StreamID > s.lastPeerID {
+		s.lastPeerID = se.StreamID // a refused new stream still uses up its ID
+	}
+	st := s.streams[se.StreamID]
+	if st == nil && s.idleLocked(se.StreamID) {
+		return connError(http2.ErrCodeProtocol, "stream error on idle stream %d", se.StreamID)
+	}
+	s.log.Debug("stream error", "stream", se.StreamID, "err", se)
+	return s.resetLocked(st, se.StreamID, se.Code, fmt.Errorf("h2mux: stream %d: %v: %w", se.StreamID, se.Code, ErrStreamReset))
+}
+
+// resetLocked sends RST_STREAM with code for stream id and, if st is known,
+// fails it with err.
+func (s *Session) resetLocked(st *Stream, id uint32, code http2.ErrCode, err error) error {
+	if !s.enqueueLocked(writeItem{kind: itemRST, id: id, val: uint32(code), peer: true}) {
+		return connError(http2.ErrCodeEnhanceYourCalm, "too many queued control frames")
+	}
+	if st != nil {
+		s.failStreamLocked(st, err)
+	}
+	return nil
+}
+
+// failStreamLocked ends st with err: buffered data is dropped (its window
+// returned) and both directions fail.
+func (s *Session) failStreamLocked(st *Stream, err error) {
+	if st.resetErr == nil {
+		st.resetErr = err
+	}
+	s.discardLocked(st)
+	s.finishLocked(st)
+}
+
+// discardLocked drops st's unread data, returning its connection window.
+func (s *Session) discardLocked(st *Stream) {
+	n := len(st.buf) - st.roff
+	st.buf, st.roff = nil, 0
+	st.finished = true // no stream WINDOW_UPDATE for what we drop
+	s.consumedLocked(st, int64(n))
+}
+
+// finishLocked forgets st: the peer will send nothing more we need, and we
+// will send nothing more. It wakes st's readers and writers.
+func (s *Session) finishLocked(st *Stream) {
+	st.finished = true
+	if st.id != 0 && s.streams[st.id] == st {
+		delete(s.streams, st.id)
+	}
+	if st.accepted {
+		s.releaseSlotLocked(st)
+	}
+	signal(st.rch)
+	signal(st.wch)
+}
+
+func (s *Session) onData(f *http2.DataFrame) error {
+	id := f.StreamID
+	n := int64(f.Length) // section 6.9.1: the whole payload, padding included, is flow controlled
+	data := f.Data()
+	if n > s.connRecv {
+		return connError(http2.ErrCodeFlowControl, "DATA of %d bytes beyond connection window %d", n, s.connRecv)
+	}
+	s.connRecv -= n
+	st := s.streams[id]
+	if st == nil {
+		if s.idleLocked(id) {
+			return connError(http2.ErrCodeProtocol, "DATA on idle stream %d", id)
+		}
+		// A stream we already closed or reset: the peer may not have
+		// seen our RST_STREAM yet (section 5.1, "closed"). Give the
+		// window back and drop the data.
+		s.consumedLocked(nil, n)
+		return nil
+	}
+	if st.remoteEnd {
+		// Section 5.1, "half-closed (remote)": STREAM_CLOSED.
+		s.consumedLocked(nil, n)
+		return s.resetLocked(st, id, http2.ErrCodeStreamClosed, fmt.Errorf("h2mux: stream %d: DATA after END_STREAM: %w", id, ErrStreamReset))
+	}
+	if n > st.recvAvail {
+		return connError(http2.ErrCodeFlowControl, "DATA of %d bytes beyond stream %d window %d", n, id, st.recvAvail)
+	}
+	st.recvAvail -= n
+	if len(data) > 0 {
+		if st.roff > 0 && len(st.buf)+len(data) > cap(st.buf) {
+			m := copy(st.buf, st.buf[st.roff:])
+			st.buf, st.roff = st.buf[:m], 0
+		}
+		st.buf = append(st.buf, data...)
+	}
+	if f.StreamEnded() {
+		st.remoteEnd = true
+		if st.writeEnd {
+			s.finishLocked(st)
+		}
+	}
+	// Padding is never read by the application; return it now.
+	s.consumedLocked(st, n-int64(len(data)))
+	if !st.readyQueued {
+		st.readyQueued = true
+		s.ready = append(s.ready, st)
+	}
+	return nil
+}
+
+func (s *Session) onHeaders(f *http2.MetaHeadersFrame) error {
+	id := f.StreamID
+	if s.client {
+		return s.onResponseHeaders(f)
+	}
+	if st := s.streams[id]; st != nil {
+		// Trailers (section 8.1): they must end the stream.
+		if !f.StreamEnded() || st.remoteEnd {
+			return connError(http2.ErrCodeProtocol, "HEADERS on open stream %d without END_STREAM", id)
+		}
+		st.remoteEnd = true
+		if st.writeEnd {
+			s.finishLocked(st)
+		}
+		signal(st.rch)
+		return nil
+	}
+	if id%2 == 0 {
+		return connError(http2.ErrCodeProtocol, "client opened even stream %d", id)
+	}
+	if id <= s.lastPeerID {
+		return nil // a stream we reset or finished; ignore (section 5.1)
+	}
+	s.lastPeerID = id
+	if f.Truncated || f.PseudoValue("status") != "" || f.PseudoValue("method") == "" {
+		return s.resetLocked(nil, id, http2.ErrCodeProtocol, nil)
+	}
+	if s.closing || s.numStreams >= s.cfg.MaxStreams {
+		// Section 5.1.2: refuse streams beyond our limit.
+		return s.resetLocked(nil, id, http2.ErrCodeRefusedStream, nil)
+	}
+	st := s.newStream(id)
+	st.sendWin = s.peerInitWindow
+	st.slot = true
+	s.numStreams++
+	s.streams[id] = st
+	if f.StreamEnded() {
+		st.remoteEnd = true
+	}
+	s.acceptQ = append(s.acceptQ, st)
+	signal(s.acceptCh)
+	return nil
+}
+
+func (s *Session) onResponseHeaders(f *http2.MetaHeadersFrame) error {
+	id := f.StreamID
+	st := s.streams[id]
+	if st == nil {
+		if s.idleLocked(id) {
+			return connError(http2.ErrCodeProtocol, "HEADERS on idle stream %d", id)
+		}
+		return nil
+	}
+	if !st.gotResponse {
+		status := f.PseudoValue("status")
+		if len(status) == 3 && status[0] == '1' && status != "101" && !f.StreamEnded() {
+			return nil // informational response (section 8.1); wait for the final one
+		}
+		if status != "200" || f.Truncated {
+			return s.resetLocked(st, id, http2.ErrCodeCancel, fmt.Errorf("h2mux: stream %d: response status %q: %w", id, status, ErrStreamReset))
+		}
+		st.gotResponse = true
+	} else if !f.StreamEnded() || st.remoteEnd {
+		return connError(http2.ErrCodeProtocol, "HEADERS on open stream %d without END_STREAM", id)
+	}
+	if f.StreamEnded() {
+		st.remoteEnd = true
+		if st.writeEnd {
+			s.finishLocked(st)
+		}
+		signal(st.rch)
+	}
+	return nil
+}
+
+func (s *Session) onSettings(f *http2.SettingsFrame) error {
+	if f.IsAck() {
+		return nil
+	}
+	ack := writeItem{kind: itemSettingsAck, peer: true}
+	err := f.ForeachSetting(func(set http2.Setting) error {
+		if err := set.Valid(); err != nil {
+			code := http2.ErrCodeProtocol
+			var ce http2.ConnectionError
+			if errors.As(err, &ce) {
+				code = http2.ErrCode(ce)
+			}
+			return connError(code, "invalid setting %v", set)
+		}
+		switch set.ID {
+		case http2.SettingInitialWindowSize:
+			// Section 6.9.2: adjust every open stream by the difference;
+			// windows may go negative but not above 2^31-1.
+			delta := int64(set.Val) - s.peerInitWindow
+			s.peerInitWindow = int64(set.Val)
+			for _, st := range s.streams {
+				st.sendWin += delta
+				if st.sendWin > maxWindow {
+					return connError(http2.ErrCodeFlowControl, "SETTINGS_INITIAL_WINDOW_SIZE overflows stream %d window", st.id)
+				}
+				signal(st.wch)
+			}
+		case http2.SettingMaxFrameSize:
+			s.peerMaxFrame = set.Val
+		case http2.SettingMaxConcurrentStreams:
+			s.peerMaxStreams = min(set.Val, maxStreamID)
+			signal(s.slotCh)
+		case http2.SettingHeaderTableSize:
+			ack.table, ack.val = true, set.Val
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	if !s.enqueueLocked(ack) {
+		return connError(http2.ErrCodeEnhanceYourCalm, "too many queued control frames")
+	}
+	return nil
+}
+
+func (s *Session) onPing(f *http2.PingFrame) error {
+	if f.IsAck() {
+		if ch, ok := s.pings[f.Data]; ok {
+			delete(s.pings, f.Data)
+			close(ch)
+		}
+		return nil
+	}
+	if !s.enqueueLocked(writeItem{kind: itemPing, ack: true, ping: f.Data, peer: true}) {
+		return connError(http2.ErrCodeEnhanceYourCalm, "too many queued control frames")
+	}
+	return nil
+}
+
+func (s *Session) onWindowUpdate(f *http2.WindowUpdateFrame) error {
+	inc := int64(f.Increment)
+	if f.StreamID == 0 {
+		s.connSend += inc
+		if s.connSend > maxWindow {
+			return connError(http2.ErrCodeFlowControl, "connection window overflow")
+		}
+		for _, st := range s.streams {
+			signal(st.wch)
+		}
+		return nil
+	}
+	st := s.streams[f.StreamID]
+	if st == nil {
+		if s.idleLocked(f.StreamID) {
+			return connError(http2.ErrCodeProtocol, "WINDOW_UPDATE on idle stream %d", f.StreamID)
+		}
+		return nil
+	}
+	st.sendWin += inc
+	if st.sendWin > maxWindow {
+		// Section 6.9.1: a stream error for a stream window.
+		return s.resetLocked(st, st.id, http2.ErrCodeFlowControl, fmt.Errorf("h2mux: stream %d: window overflow: %w", st.id, ErrStreamReset))
+	}
+	signal(st.wch)
+	return nil
+}
+
+func (s *Session) onRSTStream(f *http2.RSTStreamFrame) error {
+	st := s.streams[f.StreamID]
+	if st == nil {
+		if s.idleLocked(f.StreamID) {
+			return connError(http2.ErrCodeProtocol, "RST_STREAM on idle stream %d", f.StreamID)
+		}
+		return nil
+	}
+	err := fmt.Errorf("h2mux: stream %d reset by peer (%v): %w", st.id, f.ErrCode, ErrStreamReset)
+	if st.remoteEnd {
+		// The peer had sent all it had (END_STREAM) before resetting:
+		// what it sent stays readable up to io.EOF, and only our
+		// direction ends (RFC 9113 section 8.1: a complete response
+		// followed by RST_STREAM must not be discarded).
+		st.writeReset = err
+		s.finishLocked(st)
+		return nil
+	}
+	s.failStreamLocked(st, err)
+	return nil
+}
+
+func (s *Session) onGoAway(f *http2.GoAwayFrame) error {
+	s.goaway = true
+	s.log.Debug("peer sent GOAWAY", "last_stream", f.LastStreamID, "code", f.ErrCode)
+	// Section 6.8: streams above the last one the peer processed were
+	// never seen by it; fail them.
+	for id, st := range s.streams {
+		if id > f.LastStreamID && id%2 == boolBit(s.client) {
+			s.failStreamLocked(st, fmt.Errorf("h2mux: stream %d refused by GOAWAY: %w", id, ErrStreamReset))
+		}
+	}
+	signal(s.slotCh)
+	return nil
+}
+
+func boolBit(b bool) uint32 {
+	if b {
+		return 1
+	}
+	return 0
+}

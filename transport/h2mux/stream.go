@@ -1,0 +1,359 @@
+package h2mux
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"time"
+
+	"golang.org/x/net/http2"
+)
+
+// A Stream is one HTTP/2 stream of a [Session]: a request body in one
+// direction and a response body in the other. It implements
+// [transport.Stream]. Read, Write, CloseWrite, Close and the deadline
+// methods may be called concurrently; concurrent Writes are serialized.
+//
+// Read returns io.EOF only after the peer ended its side cleanly with
+// END_STREAM. A stream the peer reset, or one that dies with its session,
+// returns an error wrapping [ErrStreamReset] or [ErrSessionClosed] instead,
+// so a truncated stream is never mistaken for a complete one. Deadlines
+// make Read and Write return [os.ErrDeadlineExceeded].
+type Stream struct {
+	s     *Session
+	wmu   sync.Mutex    // serializes Write and CloseWrite so frames stay in order
+	rch   chan struct{} // cap 1: read-side state changed
+	wch   chan struct{} // cap 1: write-side state changed (window, reset, deadline)
+	wdone chan struct{} // cap 1: the writer finished our queued DATA
+
+	// Everything below is guarded by s.mu.
+	id          uint32 // 0 until a client stream's HEADERS is queued
+	headersSent bool   // our HEADERS (request or response) is queued
+	gotResponse bool   // client: the peer's response HEADERS arrived
+	writeEnd    bool   // our END_STREAM is queued
+	remoteEnd   bool   // the peer's END_STREAM arrived
+	localClosed bool   // Close was called
+	finished    bool   // forgotten by the session: no more frames either way
+	slot        bool   // holds one of the session's concurrency slots
+	accepted    bool   // handed to the application
+	readyQueued bool   // in s.ready, waiting for its reader to be woken
+	resetErr    error  // why the stream was cut short, if it was
+	writeReset  error  // set when the peer reset after its END_STREAM: only writes fail
+	buf         []byte // received data; unread part is buf[roff:]
+	roff        int
+	recvAvail   int64 // bytes the peer may still send (our advertised window)
+	unacked     int64 // bytes read but not yet returned by WINDOW_UPDATE
+	sendWin     int64 // bytes we may still send
+	rdl, wdl    deadline
+}
+
+// deadline is one direction's deadline: a time and a timer that wakes the
+// waiters when it passes.
+type deadline struct {
+	t     time.Time
+	timer *time.Timer
+}
+
+// set changes the deadline and wakes ch so that waiters re-check it.
+func (d *deadline) set(t time.Time, ch chan struct{}) {
+	d.stop()
+	d.t = t
+	if !t.IsZero() {
+		if dur := time.Until(t); dur > 0 {
+			d.timer = time.AfterFunc(dur, func() { signal(ch) })
+		}
+	}
+	signal(ch)
+}
+
+func (d *deadline) stop() {
+	if d.timer != nil {
+		d.timer.Stop()
+		d.timer = nil
+	}
+}
+
+func (d *deadline) exceeded() bool {
+	return !d.t.IsZero() && !time.Now().Before(d.t)
+}
+
+func (s *Session) newStream(id uint32) *Stream {
+	return &Stream{
+		s:         s,
+		id:        id,
+		rch:       make(chan struct{}, 1),
+		wch:       make(chan struct{}, 1),
+		wdone:     make(chan struct{}, 1),
+		recvAvail: int64(s.cfg.MaxStreamWindow),
+	}
+}
+
+func (st *Stream) stopTimersLocked() {
+	st.rdl.stop()
+	st.wdl.stop()
+}
+
+// activateLocked queues st's HEADERS frame. On a client this is when the
+// stream gets its ID: IDs are assigned in the order HEADERS frames are
+// queued, and the writer keeps that order, so they reach the wire in
+// increasing order as RFC 9113 section 5.1.1 requires.
+func (s *Session) activateLocked(st *Stream, end bool) error {
+	if s.client {
+		if s.goaway {
+			return fmt.Errorf("h2mux: open stream: %w", ErrGoAway)
+		}
+		if s.nextID > maxStreamID {
+			return fmt.Errorf("h2mux: open stream: stream IDs exhausted: %w", ErrSessionClosed)
+		}
+		st.id = s.nextID
+		s.nextID += 2
+		st.sendWin = s.peerInitWindow
+		s.streams[st.id] = st
+	}
+	st.headersSent = true
+	s.enqueueLocked(writeItem{kind: itemHeaders, st: st, id: st.id, end: end})
+	return nil
+}
+
+// ID returns the HTTP/2 stream identifier, or 0 for a client stream that
+// has not yet sent its HEADERS.
+func (st *Stream) ID() uint32 {
+	st.s.mu.Lock()
+	defer st.s.mu.Unlock()
+	return st.id
+}
+
+// Read reads data the peer sent. It returns io.EOF after the peer's
+// END_STREAM once all data has been read.
+func (st *Stream) Read(p []byte) (int, error) {
+	s := st.s
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.client && !st.headersSent && st.errLocked() == nil {
+		// A client that reads before writing still needs the server to
+		// know about the stream.
+		if err := s.activateLocked(st, false); err != nil {
+			return 0, err
+		}
+	}
+	for {
+		if st.roff < len(st.buf) {
+			n := copy(p, st.buf[st.roff:])
+			st.roff += n
+			if st.roff == len(st.buf) {
+				st.buf, st.roff = st.buf[:0], 0
+			} else {
+				signal(st.rch) // let a concurrent reader take the rest
+			}
+			s.consumedLocked(st, int64(n))
+			return n, nil
+		}
+		if err := st.errLocked(); err != nil {
+			return 0, err
+		}
+		if st.remoteEnd {
+			signal(st.rch)
+			return 0, io.EOF
+		}
+		if s.err != nil {
+			return 0, s.deadErr(fmt.Sprintf("stream %d read", st.id))
+		}
+		if st.rdl.exceeded() {
+			return 0, os.ErrDeadlineExceeded
+		}
+		if len(p) == 0 {
+			return 0, nil
+		}
+		s.mu.Unlock()
+		select {
+		case <-st.rch:
+		case <-s.done:
+		}
+		s.mu.Lock()
+	}
+}
+
+// errLocked returns the error both directions report once the stream was
+// closed locally or reset.
+func (st *Stream) errLocked() error {
+	if st.localClosed {
+		return fmt.Errorf("h2mux: stream %d: %w", st.id, net.ErrClosed)
+	}
+	return st.resetErr
+}
+
+// writeErrLocked returns why Write cannot proceed now, if it cannot.
+func (st *Stream) writeErrLocked() error {
+	s := st.s
+	if err := st.errLocked(); err != nil {
+		return err
+	}
+	switch {
+	case s.err != nil:
+		return s.deadErr(fmt.Sprintf("stream %d write", st.id))
+	case s.closing:
+		return fmt.Errorf("h2mux: stream %d write: %w", st.id, ErrSessionClosed)
+	case st.writeEnd:
+		return fmt.Errorf("h2mux: stream %d: write after CloseWrite: %w", st.id, net.ErrClosed)
+	case st.writeReset != nil:
+		return st.writeReset
+	case st.wdl.exceeded():
+		return os.ErrDeadlineExceeded
+	}
+	return nil
+}
+
+// Write sends p as DATA frames, blocking while the peer's flow-control
+// windows are exhausted. The bytes are handed to the session's writer
+// without copying, in pieces of at most 256 KiB, so Write returns once the
+// last piece is in the connection's write buffer. A write deadline
+// interrupts waiting for window, not a piece already handed over.
+func (st *Stream) Write(p []byte) (int, error) {
+	st.wmu.Lock()
+	defer st.wmu.Unlock()
+	s := st.s
+	n := 0
+	for {
+		s.mu.Lock()
+		var avail int64
+		for {
+			if err := st.writeErrLocked(); err != nil {
+				s.mu.Unlock()
+				return n, err
+			}
+			if !st.headersSent {
+				if err := s.activateLocked(st, false); err != nil {
+					s.mu.Unlock()
+					return n, err
+				}
+			}
+			if len(p) == 0 {
+				s.mu.Unlock()
+				return n, nil
+			}
+			// Section 5.2: never send more than both windows allow.
+			avail = min(st.sendWin, s.connSend, writeChunk, int64(len(p)))
+			if avail > 0 {
+				break
+			}
+			s.mu.Unlock()
+			select {
+			case <-st.wch:
+			case <-s.done:
+			}
+			s.mu.Lock()
+		}
+		st.sendWin -= avail
+		s.connSend -= avail
+		s.enqueueLocked(writeItem{kind: itemData, st: st, id: st.id, data: p[:avail], notify: true})
+		s.mu.Unlock()
+		select {
+		case <-st.wdone:
+		case <-s.writerDone:
+			// The writer signals wdone before it can exit, so this
+			// tells whether our piece went out.
+			select {
+			case <-st.wdone:
+			default:
+				return n, s.deadErr(fmt.Sprintf("stream %d write", st.id))
+			}
+		}
+		n += int(avail)
+		p = p[avail:]
+	}
+}
+
+// CloseWrite half-closes the stream by sending END_STREAM (RFC 9113 section
+// 8.1): the peer reads io.EOF once it has read everything before it, and
+// this side can still read. Calling it again does nothing.
+func (st *Stream) CloseWrite() error {
+	st.wmu.Lock()
+	defer st.wmu.Unlock()
+	s := st.s
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if st.writeEnd && st.errLocked() == nil {
+		return nil
+	}
+	if err := st.writeErrLocked(); err != nil {
+		return err
+	}
+	st.writeEnd = true
+	if !st.headersSent {
+		if err := s.activateLocked(st, true); err != nil {
+			return err
+		}
+	} else {
+		s.enqueueLocked(writeItem{kind: itemData, st: st, id: st.id, end: true})
+	}
+	if st.remoteEnd {
+		s.finishLocked(st)
+	}
+	return nil
+}
+
+// Close ends the stream in both directions. Unless both sides had already
+// ended cleanly, the peer gets RST_STREAM with CANCEL (RFC 9113 section
+// 6.4), and its reads and writes fail with an error wrapping
+// [ErrStreamReset]. Unread data is discarded. Close always returns nil.
+func (st *Stream) Close() error {
+	s := st.s
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if st.localClosed {
+		return nil
+	}
+	st.localClosed = true
+	st.stopTimersLocked()
+	if !st.finished && st.id != 0 && s.err == nil && !s.closing {
+		s.enqueueLocked(writeItem{kind: itemRST, id: st.id, val: uint32(http2.ErrCodeCancel)})
+	}
+	s.discardLocked(st)
+	s.finishLocked(st)
+	return nil
+}
+
+// LocalAddr returns the local address of the session's connection.
+func (st *Stream) LocalAddr() net.Addr { return st.s.conn.LocalAddr() }
+
+// RemoteAddr returns the remote address of the session's connection.
+func (st *Stream) RemoteAddr() net.Addr { return st.s.conn.RemoteAddr() }
+
+// SetDeadline sets both the read and write deadlines. A zero time means no
+// deadline.
+func (st *Stream) SetDeadline(t time.Time) error {
+	st.s.mu.Lock()
+	defer st.s.mu.Unlock()
+	if st.localClosed {
+		return fmt.Errorf("h2mux: set deadline: %w", net.ErrClosed)
+	}
+	st.rdl.set(t, st.rch)
+	st.wdl.set(t, st.wch)
+	return nil
+}
+
+// SetReadDeadline sets the deadline for Read. A zero time means no
+// deadline.
+func (st *Stream) SetReadDeadline(t time.Time) error {
+	st.s.mu.Lock()
+	defer st.s.mu.Unlock()
+	if st.localClosed {
+		return fmt.Errorf("h2mux: set read deadline: %w", net.ErrClosed)
+	}
+	st.rdl.set(t, st.rch)
+	return nil
+}
+
+// SetWriteDeadline sets the deadline for Write. A zero time means no
+// deadline.
+func (st *Stream) SetWriteDeadline(t time.Time) error {
+	st.s.mu.Lock()
+	defer st.s.mu.Unlock()
+	if st.localClosed {
+		return fmt.Errorf("h2mux: set write deadline: %w", net.ErrClosed)
+	}
+	st.wdl.set(t, st.wch)
+	return nil
+}

@@ -1,0 +1,88 @@
+package tlscarrier
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"time"
+
+	"github.com/merpati/merpati/transport/auth"
+	"github.com/merpati/merpati/transport/h2mux"
+	"github.com/merpati/merpati/transport/hello"
+)
+
+// ServerConfig configures the relay side of the carrier.
+type ServerConfig struct {
+	// Certificate is the relay's own certificate, whose key clients pin.
+	// Required.
+	Certificate tls.Certificate
+	// Mux configures the HTTP/2 session.
+	Mux h2mux.Config
+	// HandshakeTimeout bounds the TLS handshake; zero means 10 seconds.
+	HandshakeTimeout time.Duration
+}
+
+// HelloToken returns the digest of h (with its session id zeroed) and the
+// token in its session id, for [auth.Match]. ok is false when h cannot
+// carry a token: its session id is not 32 bytes long.
+func HelloToken(h *hello.ClientHello) (digest [32]byte, token []byte, ok bool) {
+	if len(h.SessionID) != auth.TokenSize || h.SessionIDOffset != sessionIDOffset {
+		return digest, nil, false
+	}
+	digest, err := auth.HelloDigest(h.Raw, h.SessionIDOffset)
+	if err != nil {
+		return digest, nil, false
+	}
+	return digest, h.SessionID, true
+}
+
+// Accept completes the relay side of an authenticated connection: conn is
+// the client's connection, of which the bytes in read (the TLS record
+// holding the ClientHello, and whatever followed it) have already been
+// read. The caller has already checked the
+// hello's token. Accept runs the TLS handshake, requires ALPN "h2", and
+// starts the HTTP/2 session. On error the caller closes conn.
+func Accept(ctx context.Context, conn net.Conn, read []byte, cfg ServerConfig) (*h2mux.Session, error) {
+	if len(cfg.Certificate.Certificate) == 0 {
+		return nil, errors.New("tlscarrier: ServerConfig.Certificate: required")
+	}
+	timeout := cfg.HandshakeTimeout
+	if timeout <= 0 {
+		timeout = 10 * time.Second
+	}
+	tc := tls.Server(&prefixConn{Conn: conn, prefix: read}, &tls.Config{
+		Certificates: []tls.Certificate{cfg.Certificate},
+		NextProtos:   []string{"h2", "http/1.1"},
+		MinVersion:   tls.VersionTLS13,
+	})
+	hctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	if err := tc.HandshakeContext(hctx); err != nil {
+		return nil, fmt.Errorf("tls handshake: %w", err)
+	}
+	if p := tc.ConnectionState().NegotiatedProtocol; p != "h2" {
+		return nil, fmt.Errorf("client negotiated ALPN %q, want h2", p)
+	}
+	s, err := h2mux.Server(tc, cfg.Mux)
+	if err != nil {
+		return nil, fmt.Errorf("http/2 session: %w", err)
+	}
+	return s, nil
+}
+
+// prefixConn reads prefix before reading from Conn.
+type prefixConn struct {
+	net.Conn
+	prefix []byte
+}
+
+func (c *prefixConn) Read(b []byte) (int, error) {
+	if len(c.prefix) > 0 {
+		n := copy(b, c.prefix)
+		c.prefix = c.prefix[n:]
+		return n, nil
+	}
+	return c.Conn.Read(b)
+}

@@ -1,0 +1,175 @@
+package tlscarrier
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"time"
+
+	utls "github.com/refraction-networking/utls"
+
+	"github.com/merpati/merpati/transport"
+	"github.com/merpati/merpati/transport/auth"
+	"github.com/merpati/merpati/transport/h2mux"
+)
+
+// sessionIDOffset is where the legacy_session_id bytes start in a
+// ClientHello handshake message: type(1) length(3) version(2) random(32)
+// session_id_length(1) (RFC 8446 section 4.1.2).
+const sessionIDOffset = 39
+
+// ErrPin means the relay's certificate does not match the pin in the link:
+// something other than the relay answered.
+var ErrPin = errors.New("tlscarrier: relay certificate does not match the pinned key")
+
+// ClientConfig configures a [Dialer].
+type ClientConfig struct {
+	// Addr is the relay's "host:port". Required.
+	Addr string
+	// ServerName is the SNI sent in the hello: the cover site's name.
+	// Required.
+	ServerName string
+	// Pin is the SHA-256 of the relay certificate's SubjectPublicKeyInfo.
+	// Required.
+	Pin [32]byte
+	// Key is the person's access key. Required.
+	Key auth.Key
+	// DialContext opens the TCP connection; nil means a net.Dialer.
+	DialContext func(ctx context.Context, network, addr string) (net.Conn, error)
+	// Mux configures the HTTP/2 session.
+	Mux h2mux.Config
+	// Now returns the current time for the token; nil means time.Now.
+	Now func() time.Time
+	// Logger receives debug messages; nil discards.
+	Logger *slog.Logger
+}
+
+func (c *ClientConfig) check() error {
+	switch {
+	case c.Addr == "":
+		return errors.New("tlscarrier: ClientConfig.Addr: required")
+	case c.ServerName == "":
+		return errors.New("tlscarrier: ClientConfig.ServerName: required")
+	case c.Pin == [32]byte{}:
+		return errors.New("tlscarrier: ClientConfig.Pin: required")
+	case c.Key.IsZero():
+		return errors.New("tlscarrier: ClientConfig.Key: required")
+	}
+	if _, _, err := net.SplitHostPort(c.Addr); err != nil {
+		return fmt.Errorf("tlscarrier: ClientConfig.Addr: %w", err)
+	}
+	return nil
+}
+
+// A Dialer opens TLS-carrier sessions to one relay. It is safe for
+// concurrent use.
+type Dialer struct {
+	cfg ClientConfig
+	log *slog.Logger
+}
+
+var _ transport.Dialer = (*Dialer)(nil)
+
+// NewDialer checks cfg and returns a Dialer.
+func NewDialer(cfg ClientConfig) (*Dialer, error) {
+	if err := cfg.check(); err != nil {
+		return nil, err
+	}
+	if cfg.DialContext == nil {
+		var d net.Dialer
+		cfg.DialContext = d.DialContext
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Mux.Authority == "" {
+		cfg.Mux.Authority = cfg.ServerName
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Dialer{cfg: cfg, log: log}, nil
+}
+
+// Carrier returns "tls".
+func (d *Dialer) Carrier() string { return "tls" }
+
+// Dial connects to the relay, sends the Chrome hello carrying the token,
+// completes TLS with the pinned relay and starts an HTTP/2 session.
+func (d *Dialer) Dial(ctx context.Context) (transport.Session, error) {
+	raw, err := d.cfg.DialContext(ctx, "tcp", d.cfg.Addr)
+	if err != nil {
+		return nil, fmt.Errorf("dial relay %s: %w", d.cfg.Addr, err)
+	}
+	conn, err := d.handshake(ctx, raw)
+	if err != nil {
+		raw.Close()
+		return nil, fmt.Errorf("tls handshake with relay %s: %w", d.cfg.Addr, err)
+	}
+	s, err := h2mux.Client(conn, d.cfg.Mux)
+	if err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("http/2 session with relay %s: %w", d.cfg.Addr, err)
+	}
+	return s, nil
+}
+
+func (d *Dialer) handshake(ctx context.Context, raw net.Conn) (net.Conn, error) {
+	spec, err := chromeHelloSpec()
+	if err != nil {
+		return nil, err
+	}
+	pin := d.cfg.Pin
+	uc := utls.UClient(raw, &utls.Config{
+		ServerName: d.cfg.ServerName,
+		// The relay's certificate is self-made; it is checked by its pin
+		// instead of by a CA, below.
+		InsecureSkipVerify: true,
+		VerifyPeerCertificate: func(rawCerts [][]byte, _ [][]*x509.Certificate) error {
+			if len(rawCerts) == 0 {
+				return ErrPin
+			}
+			cert, err := x509.ParseCertificate(rawCerts[0])
+			if err != nil {
+				return fmt.Errorf("relay certificate: %w", err)
+			}
+			sum := sha256.Sum256(cert.RawSubjectPublicKeyInfo)
+			if subtle.ConstantTimeCompare(sum[:], pin[:]) != 1 {
+				return ErrPin
+			}
+			return nil
+		},
+		MinVersion: utls.VersionTLS13,
+	}, utls.HelloCustom)
+	if err := uc.ApplyPreset(spec); err != nil {
+		return nil, fmt.Errorf("apply hello spec: %w", err)
+	}
+	if err := uc.BuildHandshakeState(); err != nil {
+		return nil, fmt.Errorf("build hello: %w", err)
+	}
+	hello := uc.HandshakeState.Hello
+	if len(hello.SessionId) != auth.TokenSize || len(hello.Raw) < sessionIDOffset+auth.TokenSize {
+		return nil, fmt.Errorf("hello has a %d-byte session id, want %d", len(hello.SessionId), auth.TokenSize)
+	}
+	digest, err := auth.HelloDigest(hello.Raw, sessionIDOffset)
+	if err != nil {
+		return nil, err
+	}
+	token := auth.Token(d.cfg.Key, auth.Slot(d.cfg.Now()), digest)
+	hello.SessionId = token[:]
+	copy(hello.Raw[sessionIDOffset:], token[:])
+	if err := uc.HandshakeContext(ctx); err != nil {
+		return nil, err
+	}
+	if p := uc.ConnectionState().NegotiatedProtocol; p != "h2" {
+		uc.Close()
+		return nil, fmt.Errorf("relay negotiated ALPN %q, want h2", p)
+	}
+	return uc, nil
+}
