@@ -220,4 +220,3 @@ func (d *Dir) Config(log *slog.Logger) (Config, error) {
 		Table:       table,
 	}, nil
 }
-

@@ -91,7 +91,7 @@ func (p *Picker) Session(ctx context.Context) (*Active, error) {
 			case <-a.Session.Done():
 				p.log.Info("session lost", "relay", a.Relay, "transport", a.Carrier, "err", a.Session.Err())
 				p.cur = nil
-				p.next = (a.index + 1) % len(p.cfg.Candidates)
+				p.next = a.index + 1
 			default:
 				p.mu.Unlock()
 				return a, nil
@@ -121,11 +121,15 @@ func (p *Picker) Session(ctx context.Context) (*Active, error) {
 // dial tries every candidate once, starting at first.
 func (p *Picker) dial(first int) {
 	var errs []error
-	n := len(p.cfg.Candidates)
+	p.mu.Lock()
+	cands := append([]Candidate(nil), p.cfg.Candidates...)
+	p.mu.Unlock()
+	n := len(cands)
+	first %= n
 	var won *Active
 	for i := range n {
 		idx := (first + i) % n
-		c := p.cfg.Candidates[idx]
+		c := cands[idx]
 		ctx, cancel := context.WithTimeout(context.Background(), p.cfg.AttemptTimeout)
 		start := time.Now()
 		s, err := c.Dialer.Dial(ctx)
@@ -162,10 +166,33 @@ func (p *Picker) Fail(a *Active, err error) {
 	if p.cur == a {
 		p.log.Info("session failed", "relay", a.Relay, "transport", a.Carrier, "err", err)
 		p.cur = nil
-		p.next = (a.index + 1) % len(p.cfg.Candidates)
+		p.next = a.index + 1
 	}
 	p.mu.Unlock()
 	a.Session.Close()
+}
+
+// AddCandidates appends candidates (for example relays learned from a
+// bootstrap list) that are not already known by Relay and carrier. They are
+// tried after the existing ones. It reports how many were added.
+func (p *Picker) AddCandidates(cands ...Candidate) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n := 0
+	for _, c := range cands {
+		dup := false
+		for _, old := range p.cfg.Candidates {
+			if old.Relay == c.Relay && old.Dialer.Carrier() == c.Dialer.Carrier() {
+				dup = true
+				break
+			}
+		}
+		if !dup {
+			p.cfg.Candidates = append(p.cfg.Candidates, c)
+			n++
+		}
+	}
+	return n
 }
 
 // Current returns the live session, or nil, without dialing.

@@ -183,8 +183,8 @@ type sniffListener struct {
 	accepted   *atomic.Int64
 	obfuscated *atomic.Int64
 	ready      chan net.Conn
-	done     chan struct{}
-	once     sync.Once
+	done       chan struct{}
+	once       sync.Once
 
 	// wg counts the accept loop and sniffing goroutines.
 	wg sync.WaitGroup
@@ -200,9 +200,9 @@ func newSniffListener(ln net.Listener, accepted, obfuscated *atomic.Int64) *snif
 		Listener:   ln,
 		accepted:   accepted,
 		obfuscated: obfuscated,
-		ready:    make(chan net.Conn),
-		done:     make(chan struct{}),
-		conns:    make(map[net.Conn]struct{}),
+		ready:      make(chan net.Conn),
+		done:       make(chan struct{}),
+		conns:      make(map[net.Conn]struct{}),
 	}
 	l.wg.Add(1)
 	go l.acceptLoop()

@@ -3,6 +3,7 @@ package telegramtest
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"sync"
 	"testing"
@@ -249,5 +250,42 @@ func TestConcurrentClients(t *testing.T) {
 		if err != nil {
 			t.Errorf("client %d: %v", i, err)
 		}
+	}
+}
+
+// spyTB records Errorf calls instead of failing the test.
+type spyTB struct {
+	testing.TB
+	mu     sync.Mutex
+	errors []string
+}
+
+func (s *spyTB) Errorf(format string, args ...any) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.errors = append(s.errors, fmt.Sprintf(format, args...))
+}
+
+// TestRunRefusesNonLoopback points the DC list at a real Telegram address
+// and checks that Run refuses to dial it and fails the test.
+func TestRunRefusesNonLoopback(t *testing.T) {
+	checkLeaks(t)
+	spy := &spyTB{TB: t}
+	dc := StartDC(spy, 2)
+	dc.list.Options[0].IPAddress = "149.154.167.51"
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+
+	_, err := Run(ctx, dc, func(_ context.Context, _, addr string) (net.Conn, error) {
+		t.Errorf("dial func called for %q", addr)
+		return nil, errors.New("test: must not dial")
+	}, 1)
+	if !errors.Is(err, ErrNotLoopback) {
+		t.Errorf("Run error = %v, want ErrNotLoopback", err)
+	}
+	spy.mu.Lock()
+	defer spy.mu.Unlock()
+	if len(spy.errors) == 0 {
+		t.Error("Run did not fail the test")
 	}
 }
