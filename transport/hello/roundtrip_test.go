@@ -147,9 +147,11 @@ func TestRoundTripUTLS(t *testing.T) {
 				t.Errorf("KeyShareGroups %x, uTLS %x", h.KeyShareGroups, ks)
 			}
 			// Published fingerprints of the browsers these presets copy,
-			// rechecked in TestJA4Published.
+			// rechecked in TestJA4Published. Chrome-120 is left out: its
+			// hello length varies with the random ECH GREASE payload, and
+			// when it lands in 256-511 bytes uTLS (like BoringSSL) adds a
+			// padding extension, which changes the extension count.
 			wantJA4 := map[string]string{
-				"Chrome-120": "t13d1516h2_8daaf6152771_02713d6af862",
 				"Chrome-133": "t13d1516h2_8daaf6152771_d8a2da3f94cd",
 			}[id.Str()]
 			if got := h.JA4(); wantJA4 != "" && got != wantJA4 {
