@@ -36,6 +36,7 @@ func socksDialer(t testing.TB, addr string) func(ctx context.Context, network, a
 // front, the TLS carrier and the relay to a gotd test server playing DC 2:
 // the key exchange completes and 100 RPCs succeed.
 func TestTelegram(t *testing.T) {
+	checkLeaks(t)
 	dc := telegramtest.StartDC(t, 2)
 	cov := startCover(t)
 	r := startRelay(t, cov, []string{"2=" + dc.Addr})
@@ -59,6 +60,7 @@ func TestTelegram(t *testing.T) {
 // TestTelegramByDCNumber opens streams that name a DC number, as the
 // local MTProxy front does, and checks the relay maps it through its table.
 func TestStreamByDCNumber(t *testing.T) {
+	checkLeaks(t)
 	echo := startEcho(t)
 	cov := startCover(t)
 	r := startRelay(t, cov, []string{"2=" + echo})
@@ -88,6 +90,7 @@ func isStatus(err error, s transport.Status) bool {
 // TestCurl drives the client with curl: SOCKS5 with a host name resolved by
 // the relay, and with RFC 1929 authentication.
 func TestCurl(t *testing.T) {
+	checkLeaks(t)
 	curl := need(t, "curl")
 	web := http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, "hello through merpati")
@@ -137,6 +140,7 @@ func TestCurl(t *testing.T) {
 // TestStreams checks stream semantics end to end: exact bytes, half-close,
 // many concurrent streams on one session.
 func TestStreams(t *testing.T) {
+	checkLeaks(t)
 	echo := startEcho(t)
 	cov := startCover(t)
 	r := startRelay(t, cov, nil)
@@ -175,6 +179,7 @@ func TestStreams(t *testing.T) {
 // TestProbes checks what a censor's prober sees at the relay's port: the
 // cover site, byte for byte where the bytes are deterministic.
 func TestProbes(t *testing.T) {
+	checkLeaks(t)
 	cov := startCover(t)
 	r := startRelay(t, cov, nil)
 	r.addKey(t, "alice", access.Entry{})
@@ -265,6 +270,7 @@ func (r *recorder) Write(b []byte) (int, error) {
 // TestReplay replays a captured authenticated hello: the relay must not
 // open a session for it, and must send it to the cover site.
 func TestReplay(t *testing.T) {
+	checkLeaks(t)
 	echo := startEcho(t)
 	cov := startCover(t)
 	r := startRelay(t, cov, nil)
@@ -313,6 +319,7 @@ func TestReplay(t *testing.T) {
 // revoked one is cut off and sent to the cover site from then on; the other
 // notices nothing.
 func TestRevoke(t *testing.T) {
+	checkLeaks(t)
 	echo := startEcho(t)
 	cov := startCover(t)
 	r := startRelay(t, cov, nil)

@@ -17,11 +17,21 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/goleak"
+
 	"github.com/merpati/merpati/client"
 	"github.com/merpati/merpati/relay"
 	"github.com/merpati/merpati/relay/access"
 	"github.com/merpati/merpati/transport/link"
 )
+
+// checkLeaks fails t if goroutines started during the test outlive it.
+// Call it first, so its cleanup runs after every other.
+func checkLeaks(t *testing.T) {
+	t.Helper()
+	opts := goleak.IgnoreCurrent()
+	t.Cleanup(func() { goleak.VerifyNone(t, opts) })
+}
 
 // coverName is the server name clients send; the cover site's certificate
 // is httptest's, whatever the name.

@@ -170,6 +170,10 @@ func RunWithResolver(ctx context.Context, dc *DC, resolver dcs.Resolver, n int) 
 		return stats, nil
 	case parent.Err() != nil:
 		return stats, fmt.Errorf("telegramtest: stopped after %d of %d RPCs: %w", stats.RPCs, n, context.Cause(parent))
+	case pastDeadline(parent):
+		// gotd turns ctx's deadline into connection deadlines, which can
+		// fire just before ctx itself is done.
+		return stats, fmt.Errorf("telegramtest: stopped after %d of %d RPCs: %w (%v)", stats.RPCs, n, context.DeadlineExceeded, context.Cause(ctx))
 	case context.Cause(ctx) != nil && !errors.Is(context.Cause(ctx), context.Canceled):
 		return stats, context.Cause(ctx)
 	case rpcErr != nil:
@@ -179,6 +183,11 @@ func RunWithResolver(ctx context.Context, dc *DC, resolver dcs.Resolver, n int) 
 	default:
 		return stats, fmt.Errorf("telegramtest: client stopped after %d of %d RPCs: %w", stats.RPCs, n, context.Cause(ctx))
 	}
+}
+
+func pastDeadline(ctx context.Context) bool {
+	d, ok := ctx.Deadline()
+	return ok && !time.Now().Before(d)
 }
 
 // payloadSizes are the echo payload lengths Run cycles through, in bytes of
