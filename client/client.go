@@ -21,6 +21,7 @@ import (
 	"github.com/merpati/merpati/transport"
 	"github.com/merpati/merpati/transport/auth"
 	"github.com/merpati/merpati/transport/link"
+	"github.com/merpati/merpati/transport/quiccarrier"
 	"github.com/merpati/merpati/transport/tlscarrier"
 )
 
@@ -42,6 +43,15 @@ type Config struct {
 	// OpenTimeout bounds opening one stream, from session to the relay's
 	// answer; zero means 20 seconds.
 	OpenTimeout time.Duration
+	// Resolvers are the DNS resolvers asked for the link's signed relay
+	// list when no known relay works (see [Client.Refresh] and package
+	// client/bootstrap for the forms: udp://, tcp://, tls://, https://).
+	// Empty means no bootstrap, even if the link names bootstrap domains.
+	Resolvers []string
+	// ListCache is the file that keeps the last relay list accepted;
+	// empty means none (the list and its sequence number are then kept
+	// in memory only).
+	ListCache string
 	// Logger receives the client's logs; nil discards.
 	Logger *slog.Logger
 }
@@ -51,6 +61,7 @@ type Client struct {
 	cfg    Config
 	log    *slog.Logger
 	picker *pick.Picker
+	boot   *booter // nil without bootstrap
 }
 
 // New checks cfg and returns a Client. It connects to nothing until the
@@ -74,18 +85,30 @@ func New(cfg Config) (*Client, error) {
 	}
 	var cands []pick.Candidate
 	for _, relay := range cfg.Link.Relays {
-		for _, carrier := range cfg.Link.Carriers {
-			if carrier != "tls" {
-				continue // QUIC is not built yet
+		for _, carrier := range cfg.Link.CarrierList() {
+			var d transport.Dialer
+			var err error
+			switch carrier {
+			case link.CarrierTLS:
+				d, err = tlscarrier.NewDialer(tlscarrier.ClientConfig{
+					Addr:        relay,
+					ServerName:  cfg.Link.SNI,
+					Pin:         cfg.Link.Pin,
+					Key:         auth.Key(cfg.Link.Key),
+					DialContext: cfg.DialContext,
+					Logger:      log,
+				})
+			case link.CarrierQUIC:
+				d, err = quiccarrier.NewDialer(quiccarrier.ClientConfig{
+					Addr:       relay,
+					ServerName: cfg.Link.SNI,
+					Pin:        cfg.Link.Pin,
+					Key:        auth.Key(cfg.Link.Key),
+					Logger:     log,
+				})
+			default:
+				continue
 			}
-			d, err := tlscarrier.NewDialer(tlscarrier.ClientConfig{
-				Addr:        relay,
-				ServerName:  cfg.Link.SNI,
-				Pin:         cfg.Link.Pin,
-				Key:         auth.Key(cfg.Link.Key),
-				DialContext: cfg.DialContext,
-				Logger:      log,
-			})
 			if err != nil {
 				return nil, fmt.Errorf("client: relay %s: %w", relay, err)
 			}
@@ -93,13 +116,18 @@ func New(cfg Config) (*Client, error) {
 		}
 	}
 	if len(cands) == 0 {
-		return nil, errors.New("client: the link offers no carrier this client supports (tls)")
+		return nil, errors.New("client: the link offers no carrier this client supports (tls, quic)")
 	}
 	p, err := pick.New(pick.Config{Candidates: cands, Logger: log})
 	if err != nil {
 		return nil, fmt.Errorf("client: %w", err)
 	}
-	return &Client{cfg: cfg, log: log, picker: p}, nil
+	c := &Client{cfg: cfg, log: log, picker: p}
+	if err := c.initBootstrap(); err != nil {
+		p.Close()
+		return nil, err
+	}
+	return c, nil
 }
 
 // Run listens on cfg.Listen and serves SOCKS5 until ctx is done.
@@ -174,10 +202,19 @@ func (c *Client) OpenStream(ctx context.Context, target transport.Target) (trans
 	var lastErr error
 	for range 2 {
 		a, err := c.picker.Session(ctx)
+		if err != nil && c.rescue(ctx) {
+			// No known relay works, but the bootstrap list named new
+			// ones: try them.
+			a, err = c.picker.Session(ctx)
+		}
 		if err != nil {
 			return nil, err
 		}
+		// A relay that stops answering is noticed here, within about
+		// a second, and the open retried on the next one.
+		stopWatch := c.picker.Watch(a)
 		st, err := c.open(ctx, a.Session, target)
+		stopWatch()
 		if err == nil {
 			return st, nil
 		}

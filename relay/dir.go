@@ -45,6 +45,9 @@ type Settings struct {
 	DC []string `json:"dc,omitempty"`
 	// Allow adds allowed target ranges in CIDR form (tests, labs).
 	Allow []string `json:"allow,omitempty"`
+	// NoQUIC turns off the QUIC carrier (HTTP/3 on UDP at the Listen
+	// port); links then offer the TLS carrier only.
+	NoQUIC bool `json:"no_quic,omitempty"`
 }
 
 // CoverAddr returns the host:port of the cover site.
@@ -190,10 +193,18 @@ func (d *Dir) Link(e access.Entry) *link.Link {
 		Relays:   append([]string(nil), d.Settings.Public...),
 		Pin:      d.Pin,
 		SNI:      d.Settings.ServerName(),
-		Carriers: []string{"tls"},
+		Carriers: d.Settings.carriers(),
 		Key:      e.Key,
 		Name:     e.Name,
 	}
+}
+
+// carriers lists the carriers the relay offers, in links' order.
+func (s *Settings) carriers() []string {
+	if s.NoQUIC {
+		return []string{link.CarrierTLS}
+	}
+	return []string{link.CarrierTLS, link.CarrierQUIC}
 }
 
 // Config returns the relay Config for this directory, with a keyring
@@ -218,5 +229,6 @@ func (d *Dir) Config(log *slog.Logger) (Config, error) {
 		Keys:        keys,
 		Cover:       cover,
 		Table:       table,
+		NoQUIC:      d.Settings.NoQUIC,
 	}, nil
 }

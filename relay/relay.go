@@ -50,6 +50,8 @@ type Config struct {
 	HelloTimeout time.Duration
 	// DialTimeout bounds each dial to a datacenter; zero means 10 seconds.
 	DialTimeout time.Duration
+	// NoQUIC turns off the QUIC carrier: [Run] then listens on TCP only.
+	NoQUIC bool
 	// Logger receives the relay's logs; nil discards. Client addresses
 	// and secrets are never logged.
 	Logger *slog.Logger
@@ -88,6 +90,9 @@ type Relay struct {
 	log    *slog.Logger
 	dialer *dc.Dialer
 	replay antireplay.Cache
+	// mtReplay remembers accepted FakeTLS hellos (by client random),
+	// apart from the carrier's tokens.
+	mtReplay antireplay.Cache
 }
 
 // New checks cfg and returns a Relay.
@@ -115,7 +120,17 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	r.log.Info("relay listening", "addr", ln.Addr().String())
 	go cfg.Keys.Watch(ctx, time.Second)
-	return r.Serve(ctx, ln)
+	if cfg.NoQUIC {
+		return r.Serve(ctx, ln)
+	}
+	// The QUIC carrier listens on UDP at the same port number.
+	pc, err := net.ListenPacket("udp", ln.Addr().String())
+	if err != nil {
+		ln.Close()
+		return fmt.Errorf("relay: %w", err)
+	}
+	r.log.Info("relay listening", "addr", pc.LocalAddr().String(), "transport", "quic")
+	return r.ServeBoth(ctx, ln, pc)
 }
 
 // Serve accepts connections on ln until ctx is done or ln fails, and
@@ -187,13 +202,17 @@ func (r *Relay) handleConn(ctx context.Context, c net.Conn) {
 		return
 	}
 	digest, token, ok := tlscarrier.HelloToken(h)
-	if !ok {
-		r.cover(ctx, c, first, "no token")
-		return
+	var u *access.User
+	if ok {
+		u = r.cfg.Keys.Authenticate(digest, token, time.Now())
 	}
-	u := r.cfg.Keys.Authenticate(digest, token, time.Now())
 	if u == nil {
-		r.cover(ctx, c, first, "unknown, revoked or expired key")
+		// Not our carrier: maybe a stock Telegram app with an MTProxy
+		// (FakeTLS) secret, told apart by the hello alone.
+		if r.serveMTProxy(ctx, c, br, rec) {
+			return
+		}
+		r.cover(ctx, c, first, "no valid token or MTProxy hello")
 		return
 	}
 	if r.replay.Seen(token) {

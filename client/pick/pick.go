@@ -1,10 +1,39 @@
 // Package pick chooses how the client reaches a relay: it holds the
-// candidates (one per relay and carrier, in the link's order), keeps one
-// live session, and when that session dies, moves on to the next candidate
-// that works.
+// candidates (one per relay and carrier), races the carriers of a relay,
+// keeps one live session, and when that session dies or stalls, moves new
+// streams to the next relay that works.
 //
-// Today it tries candidates in order; the carrier race (QUIC first, TCP
-// after a short delay) will live here too.
+// # Racing
+//
+// The carriers of one relay race "happy eyeballs" style (RFC 8305 in
+// spirit): the preferred carrier is dialed first, the next one
+// [Config.RaceDelay] later (or at once when the first fails), and the first
+// session to come up wins; the loser's attempt is cancelled, and a loser
+// that still completes is closed. QUIC is preferred by default: where UDP
+// is blocked it never answers and TCP wins RaceDelay later.
+//
+// # Memory per network
+//
+// The winner (relay and carrier) is remembered per network, so the next
+// race on the same network starts with it. A network is named by
+// [Config.NetworkID]; the default is the local address of the route to the
+// Internet (found with an unconnected UDP socket's connect, which sends no
+// packet): it changes when the device moves between Wi-Fi, cellular or
+// VPN, which is when the censor in the path may change too.
+//
+// In the background, every [Config.ReraceInterval], a session that is not
+// on the most preferred relay and carrier re-races; a better winner takes
+// over new streams, and the old session is closed after
+// [Config.DrainTimeout].
+//
+// # Failover
+//
+// A session that reports itself dead is replaced at the next
+// [Picker.Session], starting with the next relay. A session that silently
+// stops answering (a blackholed relay) is caught by [Picker.Watch]: when a
+// stream open waits longer than [Config.StallTimeout], the session is
+// pinged, and if it does not answer within [Config.ProbeTimeout] it is
+// failed, so the stream retries on the next relay.
 package pick
 
 import (
@@ -12,7 +41,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
+	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/merpati/merpati/transport"
@@ -26,38 +58,113 @@ type Candidate struct {
 	Dialer transport.Dialer
 }
 
+// defaultCarriers is the default carrier preference: QUIC first.
+var defaultCarriers = []string{"quic", "tls"}
+
 // Config configures a [Picker].
 type Config struct {
-	// Candidates in order of preference. At least one is required.
+	// Candidates, relays in order of preference. At least one is
+	// required.
 	Candidates []Candidate
-	// AttemptTimeout bounds each dial; zero means 10 seconds.
+	// Carriers orders the carriers of one relay for the race; nil means
+	// "quic", then "tls". Carriers not listed come last.
+	Carriers []string
+	// AttemptTimeout bounds each race; zero means 10 seconds.
 	AttemptTimeout time.Duration
-	// Logger receives session changes; nil discards.
+	// RaceDelay is the head start of each carrier over the next; zero
+	// means 300 ms.
+	RaceDelay time.Duration
+	// NetworkID names the network the client is on, for remembering
+	// winners; nil means the local address of the default route.
+	NetworkID func() string
+	// ReraceInterval is how often a session on a less preferred relay or
+	// carrier re-races in the background; zero means 5 minutes, negative
+	// never.
+	ReraceInterval time.Duration
+	// DrainTimeout is how long a session replaced by a re-race stays open
+	// for its streams; zero means 5 minutes.
+	DrainTimeout time.Duration
+	// StallTimeout is how long [Picker.Watch] lets a stream open wait
+	// before pinging the session; zero means 700 ms.
+	StallTimeout time.Duration
+	// ProbeTimeout bounds that ping; zero means 800 ms.
+	ProbeTimeout time.Duration
+	// StatusInterval is how often the status line is logged at Info;
+	// zero means 1 minute, negative never.
+	StatusInterval time.Duration
+	// Logger receives session changes and status lines; nil discards.
 	Logger *slog.Logger
 }
 
 // An Active is the session in use and where it goes.
 type Active struct {
+	// Session is the live session. Its streams count their bytes into
+	// the Active.
 	Session transport.Session
 	Relay   string
 	Carrier string
 	Since   time.Time
-	index   int
+
+	raw       transport.Session
+	relay     int // index into Picker.relays
+	rank      int // carrier preference within the relay, 0 = best
+	sent, got atomic.Int64
 }
 
-// A Picker hands out the current session, dialing when there is none. It
-// is safe for concurrent use.
+// Bytes returns the application bytes sent and received through a's
+// streams.
+func (a *Active) Bytes() (sent, received int64) { return a.sent.Load(), a.got.Load() }
+
+// RTT measures the round-trip time to a's relay: QUIC's smoothed RTT
+// where the session has one, else a ping.
+func (a *Active) RTT(ctx context.Context) (time.Duration, error) {
+	if r, ok := a.raw.(interface{ RTT() time.Duration }); ok {
+		if d := r.RTT(); d > 0 {
+			return d, nil
+		}
+	}
+	if p, ok := a.raw.(pinger); ok {
+		return p.Ping(ctx)
+	}
+	return 0, errors.New("pick: session cannot measure its RTT")
+}
+
+// pinger is implemented by sessions that can check their relay answers
+// (h2mux and QUIC sessions).
+type pinger interface {
+	Ping(ctx context.Context) (time.Duration, error)
+}
+
+// A Status describes the session in use, for `merpati status` or logs.
+type Status struct {
+	Relay, Carrier string
+	Network        string
+	Since          time.Time
+	RTT            time.Duration // zero if unknown
+	Sent, Received int64
+}
+
+// A Picker hands out the current session, racing carriers when there is
+// none. It is safe for concurrent use. Close it to stop its background
+// work.
 type Picker struct {
-	cfg Config
-	log *slog.Logger
+	cfg  Config
+	log  *slog.Logger
+	stop chan struct{}
+	bg   sync.WaitGroup
 
 	mu      sync.Mutex
+	relays  []string      // in order of first appearance
+	cands   [][]Candidate // per relay, in link order
 	cur     *Active
 	dialing chan struct{} // closed when the dial in progress ends
 	dialErr error
-	next    int // candidate to try first
+	next    int               // relay to try first
+	memory  map[string]winner // per network
 	closed  bool
 }
+
+type winner struct{ relay, carrier string }
 
 // ErrClosed is returned by a closed Picker.
 var ErrClosed = errors.New("pick: closed")
@@ -70,15 +177,86 @@ func New(cfg Config) (*Picker, error) {
 	if cfg.AttemptTimeout <= 0 {
 		cfg.AttemptTimeout = 10 * time.Second
 	}
+	if cfg.RaceDelay <= 0 {
+		cfg.RaceDelay = 300 * time.Millisecond
+	}
+	if cfg.Carriers == nil {
+		cfg.Carriers = defaultCarriers
+	}
+	if cfg.NetworkID == nil {
+		cfg.NetworkID = DefaultNetworkID
+	}
+	if cfg.ReraceInterval == 0 {
+		cfg.ReraceInterval = 5 * time.Minute
+	}
+	if cfg.DrainTimeout <= 0 {
+		cfg.DrainTimeout = 5 * time.Minute
+	}
+	if cfg.StallTimeout <= 0 {
+		cfg.StallTimeout = 700 * time.Millisecond
+	}
+	if cfg.ProbeTimeout <= 0 {
+		cfg.ProbeTimeout = 800 * time.Millisecond
+	}
+	if cfg.StatusInterval == 0 {
+		cfg.StatusInterval = time.Minute
+	}
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Picker{cfg: cfg, log: log}, nil
+	p := &Picker{cfg: cfg, log: log, stop: make(chan struct{}), memory: map[string]winner{}}
+	p.addLocked(cfg.Candidates)
+	p.bg.Go(p.background)
+	return p, nil
 }
 
-// Session returns the live session, dialing one if needed. Concurrent
-// callers share one dial.
+// DefaultNetworkID returns the local address the kernel would use to
+// reach the Internet (IPv4, else IPv6), or "" when there is no route. It
+// sends no packet: connecting a UDP socket only picks a route.
+func DefaultNetworkID() string {
+	for _, probe := range []string{"192.0.2.1:443", "[2001:db8::1]:443"} { // RFC 5737, RFC 3849
+		c, err := net.Dial("udp", probe)
+		if err != nil {
+			continue
+		}
+		a := c.LocalAddr().(*net.UDPAddr)
+		c.Close()
+		return a.IP.String()
+	}
+	return ""
+}
+
+// addLocked adds the candidates not yet known by relay and carrier and
+// returns how many it added.
+func (p *Picker) addLocked(cands []Candidate) int {
+	n := 0
+	for _, c := range cands {
+		i := slices.Index(p.relays, c.Relay)
+		if i < 0 {
+			p.relays = append(p.relays, c.Relay)
+			p.cands = append(p.cands, nil)
+			i = len(p.relays) - 1
+		}
+		if slices.ContainsFunc(p.cands[i], func(o Candidate) bool { return o.Dialer.Carrier() == c.Dialer.Carrier() }) {
+			continue
+		}
+		p.cands[i] = append(p.cands[i], c)
+		n++
+	}
+	return n
+}
+
+// rank orders carriers by preference.
+func (p *Picker) rank(carrier string) int {
+	if i := slices.Index(p.cfg.Carriers, carrier); i >= 0 {
+		return i
+	}
+	return len(p.cfg.Carriers)
+}
+
+// Session returns the live session, racing for one if needed. Concurrent
+// callers share one race.
 func (p *Picker) Session(ctx context.Context) (*Active, error) {
 	for {
 		p.mu.Lock()
@@ -91,7 +269,7 @@ func (p *Picker) Session(ctx context.Context) (*Active, error) {
 			case <-a.Session.Done():
 				p.log.Info("session lost", "relay", a.Relay, "transport", a.Carrier, "err", a.Session.Err())
 				p.cur = nil
-				p.next = a.index + 1
+				p.next = a.relay + 1
 			default:
 				p.mu.Unlock()
 				return a, nil
@@ -118,58 +296,191 @@ func (p *Picker) Session(ctx context.Context) (*Active, error) {
 	}
 }
 
-// dial tries every candidate once, starting at first.
+// order returns the relays to race, starting at first, with the relay
+// remembered for network first.
+func (p *Picker) order(first int, network string) []int {
+	n := len(p.relays)
+	var idx []int
+	if w, ok := p.memory[network]; ok {
+		if i := slices.Index(p.relays, w.relay); i >= 0 {
+			idx = append(idx, i)
+		}
+	}
+	for k := range n {
+		i := (first + k) % n
+		if !slices.Contains(idx, i) {
+			idx = append(idx, i)
+		}
+	}
+	return idx
+}
+
+// raceOrder returns relay i's candidates in the order to start them:
+// the remembered winner for network first, then by carrier preference.
+func (p *Picker) raceOrder(i int, network string) []Candidate {
+	cands := slices.Clone(p.cands[i])
+	slices.SortStableFunc(cands, func(a, b Candidate) int {
+		return p.rank(a.Dialer.Carrier()) - p.rank(b.Dialer.Carrier())
+	})
+	if w, ok := p.memory[network]; ok && w.relay == p.relays[i] {
+		if j := slices.IndexFunc(cands, func(c Candidate) bool { return c.Dialer.Carrier() == w.carrier }); j > 0 {
+			c := cands[j]
+			cands = slices.Delete(cands, j, j+1)
+			cands = slices.Insert(cands, 0, c)
+		}
+	}
+	return cands
+}
+
+// dial races each relay's carriers in turn, starting at relay first, and
+// installs the winner.
 func (p *Picker) dial(first int) {
-	var errs []error
+	network := p.cfg.NetworkID()
 	p.mu.Lock()
-	cands := append([]Candidate(nil), p.cfg.Candidates...)
+	order := p.order(first%len(p.relays), network)
 	p.mu.Unlock()
-	n := len(cands)
-	first %= n
+	var errs []error
 	var won *Active
-	for i := range n {
-		idx := (first + i) % n
-		c := cands[idx]
-		ctx, cancel := context.WithTimeout(context.Background(), p.cfg.AttemptTimeout)
-		start := time.Now()
-		s, err := c.Dialer.Dial(ctx)
-		cancel()
+	for _, i := range order {
+		p.mu.Lock()
+		cands := p.raceOrder(i, network)
+		closed := p.closed
+		p.mu.Unlock()
+		if closed {
+			break
+		}
+		a, err := p.race(i, cands)
 		if err != nil {
-			p.log.Warn("relay unreachable", "relay", c.Relay, "transport", c.Dialer.Carrier(), "err", err)
+			p.log.Warn("relay unreachable", "relay", p.relays[i], "err", err)
 			errs = append(errs, err)
 			continue
 		}
-		p.log.Info("session up", "relay", c.Relay, "transport", c.Dialer.Carrier(), "handshake", time.Since(start).Round(time.Millisecond))
-		won = &Active{Session: s, Relay: c.Relay, Carrier: c.Dialer.Carrier(), Since: time.Now(), index: idx}
+		won = a
 		break
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.closed && won != nil {
-		won.Session.Close()
+		won.raw.Close()
 		won = nil
 	}
 	p.cur = won
 	p.dialErr = nil
 	if won == nil {
 		p.dialErr = fmt.Errorf("no relay reachable: %w", errors.Join(errs...))
+	} else {
+		p.memory[network] = winner{won.Relay, won.Carrier}
 	}
 	close(p.dialing)
 	p.dialing = nil
 }
 
+// race starts cands one RaceDelay apart (the next at once when one fails)
+// and returns the first session that comes up; later ones are closed.
+func (p *Picker) race(relay int, cands []Candidate) (*Active, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), p.cfg.AttemptTimeout)
+	defer cancel()
+	type result struct {
+		c    Candidate
+		s    transport.Session
+		err  error
+		took time.Duration
+	}
+	results := make(chan result, len(cands))
+	started := 0
+	start := func() {
+		c := cands[started]
+		started++
+		go func() {
+			t := time.Now()
+			s, err := c.Dialer.Dial(ctx)
+			results <- result{c, s, err, time.Since(t)}
+		}()
+	}
+	start()
+	timer := time.NewTimer(p.cfg.RaceDelay)
+	defer timer.Stop()
+	var errs []error
+	for pending := 1; pending > 0; {
+		select {
+		case <-timer.C:
+			if started < len(cands) {
+				start()
+				pending++
+				timer.Reset(p.cfg.RaceDelay)
+			}
+		case r := <-results:
+			pending--
+			if r.err != nil {
+				p.log.Debug("carrier failed", "relay", r.c.Relay, "transport", r.c.Dialer.Carrier(), "err", r.err)
+				errs = append(errs, fmt.Errorf("%s: %w", r.c.Dialer.Carrier(), r.err))
+				if started < len(cands) {
+					start()
+					pending++
+					timer.Reset(p.cfg.RaceDelay)
+				}
+				continue
+			}
+			// The winner. Close any loser that still comes up.
+			cancel()
+			go func(n int) {
+				for range n {
+					if l := <-results; l.s != nil {
+						l.s.Close()
+					}
+				}
+			}(pending)
+			p.log.Info("session up", "relay", r.c.Relay, "transport", r.c.Dialer.Carrier(), "handshake", r.took.Round(time.Millisecond))
+			a := &Active{
+				Relay:   r.c.Relay,
+				Carrier: r.c.Dialer.Carrier(),
+				Since:   time.Now(),
+				raw:     r.s,
+				relay:   relay,
+				rank:    p.rank(r.c.Dialer.Carrier()),
+			}
+			a.Session = &countedSession{Session: r.s, a: a}
+			return a, nil
+		}
+	}
+	return nil, errors.Join(errs...)
+}
+
 // Fail reports that a's session is broken (a stream could not be opened
-// on it). The session is closed and the next call to Session dials the
-// next candidate.
+// on it, or it stopped answering). The session is closed and the next call
+// to Session races the next relay.
 func (p *Picker) Fail(a *Active, err error) {
 	p.mu.Lock()
 	if p.cur == a {
 		p.log.Info("session failed", "relay", a.Relay, "transport", a.Carrier, "err", err)
 		p.cur = nil
-		p.next = a.index + 1
+		p.next = a.relay + 1
 	}
 	p.mu.Unlock()
-	a.Session.Close()
+	a.raw.Close()
+}
+
+// Watch guards a stream open on a: if stop is not called within
+// [Config.StallTimeout], the session is pinged, and failed if it does not
+// answer within [Config.ProbeTimeout] (closing it, which ends the stalled
+// open with an error so that the caller can retry elsewhere).
+func (p *Picker) Watch(a *Active) (stop func()) {
+	pg, ok := a.raw.(pinger)
+	if !ok {
+		return func() {}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	t := time.AfterFunc(p.cfg.StallTimeout, func() {
+		pctx, pcancel := context.WithTimeout(ctx, p.cfg.ProbeTimeout)
+		defer pcancel()
+		if _, err := pg.Ping(pctx); err != nil && ctx.Err() == nil {
+			p.Fail(a, fmt.Errorf("relay stopped answering: %w", err))
+		}
+	})
+	return func() {
+		cancel()
+		t.Stop()
+	}
 }
 
 // AddCandidates appends candidates (for example relays learned from a
@@ -178,21 +489,7 @@ func (p *Picker) Fail(a *Active, err error) {
 func (p *Picker) AddCandidates(cands ...Candidate) int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	n := 0
-	for _, c := range cands {
-		dup := false
-		for _, old := range p.cfg.Candidates {
-			if old.Relay == c.Relay && old.Dialer.Carrier() == c.Dialer.Carrier() {
-				dup = true
-				break
-			}
-		}
-		if !dup {
-			p.cfg.Candidates = append(p.cfg.Candidates, c)
-			n++
-		}
-	}
-	return n
+	return p.addLocked(cands)
 }
 
 // Current returns the live session, or nil, without dialing.
@@ -202,15 +499,154 @@ func (p *Picker) Current() *Active {
 	return p.cur
 }
 
-// Close closes the current session; later calls to Session fail.
+// Status describes the live session; ok is false when there is none. It
+// measures the RTT, waiting at most until ctx is done.
+func (p *Picker) Status(ctx context.Context) (st Status, ok bool) {
+	a := p.Current()
+	if a == nil {
+		return st, false
+	}
+	st = Status{Relay: a.Relay, Carrier: a.Carrier, Since: a.Since, Network: p.cfg.NetworkID()}
+	st.Sent, st.Received = a.Bytes()
+	if rtt, err := a.RTT(ctx); err == nil {
+		st.RTT = rtt
+	}
+	return st, true
+}
+
+// background logs the status line and re-races until Close.
+func (p *Picker) background() {
+	var statusC, reraceC <-chan time.Time
+	if p.cfg.StatusInterval > 0 {
+		t := time.NewTicker(p.cfg.StatusInterval)
+		defer t.Stop()
+		statusC = t.C
+	}
+	if p.cfg.ReraceInterval > 0 {
+		t := time.NewTicker(p.cfg.ReraceInterval)
+		defer t.Stop()
+		reraceC = t.C
+	}
+	for {
+		select {
+		case <-p.stop:
+			return
+		case <-statusC:
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			if st, ok := p.Status(ctx); ok {
+				p.log.Info("status", "relay", st.Relay, "transport", st.Carrier,
+					"rtt", st.RTT.Round(100*time.Microsecond), "sent", st.Sent, "received", st.Received,
+					"up", time.Since(st.Since).Round(time.Second))
+			} else {
+				p.log.Info("status", "relay", "none")
+			}
+			cancel()
+		case <-reraceC:
+			p.Rerace()
+		}
+	}
+}
+
+// Rerace races, in the background of the live session, every relay and
+// carrier better than the live one (earlier relay, or preferred carrier on
+// the same relay). A better winner takes over new streams; the old session
+// is closed after [Config.DrainTimeout]. It does nothing without a live
+// session or when the live one is already the best.
+func (p *Picker) Rerace() {
+	p.mu.Lock()
+	a := p.cur
+	if a == nil || p.closed || p.dialing != nil {
+		p.mu.Unlock()
+		return
+	}
+	network := p.cfg.NetworkID()
+	type try struct {
+		relay int
+		cands []Candidate
+	}
+	var tries []try
+	for i := range p.relays {
+		if i > a.relay {
+			break
+		}
+		var better []Candidate
+		for _, c := range p.raceOrder(i, network) {
+			if i < a.relay || p.rank(c.Dialer.Carrier()) < a.rank {
+				better = append(better, c)
+			}
+		}
+		if len(better) > 0 {
+			tries = append(tries, try{i, better})
+		}
+	}
+	p.mu.Unlock()
+	for _, t := range tries {
+		b, err := p.race(t.relay, t.cands)
+		if err != nil {
+			continue
+		}
+		p.mu.Lock()
+		if p.closed || p.cur != a {
+			p.mu.Unlock()
+			b.raw.Close()
+			return
+		}
+		p.cur = b
+		p.memory[network] = winner{b.Relay, b.Carrier}
+		p.mu.Unlock()
+		p.log.Info("re-race: switched", "relay", b.Relay, "transport", b.Carrier, "from_relay", a.Relay, "from_transport", a.Carrier)
+		time.AfterFunc(p.cfg.DrainTimeout, func() { a.raw.Close() })
+		return
+	}
+}
+
+// Close closes the current session and stops background work; later calls
+// to Session fail.
 func (p *Picker) Close() error {
 	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return nil
+	}
 	p.closed = true
 	a := p.cur
 	p.cur = nil
 	p.mu.Unlock()
+	close(p.stop)
+	p.bg.Wait()
 	if a != nil {
-		a.Session.Close()
+		a.raw.Close()
 	}
 	return nil
+}
+
+// countedSession counts the bytes of its streams into an Active.
+type countedSession struct {
+	transport.Session
+	a *Active
+}
+
+func (s *countedSession) OpenStream(ctx context.Context) (transport.Stream, error) {
+	st, err := s.Session.OpenStream(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return &countedStream{Stream: st, a: s.a}, nil
+}
+
+type countedStream struct {
+	transport.Stream
+	a *Active
+}
+
+func (s *countedStream) Read(b []byte) (int, error) {
+	n, err := s.Stream.Read(b)
+	s.a.got.Add(int64(n))
+	return n, err
+}
+
+func (s *countedStream) Write(b []byte) (int, error) {
+	n, err := s.Stream.Write(b)
+	s.a.sent.Add(int64(n))
+	return n, err
 }

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/merpati/merpati/transport/auth"
+	"github.com/merpati/merpati/transport/mtproxy"
 )
 
 // An Entry is one person's access key and its limits.
@@ -34,6 +35,11 @@ type Entry struct {
 	MaxConns int `json:"max_conns,omitempty"`
 	// Expires, if set, is when the key stops working.
 	Expires time.Time `json:"expires,omitzero"`
+	// MTProxySecret is the key of this person's FakeTLS MTProxy secret
+	// (the "ee" secret of their tg://proxy link, with the relay's cover
+	// host name), so that stock Telegram apps can use the relay directly.
+	// Zero means the key has no MTProxy access. The same limits apply.
+	MTProxySecret mtproxy.Key `json:"mtproxy_secret,omitzero"`
 }
 
 // Expired reports whether e has expired at now.
@@ -76,6 +82,7 @@ func Load(path string) ([]Entry, error) {
 	}
 	names := make(map[string]bool)
 	keys := make(map[auth.Key]bool)
+	mtkeys := make(map[mtproxy.Key]bool)
 	for i, e := range f.Keys {
 		switch {
 		case !ValidName(e.Name):
@@ -88,8 +95,10 @@ func Load(path string) ([]Entry, error) {
 			return nil, fmt.Errorf("keys %s entry %q: key shared with another entry", path, e.Name)
 		case e.QuotaBytes < 0 || e.MaxConns < 0:
 			return nil, fmt.Errorf("keys %s entry %q: negative limit", path, e.Name)
+		case !e.MTProxySecret.IsZero() && mtkeys[e.MTProxySecret]:
+			return nil, fmt.Errorf("keys %s entry %q: MTProxy secret shared with another entry", path, e.Name)
 		}
-		names[e.Name], keys[e.Key] = true, true
+		names[e.Name], keys[e.Key], mtkeys[e.MTProxySecret] = true, true, true
 	}
 	return f.Keys, nil
 }
@@ -137,6 +146,9 @@ func WriteFileAtomic(path string, data []byte, perm os.FileMode) error {
 }
 
 // Add creates a key named name in the keys file at path and returns it.
+// The entry's limits, and its MTProxy secret if not zero, come from limits;
+// the key, the creation time and (when limits has none) a random MTProxy
+// secret are new.
 func Add(path, name string, limits Entry) (Entry, error) {
 	if !ValidName(name) {
 		return Entry{}, ErrName
@@ -149,9 +161,15 @@ func Add(path, name string, limits Entry) (Entry, error) {
 		if e.Name == name {
 			return Entry{}, fmt.Errorf("%w: %s", ErrExists, name)
 		}
+		if !limits.MTProxySecret.IsZero() && e.MTProxySecret == limits.MTProxySecret {
+			return Entry{}, fmt.Errorf("access: MTProxy secret already used by key %q", e.Name)
+		}
 	}
 	e := limits
 	e.Name, e.Key, e.Created = name, auth.NewKey(), time.Now().UTC().Truncate(time.Second)
+	if e.MTProxySecret.IsZero() {
+		e.MTProxySecret = mtproxy.NewKey()
+	}
 	if err := Save(path, append(entries, e)); err != nil {
 		return Entry{}, err
 	}

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/merpati/merpati/transport/auth"
+	"github.com/merpati/merpati/transport/mtproxy"
 )
 
 // A Keyring is the live set of access keys of a running relay. It reloads
@@ -36,6 +37,10 @@ type Keyring struct {
 type snapshot struct {
 	users []*User
 	keys  []auth.Key // keys[i] belongs to users[i]
+	// mt holds the MTProxy secrets, mtUsers[i] owning mt[i]; keys
+	// without one are left out.
+	mt      []mtproxy.Key
+	mtUsers []*User
 }
 
 type fileStamp struct {
@@ -112,6 +117,10 @@ func (k *Keyring) Reload() (int, error) {
 		keep[e.Name] = true
 		snap.users = append(snap.users, u)
 		snap.keys = append(snap.keys, e.Key)
+		if !e.MTProxySecret.IsZero() {
+			snap.mt = append(snap.mt, e.MTProxySecret)
+			snap.mtUsers = append(snap.mtUsers, u)
+		}
 	}
 	for name, u := range k.users {
 		if !keep[name] {
@@ -209,6 +218,25 @@ func (k *Keyring) Authenticate(digest [32]byte, token []byte, now time.Time) *Us
 		return nil
 	}
 	return u
+}
+
+// MatchMTProxy returns the user whose MTProxy secret signed the FakeTLS
+// hello h, and that secret's key, or nil if none did, if the hello's
+// timestamp is more than window away from now, or if that key has
+// expired. It costs one HMAC over the hello per key with an MTProxy
+// secret. Replays are the caller's to catch.
+func (k *Keyring) MatchMTProxy(h *mtproxy.ClientHello, now time.Time, window time.Duration) (*User, mtproxy.Key) {
+	s := k.snap.Load()
+	for i, key := range s.mt {
+		if err := h.Verify(key, now, window); err == nil {
+			u := s.mtUsers[i]
+			if u.Entry().Expired(now) {
+				return nil, mtproxy.Key{}
+			}
+			return u, key
+		}
+	}
+	return nil, mtproxy.Key{}
 }
 
 // Entry returns the user's current key entry.

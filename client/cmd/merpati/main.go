@@ -7,6 +7,7 @@
 //
 //	merpati import LINK                      keep LINK in your config directory
 //	merpati run [--link LINK] [--listen ADDR] [--socks-user USER:PASS] [--log-level LEVEL] [--log-format text|json]
+//	            [--mtproxy ADDR [--mtproxy-secret SECRET]]
 //
 // run starts a SOCKS5 proxy on 127.0.0.1:1080 (change it with --listen) and
 // prints the tg://socks link and QR code that Telegram apps import: open
@@ -15,6 +16,12 @@
 // Without --link it uses the link saved by import. --socks-user requires
 // that user name and password from SOCKS5 clients (RFC 1929), useful when
 // --listen is not a loopback address.
+//
+// --mtproxy also starts a local MTProxy front (FakeTLS, "ee" secret) on
+// ADDR, such as 127.0.0.1:1443, for apps that prefer MTProxy to SOCKS5, and
+// prints its tg://proxy link and QR code. Its secret is made once and kept
+// in the config directory (file mtproxy-secret); --mtproxy-secret gives one
+// instead (hex or base64url).
 //
 // --config-dir (default: your OS's config directory, such as
 // ~/.config/merpati) is where import keeps the link, in a file only you can
@@ -38,6 +45,7 @@ import (
 
 	"github.com/merpati/merpati/client"
 	"github.com/merpati/merpati/transport/link"
+	"github.com/merpati/merpati/transport/mtproxy"
 )
 
 func main() {
@@ -55,7 +63,7 @@ func main() {
 
 const usage = `usage:
   merpati import LINK
-  merpati run [--link LINK] [--listen 127.0.0.1:1080] [--socks-user USER:PASS]
+  merpati run [--link LINK] [--listen 127.0.0.1:1080] [--socks-user USER:PASS] [--mtproxy 127.0.0.1:1443]
 Run "merpati COMMAND -h" for a command's flags.`
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -127,6 +135,8 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	socksUser := fs.String("socks-user", "", "require SOCKS5 USER:PASS")
 	level := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	format := fs.String("log-format", "text", "log format: text or json")
+	mtListen := fs.String("mtproxy", "", "also serve a local MTProxy (FakeTLS) front on this address, such as 127.0.0.1:1443")
+	mtSecret := fs.String("mtproxy-secret", "", "ee secret for --mtproxy, hex or base64url (default: one kept in the config dir)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -177,8 +187,78 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return err
 	}
 	fmt.Fprintf(stdout, "SOCKS5 proxy for Telegram on %s. Open this link in Telegram on this device:\n\n%s\n\n%s\n", ln.Addr(), tg, qr)
-	log.Info("client started", "socks", ln.Addr().String(), "relays", len(l.Relays))
-	return c.ServeSOCKS(ctx, ln)
+	if *mtListen == "" {
+		log.Info("client started", "socks", ln.Addr().String(), "relays", len(l.Relays))
+		return c.ServeSOCKS(ctx, ln)
+	}
+	secret, err := mtproxySecret(*dir, *mtSecret, l.SNI)
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	mln, err := net.Listen("tcp", *mtListen)
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	host, portStr, _ = net.SplitHostPort(mln.Addr().String())
+	port, _ = strconv.Atoi(portStr)
+	tg, _ = link.ProxyLink(host, uint16(port), secret.String())
+	if qr, err = link.TerminalQR(tg); err != nil {
+		ln.Close()
+		mln.Close()
+		return err
+	}
+	fmt.Fprintf(stdout, "\nMTProxy for Telegram on %s. Or open this link in Telegram on this device:\n\n%s\n\n%s\n", mln.Addr(), tg, qr)
+	log.Info("client started", "socks", ln.Addr().String(), "mtproxy", mln.Addr().String(), "relays", len(l.Relays))
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	front := make(chan error, 1)
+	go func() { front <- c.ServeMTProxy(ctx, mln, secret); cancel() }()
+	err = c.ServeSOCKS(ctx, ln)
+	cancel()
+	return errors.Join(err, <-front)
+}
+
+// mtproxySecret returns the local MTProxy front's secret: text if given
+// (hex or base64url), else the one kept in the config directory, made
+// (with host as its cover name) on first use.
+func mtproxySecret(dir, text, host string) (mtproxy.Secret, error) {
+	if text != "" {
+		s, err := mtproxy.ParseSecret(text)
+		if err != nil {
+			return mtproxy.Secret{}, fmt.Errorf("--mtproxy-secret: %w", err)
+		}
+		return s, nil
+	}
+	lp, err := linkPath(dir)
+	if err != nil {
+		return mtproxy.Secret{}, err
+	}
+	path := filepath.Join(filepath.Dir(lp), "mtproxy-secret")
+	if b, err := os.ReadFile(path); err == nil {
+		s, err := mtproxy.ParseSecret(string(b))
+		if err != nil {
+			return mtproxy.Secret{}, fmt.Errorf("%s: %w", path, err)
+		}
+		return s, nil
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return mtproxy.Secret{}, err
+	}
+	if host == "" {
+		host = "localhost"
+	}
+	s, err := mtproxy.NewSecret(host)
+	if err != nil {
+		return mtproxy.Secret{}, err
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return mtproxy.Secret{}, err
+	}
+	if err := os.WriteFile(path, []byte(s.String()+"\n"), 0o600); err != nil {
+		return mtproxy.Secret{}, fmt.Errorf("keep MTProxy secret: %w", err)
+	}
+	return s, nil
 }
 
 func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {

@@ -24,8 +24,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/rand"
-	"crypto/rsa"
 	"fmt"
 	"io"
 	"log/slog"
@@ -38,22 +36,18 @@ import (
 
 	"github.com/gotd/log"
 	"github.com/gotd/log/logslog"
-	"github.com/gotd/td/crypto"
 	"github.com/gotd/td/exchange"
 	"github.com/gotd/td/mtproxy/obfuscated2"
 	"github.com/gotd/td/proto/codec"
 	"github.com/gotd/td/telegram/dcs"
 	"github.com/gotd/td/tg"
 	"github.com/gotd/td/tgtest"
-	"github.com/gotd/td/tgtest/services"
-	"github.com/gotd/td/tgtest/services/config"
 	"github.com/gotd/td/transport"
 )
 
 // sniffTimeout bounds how long the DC waits for the first bytes of a new
-// connection before dropping it. gotd's tgtest reads the transport header
-// inside its accept loop, so without this a single silent connection (a
-// half-open relay stream, a probe) would stop the DC accepting anyone.
+// connection before dropping it, so silent connections (a half-open relay
+// stream, a probe) do not pile up.
 const sniffTimeout = 10 * time.Second
 
 // A DC is a gotd tgtest server playing one Telegram datacenter on
@@ -62,14 +56,20 @@ const sniffTimeout = 10 * time.Second
 // Telegram's own DCs, Obfuscated2 without a secret, which is what an
 // MTProxy relay speaks to a DC.
 //
-// Start one with [StartDC]; it stops when the test ends. A DC is safe for
-// concurrent use by any number of clients.
+// Each TCP connection is served by its own tgtest.Server sharing the DC's
+// key and handlers (see connServer for why), so an auth key is valid only
+// on the connection that created it, unlike real Telegram.
+//
+// Start one with [StartDC], which stops it when the test ends, or
+// [ListenDC] and [DC.Close]. A DC is safe for concurrent use by any number
+// of clients.
 type DC struct {
 	// ID is the datacenter number the server reports as this_dc and that
 	// clients put in their DC list (and, in MTProxy mode, send to the
 	// proxy).
 	ID int
-	// Addr is the host:port the DC listens on, always on 127.0.0.1.
+	// Addr is the host:port the DC listens on, always a loopback address
+	// (127.0.0.1 for StartDC).
 	Addr string
 	// Key is the public half of the DC's freshly generated RSA key. Clients
 	// must be given it (telegram.Options.PublicKeys) to complete the key
@@ -79,6 +79,7 @@ type DC struct {
 	tb       testing.TB
 	list     dcs.List
 	logs     *logBuffer
+	srv      *connServer // nil for a RemoteDC
 	accepted atomic.Int64
 	// obfuscated counts connections that arrived with Obfuscated2.
 	obfuscated atomic.Int64
@@ -86,68 +87,16 @@ type DC struct {
 
 // StartDC starts a DC with the given datacenter number on 127.0.0.1:0 and
 // registers its shutdown with tb.Cleanup. It fails the test if the DC
-// cannot start. id must be positive.
+// cannot start. id must be positive. See also [ListenDC].
 func StartDC(tb testing.TB, id int) *DC {
 	tb.Helper()
-	if id <= 0 {
-		tb.Fatalf("telegramtest: DC id must be positive, got %d", id)
-	}
-
-	key, err := rsa.GenerateKey(rand.Reader, crypto.RSAKeyBits)
+	d, err := ListenDC(context.Background(), id, "127.0.0.1:0")
 	if err != nil {
-		tb.Fatalf("telegramtest: generate DC RSA key: %v", err)
+		tb.Fatal(err)
 	}
-
-	var lc net.ListenConfig
-	ln, err := lc.Listen(context.Background(), "tcp4", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatalf("telegramtest: listen: %v", err)
-	}
-	tcpAddr := ln.Addr().(*net.TCPAddr)
-
-	d := &DC{
-		ID:   id,
-		Addr: tcpAddr.String(),
-		tb:   tb,
-		logs: newLogBuffer(),
-		list: dcs.List{Options: []tg.DCOption{{
-			ID:        id,
-			Static:    true,
-			IPAddress: tcpAddr.IP.String(),
-			Port:      tcpAddr.Port,
-		}}},
-	}
-
-	// The config the DC hands out names only itself, so a client that
-	// refreshes its DC list from help.getConfig still sees only loopback.
-	cfg := &tg.Config{DCOptions: d.list.Options, ThisDC: id}
-	dispatch := tgtest.NewDispatcher()
-	config.NewService(cfg, &tg.CDNConfig{}).Register(dispatch)
-	dispatch.HandleFunc(tg.HelpGetDeepLinkInfoRequestTypeID, echo)
-	dispatch.Fallback(tgtest.HandlerFunc(services.NotImplemented))
-
-	priv := tgtest.NewPrivateKey(key)
-	d.Key = priv.Public()
-	srv := tgtest.NewServer(priv, tgtest.UnpackInvoke(dispatch), tgtest.ServerOptions{
-		DC:     id,
-		Logger: log.With(d.logs.logger(), log.String("peer", "dc"), log.Int("dc", id)),
-	})
-
-	sl := newSniffListener(ln, &d.accepted, &d.obfuscated)
-	ctx, cancel := context.WithCancel(context.Background())
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(ctx, transport.ListenCodec(nil, sl)) }()
-
+	d.tb = tb
 	tb.Cleanup(func() {
-		// Cancelling makes tgtest close the listener, but its per-connection
-		// goroutines wait in reads with a 30 s deadline, so close the
-		// connections too or shutdown would wait for the peers.
-		cancel()
-		sl.closeConns()
-		if err := <-served; err != nil {
-			tb.Errorf("telegramtest: DC %d: serve: %v", id, err)
-		}
-		sl.wait()
+		d.Close()
 		if tb.Failed() {
 			d.logs.dump(tb, fmt.Sprintf("DC %d", id))
 		}
@@ -175,117 +124,158 @@ func echo(srv *tgtest.Server, req *tgtest.Request) error {
 	return srv.SendResult(req, &tg.HelpDeepLinkInfo{Message: r.Path})
 }
 
-// sniffListener hands tgtest only connections whose transport header has
-// already arrived, and strips Obfuscated2 so tgtest sees a plain transport.
-// It remembers accepted connections so shutdown can close them.
-type sniffListener struct {
-	net.Listener
+// connServer accepts TCP connections, sniffs each one's transport (see
+// [sniffTransport]) and serves it with its own tgtest.Server.
+//
+// One tgtest.Server per connection works around a data race in gotd
+// v0.162.0: tgtest's users.getSession reads the session map under the
+// connection mutex while addSession writes it under the session mutex, so
+// a key exchange finishing on one connection races with every message read
+// on another. The cost is that an auth key is known only on the connection
+// that created it; a client reconnecting with an old key is told
+// AUTH_KEY not found (-404) and must exchange a new one.
+//
+// Serving each connection separately also keeps one silent connection from
+// stalling the rest: tgtest reads the transport header inside its accept
+// loop.
+type connServer struct {
+	ln         net.Listener
 	accepted   *atomic.Int64
 	obfuscated *atomic.Int64
-	ready      chan net.Conn
-	done       chan struct{}
-	once       sync.Once
+	newServer  func() *tgtest.Server
 
-	// wg counts the accept loop and sniffing goroutines.
+	ctx    context.Context
+	cancel context.CancelFunc
+	// wg counts the accept loop and per-connection goroutines.
 	wg sync.WaitGroup
 
 	mu    sync.Mutex
 	conns map[net.Conn]struct{}
-	// closed is set by closeConns; later connections are closed at once.
+	// closed is set by close; later connections are closed at once.
 	closed bool
 }
 
-func newSniffListener(ln net.Listener, accepted, obfuscated *atomic.Int64) *sniffListener {
-	l := &sniffListener{
-		Listener:   ln,
+func newConnServer(ln net.Listener, accepted, obfuscated *atomic.Int64, newServer func() *tgtest.Server) *connServer {
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &connServer{
+		ln:         ln,
 		accepted:   accepted,
 		obfuscated: obfuscated,
-		ready:      make(chan net.Conn),
-		done:       make(chan struct{}),
+		newServer:  newServer,
+		ctx:        ctx,
+		cancel:     cancel,
 		conns:      make(map[net.Conn]struct{}),
 	}
-	l.wg.Add(1)
-	go l.acceptLoop()
-	return l
+	s.wg.Add(1)
+	go s.acceptLoop()
+	return s
 }
 
-func (l *sniffListener) acceptLoop() {
-	defer l.wg.Done()
+func (s *connServer) acceptLoop() {
+	defer s.wg.Done()
 	for {
-		c, err := l.Listener.Accept()
+		c, err := s.ln.Accept()
 		if err != nil {
 			// Closed, or a resource error a test can do nothing about;
 			// either way the DC stops accepting.
 			return
 		}
-		l.accepted.Add(1)
-		if !l.track(c) {
+		s.accepted.Add(1)
+		if !s.track(c) {
 			return
 		}
-		l.wg.Add(1)
-		go l.sniff(c)
+		s.wg.Add(1)
+		go s.serve(c)
 	}
 }
 
-// track records c for closeConns. It reports false, closing c, after
-// closeConns.
-func (l *sniffListener) track(c net.Conn) bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.closed {
+// track records c for close. It reports false, closing c, after close.
+func (s *connServer) track(c net.Conn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
 		c.Close()
 		return false
 	}
-	l.conns[c] = struct{}{}
+	s.conns[c] = struct{}{}
 	return true
 }
 
-func (l *sniffListener) sniff(c net.Conn) {
-	defer l.wg.Done()
+func (s *connServer) untrack(c net.Conn) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.conns, c)
+}
+
+func (s *connServer) serve(c net.Conn) {
+	defer s.wg.Done()
+	defer s.untrack(c)
+	defer c.Close()
+
 	conn, obfuscated, err := sniffTransport(c)
 	if err != nil {
-		c.Close()
 		return
 	}
 	if obfuscated {
-		l.obfuscated.Add(1)
+		s.obfuscated.Add(1)
 	}
-	select {
-	case l.ready <- conn:
-	case <-l.done:
+	// tgtest's Serve returns only once its ctx is done, so end the ctx
+	// when tgtest closes the connection (peer gone, or a fatal error).
+	ctx, cancel := context.WithCancel(s.ctx)
+	defer cancel()
+	l := &oneConnListener{conn: &closeNotifyConn{Conn: conn, onClose: cancel}, done: ctx.Done()}
+	// Serve's only errors come from Accept, which sniffTransport already
+	// made safe; a failing connection is dropped either way.
+	_ = s.newServer().Serve(ctx, transport.ListenCodec(nil, l))
+}
+
+// close stops the server: no more accepts, every connection closed (tgtest
+// waits in reads with a 30 s deadline, so cancelling alone would wait for
+// the peers), all goroutines ended.
+func (s *connServer) close() {
+	s.cancel()
+	s.ln.Close()
+	s.mu.Lock()
+	s.closed = true
+	for c := range s.conns {
 		c.Close()
 	}
+	s.mu.Unlock()
+	s.wg.Wait()
 }
 
-// Accept returns the next connection whose transport header has arrived.
-func (l *sniffListener) Accept() (net.Conn, error) {
-	select {
-	case c := <-l.ready:
-		return c, nil
-	case <-l.done:
-		return nil, net.ErrClosed
+// oneConnListener is a net.Listener that yields conn once, then blocks
+// until done is closed.
+type oneConnListener struct {
+	conn net.Conn
+	done <-chan struct{}
+	used atomic.Bool
+}
+
+func (l *oneConnListener) Accept() (net.Conn, error) {
+	if !l.used.Swap(true) {
+		return l.conn, nil
 	}
+	<-l.done
+	return nil, net.ErrClosed
 }
 
-// Close stops accepting. Established connections stay open.
-func (l *sniffListener) Close() error {
-	l.once.Do(func() { close(l.done) })
-	return l.Listener.Close()
+// Close does nothing: the connection is tgtest's to close, and Accept ends
+// with done.
+func (l *oneConnListener) Close() error { return nil }
+
+func (l *oneConnListener) Addr() net.Addr { return l.conn.LocalAddr() }
+
+// closeNotifyConn calls onClose when closed.
+type closeNotifyConn struct {
+	net.Conn
+	onClose func()
 }
 
-// closeConns closes every accepted connection, and any accepted later.
-func (l *sniffListener) closeConns() {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.closed = true
-	for c := range l.conns {
-		c.Close()
-	}
+func (c *closeNotifyConn) Close() error {
+	c.onClose()
+	return c.Conn.Close()
 }
-
-// wait waits for the listener's goroutines to end, after Close and
-// closeConns.
-func (l *sniffListener) wait() { l.wg.Wait() }
 
 // sniffTransport waits for the start of the first packet and decides how to
 // read the connection. Plain transports begin with a known tag (abridged

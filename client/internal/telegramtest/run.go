@@ -71,11 +71,11 @@ func checkLoopback(addr string) error {
 // requests span several TLS records when tunnelled.
 //
 // The client dials only addresses from dc's DC list, i.e. dc.Addr. A dial
-// to anything other than a loopback IP is refused and fails the test that
-// started dc, so the client can never reach real Telegram. Any connection
-// loss ends the run with an error rather than a reconnect, so a failing
-// dial makes Run return promptly; ctx bounds everything else (a peer that
-// stalls, say).
+// to anything other than a loopback IP is refused (and fails the test that
+// started dc, if [StartDC] did), so the client can never reach real
+// Telegram. Any connection loss ends the run with an error rather than a
+// reconnect, so a failing dial makes Run return promptly; ctx bounds
+// everything else (a peer that stalls, say).
 //
 // Run may be called concurrently, and many times against one DC; each call
 // is a new client with a new auth key.
@@ -85,7 +85,9 @@ func Run(ctx context.Context, dc *DC, dial func(ctx context.Context, network, ad
 	}
 	guarded := func(ctx context.Context, network, addr string) (net.Conn, error) {
 		if err := checkLoopback(addr); err != nil {
-			dc.tb.Errorf("telegramtest: client tried to dial %s %s: %v", network, addr, err)
+			if dc.tb != nil {
+				dc.tb.Errorf("telegramtest: client tried to dial %s %s: %v", network, addr, err)
+			}
 			return nil, err
 		}
 		return dial(ctx, network, addr)

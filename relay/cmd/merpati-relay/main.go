@@ -8,10 +8,15 @@
 //	merpati-relay init --dir DIR --public HOST:PORT [--listen ADDR] [--cover URL] [--sni NAME] [--name NAME]
 //	                   [--dc ID=HOST:PORT]... [--allow CIDR]...
 //	merpati-relay run --dir DIR [--log-level LEVEL] [--log-format text|json]
-//	merpati-relay link add NAME --dir DIR [--quota BYTES] [--max-conns N] [--expires DURATION]
+//	merpati-relay link add NAME --dir DIR [--quota BYTES] [--max-conns N] [--expires DURATION] [--mtproxy-secret SECRET]
 //	merpati-relay link list --dir DIR
 //	merpati-relay link show NAME --dir DIR
 //	merpati-relay link revoke NAME --dir DIR
+//	merpati-relay list keygen --out FILE
+//	merpati-relay list add --in relays.json (--link LINK | --link-file FILE | --dir DIR --name KEYNAME)
+//	merpati-relay list sign --key FILE --in relays.json --seq N [--ttl 168h] --out list.bin [--buckets N --per-bucket K]
+//	merpati-relay list pub --key FILE | list show --in list.bin [--lk PUBKEY]
+//	merpati-relay dns --zone ZONE --list FILE... [--listen ADDR] [--ns NAME]... [--ns-addr IP]... [--period 24h]
 //
 // init creates DIR with the relay's settings (relay.json), its certificate
 // and key (key.pem, mode 0600) and its access keys (keys.json, 0600), makes
@@ -26,7 +31,11 @@
 // key's sessions end at once, and nobody else notices.
 //
 // link manages per-person access keys: give every person their own, so any
-// one can be revoked without disturbing the others.
+// one can be revoked without disturbing the others. add and show also print
+// the person's tg://proxy and https://t.me/proxy links (an "ee" FakeTLS
+// MTProxy secret: stock Telegram apps use the relay directly, on the same
+// port, under the same key and limits); --mtproxy-secret keeps a secret the
+// person already has (hex or base64url).
 //
 // --dc and --allow exist for test labs: they point a datacenter number at
 // another address and allow extra target ranges. On a real relay leave them
@@ -40,8 +49,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 	"text/tabwriter"
@@ -50,6 +61,7 @@ import (
 	"github.com/merpati/merpati/relay"
 	"github.com/merpati/merpati/relay/access"
 	"github.com/merpati/merpati/transport/link"
+	"github.com/merpati/merpati/transport/mtproxy"
 )
 
 func main() {
@@ -69,6 +81,8 @@ const usage = `usage:
   merpati-relay init --dir DIR --public HOST:PORT [--listen ADDR] [--cover URL] [--sni NAME] [--name NAME]
   merpati-relay run --dir DIR
   merpati-relay link add|list|show|revoke [NAME] --dir DIR
+  merpati-relay list keygen|pub|add|sign|show ...   (signed bootstrap relay list; see list.go)
+  merpati-relay dns --zone ZONE --list FILE [--listen ADDR] [--ns NAME --ns-addr IP]
 Run "merpati-relay COMMAND -h" for a command's flags.`
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -87,6 +101,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return flag.ErrHelp
 		}
 		return cmdLink(args[1], args[2:], stdout, stderr)
+	case "list":
+		return cmdList(args[1:], stdout, stderr)
+	case "dns":
+		return cmdDNS(ctx, args[1:], stderr)
 	case "-h", "-help", "--help", "help":
 		fmt.Fprintln(stdout, usage)
 		return nil
@@ -163,6 +181,43 @@ func printLink(w io.Writer, d *relay.Dir, e access.Entry) error {
 		return err
 	}
 	fmt.Fprintf(w, "Share link for %q (give it to this person only):\n\n%s\n\n%s\n", e.Name, s, qr)
+	return printProxyLinks(w, d, e)
+}
+
+// printProxyLinks prints the tg://proxy and https://t.me/proxy links with
+// which a stock Telegram app uses the relay directly (MTProxy with a
+// FakeTLS secret), and a QR code of the first.
+func printProxyLinks(w io.Writer, d *relay.Dir, e access.Entry) error {
+	secret, ok := d.MTProxySecret(e)
+	if !ok {
+		return nil
+	}
+	var first string
+	var lines []string
+	for _, addr := range d.Settings.Public {
+		host, portStr, err := net.SplitHostPort(addr)
+		if err != nil {
+			continue
+		}
+		port, err := strconv.ParseUint(portStr, 10, 16)
+		if err != nil {
+			continue
+		}
+		tg, https := link.ProxyLink(host, uint16(port), secret.String())
+		if first == "" {
+			first = tg
+		}
+		lines = append(lines, tg, https)
+	}
+	if first == "" {
+		return nil
+	}
+	qr, err := link.TerminalQR(first)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(w, "\nFor Telegram apps without merpati (MTProxy, same person, same limits):\n\n%s\n\n%s\n",
+		strings.Join(lines, "\n"), qr)
 	return nil
 }
 
@@ -231,6 +286,14 @@ func cmdLink(sub string, args []string, stdout, stderr io.Writer) error {
 	quota := fs.Int64("quota", 0, "add: byte quota for this key (0 = none)")
 	maxConns := fs.Int("max-conns", 0, "add: maximum concurrent connections (0 = none)")
 	expires := fs.Duration("expires", 0, "add: key lifetime, such as 720h (0 = never)")
+	var mtSecret mtproxy.Key
+	fs.Func("mtproxy-secret", "add: use this MTProxy secret (ee secret or its 16-byte key, hex or base64url) instead of a new one", func(v string) error {
+		if s, err := mtproxy.ParseSecret(v); err == nil {
+			mtSecret = s.Key
+			return nil
+		}
+		return mtSecret.UnmarshalText([]byte(strings.TrimSpace(v)))
+	})
 	pos, err := parse(fs, args)
 	if err != nil {
 		return err
@@ -254,7 +317,7 @@ func cmdLink(sub string, args []string, stdout, stderr io.Writer) error {
 		if err != nil {
 			return err
 		}
-		lim := access.Entry{QuotaBytes: *quota, MaxConns: *maxConns}
+		lim := access.Entry{QuotaBytes: *quota, MaxConns: *maxConns, MTProxySecret: mtSecret}
 		if *expires > 0 {
 			lim.Expires = time.Now().Add(*expires).UTC().Truncate(time.Second)
 		}

@@ -1,0 +1,178 @@
+package client
+
+import (
+	"context"
+	"crypto/ed25519"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/merpati/merpati/client/bootstrap"
+	"github.com/merpati/merpati/client/pick"
+	"github.com/merpati/merpati/transport"
+	"github.com/merpati/merpati/transport/auth"
+	"github.com/merpati/merpati/transport/link"
+	"github.com/merpati/merpati/transport/quiccarrier"
+	"github.com/merpati/merpati/transport/relaylist"
+	"github.com/merpati/merpati/transport/tlscarrier"
+)
+
+// BootstrapInterval is the least time between two automatic bootstrap
+// fetches, so that a client whose relays are all down does not hammer the
+// resolvers on every Telegram connection.
+const BootstrapInterval = time.Minute
+
+// ErrNoBootstrap is returned by [Client.Refresh] when the link has no
+// bootstrap domains or list key, or the Config no resolvers.
+var ErrNoBootstrap = errors.New("client: bootstrap not configured (link dns= and lk=, and resolvers, are needed)")
+
+// booter runs the bootstrap for a client: at most one fetch at a time,
+// and automatic fetches at most once per BootstrapInterval.
+type booter struct {
+	f *bootstrap.Fetcher
+
+	mu      sync.Mutex
+	running chan struct{} // closed when the fetch in progress ends
+	last    time.Time     // start of the last automatic fetch
+	added   int           // candidates added by the last fetch
+}
+
+// newBooter returns the client's booter, or nil when the link or cfg do
+// not allow a bootstrap. It adds the relays of a cached list to the
+// picker.
+func (c *Client) initBootstrap() error {
+	l := c.cfg.Link
+	if len(l.Bootstrap) == 0 || len(l.ListKey) != ed25519.PublicKeySize || len(c.cfg.Resolvers) == 0 {
+		return nil
+	}
+	f, err := bootstrap.New(bootstrap.Config{
+		Domains:     l.Bootstrap,
+		ListKey:     ed25519.PublicKey(l.ListKey),
+		Resolvers:   c.cfg.Resolvers,
+		CachePath:   c.cfg.ListCache,
+		DialContext: c.cfg.DialContext,
+		Logger:      c.log,
+	})
+	if err != nil {
+		return fmt.Errorf("client: %w", err)
+	}
+	c.boot = &booter{f: f}
+	if cached := f.Cached(); cached != nil {
+		n := c.picker.AddCandidates(c.listCandidates(cached)...)
+		c.log.Info("relays from cached list", "seq", cached.Seq, "added", n)
+	}
+	return nil
+}
+
+// Refresh fetches the bootstrap relay list now and adds its relays to the
+// ones the client tries. It reports how many relay/carrier pairs were new.
+func (c *Client) Refresh(ctx context.Context) (*relaylist.List, int, error) {
+	if c.boot == nil {
+		return nil, 0, ErrNoBootstrap
+	}
+	return c.fetchList(ctx)
+}
+
+func (c *Client) fetchList(ctx context.Context) (*relaylist.List, int, error) {
+	l, err := c.boot.f.Fetch(ctx)
+	if err != nil {
+		return nil, 0, err
+	}
+	n := c.picker.AddCandidates(c.listCandidates(l)...)
+	c.log.Info("relays learned over DNS", "seq", l.Seq, "entries", len(l.Entries), "added", n)
+	return l, n, nil
+}
+
+// rescue is called when no known relay works. It runs the bootstrap
+// unless one ran less than BootstrapInterval ago (concurrent callers
+// share one fetch), and reports whether new relays were added, so the
+// caller should try again.
+func (c *Client) rescue(ctx context.Context) bool {
+	b := c.boot
+	if b == nil {
+		return false
+	}
+	b.mu.Lock()
+	wait := b.running
+	if wait == nil {
+		if !b.last.IsZero() && time.Since(b.last) < BootstrapInterval {
+			b.mu.Unlock()
+			return false
+		}
+		b.last = time.Now()
+		b.running = make(chan struct{})
+		wait = b.running
+		b.mu.Unlock()
+		// The fetch outlives one caller's context: the others wait on
+		// it too.
+		go func() {
+			fctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			start := time.Now()
+			_, n, err := c.fetchList(fctx)
+			if err != nil {
+				c.log.Warn("bootstrap failed", "err", err)
+			} else {
+				c.log.Info("bootstrap done", "added", n, "took", time.Since(start).Round(time.Millisecond))
+			}
+			b.mu.Lock()
+			b.added = n
+			close(b.running)
+			b.running = nil
+			b.mu.Unlock()
+		}()
+	} else {
+		b.mu.Unlock()
+	}
+	select {
+	case <-wait:
+	case <-ctx.Done():
+		return false
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.added > 0
+}
+
+// listCandidates turns the entries of l into candidates, one per relay
+// address and carrier this client speaks.
+func (c *Client) listCandidates(l *relaylist.List) []pick.Candidate {
+	var cands []pick.Candidate
+	for _, e := range l.Entries {
+		el := e.Link()
+		for _, relay := range el.Relays {
+			for _, carrier := range el.CarrierList() {
+				var d transport.Dialer
+				var err error
+				switch carrier {
+				case link.CarrierTLS:
+					d, err = tlscarrier.NewDialer(tlscarrier.ClientConfig{
+						Addr:        relay,
+						ServerName:  el.SNI,
+						Pin:         el.Pin,
+						Key:         auth.Key(el.Key),
+						DialContext: c.cfg.DialContext,
+						Logger:      c.log,
+					})
+				case link.CarrierQUIC:
+					d, err = quiccarrier.NewDialer(quiccarrier.ClientConfig{
+						Addr:       relay,
+						ServerName: el.SNI,
+						Pin:        el.Pin,
+						Key:        auth.Key(el.Key),
+						Logger:     c.log,
+					})
+				default:
+					continue
+				}
+				if err != nil {
+					c.log.Warn("relay from list skipped", "relay", relay, "transport", carrier, "err", err)
+					continue
+				}
+				cands = append(cands, pick.Candidate{Relay: relay, Dialer: d})
+			}
+		}
+	}
+	return cands
+}

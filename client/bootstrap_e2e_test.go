@@ -1,0 +1,158 @@
+package client_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/merpati/merpati/client"
+	"github.com/merpati/merpati/relay/access"
+	"github.com/merpati/merpati/relay/dnsserver"
+	"github.com/merpati/merpati/transport"
+	"github.com/merpati/merpati/transport/link"
+	"github.com/merpati/merpati/transport/relaylist"
+)
+
+// startListDNS serves list for zone on a loopback port (UDP and TCP) with
+// the relay's DNS server, as `merpati-relay dns` would, and returns the
+// address.
+func startListDNS(t testing.TB, zone string, list []byte) string {
+	t.Helper()
+	s, err := dnsserver.New(dnsserver.Config{Zone: zone, Lists: [][]byte{list}, Logger: testLogger(t, "dns")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pc, ln, err := dnsserver.Listen("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		if err := s.Serve(ctx, pc, ln); err != nil {
+			t.Errorf("dns: %v", err)
+		}
+	})
+	t.Cleanup(func() { cancel(); wg.Wait() })
+	return pc.LocalAddr().String()
+}
+
+// TestBootstrapE2E: the only relay in the user's link is dead (a closed
+// port); the client learns a second, working relay from the signed list
+// over DNS, and the echo stream goes through it.
+func TestBootstrapE2E(t *testing.T) {
+	checkLeaks(t)
+	cov := startCover(t)
+	alive := startRelay(t, cov, nil)
+	good := alive.addKey(t, "list-audience", access.Entry{})
+	echo := startEcho(t)
+	host, port, _ := net.SplitHostPort(echo)
+	p, _ := strconv.Atoi(port)
+
+	// The operator signs a list naming the working relay.
+	pub, priv, err := ed25519.GenerateKey(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const zone = "boot.merpati.test"
+	list, err := relaylist.Sign(&relaylist.List{
+		Seq:     1,
+		Expires: time.Now().Add(time.Hour),
+		Entries: []relaylist.Entry{relaylist.FromLink(good)},
+	}, priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dnsAddr := startListDNS(t, zone, list)
+
+	// The user's link names only a dead relay.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := ln.Addr().String()
+	ln.Close()
+	l := *good
+	l.Relays = []string{dead}
+	l.Carriers = []string{link.CarrierTLS}
+	l.Bootstrap = []string{zone}
+	l.ListKey = pub
+	cache := filepath.Join(t.TempDir(), "relays.bin")
+	c, _ := startClient(t, &l, func(cfg *client.Config) {
+		cfg.Resolvers = []string{"udp://" + dnsAddr}
+		cfg.ListCache = cache
+	})
+
+	start := time.Now()
+	st, err := c.OpenStream(context.Background(), transport.AddrTarget(host, uint16(p)))
+	if err != nil {
+		t.Fatalf("OpenStream: %v", err)
+	}
+	msg := []byte("hello through a relay learned over DNS")
+	if _, err := st.Write(msg); err != nil {
+		t.Fatal(err)
+	}
+	st.CloseWrite()
+	got, err := io.ReadAll(st)
+	st.Close()
+	if err != nil || !bytes.Equal(got, msg) {
+		t.Fatalf("echo: %q, %v", got, err)
+	}
+	took := time.Since(start)
+	if a := c.Active(); a == nil || a.Relay != alive.addr {
+		t.Fatalf("active relay %+v, want %s", a, alive.addr)
+	}
+	t.Logf("dead relay → DNS bootstrap → echo through %s: %v", alive.addr, took)
+	if took > 5*time.Second {
+		t.Errorf("bootstrap took %v", took)
+	}
+	if _, err := os.Stat(cache); err != nil {
+		t.Fatalf("list not cached: %v", err)
+	}
+
+	// A new client starts from the cache, with DNS gone.
+	c2, _ := startClient(t, &l, func(cfg *client.Config) {
+		cfg.Resolvers = []string{"udp://" + dead}
+		cfg.ListCache = cache
+	})
+	st, err = c2.OpenStream(context.Background(), transport.AddrTarget(host, uint16(p)))
+	if err != nil {
+		t.Fatalf("from cache: %v", err)
+	}
+	st.Close()
+}
+
+// TestRefresh fetches the list on demand.
+func TestRefresh(t *testing.T) {
+	checkLeaks(t)
+	cov := startCover(t)
+	r := startRelay(t, cov, nil)
+	good := r.addKey(t, "a", access.Entry{})
+	pub, priv, _ := ed25519.GenerateKey(nil)
+	list, err := relaylist.Sign(&relaylist.List{Seq: 4, Expires: time.Now().Add(time.Hour),
+		Entries: []relaylist.Entry{relaylist.FromLink(good)}}, priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := startListDNS(t, "r.merpati.test", list)
+	l := *good
+	l.Bootstrap, l.ListKey = []string{"r.merpati.test"}, pub
+	l.Relays = []string{"127.0.0.1:1"}
+	c, _ := startClient(t, &l, func(cfg *client.Config) { cfg.Resolvers = []string{addr} })
+	got, n, err := c.Refresh(context.Background())
+	if err != nil || got.Seq != 4 || n == 0 {
+		t.Fatalf("Refresh: %+v, %d, %v", got, n, err)
+	}
+	c2, _ := startClient(t, good, nil)
+	if _, _, err := c2.Refresh(context.Background()); err != client.ErrNoBootstrap {
+		t.Fatalf("Refresh without bootstrap: %v", err)
+	}
+}

@@ -1,0 +1,314 @@
+package client_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/gotd/td/telegram/dcs"
+
+	"github.com/merpati/merpati/client"
+	"github.com/merpati/merpati/client/internal/telegramtest"
+	"github.com/merpati/merpati/relay/access"
+	"github.com/merpati/merpati/transport/link"
+	"github.com/merpati/merpati/transport/mtproxy"
+)
+
+// addMTKey makes a new access key and returns its share link and its
+// MTProxy secret.
+func (r *testRelay) addMTKey(t testing.TB, name string, limits access.Entry) (*link.Link, mtproxy.Secret) {
+	t.Helper()
+	e, err := access.Add(r.dir.KeysPath(), name, limits)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.cfg.Keys.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	s, ok := r.dir.MTProxySecret(e)
+	if !ok {
+		t.Fatal("access.Add made no MTProxy secret")
+	}
+	return r.dir.Link(e), s
+}
+
+// gotdMTProxy returns gotd's own MTProxy resolver for addr and secret,
+// dialling loopback only.
+func gotdMTProxy(t testing.TB, addr string, s mtproxy.Secret) dcs.Resolver {
+	t.Helper()
+	var d net.Dialer
+	res, err := dcs.MTProxy(addr, s.Bytes(), dcs.MTProxyOptions{Dial: telegramtest.LoopbackOnly(d.DialContext)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res
+}
+
+// TestMTProxyDirect runs a real MTProto client (gotd) with an "ee" secret
+// straight to the relay, which serves it as an MTProxy and speaks
+// obfuscated2 to a gotd test DC: key exchange and 100 RPCs.
+func TestMTProxyDirect(t *testing.T) {
+	checkLeaks(t)
+	dc := telegramtest.StartDC(t, 2)
+	cov := startCover(t)
+	r := startRelay(t, cov, []string{"2=" + dc.Addr})
+	_, s := r.addMTKey(t, "alice", access.Entry{})
+
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	st, err := telegramtest.RunWithResolver(ctx, dc, gotdMTProxy(t, r.addr, s), 100)
+	if err != nil {
+		t.Fatalf("MTProto through the relay's MTProxy mode: %v", err)
+	}
+	if st.RPCs != 100 {
+		t.Fatalf("%d RPCs answered, want 100", st.RPCs)
+	}
+	t.Logf("key exchange %v, first RPC %v, 100 RPCs in %v", st.KeyExchange, st.FirstRPC, st.Total)
+	if n := cov.accepted.Load(); n != 0 {
+		t.Errorf("cover site got %d connections from an MTProxy app", n)
+	}
+	if u := r.cfg.Keys.Usage()["alice"]; u < 100*1000 {
+		t.Errorf("alice's usage is %d bytes after 100 RPCs", u)
+	}
+}
+
+// TestMTProxyFront runs gotd with an "ee" secret against the client's local
+// MTProxy front, carried over the TLS carrier to the relay and the DC.
+func TestMTProxyFront(t *testing.T) {
+	checkLeaks(t)
+	dc := telegramtest.StartDC(t, 2)
+	cov := startCover(t)
+	r := startRelay(t, cov, []string{"2=" + dc.Addr})
+	l, _ := r.addMTKey(t, "alice", access.Entry{})
+	c, _ := startClient(t, l, nil)
+	front, secret := startFront(t, c)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	st, err := telegramtest.RunWithResolver(ctx, dc, gotdMTProxy(t, front, secret), 100)
+	if err != nil {
+		t.Fatalf("MTProto through the local MTProxy front: %v", err)
+	}
+	if st.RPCs != 100 {
+		t.Fatalf("%d RPCs answered, want 100", st.RPCs)
+	}
+	t.Logf("key exchange %v, first RPC %v, 100 RPCs in %v", st.KeyExchange, st.FirstRPC, st.Total)
+}
+
+// startFront starts c's MTProxy front on 127.0.0.1:0 with a new secret.
+func startFront(t testing.TB, c *client.Client) (string, mtproxy.Secret) {
+	t.Helper()
+	secret, err := mtproxy.NewSecret("front.merpati.test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		if err := c.ServeMTProxy(ctx, ln, secret); err != nil {
+			t.Errorf("mtproxy front: %v", err)
+		}
+	})
+	t.Cleanup(func() { cancel(); wg.Wait() })
+	return ln.Addr().String(), secret
+}
+
+// clientHello returns a real TLS ClientHello record (crypto/tls's) for
+// serverName, to be signed as a FakeTLS hello.
+func clientHello(t testing.TB, serverName string) []byte {
+	t.Helper()
+	c, s := net.Pipe()
+	defer s.Close()
+	go func() {
+		tls.Client(c, &tls.Config{ServerName: serverName, InsecureSkipVerify: true}).Handshake()
+		c.Close()
+	}()
+	var hdr [5]byte
+	if _, err := io.ReadFull(s, hdr[:]); err != nil {
+		t.Fatal(err)
+	}
+	rec := make([]byte, 5+(int(hdr[3])<<8|int(hdr[4])))
+	copy(rec, hdr[:])
+	if _, err := io.ReadFull(s, rec[5:]); err != nil {
+		t.Fatal(err)
+	}
+	return rec
+}
+
+// TestMTProxyProbes checks what a prober sees when it sends the relay
+// MTProxy-like hellos that must not pass: a replayed hello, one signed
+// with a wrong secret, one with a stale timestamp, and random bytes all
+// reach the cover site, and none gets a FakeTLS server hello.
+func TestMTProxyProbes(t *testing.T) {
+	checkLeaks(t)
+	echo := startEcho(t)
+	cov := startCover(t)
+	r := startRelay(t, cov, []string{"2=" + echo})
+	_, s := r.addMTKey(t, "alice", access.Entry{})
+	tmpl := clientHello(t, s.Host)
+
+	// A genuine connection, recorded, works: the "DC" echoes.
+	conn, err := net.Dial("tcp", r.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := &recorder{Conn: conn}
+	app, err := mtproxy.ClientHandshake(rec, s, tmpl, time.Now(), mtproxy.PaddedIntermediate, 2)
+	if err != nil {
+		t.Fatalf("genuine MTProxy handshake: %v", err)
+	}
+	app.Write([]byte("ping"))
+	got := make([]byte, 64+4) // the echo returns our DC init, then the ping
+	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadFull(app, got); err != nil {
+		t.Fatalf("genuine connection: %v", err)
+	}
+	conn.Close()
+	if n := cov.accepted.Load(); n != 0 {
+		t.Fatalf("genuine MTProxy connection went to the cover site (%d)", n)
+	}
+	replayed := rec.first
+
+	sign := func(key mtproxy.Key, at time.Time) []byte {
+		b := bytes.Clone(tmpl)
+		if err := mtproxy.SignClientHello(b, key, at); err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	for _, tc := range []struct {
+		name  string
+		hello []byte
+	}{
+		{"replay", replayed},
+		{"wrong secret", sign(mtproxy.NewKey(), time.Now())},
+		{"stale timestamp", sign(s.Key, time.Now().Add(-10*time.Minute))},
+		{"future timestamp", sign(s.Key, time.Now().Add(10*time.Minute))},
+		{"random bytes", randomBytes(517)},
+		{"random record", append([]byte{0x16, 0x03, 0x01, 0x02, 0x00}, randomBytes(512)...)},
+	} {
+		before := cov.accepted.Load()
+		answer := rawProbe(t, r.addr, tc.hello)
+		if cov.accepted.Load() != before+1 {
+			t.Errorf("%s: did not reach the cover site", tc.name)
+		}
+		var random [32]byte
+		if len(tc.hello) >= 43 {
+			copy(random[:], tc.hello[11:43])
+		}
+		if err := mtproxy.ReadServerHello(bytes.NewReader(answer), random, s.Key); !errors.Is(err, mtproxy.ErrServerHello) {
+			t.Errorf("%s: relay answered with a FakeTLS server hello (%v)", tc.name, err)
+		}
+	}
+}
+
+// mtDial makes a genuine MTProxy connection to the relay at addr with s,
+// for DC 2, and checks that a byte round-trips through the "DC" (an echo
+// server, which returns our DC init first). It returns the conn, or nil
+// and the error if the relay did not serve it.
+func mtDial(t testing.TB, addr string, s mtproxy.Secret, tmpl []byte) (net.Conn, error) {
+	t.Helper()
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn.SetDeadline(time.Now().Add(5 * time.Second))
+	app, err := mtproxy.ClientHandshake(conn, s, tmpl, time.Now(), mtproxy.Intermediate, 2)
+	if err == nil {
+		app.Write([]byte{1})
+		_, err = io.ReadFull(app, make([]byte, 64+1))
+	}
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
+	conn.SetDeadline(time.Time{})
+	return conn, nil
+}
+
+// TestMTProxyLimits checks per-key limits in direct mode: max concurrent
+// connections, the byte quota, expiry and revocation. A key over its
+// limits is sent to the cover site, like a wrong secret.
+func TestMTProxyLimits(t *testing.T) {
+	checkLeaks(t)
+	echo := startEcho(t)
+	cov := startCover(t)
+	r := startRelay(t, cov, []string{"2=" + echo})
+	tmpl := clientHello(t, coverName)
+
+	_, one := r.addMTKey(t, "one-conn", access.Entry{MaxConns: 1})
+	c1, err := mtDial(t, r.addr, one, tmpl)
+	if err != nil {
+		t.Fatalf("first connection: %v", err)
+	}
+	before := cov.accepted.Load()
+	if c, err := mtDial(t, r.addr, one, tmpl); err == nil {
+		c.Close()
+		t.Fatal("second concurrent connection allowed with MaxConns 1")
+	}
+	if cov.accepted.Load() != before+1 {
+		t.Error("connection over MaxConns did not go to the cover site")
+	}
+	c1.Close()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		c, err := mtDial(t, r.addr, one, tmpl)
+		if err == nil {
+			c.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no connection after the first closed: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+
+	_, small := r.addMTKey(t, "small-quota", access.Entry{QuotaBytes: 50})
+	if c, err := mtDial(t, r.addr, small, tmpl); err != nil {
+		t.Fatalf("within quota: %v", err)
+	} else {
+		c.Close()
+	}
+	for r.cfg.Keys.Usage()["small-quota"] < 50 {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if c, err := mtDial(t, r.addr, small, tmpl); err == nil {
+		c.Close()
+		t.Error("key over its quota served")
+	}
+
+	_, old := r.addMTKey(t, "expired", access.Entry{Expires: time.Now().Add(-time.Hour)})
+	if c, err := mtDial(t, r.addr, old, tmpl); err == nil {
+		c.Close()
+		t.Error("expired key served")
+	}
+
+	_, gone := r.addMTKey(t, "revoked", access.Entry{})
+	live, err := mtDial(t, r.addr, gone, tmpl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer live.Close()
+	if err := access.Revoke(r.dir.KeysPath(), "revoked"); err != nil {
+		t.Fatal(err)
+	}
+	live.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := live.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Errorf("revoked key's live connection not closed: %v", err)
+	}
+	if c, err := mtDial(t, r.addr, gone, tmpl); err == nil {
+		c.Close()
+		t.Error("revoked key served")
+	}
+}

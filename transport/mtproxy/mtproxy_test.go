@@ -1,0 +1,408 @@
+package mtproxy
+
+import (
+	"bytes"
+	"crypto/rand"
+	"crypto/tls"
+	"errors"
+	"io"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	gotdproxy "github.com/gotd/td/mtproxy"
+	"github.com/gotd/td/mtproxy/obfuscated2"
+	"github.com/gotd/td/mtproxy/obfuscator"
+)
+
+// testHello returns a real ClientHello record, as crypto/tls sends it for
+// serverName.
+func testHello(t testing.TB, serverName string) []byte {
+	t.Helper()
+	c, s := net.Pipe()
+	defer s.Close()
+	go func() {
+		tls.Client(c, &tls.Config{ServerName: serverName, InsecureSkipVerify: true}).Handshake()
+		c.Close()
+	}()
+	var hdr [5]byte
+	if _, err := io.ReadFull(s, hdr[:]); err != nil {
+		t.Fatal(err)
+	}
+	rec := make([]byte, 5+(int(hdr[3])<<8|int(hdr[4])))
+	copy(rec, hdr[:])
+	if _, err := io.ReadFull(s, rec[5:]); err != nil {
+		t.Fatal(err)
+	}
+	return rec
+}
+
+func TestSecretText(t *testing.T) {
+	s, err := NewSecret("cover.example.com")
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw := s.Bytes()
+	for _, tc := range []struct {
+		name, text string
+		ok         bool
+	}{
+		{"hex", s.String(), true},
+		{"hex upper", strings.ToUpper(s.String()), true},
+		{"base64url", s.Base64(), true},
+		{"base64url padded", strings.TrimRight(s.Base64(), "=") + strings.Repeat("=", (4-len(s.Base64())%4)%4), true},
+		{"base64 std", strings.NewReplacer("-", "+", "_", "/").Replace(s.Base64()), true},
+		{"spaces", "  " + s.String() + "\n", true},
+		{"dd secret", "dd" + s.Key.String(), false},
+		{"plain secret", s.Key.String(), false},
+		{"no host", "ee" + s.Key.String(), false},
+		{"garbage", "not a secret!", false},
+		{"empty", "", false},
+		{"host with space", "ee" + s.Key.String() + "6120620a", false},
+	} {
+		got, err := ParseSecret(tc.text)
+		if tc.ok != (err == nil) {
+			t.Errorf("%s: err %v", tc.name, err)
+			continue
+		}
+		if tc.ok && (!bytes.Equal(got.Bytes(), raw) || got != s) {
+			t.Errorf("%s: got %v want %v", tc.name, got, s)
+		}
+		if !tc.ok && !errors.Is(err, ErrSecret) {
+			t.Errorf("%s: %v is not ErrSecret", tc.name, err)
+		}
+	}
+	var back Secret
+	text, _ := s.MarshalText()
+	if err := back.UnmarshalText(text); err != nil || back != s {
+		t.Fatalf("text round trip: %v %v", back, err)
+	}
+	var k Key
+	if err := k.UnmarshalText([]byte(s.Key.String())); err != nil || k != s.Key {
+		t.Fatalf("key round trip: %v", err)
+	}
+	if err := k.UnmarshalText([]byte("abcd")); err == nil {
+		t.Fatal("short key accepted")
+	}
+}
+
+func TestInitRoundTrip(t *testing.T) {
+	secret := NewKey()
+	for _, p := range []Protocol{Abridged, Intermediate, PaddedIntermediate} {
+		for _, dc := range []int{1, 2, 5, -2, -4, 203, 10002, -10003} {
+			for _, sec := range [][]byte{nil, secret[:]} {
+				init, cli, err := NewInit(rand.Reader, p, dc, sec)
+				if err != nil {
+					t.Fatal(err)
+				}
+				in, srv, err := AcceptInit(init, sec)
+				if err != nil {
+					t.Fatalf("%x dc %d: %v", p, dc, err)
+				}
+				if in.Protocol != p || in.DC != dc {
+					t.Fatalf("got %+v, want %x dc %d", in, p, dc)
+				}
+				msg := []byte("ping from the client")
+				cli.Enc.XORKeyStream(msg, msg)
+				srv.Dec.XORKeyStream(msg, msg)
+				if string(msg) != "ping from the client" {
+					t.Fatal("client→server stream out of step")
+				}
+				srv.Enc.XORKeyStream(msg, msg)
+				cli.Dec.XORKeyStream(msg, msg)
+				if string(msg) != "ping from the client" {
+					t.Fatal("server→client stream out of step")
+				}
+			}
+		}
+	}
+	init, _, _ := NewInit(rand.Reader, Intermediate, 2, secret[:])
+	other := NewKey()
+	if _, _, err := AcceptInit(init, other[:]); !errors.Is(err, ErrInit) {
+		t.Fatalf("wrong secret: %v", err)
+	}
+	if _, _, err := NewInit(rand.Reader, Protocol{1, 2, 3, 4}, 2, nil); err == nil {
+		t.Fatal("unknown protocol accepted")
+	}
+	if _, _, err := NewInit(rand.Reader, Abridged, 40000, nil); err == nil {
+		t.Fatal("DC out of range accepted")
+	}
+}
+
+// TestInitGotd checks our obfuscated2 against gotd's, in both roles.
+func TestInitGotd(t *testing.T) {
+	secret := NewKey()
+	for _, sec := range [][]byte{nil, secret[:]} {
+		// gotd client → our server.
+		var buf bytes.Buffer
+		o := obfuscated2.NewObfuscated2(rand.Reader, &buf)
+		if err := o.Handshake(PaddedIntermediate, -3, gotdproxy.Secret{Secret: sec}); err != nil {
+			t.Fatal(err)
+		}
+		o.Write([]byte("hello DC"))
+		var init [InitLen]byte
+		copy(init[:], buf.Next(InitLen))
+		in, c, err := AcceptInit(init, sec)
+		if err != nil || in.Protocol != PaddedIntermediate || in.DC != -3 {
+			t.Fatalf("gotd init: %+v %v", in, err)
+		}
+		rest := buf.Bytes()
+		c.Dec.XORKeyStream(rest, rest)
+		if string(rest) != "hello DC" {
+			t.Fatalf("gotd payload: %q", rest)
+		}
+
+		// Our client → gotd's server.
+		ini, cc, err := NewInit(rand.Reader, Abridged, 10002, sec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		msg := []byte("hello gotd")
+		cc.Enc.XORKeyStream(msg, msg)
+		rw, md, err := obfuscated2.Accept(bytes.NewBuffer(append(ini[:], msg...)), sec)
+		if err != nil || md.Protocol != Abridged || int16(md.DC) != 10002 {
+			t.Fatalf("gotd accept: %+v %v", md, err)
+		}
+		got, _ := io.ReadAll(rw)
+		if string(got) != "hello gotd" {
+			t.Fatalf("gotd read %q", got)
+		}
+	}
+}
+
+func TestClientHello(t *testing.T) {
+	s, _ := NewSecret("cover.example.com")
+	rec := testHello(t, s.Host)
+	now := time.Now()
+	if err := SignClientHello(rec, s.Key, now); err != nil {
+		t.Fatal(err)
+	}
+	h, err := ParseClientHello(rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h.ServerName != s.Host || len(h.SessionID) != 32 || len(h.CipherSuites) == 0 {
+		t.Fatalf("parsed %+v", h)
+	}
+	for _, tc := range []struct {
+		name string
+		key  Key
+		now  time.Time
+		want error
+	}{
+		{"ok", s.Key, now, nil},
+		{"skew", s.Key, now.Add(90 * time.Second), nil},
+		{"future", s.Key, now.Add(-90 * time.Second), nil},
+		{"stale", s.Key, now.Add(10 * time.Minute), ErrStale},
+		{"too far ahead", s.Key, now.Add(-10 * time.Minute), ErrStale},
+		{"wrong key", NewKey(), now, ErrDigest},
+	} {
+		if err := h.Verify(tc.key, tc.now, 2*time.Minute); !errors.Is(err, tc.want) {
+			t.Errorf("%s: %v, want %v", tc.name, err, tc.want)
+		}
+	}
+	// A changed byte anywhere breaks the digest.
+	rec[len(rec)-1] ^= 1
+	h2, _ := ParseClientHello(rec)
+	if h2 != nil {
+		if _, ok := h2.Check(s.Key); ok {
+			t.Fatal("tampered hello accepted")
+		}
+	}
+
+	sh, err := ServerHello(s.Key, h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ReadServerHello(bytes.NewReader(sh), h.Random, s.Key); err != nil {
+		t.Fatalf("our own server hello: %v", err)
+	}
+	if err := ReadServerHello(bytes.NewReader(sh), h.Random, NewKey()); !errors.Is(err, ErrServerHello) {
+		t.Fatalf("server hello under another key: %v", err)
+	}
+}
+
+func TestParseClientHelloErrors(t *testing.T) {
+	good := testHello(t, "a.example")
+	for _, tc := range []struct {
+		name string
+		b    []byte
+	}{
+		{"empty", nil},
+		{"http", []byte("GET / HTTP/1.1\r\n\r\n")},
+		{"short header", good[:4]},
+		{"truncated", good[:len(good)-1]},
+		{"trailing", append(bytes.Clone(good), 0)},
+		{"not client hello", append(append([]byte{}, good[:5]...), append([]byte{2}, good[6:]...)...)},
+	} {
+		if _, err := ParseClientHello(tc.b); !errors.Is(err, ErrHello) {
+			t.Errorf("%s: %v", tc.name, err)
+		}
+	}
+}
+
+// pipe returns two ends of a loopback TCP connection, which can
+// half-close.
+func pipe(t testing.TB) (net.Conn, net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	type res struct {
+		c   net.Conn
+		err error
+	}
+	ch := make(chan res, 1)
+	go func() { c, err := ln.Accept(); ch <- res{c, err} }()
+	a, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := <-ch
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	t.Cleanup(func() { a.Close(); r.c.Close() })
+	return a, r.c
+}
+
+// serveOne accepts one FakeTLS connection on srv for s and echoes the
+// plaintext back, reporting the init it saw.
+func serveOne(t testing.TB, srv net.Conn, s Secret) <-chan Init {
+	ch := make(chan Init, 1)
+	go func() {
+		defer close(ch)
+		rec := make([]byte, 5)
+		if _, err := io.ReadFull(srv, rec); err != nil {
+			t.Error(err)
+			return
+		}
+		rec = append(rec, make([]byte, int(rec[3])<<8|int(rec[4]))...)
+		if _, err := io.ReadFull(srv, rec[5:]); err != nil {
+			t.Error(err)
+			return
+		}
+		h, err := ParseClientHello(rec)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		if err := h.Verify(s.Key, time.Now(), time.Minute); err != nil {
+			t.Error(err)
+			return
+		}
+		app, in, err := AcceptApp(srv, nil, s.Key, h)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		ch <- in
+		io.Copy(app, app)
+		app.CloseWrite()
+	}()
+	return ch
+}
+
+// TestGotdFakeTLS runs gotd's real MTProxy client code (FakeTLS then
+// obfuscated2) against AcceptApp.
+func TestGotdFakeTLS(t *testing.T) {
+	s, _ := NewSecret("cover.example.com")
+	cli, srv := pipe(t)
+	inits := serveOne(t, srv, s)
+	ps, err := gotdproxy.ParseSecret(s.Bytes())
+	if err != nil {
+		t.Fatal(err)
+	}
+	oc := obfuscator.FakeTLS(rand.Reader, cli)
+	if err := oc.Handshake(PaddedIntermediate, -2, ps); err != nil {
+		t.Fatalf("gotd handshake: %v", err)
+	}
+	msg := make([]byte, 60_000) // gotd writes one record per Write: stay under 64 KiB
+	rand.Read(msg)
+	go oc.Write(msg)
+	got := make([]byte, len(msg))
+	if _, err := io.ReadFull(oc, got); err != nil || !bytes.Equal(got, msg) {
+		t.Fatalf("echo through gotd FakeTLS: %v", err)
+	}
+	if in := <-inits; in.Protocol != PaddedIntermediate || in.DC != -2 {
+		t.Fatalf("init %+v", in)
+	}
+}
+
+func TestClientHandshake(t *testing.T) {
+	s, _ := NewSecret("cover.example.com")
+	cli, srv := pipe(t)
+	inits := serveOne(t, srv, s)
+	c, err := ClientHandshake(cli, s, testHello(t, s.Host), time.Now(), Abridged, 10003)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg := make([]byte, 200_000)
+	rand.Read(msg)
+	go func() { c.Write(msg); c.CloseWrite() }()
+	got, err := io.ReadAll(c)
+	if err != nil || !bytes.Equal(got, msg) {
+		t.Fatalf("echo: %d bytes, %v", len(got), err)
+	}
+	if in := <-inits; in.Protocol != Abridged || in.DC != 10003 {
+		t.Fatalf("init %+v", in)
+	}
+}
+
+func FuzzParseClientHello(f *testing.F) {
+	s, _ := NewSecret("cover.example.com")
+	rec := testHello(f, s.Host)
+	SignClientHello(rec, s.Key, time.Now())
+	f.Add(rec)
+	f.Add([]byte("\x16\x03\x01\x00\x05\x01\x00\x00\x01\x00"))
+	f.Add([]byte("GET / HTTP/1.1\r\n"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		h, err := ParseClientHello(b)
+		if err != nil {
+			if h != nil {
+				t.Fatal("hello and error")
+			}
+			return
+		}
+		h.Verify(s.Key, time.Now(), time.Minute)
+		if _, err := ServerHello(s.Key, h); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+func FuzzAcceptInit(f *testing.F) {
+	key := NewKey()
+	init, _, _ := NewInit(rand.Reader, Intermediate, -2, key[:])
+	f.Add(init[:], true)
+	init, _, _ = NewInit(rand.Reader, Abridged, 10002, nil)
+	f.Add(init[:], false)
+	f.Fuzz(func(t *testing.T, b []byte, withSecret bool) {
+		var in [InitLen]byte
+		copy(in[:], b)
+		var sec []byte
+		if withSecret {
+			sec = key[:]
+		}
+		got, _, err := AcceptInit(in, sec)
+		if err == nil && (!got.Protocol.Valid() || got.DC < -1<<15 || got.DC >= 1<<15) {
+			t.Fatalf("accepted %+v", got)
+		}
+	})
+}
+
+func FuzzTLSConnRead(f *testing.F) {
+	f.Add([]byte("\x14\x03\x03\x00\x01\x01\x17\x03\x03\x00\x03abc"))
+	f.Add([]byte("\x17\x03\x03\x00\x05ab"))
+	f.Add([]byte("\x15\x03\x03\x00\x02\x01\x00"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		c := NewTLSConn(nil, bytes.NewReader(b))
+		got, _ := io.ReadAll(c)
+		if len(got) > len(b) {
+			t.Fatal("read more than the input")
+		}
+	})
+}

@@ -1,0 +1,125 @@
+package mtproxy
+
+import (
+	"encoding/binary"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+)
+
+// A TLSConn carries a byte stream in TLS ApplicationData records, as both
+// ends of a FakeTLS connection do once the hellos are exchanged. Reads
+// return record payloads, skipping ChangeCipherSpec records; an Alert
+// record reads as io.EOF. Writes are cut into records of at most 16 KiB
+// and sent in one write where they fit.
+//
+// Reads and writes may run concurrently with each other, but not with
+// themselves.
+type TLSConn struct {
+	net.Conn
+	r    io.Reader
+	left int // payload bytes left in the record being read
+
+	client bool // send a ChangeCipherSpec before the first record
+	wmu    sync.Mutex
+	wbuf   []byte
+}
+
+// NewTLSConn returns a server-side TLSConn on conn whose reads come from r
+// (conn itself if r is nil; a buffered reader over conn when bytes were
+// read ahead).
+func NewTLSConn(conn net.Conn, r io.Reader) *TLSConn {
+	if r == nil {
+		r = conn
+	}
+	return &TLSConn{Conn: conn, r: r}
+}
+
+// NewClientTLSConn is [NewTLSConn] for the app's side: its first write is
+// preceded by a ChangeCipherSpec record, as the apps send.
+func NewClientTLSConn(conn net.Conn, r io.Reader) *TLSConn {
+	t := NewTLSConn(conn, r)
+	t.client = true
+	return t
+}
+
+// Read reads application data.
+func (t *TLSConn) Read(p []byte) (int, error) {
+	for t.left == 0 {
+		var hdr [recordHeaderLen]byte
+		if _, err := io.ReadFull(t.r, hdr[:]); err != nil {
+			if err == io.ErrUnexpectedEOF {
+				return 0, fmt.Errorf("mtproxy: record header: %w", err)
+			}
+			return 0, err
+		}
+		n := int(binary.BigEndian.Uint16(hdr[3:]))
+		switch {
+		case hdr[1] != 3:
+			return 0, fmt.Errorf("mtproxy: record version %#x%02x", hdr[1], hdr[2])
+		case hdr[0] == recordApplication:
+			t.left = n
+		case hdr[0] == recordChangeCipher && n == 1:
+			var b [1]byte
+			if _, err := io.ReadFull(t.r, b[:]); err != nil {
+				return 0, fmt.Errorf("mtproxy: change cipher spec: %w", noEOF(err))
+			}
+		case hdr[0] == recordAlert:
+			return 0, io.EOF
+		default:
+			return 0, fmt.Errorf("mtproxy: unexpected record type %#x", hdr[0])
+		}
+	}
+	if len(p) > t.left {
+		p = p[:t.left]
+	}
+	n, err := t.r.Read(p)
+	t.left -= n
+	if err == io.EOF && t.left > 0 {
+		err = fmt.Errorf("mtproxy: record payload: %w", io.ErrUnexpectedEOF)
+	}
+	if err == io.EOF {
+		err = nil // the next Read reports it at a record boundary
+	}
+	return n, err
+}
+
+func noEOF(err error) error {
+	if err == io.EOF {
+		return io.ErrUnexpectedEOF
+	}
+	return err
+}
+
+// maxWriteBatch bounds the bytes Write buffers before writing to the conn.
+const maxWriteBatch = 4 * (maxPayload + recordHeaderLen)
+
+// Write sends p as ApplicationData records.
+func (t *TLSConn) Write(p []byte) (int, error) {
+	t.wmu.Lock()
+	defer t.wmu.Unlock()
+	written := 0
+	for len(p) > 0 || t.client {
+		b := t.wbuf[:0]
+		if t.client {
+			b = append(b, recordChangeCipher, version12[0], version12[1], 0, 1, 1)
+			t.client = false
+		}
+		for len(p) > 0 && len(b)+recordHeaderLen < maxWriteBatch {
+			n := min(len(p), maxPayload, maxWriteBatch-len(b)-recordHeaderLen)
+			b = append(b, recordApplication, version12[0], version12[1], byte(n>>8), byte(n))
+			b = append(b, p[:n]...)
+			p = p[n:]
+			written += n
+		}
+		t.wbuf = b
+		if _, err := t.Conn.Write(b); err != nil {
+			return 0, err
+		}
+	}
+	return written, nil
+}
+
+// CloseWrite half-closes the underlying conn, if it can.
+func (t *TLSConn) CloseWrite() error { return closeWrite(t.Conn) }

@@ -1,0 +1,341 @@
+package quiccarrier
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"sync"
+	"time"
+
+	quic "github.com/apernet/quic-go"
+	"github.com/apernet/quic-go/http3"
+
+	"github.com/merpati/merpati/transport"
+	"github.com/merpati/merpati/transport/auth"
+)
+
+// HTTP/3 error codes (RFC 9114 section 8.1).
+const (
+	errNoError          = 0x100 // H3_NO_ERROR
+	errRequestCancelled = 0x10c // H3_REQUEST_CANCELLED
+)
+
+// ErrPin means the relay's certificate does not match the pinned key:
+// something other than the relay answered.
+var ErrPin = errors.New("quiccarrier: relay certificate does not match the pinned key")
+
+// ErrRefused means the relay answered a stream with something other than
+// "200": it did not accept the token, and the answer came from its cover
+// site.
+var ErrRefused = errors.New("quiccarrier: relay refused the stream")
+
+// ClientConfig configures a [Dialer].
+type ClientConfig struct {
+	// Addr is the relay's "host:port" (UDP). Required.
+	Addr string
+	// ServerName is the SNI sent in the hello and the :authority of every
+	// request: the cover site's name. Required.
+	ServerName string
+	// Pin is the SHA-256 of the relay certificate's SubjectPublicKeyInfo
+	// (the same certificate as the TLS carrier's). Required.
+	Pin [32]byte
+	// Key is the person's access key. Required.
+	Key auth.Key
+	// ListenPacket opens the UDP socket for one session; nil means an
+	// unconnected UDP socket on an ephemeral port.
+	ListenPacket func(ctx context.Context) (net.PacketConn, error)
+	// Resolver resolves Addr's host when it is a name; nil means the
+	// system's.
+	Resolver *net.Resolver
+	// KeepAlive is the interval of QUIC PINGs that keep NAT bindings and
+	// the relay's idle timer alive; zero means 15 seconds.
+	KeepAlive time.Duration
+	// Now returns the current time for the token; nil means time.Now.
+	Now func() time.Time
+	// Logger receives debug messages; nil discards.
+	Logger *slog.Logger
+}
+
+func (c *ClientConfig) check() error {
+	switch {
+	case c.Addr == "":
+		return errors.New("quiccarrier: ClientConfig.Addr: required")
+	case c.ServerName == "":
+		return errors.New("quiccarrier: ClientConfig.ServerName: required")
+	case c.Pin == [32]byte{}:
+		return errors.New("quiccarrier: ClientConfig.Pin: required")
+	case c.Key.IsZero():
+		return errors.New("quiccarrier: ClientConfig.Key: required")
+	}
+	if _, _, err := net.SplitHostPort(c.Addr); err != nil {
+		return fmt.Errorf("quiccarrier: ClientConfig.Addr: %w", err)
+	}
+	return nil
+}
+
+// A Dialer opens QUIC-carrier sessions to one relay. It is safe for
+// concurrent use.
+type Dialer struct {
+	cfg ClientConfig
+	log *slog.Logger
+}
+
+var _ transport.Dialer = (*Dialer)(nil)
+
+// NewDialer checks cfg and returns a Dialer.
+func NewDialer(cfg ClientConfig) (*Dialer, error) {
+	if err := cfg.check(); err != nil {
+		return nil, err
+	}
+	if cfg.ListenPacket == nil {
+		cfg.ListenPacket = func(ctx context.Context) (net.PacketConn, error) {
+			var lc net.ListenConfig
+			return lc.ListenPacket(ctx, "udp", ":0")
+		}
+	}
+	if cfg.Resolver == nil {
+		cfg.Resolver = net.DefaultResolver
+	}
+	if cfg.KeepAlive <= 0 {
+		cfg.KeepAlive = 15 * time.Second
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Dialer{cfg: cfg, log: log}, nil
+}
+
+// Carrier returns "quic".
+func (d *Dialer) Carrier() string { return "quic" }
+
+func (d *Dialer) resolve(ctx context.Context) (*net.UDPAddr, error) {
+	host, port, err := net.SplitHostPort(d.cfg.Addr)
+	if err != nil {
+		return nil, err
+	}
+	ap, err := netip.ParseAddrPort(net.JoinHostPort(host, port))
+	if err == nil {
+		return net.UDPAddrFromAddrPort(ap), nil
+	}
+	ips, err := d.cfg.Resolver.LookupNetIP(ctx, "ip", host)
+	if err != nil {
+		return nil, err
+	}
+	if len(ips) == 0 {
+		return nil, fmt.Errorf("no address for %s", host)
+	}
+	return net.ResolveUDPAddr("udp", net.JoinHostPort(ips[0].Unmap().String(), port))
+}
+
+// Dial performs the QUIC handshake with the Chrome hello, checks the
+// relay's pin and returns a session. It sends nothing else: the token goes
+// with the first stream.
+func (d *Dialer) Dial(ctx context.Context) (transport.Session, error) {
+	raddr, err := d.resolve(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("resolve relay %s: %w", d.cfg.Addr, err)
+	}
+	pc, err := d.cfg.ListenPacket(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("udp socket: %w", err)
+	}
+	// Chrome sends a zero-length source connection ID; with it a
+	// Transport carries one connection, so each session has its own.
+	tr := &quic.Transport{Conn: pc, ConnectionIDGenerator: quic.ZeroLengthConnectionIDGenerator{}}
+	pin := d.cfg.Pin
+	tlsConf := &tls.Config{
+		ServerName: d.cfg.ServerName,
+		NextProtos: []string{http3.NextProtoH3},
+		// The relay's certificate is self-made; it is checked by its pin
+		// instead of by a CA.
+		InsecureSkipVerify: true,
+		VerifyPeerCertificate: func(rawCerts [][]byte, _ [][]*x509.Certificate) error {
+			return checkPin(rawCerts, pin)
+		},
+	}
+	qconf := &quic.Config{
+		ChromeParrot:    true,
+		KeepAlivePeriod: d.cfg.KeepAlive,
+	}
+	conn, err := tr.Dial(ctx, raddr, tlsConf, qconf)
+	if err != nil {
+		tr.Close()
+		pc.Close()
+		return nil, fmt.Errorf("quic handshake with relay %s: %w", d.cfg.Addr, err)
+	}
+	authz, err := newAuthorization(d.cfg.Key, d.cfg.Now())
+	if err != nil {
+		conn.CloseWithError(errNoError, "")
+		tr.Close()
+		pc.Close()
+		return nil, fmt.Errorf("token: %w", err)
+	}
+	s := &session{
+		conn:  conn,
+		h3:    (&http3.Transport{}).NewClientConn(conn),
+		authz: authz,
+		url:   &url.URL{Scheme: "https", Host: d.cfg.ServerName, Path: "/"},
+	}
+	go func() {
+		<-conn.Context().Done()
+		tr.Close()
+		pc.Close()
+	}()
+	d.log.Debug("session up", "transport", "quic", "relay", d.cfg.Addr)
+	return s, nil
+}
+
+func checkPin(rawCerts [][]byte, pin [32]byte) error {
+	if len(rawCerts) == 0 {
+		return ErrPin
+	}
+	cert, err := x509.ParseCertificate(rawCerts[0])
+	if err != nil {
+		return fmt.Errorf("relay certificate: %w", err)
+	}
+	sum := sha256.Sum256(cert.RawSubjectPublicKeyInfo)
+	if subtle.ConstantTimeCompare(sum[:], pin[:]) != 1 {
+		return ErrPin
+	}
+	return nil
+}
+
+// session is the client side of one QUIC connection.
+type session struct {
+	conn  *quic.Conn
+	h3    *http3.ClientConn
+	authz string
+	url   *url.URL
+}
+
+// RTT returns the connection's smoothed round-trip time.
+func (s *session) RTT() time.Duration { return s.conn.ConnectionStats().SmoothedRTT }
+
+// Ping checks that the relay still answers and returns the time it took.
+// HTTP/3 has no PING of its own, so it opens a request stream, cancels it
+// at once (both are ack-eliciting QUIC frames), and waits for any packet
+// from the relay, such as the acknowledgement.
+func (s *session) Ping(ctx context.Context) (time.Duration, error) {
+	start := time.Now()
+	before := s.conn.ConnectionStats().PacketsReceived
+	rs, err := s.h3.OpenRequestStream(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("ping: %w", err)
+	}
+	rs.CancelWrite(errRequestCancelled)
+	rs.CancelRead(errRequestCancelled)
+	tick := time.NewTicker(2 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		if s.conn.ConnectionStats().PacketsReceived > before {
+			return time.Since(start), nil
+		}
+		select {
+		case <-tick.C:
+		case <-s.conn.Context().Done():
+			return 0, fmt.Errorf("ping: %w", net.ErrClosed)
+		case <-ctx.Done():
+			return 0, fmt.Errorf("ping: %w", ctx.Err())
+		}
+	}
+}
+
+func (s *session) OpenStream(ctx context.Context) (transport.Stream, error) {
+	if s.conn.Context().Err() != nil {
+		return nil, fmt.Errorf("quic session: %w", net.ErrClosed)
+	}
+	rs, err := s.h3.OpenRequestStream(ctx)
+	if err != nil {
+		if s.conn.Context().Err() != nil {
+			return nil, fmt.Errorf("open stream: %w: %w", net.ErrClosed, err)
+		}
+		return nil, fmt.Errorf("open stream: %w", err)
+	}
+	req := &http.Request{
+		Method: http.MethodPost,
+		URL:    s.url,
+		Host:   s.url.Host,
+		Header: http.Header{"Authorization": {s.authz}},
+		// A body of unknown length: no content-length header, DATA
+		// frames until FIN.
+		Body:          http.NoBody,
+		ContentLength: -1,
+	}
+	if err := rs.SendRequestHeader(req); err != nil {
+		rs.CancelWrite(errRequestCancelled)
+		rs.CancelRead(errRequestCancelled)
+		return nil, fmt.Errorf("send request header: %w", err)
+	}
+	return &clientStream{rs: rs, conn: s.conn}, nil
+}
+
+func (s *session) Done() <-chan struct{} { return s.conn.Context().Done() }
+
+func (s *session) Err() error {
+	if s.conn.Context().Err() == nil {
+		return nil
+	}
+	return context.Cause(s.conn.Context())
+}
+
+func (s *session) Close() error {
+	return s.conn.CloseWithError(errNoError, "")
+}
+
+// clientStream is one request stream, read after the relay's response
+// header.
+type clientStream struct {
+	rs   *http3.RequestStream
+	conn *quic.Conn
+
+	respOnce sync.Once
+	respErr  error
+}
+
+func (c *clientStream) readResponse() {
+	resp, err := c.rs.ReadResponse()
+	if err != nil {
+		c.respErr = fmt.Errorf("read response header: %w", err)
+		return
+	}
+	if resp.StatusCode != http.StatusOK {
+		c.respErr = fmt.Errorf("%w: HTTP %d", ErrRefused, resp.StatusCode)
+	}
+}
+
+func (c *clientStream) Read(b []byte) (int, error) {
+	c.respOnce.Do(c.readResponse)
+	if c.respErr != nil {
+		return 0, c.respErr
+	}
+	return c.rs.Read(b)
+}
+
+func (c *clientStream) Write(b []byte) (int, error) { return c.rs.Write(b) }
+
+func (c *clientStream) CloseWrite() error { return c.rs.Close() }
+
+func (c *clientStream) Close() error {
+	err := c.rs.Close()
+	c.rs.CancelRead(errRequestCancelled)
+	return err
+}
+
+func (c *clientStream) LocalAddr() net.Addr                { return c.conn.LocalAddr() }
+func (c *clientStream) RemoteAddr() net.Addr               { return c.conn.RemoteAddr() }
+func (c *clientStream) SetDeadline(t time.Time) error      { return c.rs.SetDeadline(t) }
+func (c *clientStream) SetReadDeadline(t time.Time) error  { return c.rs.SetReadDeadline(t) }
+func (c *clientStream) SetWriteDeadline(t time.Time) error { return c.rs.SetWriteDeadline(t) }

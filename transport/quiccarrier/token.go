@@ -1,0 +1,63 @@
+package quiccarrier
+
+import (
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"errors"
+	"strings"
+	"time"
+
+	"github.com/merpati/merpati/transport/auth"
+)
+
+// NonceSize is the length of the per-connection nonce in bytes.
+const NonceSize = 16
+
+// tokenLabel separates QUIC token digests from TLS hello digests: a
+// digest here is the hash of this label and a nonce, never of a
+// ClientHello.
+const tokenLabel = "merpati quic auth v1"
+
+// authScheme prefixes the Authorization header value.
+const authScheme = "Bearer "
+
+// ErrToken means an Authorization header does not hold a token in our form.
+var ErrToken = errors.New("quiccarrier: malformed token")
+
+// Digest returns the value the token of a connection with nonce signs, in
+// the place of a hello digest for [auth.Token] and [auth.Match].
+func Digest(nonce []byte) [32]byte {
+	h := sha256.New()
+	h.Write([]byte(tokenLabel))
+	h.Write(nonce)
+	var d [32]byte
+	h.Sum(d[:0])
+	return d
+}
+
+// newAuthorization returns a fresh Authorization header value for key at
+// time now.
+func newAuthorization(key auth.Key, now time.Time) (string, error) {
+	var nonce [NonceSize]byte
+	if _, err := rand.Read(nonce[:]); err != nil {
+		return "", err
+	}
+	tok := auth.Token(key, auth.Slot(now), Digest(nonce[:]))
+	raw := append(nonce[:], tok[:]...)
+	return authScheme + base64.RawURLEncoding.EncodeToString(raw), nil
+}
+
+// ParseAuthorization splits an Authorization header value into the
+// connection's nonce and token.
+func ParseAuthorization(v string) (nonce, token []byte, err error) {
+	s, ok := strings.CutPrefix(v, authScheme)
+	if !ok || len(s) != base64.RawURLEncoding.EncodedLen(NonceSize+auth.TokenSize) {
+		return nil, nil, ErrToken
+	}
+	raw, err := base64.RawURLEncoding.DecodeString(s)
+	if err != nil {
+		return nil, nil, ErrToken
+	}
+	return raw[:NonceSize], raw[NonceSize:], nil
+}
