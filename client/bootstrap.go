@@ -38,9 +38,8 @@ type booter struct {
 	added   int           // candidates added by the last fetch
 }
 
-// newBooter returns the client's booter, or nil when the link or cfg do
-// not allow a bootstrap. It adds the relays of a cached list to the
-// picker.
+// initBootstrap sets c.boot, unless the link or Config do not allow a
+// bootstrap, and adds the relays of a valid cached list to the picker.
 func (c *Client) initBootstrap() error {
 	l := c.cfg.Link
 	if len(l.Bootstrap) == 0 || len(l.ListKey) != ed25519.PublicKeySize || len(c.cfg.Resolvers) == 0 {

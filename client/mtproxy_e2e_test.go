@@ -154,7 +154,7 @@ func TestMTProxyProbes(t *testing.T) {
 	checkLeaks(t)
 	echo := startEcho(t)
 	cov := startCover(t)
-	r := startRelay(t, cov, []string{"2=" + echo})
+	r := startRelay(t, cov, []string{"2=" + echo, "10002=" + echo})
 	_, s := r.addMTKey(t, "alice", access.Entry{})
 	tmpl := clientHello(t, s.Host)
 
@@ -179,6 +179,16 @@ func TestMTProxyProbes(t *testing.T) {
 		t.Fatalf("genuine MTProxy connection went to the cover site (%d)", n)
 	}
 	replayed := rec.first
+
+	// Media and test DCs, by the numbers apps put in the init: media DC
+	// -2 uses DC 2's address, test DC 10002 has its own entry.
+	for _, dc := range []int{-2, 10002} {
+		c, err := mtDialDC(t, r.addr, s, tmpl, dc)
+		if err != nil {
+			t.Fatalf("DC %d: %v", dc, err)
+		}
+		c.Close()
+	}
 
 	sign := func(key mtproxy.Key, at time.Time) []byte {
 		b := bytes.Clone(tmpl)
@@ -218,13 +228,18 @@ func TestMTProxyProbes(t *testing.T) {
 // server, which returns our DC init first). It returns the conn, or nil
 // and the error if the relay did not serve it.
 func mtDial(t testing.TB, addr string, s mtproxy.Secret, tmpl []byte) (net.Conn, error) {
+	return mtDialDC(t, addr, s, tmpl, 2)
+}
+
+// mtDialDC is mtDial to DC dc.
+func mtDialDC(t testing.TB, addr string, s mtproxy.Secret, tmpl []byte, dc int) (net.Conn, error) {
 	t.Helper()
 	conn, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	conn.SetDeadline(time.Now().Add(5 * time.Second))
-	app, err := mtproxy.ClientHandshake(conn, s, tmpl, time.Now(), mtproxy.Intermediate, 2)
+	app, err := mtproxy.ClientHandshake(conn, s, tmpl, time.Now(), mtproxy.Intermediate, dc)
 	if err == nil {
 		app.Write([]byte{1})
 		_, err = io.ReadFull(app, make([]byte, 64+1))

@@ -209,6 +209,7 @@ func (f *Fetcher) Fetch(ctx context.Context) (*relaylist.List, error) {
 	results := make(chan result, len(attempts))
 	failed := make(chan struct{}, len(attempts))
 	var wg sync.WaitGroup
+	defer f.Close() // runs after wg.Wait: no attempt is left using a connection
 	defer wg.Wait()
 	start := time.Now()
 	var errs []error
@@ -370,6 +371,8 @@ func (f *Fetcher) save(data []byte) error {
 type resolver interface {
 	exchange(ctx context.Context, q *dns.Msg) (*dns.Msg, error)
 	name() string
+	// closeIdle closes connections kept for later queries.
+	closeIdle()
 }
 
 func (f *Fetcher) parseResolver(s string) (resolver, error) {
@@ -467,6 +470,8 @@ func (p *plain) exchange(ctx context.Context, q *dns.Msg) (*dns.Msg, error) {
 	return p.once(ctx, "tcp", q)
 }
 
+func (p *plain) closeIdle() {}
+
 func (p *plain) once(ctx context.Context, network string, q *dns.Msg) (*dns.Msg, error) {
 	c, err := p.f.cfg.DialContext(ctx, network, p.addr)
 	if err != nil {
@@ -476,28 +481,66 @@ func (p *plain) once(ctx context.Context, network string, q *dns.Msg) (*dns.Msg,
 	return exchangeConn(ctx, c, q, p.f.cfg.UDPSize)
 }
 
-// dot is DNS over TLS (RFC 7858), one connection per query.
+// dot is DNS over TLS (RFC 7858). It keeps one connection open for the
+// queries of a fetch (section 3.4: reuse connections), one query at a
+// time, and dials again once if the server closed it.
 type dot struct {
 	f    *Fetcher
 	addr string
+
+	mu   sync.Mutex
+	conn net.Conn
 }
 
 func (d *dot) name() string { return "tls://" + d.addr }
 
 func (d *dot) exchange(ctx context.Context, q *dns.Msg) (*dns.Msg, error) {
+	q = q.Copy()
+	q.SetEdns0(1232, false)
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for try := 0; ; try++ {
+		reused := d.conn != nil
+		if d.conn == nil {
+			c, err := d.dial(ctx)
+			if err != nil {
+				return nil, err
+			}
+			d.conn = c
+		}
+		r, err := exchangeConn(ctx, d.conn, q, 0)
+		if err == nil {
+			return r, nil
+		}
+		d.conn.Close()
+		d.conn = nil
+		if !reused || try > 0 || ctx.Err() != nil {
+			return nil, err
+		}
+	}
+}
+
+func (d *dot) dial(ctx context.Context) (net.Conn, error) {
 	raw, err := d.f.cfg.DialContext(ctx, "tcp", d.addr)
 	if err != nil {
 		return nil, err
 	}
-	defer raw.Close()
 	host, _, _ := net.SplitHostPort(d.addr)
 	c := tls.Client(raw, d.f.tlsConfig(host, "dot"))
 	if err := c.HandshakeContext(ctx); err != nil {
+		raw.Close()
 		return nil, fmt.Errorf("tls: %w", err)
 	}
-	q = q.Copy()
-	q.SetEdns0(1232, false)
-	return exchangeConn(ctx, c, q, 0)
+	return c, nil
+}
+
+func (d *dot) closeIdle() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.conn != nil {
+		d.conn.Close()
+		d.conn = nil
+	}
 }
 
 // doh is DNS over HTTPS (RFC 8484) over HTTP/2.
@@ -508,7 +551,11 @@ type doh struct {
 }
 
 func (f *Fetcher) newDoH(u *url.URL) *doh {
+	// net/http speaks HTTP/2 only over a *tls.Conn, not over uTLS, so
+	// the x/net transport is the way to put HTTP/2 on a Chrome hello.
+	//lint:ignore SA1019 see above
 	t := &http2.Transport{
+		//lint:ignore SA1019 see above
 		DialTLSContext: func(ctx context.Context, network, addr string, _ *tls.Config) (net.Conn, error) {
 			raw, err := f.cfg.DialContext(ctx, network, addr)
 			if err != nil {
@@ -538,6 +585,8 @@ func (f *Fetcher) newDoH(u *url.URL) *doh {
 }
 
 func (d *doh) name() string { return d.u.String() }
+
+func (d *doh) closeIdle() { d.hc.CloseIdleConnections() }
 
 func (d *doh) exchange(ctx context.Context, q *dns.Msg) (*dns.Msg, error) {
 	q = q.Copy()
@@ -575,11 +624,10 @@ func (d *doh) exchange(ctx context.Context, q *dns.Msg) (*dns.Msg, error) {
 	return r, nil
 }
 
-// Close releases idle DoH connections.
+// Close closes the connections kept to DoT and DoH resolvers. The
+// Fetcher stays usable.
 func (f *Fetcher) Close() {
 	for _, r := range f.resolvers {
-		if d, ok := r.(*doh); ok {
-			d.hc.CloseIdleConnections()
-		}
+		r.closeIdle()
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/big"
 	"net"
 	"net/netip"
@@ -487,9 +488,11 @@ func TestUnbound(t *testing.T) {
 			{"doh", u.doh, 0},
 		} {
 			t.Run(fmt.Sprintf("%s/upstream-tcp=%v", tt.name, tcpUp), func(t *testing.T) {
+				logs := new(syncBuffer)
 				f := fetcher(t, []string{tt.resolver}, func(c *bootstrap.Config) {
 					c.UDPSize = tt.udpSize
 					c.TLSConfig = &tls.Config{RootCAs: u.roots}
+					c.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 				})
 				l, took, err := fetch(t, f)
 				if err != nil {
@@ -499,6 +502,12 @@ func TestUnbound(t *testing.T) {
 					t.Fatalf("got seq %d with %d entries", l.Seq, len(l.Entries))
 				}
 				t.Logf("%d-byte list in %d chunks via %s: %v", len(data), relaylist.IndexOf(data).Chunks, tt.resolver, took)
+				// Without EDNS0, unbound's chunk answers exceed 512 bytes:
+				// they must have come back truncated and been retried over
+				// TCP.
+				if truncated := strings.Count(logs.String(), "retrying over TCP"); (tt.udpSize == 512) != (truncated > 0) {
+					t.Errorf("%d answers truncated", truncated)
+				}
 			})
 		}
 	}

@@ -106,6 +106,9 @@ type Active struct {
 	Since   time.Time
 
 	raw       transport.Session
+	done      chan struct{} // closed when raw is done or a has failed
+	doneOnce  sync.Once
+	failErr   atomic.Pointer[error]
 	relay     int // index into Picker.relays
 	rank      int // carrier preference within the relay, 0 = best
 	sent, got atomic.Int64
@@ -270,6 +273,7 @@ func (p *Picker) Session(ctx context.Context) (*Active, error) {
 				p.log.Info("session lost", "relay", a.Relay, "transport", a.Carrier, "err", a.Session.Err())
 				p.cur = nil
 				p.next = a.relay + 1
+				p.forgetLocked(a)
 			default:
 				p.mu.Unlock()
 				return a, nil
@@ -332,32 +336,20 @@ func (p *Picker) raceOrder(i int, network string) []Candidate {
 	return cands
 }
 
-// dial races each relay's carriers in turn, starting at relay first, and
-// installs the winner.
+// dial races every relay's carriers, relays in order starting at relay
+// first (the one remembered for this network before all), and installs
+// the winner.
 func (p *Picker) dial(first int) {
 	network := p.cfg.NetworkID()
 	p.mu.Lock()
-	order := p.order(first%len(p.relays), network)
-	p.mu.Unlock()
-	var errs []error
-	var won *Active
-	for _, i := range order {
-		p.mu.Lock()
-		cands := p.raceOrder(i, network)
-		closed := p.closed
-		p.mu.Unlock()
-		if closed {
-			break
+	var list []entry
+	for _, i := range p.order(first%len(p.relays), network) {
+		for _, c := range p.raceOrder(i, network) {
+			list = append(list, entry{c, i})
 		}
-		a, err := p.race(i, cands)
-		if err != nil {
-			p.log.Warn("relay unreachable", "relay", p.relays[i], "err", err)
-			errs = append(errs, err)
-			continue
-		}
-		won = a
-		break
 	}
+	p.mu.Unlock()
+	won, err := p.race(list)
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.closed && won != nil {
@@ -367,7 +359,8 @@ func (p *Picker) dial(first int) {
 	p.cur = won
 	p.dialErr = nil
 	if won == nil {
-		p.dialErr = fmt.Errorf("no relay reachable: %w", errors.Join(errs...))
+		p.log.Warn("no relay reachable", "err", err)
+		p.dialErr = fmt.Errorf("no relay reachable: %w", err)
 	} else {
 		p.memory[network] = winner{won.Relay, won.Carrier}
 	}
@@ -375,26 +368,38 @@ func (p *Picker) dial(first int) {
 	p.dialing = nil
 }
 
-// race starts cands one RaceDelay apart (the next at once when one fails)
-// and returns the first session that comes up; later ones are closed.
-func (p *Picker) race(relay int, cands []Candidate) (*Active, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), p.cfg.AttemptTimeout)
+// An entry is a candidate and the index of its relay.
+type entry struct {
+	c     Candidate
+	relay int
+}
+
+// race starts the entries in order, one RaceDelay apart (the next at once
+// when one fails), across relays as across carriers, and returns the
+// first session that comes up; later ones are closed.
+func (p *Picker) race(list []entry) (*Active, error) {
+	if len(list) == 0 {
+		return nil, errors.New("no candidates")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	type result struct {
-		c    Candidate
+		e    entry
 		s    transport.Session
 		err  error
 		took time.Duration
 	}
-	results := make(chan result, len(cands))
+	results := make(chan result, len(list))
 	started := 0
 	start := func() {
-		c := cands[started]
+		e := list[started]
 		started++
 		go func() {
+			dctx, dcancel := context.WithTimeout(ctx, p.cfg.AttemptTimeout)
+			defer dcancel()
 			t := time.Now()
-			s, err := c.Dialer.Dial(ctx)
-			results <- result{c, s, err, time.Since(t)}
+			s, err := e.c.Dialer.Dial(dctx)
+			results <- result{e, s, err, time.Since(t)}
 		}()
 	}
 	start()
@@ -404,7 +409,7 @@ func (p *Picker) race(relay int, cands []Candidate) (*Active, error) {
 	for pending := 1; pending > 0; {
 		select {
 		case <-timer.C:
-			if started < len(cands) {
+			if started < len(list) {
 				start()
 				pending++
 				timer.Reset(p.cfg.RaceDelay)
@@ -412,9 +417,9 @@ func (p *Picker) race(relay int, cands []Candidate) (*Active, error) {
 		case r := <-results:
 			pending--
 			if r.err != nil {
-				p.log.Debug("carrier failed", "relay", r.c.Relay, "transport", r.c.Dialer.Carrier(), "err", r.err)
-				errs = append(errs, fmt.Errorf("%s: %w", r.c.Dialer.Carrier(), r.err))
-				if started < len(cands) {
+				p.log.Debug("carrier failed", "relay", r.e.c.Relay, "transport", r.e.c.Dialer.Carrier(), "err", r.err)
+				errs = append(errs, fmt.Errorf("%s %s: %w", r.e.c.Relay, r.e.c.Dialer.Carrier(), r.err))
+				if started < len(list) {
 					start()
 					pending++
 					timer.Reset(p.cfg.RaceDelay)
@@ -430,21 +435,31 @@ func (p *Picker) race(relay int, cands []Candidate) (*Active, error) {
 					}
 				}
 			}(pending)
-			p.log.Info("session up", "relay", r.c.Relay, "transport", r.c.Dialer.Carrier(), "handshake", r.took.Round(time.Millisecond))
+			p.log.Info("session up", "relay", r.e.c.Relay, "transport", r.e.c.Dialer.Carrier(), "handshake", r.took.Round(time.Millisecond))
 			a := &Active{
-				Relay:   r.c.Relay,
-				Carrier: r.c.Dialer.Carrier(),
+				Relay:   r.e.c.Relay,
+				Carrier: r.e.c.Dialer.Carrier(),
 				Since:   time.Now(),
 				raw:     r.s,
-				relay:   relay,
-				rank:    p.rank(r.c.Dialer.Carrier()),
+				relay:   r.e.relay,
+				rank:    p.rank(r.e.c.Dialer.Carrier()),
 			}
 			a.Session = &countedSession{Session: r.s, a: a}
+			a.done = make(chan struct{})
+			go func() {
+				select {
+				case <-r.s.Done():
+				case <-a.done:
+				}
+				a.markDone()
+			}()
 			return a, nil
 		}
 	}
 	return nil, errors.Join(errs...)
 }
+
+func (a *Active) markDone() { a.doneOnce.Do(func() { close(a.done) }) }
 
 // Fail reports that a's session is broken (a stream could not be opened
 // on it, or it stopped answering). The session is closed and the next call
@@ -455,9 +470,24 @@ func (p *Picker) Fail(a *Active, err error) {
 		p.log.Info("session failed", "relay", a.Relay, "transport", a.Carrier, "err", err)
 		p.cur = nil
 		p.next = a.relay + 1
+		p.forgetLocked(a)
 	}
 	p.mu.Unlock()
+	// Mark a dead before closing it, so that a stream failing because of
+	// the close already sees a.Session.Done closed.
+	a.failErr.CompareAndSwap(nil, &err)
+	a.markDone()
 	a.raw.Close()
+}
+
+// forgetLocked drops a's relay and carrier from the memory of every
+// network, so the next race starts with the next relay.
+func (p *Picker) forgetLocked(a *Active) {
+	for n, w := range p.memory {
+		if w.relay == a.Relay && w.carrier == a.Carrier {
+			delete(p.memory, n)
+		}
+	}
 }
 
 // Watch guards a stream open on a: if stop is not called within
@@ -560,44 +590,36 @@ func (p *Picker) Rerace() {
 		return
 	}
 	network := p.cfg.NetworkID()
-	type try struct {
-		relay int
-		cands []Candidate
-	}
-	var tries []try
+	var list []entry
 	for i := range p.relays {
 		if i > a.relay {
 			break
 		}
-		var better []Candidate
 		for _, c := range p.raceOrder(i, network) {
 			if i < a.relay || p.rank(c.Dialer.Carrier()) < a.rank {
-				better = append(better, c)
+				list = append(list, entry{c, i})
 			}
-		}
-		if len(better) > 0 {
-			tries = append(tries, try{i, better})
 		}
 	}
 	p.mu.Unlock()
-	for _, t := range tries {
-		b, err := p.race(t.relay, t.cands)
-		if err != nil {
-			continue
-		}
-		p.mu.Lock()
-		if p.closed || p.cur != a {
-			p.mu.Unlock()
-			b.raw.Close()
-			return
-		}
-		p.cur = b
-		p.memory[network] = winner{b.Relay, b.Carrier}
-		p.mu.Unlock()
-		p.log.Info("re-race: switched", "relay", b.Relay, "transport", b.Carrier, "from_relay", a.Relay, "from_transport", a.Carrier)
-		time.AfterFunc(p.cfg.DrainTimeout, func() { a.raw.Close() })
+	if len(list) == 0 {
 		return
 	}
+	b, err := p.race(list)
+	if err != nil {
+		return
+	}
+	p.mu.Lock()
+	if p.closed || p.cur != a {
+		p.mu.Unlock()
+		b.raw.Close()
+		return
+	}
+	p.cur = b
+	p.memory[network] = winner{b.Relay, b.Carrier}
+	p.mu.Unlock()
+	p.log.Info("re-race: switched", "relay", b.Relay, "transport", b.Carrier, "from_relay", a.Relay, "from_transport", a.Carrier)
+	time.AfterFunc(p.cfg.DrainTimeout, func() { a.raw.Close() })
 }
 
 // Close closes the current session and stops background work; later calls
@@ -624,6 +646,18 @@ func (p *Picker) Close() error {
 type countedSession struct {
 	transport.Session
 	a *Active
+}
+
+func (s *countedSession) Done() <-chan struct{} { return s.a.done }
+
+func (s *countedSession) Err() error {
+	if err := s.Session.Err(); err != nil {
+		return err
+	}
+	if e := s.a.failErr.Load(); e != nil {
+		return *e
+	}
+	return nil
 }
 
 func (s *countedSession) OpenStream(ctx context.Context) (transport.Stream, error) {

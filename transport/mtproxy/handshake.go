@@ -1,6 +1,7 @@
 package mtproxy
 
 import (
+	"bufio"
 	"bytes"
 	"crypto/rand"
 	"fmt"
@@ -78,7 +79,9 @@ func ClientHandshake(conn net.Conn, s Secret, hello []byte, now time.Time, p Pro
 	if err != nil {
 		return nil, err
 	}
-	tc := NewClientTLSConn(conn, nil)
+	// Buffer reads: each record is a header and a payload, two reads
+	// from the conn without a buffer.
+	tc := NewClientTLSConn(conn, bufio.NewReaderSize(conn, 64<<10))
 	if _, err := tc.Write(init[:]); err != nil {
 		return nil, fmt.Errorf("write obfuscated2 init: %w", err)
 	}

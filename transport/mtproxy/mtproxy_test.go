@@ -368,8 +368,25 @@ func FuzzParseClientHello(f *testing.F) {
 			return
 		}
 		h.Verify(s.Key, time.Now(), time.Minute)
-		if _, err := ServerHello(s.Key, h); err != nil {
+		sh, err := ServerHello(s.Key, h)
+		if err != nil {
 			t.Fatal(err)
+		}
+		if err := ReadServerHello(bytes.NewReader(sh), h.Random, s.Key); err != nil {
+			t.Fatalf("server hello for a parsed hello: %v", err)
+		}
+		// Whatever parses can be signed, and then checks out.
+		signed := bytes.Clone(b)
+		at := time.Unix(1_700_000_000, 0)
+		if err := SignClientHello(signed, s.Key, at); err != nil {
+			t.Fatal(err)
+		}
+		h2, err := ParseClientHello(signed)
+		if err != nil {
+			t.Fatalf("signed hello no longer parses: %v", err)
+		}
+		if ts, ok := h2.Check(s.Key); !ok || !ts.Equal(at) {
+			t.Fatalf("signed hello: %v %v", ts, ok)
 		}
 	})
 }

@@ -40,9 +40,11 @@ type testRelay struct {
 	auths  atomic.Int64 // connections authenticated
 }
 
-func testCert(t testing.TB) tls.Certificate {
+func testCert(t testing.TB) tls.Certificate { return testCertFor(t, testSNI) }
+
+func testCertFor(t testing.TB, name string) tls.Certificate {
 	t.Helper()
-	certPEM, keyPEM, err := tlscarrier.NewCertificate(testSNI)
+	certPEM, keyPEM, err := tlscarrier.NewCertificate(name)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -397,4 +399,9 @@ func FuzzParseAuthorization(f *testing.F) {
 			t.Fatalf("nonce %d bytes, token %d bytes", len(nonce), len(token))
 		}
 	})
+}
+
+// serverTLS returns a server tls.Config for cert.
+func serverTLS(cert tls.Certificate) *tls.Config {
+	return &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS13}
 }

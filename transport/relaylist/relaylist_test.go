@@ -171,3 +171,61 @@ func FuzzDecode(f *testing.F) {
 		}
 	})
 }
+
+func TestIndex(t *testing.T) {
+	data, err := Sign(testList(9, 1, now), testKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ix := IndexOf(data)
+	got, err := ParseIndex(ix.String())
+	if err != nil || got != ix {
+		t.Fatalf("ParseIndex(%q) = %v, %v", ix.String(), got, err)
+	}
+	if err := ix.Check(data); err != nil {
+		t.Error(err)
+	}
+	if err := ix.Check(data[:len(data)-1]); !errors.Is(err, ErrMalformed) {
+		t.Errorf("short data: %v", err)
+	}
+	other := bytes.Clone(data)
+	other[len(other)-1] ^= 1
+	if err := ix.Check(other); !errors.Is(err, ErrMalformed) {
+		t.Errorf("altered data: %v", err)
+	}
+	if got := ix.ChunkName(2, "b.example."); got != "2."+ix.HashLabel()+".b.example." {
+		t.Errorf("ChunkName = %q", got)
+	}
+	for _, bad := range []string{
+		"",
+		"v=merpati2 n=1 len=10 h=00000000000000000000",
+		"v=merpati1 n=1 len=10",
+		"v=merpati1 n=2 len=10 h=00000000000000000000",
+		"v=merpati1 n=1 len=0 h=00000000000000000000",
+		"v=merpati1 n=1 len=10 h=0000",
+		"v=merpati1 n=-1 len=10 h=00000000000000000000",
+		"v=merpati1 n=1000 len=999999999 h=00000000000000000000",
+	} {
+		if _, err := ParseIndex(bad); !errors.Is(err, ErrIndex) {
+			t.Errorf("ParseIndex(%q): %v", bad, err)
+		}
+	}
+	if _, err := ParseIndex("v=merpati1 n=1 len=10 h=00000000000000000000 future=yes"); err != nil {
+		t.Errorf("unknown field: %v", err)
+	}
+}
+
+func FuzzParseIndex(f *testing.F) {
+	f.Add("v=merpati1 n=2 len=700 h=0123456789abcdef0123")
+	f.Add("v=merpati1 n=1 len=1")
+	f.Fuzz(func(t *testing.T, s string) {
+		ix, err := ParseIndex(s)
+		if err != nil {
+			return
+		}
+		again, err := ParseIndex(ix.String())
+		if err != nil || again != ix {
+			t.Fatalf("round trip of %q: %v, %v", ix.String(), again, err)
+		}
+	})
+}

@@ -7,7 +7,8 @@
 //
 //	merpati import LINK                      keep LINK in your config directory
 //	merpati run [--link LINK] [--listen ADDR] [--socks-user USER:PASS] [--log-level LEVEL] [--log-format text|json]
-//	            [--mtproxy ADDR [--mtproxy-secret SECRET]]
+//	            [--mtproxy ADDR [--mtproxy-secret SECRET]] [--resolvers LIST]
+//	merpati refresh [--link LINK] [--resolvers LIST]   fetch the signed relay list over DNS now
 //
 // run starts a SOCKS5 proxy on 127.0.0.1:1080 (change it with --listen) and
 // prints the tg://socks link and QR code that Telegram apps import: open
@@ -63,7 +64,8 @@ func main() {
 
 const usage = `usage:
   merpati import LINK
-  merpati run [--link LINK] [--listen 127.0.0.1:1080] [--socks-user USER:PASS] [--mtproxy 127.0.0.1:1443]
+  merpati run [--link LINK] [--listen 127.0.0.1:1080] [--socks-user USER:PASS] [--mtproxy 127.0.0.1:1443] [--resolvers LIST]
+  merpati refresh [--link LINK] [--resolvers LIST]
 Run "merpati COMMAND -h" for a command's flags.`
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -76,6 +78,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return cmdImport(args[1:], stdout, stderr)
 	case "run":
 		return cmdRun(ctx, args[1:], stdout, stderr)
+	case "refresh":
+		return cmdRefresh(ctx, args[1:], stdout, stderr)
 	case "-h", "-help", "--help", "help":
 		fmt.Fprintln(stdout, usage)
 		return nil
@@ -137,6 +141,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	format := fs.String("log-format", "text", "log format: text or json")
 	mtListen := fs.String("mtproxy", "", "also serve a local MTProxy (FakeTLS) front on this address, such as 127.0.0.1:1443")
 	mtSecret := fs.String("mtproxy-secret", "", "ee secret for --mtproxy, hex or base64url (default: one kept in the config dir)")
+	resolvers := fs.String("resolvers", "", "comma-separated resolvers for the DNS bootstrap (default: public DoH, DoT and DNS resolvers)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -161,6 +166,9 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return err
 	}
 	cfg := client.Config{Link: l, Listen: *listen, Logger: log}
+	if cfg.Resolvers, cfg.ListCache, err = bootstrapSettings(*dir, *resolvers, l); err != nil {
+		return err
+	}
 	var user, pass string
 	if *socksUser != "" {
 		var ok bool

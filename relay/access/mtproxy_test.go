@@ -1,0 +1,103 @@
+package access
+
+import (
+	"bytes"
+	"crypto/tls"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/merpati/merpati/transport/mtproxy"
+)
+
+// fakeTLSHello returns a real ClientHello record signed as a FakeTLS hello
+// with key at ts.
+func fakeTLSHello(t *testing.T, key mtproxy.Key, ts time.Time) *mtproxy.ClientHello {
+	t.Helper()
+	c, s := net.Pipe()
+	defer s.Close()
+	go func() {
+		tls.Client(c, &tls.Config{ServerName: "cover.example", InsecureSkipVerify: true}).Handshake()
+		c.Close()
+	}()
+	var hdr [5]byte
+	if _, err := io.ReadFull(s, hdr[:]); err != nil {
+		t.Fatal(err)
+	}
+	rec := make([]byte, 5+(int(hdr[3])<<8|int(hdr[4])))
+	copy(rec, hdr[:])
+	if _, err := io.ReadFull(s, rec[5:]); err != nil {
+		t.Fatal(err)
+	}
+	if err := mtproxy.SignClientHello(rec, key, ts); err != nil {
+		t.Fatal(err)
+	}
+	h, err := mtproxy.ParseClientHello(rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
+func TestMTProxySecrets(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "keys.json")
+	alice, err := Add(path, "alice", Entry{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	given := mtproxy.NewKey()
+	bob, err := Add(path, "bob", Entry{MTProxySecret: given})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if alice.MTProxySecret.IsZero() || bob.MTProxySecret != given || alice.MTProxySecret == bob.MTProxySecret {
+		t.Fatalf("secrets: alice %v bob %v", alice.MTProxySecret, bob.MTProxySecret)
+	}
+	if _, err := Add(path, "carol", Entry{MTProxySecret: given}); err == nil {
+		t.Fatal("a secret already in use was accepted")
+	}
+	b, _ := os.ReadFile(path)
+	if !strings.Contains(string(b), `"mtproxy_secret": "`+given.String()+`"`) {
+		t.Fatalf("keys file does not keep the secret in hex:\n%s", b)
+	}
+	// A file with the same secret twice is rejected as a whole.
+	dup := bytes.Replace(b, []byte(alice.MTProxySecret.String()), []byte(given.String()), 1)
+	bad := filepath.Join(t.TempDir(), "dup.json")
+	os.WriteFile(bad, dup, 0o600)
+	if _, err := Load(bad); err == nil {
+		t.Fatal("duplicate MTProxy secret accepted by Load")
+	}
+
+	k, err := NewKeyring(path, "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	for _, tc := range []struct {
+		name string
+		key  mtproxy.Key
+		ts   time.Time
+		want string
+	}{
+		{"alice", alice.MTProxySecret, now, "alice"},
+		{"bob", given, now.Add(-time.Minute), "bob"},
+		{"stale", given, now.Add(-time.Hour), ""},
+		{"unknown", mtproxy.NewKey(), now, ""},
+	} {
+		u, key := k.MatchMTProxy(fakeTLSHello(t, tc.key, tc.ts), now, 2*time.Minute)
+		got := ""
+		if u != nil {
+			got = u.Name()
+			if key != tc.key {
+				t.Errorf("%s: matched key %v", tc.name, key)
+			}
+		}
+		if got != tc.want {
+			t.Errorf("%s: matched %q, want %q", tc.name, got, tc.want)
+		}
+	}
+}
