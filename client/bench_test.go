@@ -77,55 +77,22 @@ func addrTarget(tb testing.TB, addr string) transport.Target {
 	return transport.AddrTarget(host, uint16(n))
 }
 
-// startBenchSink is startSink reading 64 KiB at a time: io.Discard's
+// startBenchSink starts a TCP server on 127.0.0.1:0 that reads everything,
+// 64 KiB at a time, then writes how many bytes it read. (io.Discard's
 // ReadFrom reads 8 KiB per system call, which would charge the target's
-// cost to the path under test.
+// cost to the path under test.)
 func startBenchSink(tb testing.TB) string {
-	tb.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Go(func() {
-				defer c.Close()
-				// Hide ReadFrom and WriteTo so CopyBuffer uses buf.
-				n, _ := io.CopyBuffer(struct{ io.Writer }{io.Discard}, struct{ io.Reader }{c}, make([]byte, 64<<10))
-				fmt.Fprintf(c, "%d", n)
-			})
-		}
+	return startServer(tb, func(c net.Conn) {
+		defer c.Close()
+		// Hide ReadFrom and WriteTo so CopyBuffer uses buf.
+		n, _ := io.CopyBuffer(struct{ io.Writer }{io.Discard}, struct{ io.Reader }{c}, make([]byte, 64<<10))
+		fmt.Fprintf(c, "%d", n)
 	})
-	tb.Cleanup(func() { ln.Close(); wg.Wait() })
-	return ln.Addr().String()
 }
 
 // startSource starts a TCP server on 127.0.0.1:0 that reads an 8-byte
 // big-endian count, writes that many bytes and closes.
-func startSource(tb testing.TB) string {
-	tb.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Go(func() { serveSource(c) })
-		}
-	})
-	tb.Cleanup(func() { ln.Close(); wg.Wait() })
-	return ln.Addr().String()
-}
+func startSource(tb testing.TB) string { return startServer(tb, serveSource) }
 
 func serveSource(c net.Conn) {
 	defer c.Close()

@@ -3,7 +3,6 @@ package client_test
 import (
 	"context"
 	"crypto/tls"
-	"fmt"
 	"io"
 	"log"
 	"log/slog"
@@ -173,13 +172,13 @@ func startClient(t testing.TB, l *link.Link, mod func(*client.Config)) (*client.
 	return c, ln.Addr().String()
 }
 
-// startEcho starts a TCP server on 127.0.0.1:0 that echoes each
-// connection until the peer half-closes, then half-closes too.
-func startEcho(t testing.TB) string {
-	t.Helper()
+// startServer starts a TCP server on 127.0.0.1:0 that runs serve for each
+// connection (serve closes it), and stops at the end of the test.
+func startServer(tb testing.TB, serve func(net.Conn)) string {
+	tb.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
 	var wg sync.WaitGroup
 	wg.Go(func() {
@@ -188,42 +187,22 @@ func startEcho(t testing.TB) string {
 			if err != nil {
 				return
 			}
-			wg.Go(func() {
-				defer c.Close()
-				io.Copy(c, c)
-				c.(*net.TCPConn).CloseWrite()
-				io.Copy(io.Discard, c)
-			})
+			wg.Go(func() { serve(c) })
 		}
 	})
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	tb.Cleanup(func() { ln.Close(); wg.Wait() })
 	return ln.Addr().String()
 }
 
-// startSink starts a TCP server on 127.0.0.1:0 that reads everything and
-// then writes how many bytes it read.
-func startSink(t testing.TB) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Go(func() {
-				defer c.Close()
-				n, _ := io.Copy(io.Discard, c)
-				fmt.Fprintf(c, "%d", n)
-			})
-		}
+// startEcho starts a TCP server on 127.0.0.1:0 that echoes each
+// connection until the peer half-closes, then half-closes too.
+func startEcho(tb testing.TB) string {
+	return startServer(tb, func(c net.Conn) {
+		defer c.Close()
+		io.Copy(c, c)
+		c.(*net.TCPConn).CloseWrite()
+		io.Copy(io.Discard, c)
 	})
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
-	return ln.Addr().String()
 }
 
 // tlsProbe makes a plain crypto/tls connection to addr, as a prober's
