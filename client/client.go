@@ -151,6 +151,10 @@ func (c *Client) Close() error { return c.picker.Close() }
 // Active returns the session in use, or nil.
 func (c *Client) Active() *pick.Active { return c.picker.Current() }
 
+// Status describes the session in use (relay, carrier, RTT, bytes); ok is
+// false when there is none. The same line is logged at Info every minute.
+func (c *Client) Status(ctx context.Context) (st pick.Status, ok bool) { return c.picker.Status(ctx) }
+
 // ServeSOCKS serves SOCKS5 on ln until ctx is done, and closes ln.
 func (c *Client) ServeSOCKS(ctx context.Context, ln net.Listener) error {
 	srv := &socks5.Server{Config: socks5.Config{Users: c.cfg.SocksUsers}, Logger: c.log}

@@ -289,18 +289,27 @@ func TestMTProxyLimits(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 
-	_, small := r.addMTKey(t, "small-quota", access.Entry{QuotaBytes: 50})
+	// One round trip costs 66 bytes (our byte, the echoed DC init and
+	// byte); the second crosses the quota of 100 and may be cut short.
+	_, small := r.addMTKey(t, "small-quota", access.Entry{QuotaBytes: 100})
 	if c, err := mtDial(t, r.addr, small, tmpl); err != nil {
 		t.Fatalf("within quota: %v", err)
 	} else {
 		c.Close()
 	}
-	for r.cfg.Keys.Usage()["small-quota"] < 50 {
+	if c, err := mtDial(t, r.addr, small, tmpl); err == nil {
+		c.Close()
+	}
+	for r.cfg.Keys.Usage()["small-quota"] < 100 {
 		time.Sleep(10 * time.Millisecond)
 	}
+	before = cov.accepted.Load()
 	if c, err := mtDial(t, r.addr, small, tmpl); err == nil {
 		c.Close()
 		t.Error("key over its quota served")
+	}
+	if cov.accepted.Load() != before+1 {
+		t.Error("connection over quota did not go to the cover site")
 	}
 
 	_, old := r.addMTKey(t, "expired", access.Entry{Expires: time.Now().Add(-time.Hour)})

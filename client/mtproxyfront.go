@@ -81,7 +81,7 @@ func (c *Client) handleMTProxy(ctx context.Context, conn net.Conn, secret mtprox
 	if err := h.Verify(secret.Key, time.Now(), mtproxyWindow); err != nil {
 		return err
 	}
-	app, in, err := mtproxy.AcceptApp(conn, br, secret.Key, h)
+	app, in, err := mtproxy.AcceptApp(conn, bufio.NewReaderSize(br, 32<<10), secret.Key, h)
 	if err != nil {
 		return err
 	}

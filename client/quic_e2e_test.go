@@ -4,9 +4,12 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/tls"
+	"encoding/base64"
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -15,12 +18,16 @@ import (
 	"testing"
 	"time"
 
+	"github.com/quic-go/quic-go/http3"
+
 	"github.com/merpati/merpati/client"
 	"github.com/merpati/merpati/client/internal/telegramtest"
 	"github.com/merpati/merpati/relay"
 	"github.com/merpati/merpati/relay/access"
 	"github.com/merpati/merpati/transport"
+	"github.com/merpati/merpati/transport/auth"
 	"github.com/merpati/merpati/transport/link"
+	"github.com/merpati/merpati/transport/quiccarrier"
 )
 
 // bothRelay is a relay serving the TLS carrier on TCP and the QUIC carrier
@@ -183,6 +190,11 @@ func TestTelegramQUIC(t *testing.T) {
 		t.Fatalf("active session %+v, want quic", a)
 	}
 	t.Logf("QUIC: key exchange %v, first RPC %v, 100 RPCs in %v", st.KeyExchange, st.FirstRPC, st.Total)
+	status, ok := c.Status(ctx)
+	if !ok || status.Carrier != "quic" || status.RTT <= 0 || status.Sent == 0 || status.Received == 0 {
+		t.Errorf("status %+v", status)
+	}
+	t.Logf("status: relay %s, %s, rtt %v, sent %d, received %d", status.Relay, status.Carrier, status.RTT, status.Sent, status.Received)
 	if n := cov.accepted.Load(); n != 0 {
 		t.Errorf("cover site got %d connections from an authenticated client", n)
 	}
@@ -389,4 +401,58 @@ func TestFailoverBlackhole(t *testing.T) {
 		t.Errorf("stream on the second relay after %v, want under 2s", took)
 	}
 	t.Logf("blackholed relay left after %v", took.Round(time.Millisecond))
+}
+
+// h3Get fetches https://addr/ with upstream quic-go's HTTP/3 client, as a
+// prober would, with the Authorization header authz if not empty.
+func h3Get(t *testing.T, addr, authz string) (int, string) {
+	t.Helper()
+	rt := &http3.Transport{TLSClientConfig: &tls.Config{ServerName: coverName, InsecureSkipVerify: true}}
+	defer rt.Close()
+	req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, "https://"+addr+"/", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Host = coverName
+	if authz != "" {
+		req.Header.Set("Authorization", authz)
+	}
+	resp, err := rt.RoundTrip(req)
+	if err != nil {
+		t.Fatalf("HTTP/3 probe: %v", err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(body)
+}
+
+// TestProbesQUIC checks what an HTTP/3 prober sees at the relay's UDP
+// port: the cover site's page, also when it replays a valid token.
+func TestProbesQUIC(t *testing.T) {
+	checkLeaks(t)
+	cov := startCover(t)
+	r := startBothRelay(t, cov, nil, true, true, nil)
+	l := r.addKey(t, "alice", access.Entry{})
+
+	if code, body := h3Get(t, r.addr, ""); code != http.StatusOK || body != coverPage {
+		t.Errorf("plain HTTP/3 GET: %d %q, want the cover page", code, body)
+	}
+	// A token as the client makes it, used once (by "the client") and
+	// then replayed by a prober that somehow learned it.
+	var nonce [quiccarrier.NonceSize]byte
+	rand.Read(nonce[:])
+	tok := auth.Token(auth.Key(l.Key), auth.Slot(time.Now()), quiccarrier.Digest(nonce[:]))
+	authz := "Bearer " + base64.RawURLEncoding.EncodeToString(append(nonce[:], tok[:]...))
+	if code, body := h3Get(t, r.addr, authz); code != http.StatusOK || body == coverPage {
+		t.Errorf("first use of a valid token: %d %q, want a taken-over stream", code, body)
+	}
+	if code, body := h3Get(t, r.addr, authz); code != http.StatusOK || body != coverPage {
+		t.Errorf("replayed token: %d %q, want the cover page", code, body)
+	}
+	if code, body := h3Get(t, r.addr, "Bearer "+base64.RawURLEncoding.EncodeToString(make([]byte, 48))); code != http.StatusOK || body != coverPage {
+		t.Errorf("zero token: %d %q, want the cover page", code, body)
+	}
+	if cov.accepted.Load() == 0 {
+		t.Error("the cover site saw no connection from the HTTP/3 reverse proxy")
+	}
 }

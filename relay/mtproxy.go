@@ -59,7 +59,9 @@ func (r *Relay) serveMTProxy(ctx context.Context, c net.Conn, br *bufio.Reader, 
 	}
 
 	c.SetDeadline(time.Now().Add(mtproxyHandshakeTimeout))
-	app, in, err := mtproxy.AcceptApp(c, br, key, h)
+	// A large read buffer lets TLSConn return several records per read,
+	// so the relay forwards big chunks with few system calls.
+	app, in, err := mtproxy.AcceptApp(c, bufio.NewReaderSize(br, 32<<10), key, h)
 	if err != nil {
 		log.Debug("MTProxy handshake failed", "err", err)
 		return true

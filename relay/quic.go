@@ -22,9 +22,11 @@ import (
 // reverse-proxied over HTTPS to the cover site, so a prober sees the cover
 // site over HTTP/3.
 func (r *Relay) ServeQUIC(ctx context.Context, pc net.PacketConn) error {
+	cover, coverTransport := r.coverProxy()
+	defer coverTransport.CloseIdleConnections()
 	srv, err := quiccarrier.NewServer(quiccarrier.ServerConfig{
 		Certificate: r.cfg.Certificate,
-		Cover:       r.coverProxy(),
+		Cover:       cover,
 		Authenticate: func(cctx context.Context, digest [32]byte, token []byte, conn io.Closer) (any, bool) {
 			u := r.cfg.Keys.Authenticate(digest, token, time.Now())
 			if u == nil {
@@ -58,7 +60,7 @@ func (r *Relay) ServeQUIC(ctx context.Context, pc net.PacketConn) error {
 // The cover is the operator's own choice of address, reached by address,
 // so its certificate is not checked against a CA here: what matters is
 // that the prober gets what the cover site sends.
-func (r *Relay) coverProxy() http.Handler {
+func (r *Relay) coverProxy() (http.Handler, *http.Transport) {
 	target := &url.URL{Scheme: "https", Host: r.cfg.Cover}
 	tr := &http.Transport{
 		DialContext:         (&net.Dialer{Timeout: 10 * time.Second}).DialContext,
@@ -82,7 +84,7 @@ func (r *Relay) coverProxy() http.Handler {
 			r.log.Warn("cover site unreachable", "transport", "quic", "err", err)
 			w.WriteHeader(http.StatusBadGateway)
 		},
-	}
+	}, tr
 }
 
 // ServeBoth serves the TLS carrier on ln and the QUIC carrier on pc until

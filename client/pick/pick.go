@@ -648,7 +648,16 @@ type countedSession struct {
 	a *Active
 }
 
-func (s *countedSession) Done() <-chan struct{} { return s.a.done }
+// Done is closed when the session is done or has been failed. It never
+// lags the underlying session's Done.
+func (s *countedSession) Done() <-chan struct{} {
+	select {
+	case <-s.Session.Done():
+		s.a.markDone()
+	default:
+	}
+	return s.a.done
+}
 
 func (s *countedSession) Err() error {
 	if err := s.Session.Err(); err != nil {

@@ -16,7 +16,7 @@ import (
 
 // fakeTLSHello returns a real ClientHello record signed as a FakeTLS hello
 // with key at ts.
-func fakeTLSHello(t *testing.T, key mtproxy.Key, ts time.Time) *mtproxy.ClientHello {
+func fakeTLSHello(t testing.TB, key mtproxy.Key, ts time.Time) *mtproxy.ClientHello {
 	t.Helper()
 	c, s := net.Pipe()
 	defer s.Close()
@@ -99,5 +99,38 @@ func TestMTProxySecrets(t *testing.T) {
 		if got != tc.want {
 			t.Errorf("%s: matched %q, want %q", tc.name, got, tc.want)
 		}
+	}
+}
+
+// BenchmarkMatchMTProxy measures what a hello that is no MTProxy hello
+// costs a relay with 100 keys (every key is tried), and a match.
+func BenchmarkMatchMTProxy(b *testing.B) {
+	path := filepath.Join(b.TempDir(), "keys.json")
+	var last Entry
+	for i := range 100 {
+		e, err := Add(path, "k"+strings.Repeat("x", i%3)+string(rune('a'+i%26))+string(rune('a'+i/26)), Entry{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		last = e
+	}
+	k, err := NewKeyring(path, "", nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	now := time.Now()
+	for _, bc := range []struct {
+		name string
+		key  mtproxy.Key
+		want bool
+	}{{"keys=100/no-match", mtproxy.NewKey(), false}, {"keys=100/last-matches", last.MTProxySecret, true}} {
+		h := fakeTLSHello(b, bc.key, now)
+		b.Run(bc.name, func(b *testing.B) {
+			for b.Loop() {
+				if u, _ := k.MatchMTProxy(h, now, time.Minute); (u != nil) != bc.want {
+					b.Fatal("wrong match")
+				}
+			}
+		})
 	}
 }

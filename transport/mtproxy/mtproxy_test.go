@@ -1,6 +1,7 @@
 package mtproxy
 
 import (
+	"bufio"
 	"bytes"
 	"crypto/rand"
 	"crypto/tls"
@@ -422,4 +423,39 @@ func FuzzTLSConnRead(f *testing.F) {
 			t.Fatal("read more than the input")
 		}
 	})
+}
+
+func TestTLSConnRead(t *testing.T) {
+	rec := func(typ byte, payload string) string {
+		return string([]byte{typ, 3, 3, byte(len(payload) >> 8), byte(len(payload))}) + payload
+	}
+	for _, tc := range []struct {
+		name  string
+		in    string
+		reads []string // what successive Reads with a large buffer return
+		err   error    // the error after them
+	}{
+		{"records coalesce", rec(0x14, "\x01") + rec(0x17, "abc") + rec(0x17, "def"), []string{"abcdef"}, io.EOF},
+		{"empty record", rec(0x17, "") + rec(0x17, "xy"), []string{"xy"}, io.EOF},
+		{"alert ends", rec(0x17, "abc") + rec(0x15, "\x01\x00") + rec(0x17, "zzz"), []string{"abc"}, io.EOF},
+		{"truncated", rec(0x17, "abc")[:6], []string{"a"}, io.ErrUnexpectedEOF},
+		{"bad type", rec(0x17, "ok") + rec(0x16, "hs"), []string{"ok"}, nil},
+	} {
+		c := NewTLSConn(nil, bufio.NewReader(strings.NewReader(tc.in)))
+		buf := make([]byte, 100)
+		var err error
+		for i, want := range tc.reads {
+			var n int
+			n, err = c.Read(buf)
+			if string(buf[:n]) != want {
+				t.Errorf("%s: read %d: %q, want %q (%v)", tc.name, i, buf[:n], want, err)
+			}
+		}
+		if err == nil {
+			_, err = c.Read(buf)
+		}
+		if tc.err != nil && !errors.Is(err, tc.err) || tc.err == nil && err == nil {
+			t.Errorf("%s: error %v, want %v", tc.name, err, tc.err)
+		}
+	}
 }

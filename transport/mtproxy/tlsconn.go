@@ -1,6 +1,7 @@
 package mtproxy
 
 import (
+	"bufio"
 	"encoding/binary"
 	"fmt"
 	"io"
@@ -19,7 +20,8 @@ import (
 type TLSConn struct {
 	net.Conn
 	r    io.Reader
-	left int // payload bytes left in the record being read
+	left int  // payload bytes left in the record being read
+	eof  bool // an alert, or EOF after the last record, was read
 
 	client bool // send a ChangeCipherSpec before the first record
 	wmu    sync.Mutex
@@ -44,45 +46,91 @@ func NewClientTLSConn(conn net.Conn, r io.Reader) *TLSConn {
 	return t
 }
 
-// Read reads application data.
+// Read reads application data. It returns what one record holds, and
+// continues into the following records as far as their bytes are already
+// buffered (when reads come from a *bufio.Reader), so that a reader with a
+// large buffer gets large reads: the relay then forwards big chunks.
 func (t *TLSConn) Read(p []byte) (int, error) {
-	for t.left == 0 {
-		var hdr [recordHeaderLen]byte
-		if _, err := io.ReadFull(t.r, hdr[:]); err != nil {
-			if err == io.ErrUnexpectedEOF {
-				return 0, fmt.Errorf("mtproxy: record header: %w", err)
+	if t.eof {
+		return 0, io.EOF
+	}
+	n := 0
+	for n < len(p) {
+		if t.left == 0 {
+			if n > 0 && t.buffered() < recordHeaderLen+1 {
+				break // the next record is not all here: do not block
 			}
-			return 0, err
-		}
-		n := int(binary.BigEndian.Uint16(hdr[3:]))
-		switch {
-		case hdr[1] != 3:
-			return 0, fmt.Errorf("mtproxy: record version %#x%02x", hdr[1], hdr[2])
-		case hdr[0] == recordApplication:
-			t.left = n
-		case hdr[0] == recordChangeCipher && n == 1:
-			var b [1]byte
-			if _, err := io.ReadFull(t.r, b[:]); err != nil {
-				return 0, fmt.Errorf("mtproxy: change cipher spec: %w", noEOF(err))
+			if err := t.readHeader(); err != nil {
+				if n > 0 && err == io.EOF {
+					t.eof = true
+					break
+				}
+				return n, err
 			}
-		case hdr[0] == recordAlert:
-			return 0, io.EOF
-		default:
-			return 0, fmt.Errorf("mtproxy: unexpected record type %#x", hdr[0])
+			if t.left == 0 {
+				continue
+			}
+		}
+		m := min(len(p)-n, t.left)
+		if n > 0 {
+			if m = min(m, t.buffered()); m == 0 {
+				break
+			}
+		}
+		k, err := t.r.Read(p[n : n+m])
+		n += k
+		t.left -= k
+		if err == io.EOF && t.left > 0 {
+			return n, fmt.Errorf("mtproxy: record payload: %w", io.ErrUnexpectedEOF)
+		}
+		if err != nil && err != io.EOF {
+			return n, err
+		}
+		if err == io.EOF {
+			break // the next Read reports it at a record boundary
 		}
 	}
-	if len(p) > t.left {
-		p = p[:t.left]
+	return n, nil
+}
+
+// buffered returns how many bytes can be read without blocking, as far as
+// is known.
+func (t *TLSConn) buffered() int {
+	if br, ok := t.r.(*bufio.Reader); ok {
+		return br.Buffered()
 	}
-	n, err := t.r.Read(p)
-	t.left -= n
-	if err == io.EOF && t.left > 0 {
-		err = fmt.Errorf("mtproxy: record payload: %w", io.ErrUnexpectedEOF)
+	return 0
+}
+
+// readHeader reads record headers until one of application data, which it
+// leaves in t.left (possibly zero). ChangeCipherSpec records are skipped;
+// an alert is io.EOF.
+func (t *TLSConn) readHeader() error {
+	var hdr [recordHeaderLen]byte
+	if _, err := io.ReadFull(t.r, hdr[:]); err != nil {
+		if err == io.ErrUnexpectedEOF {
+			return fmt.Errorf("mtproxy: record header: %w", err)
+		}
+		return err
 	}
-	if err == io.EOF {
-		err = nil // the next Read reports it at a record boundary
+	n := int(binary.BigEndian.Uint16(hdr[3:]))
+	switch {
+	case hdr[1] != 3:
+		return fmt.Errorf("mtproxy: record version %#x%02x", hdr[1], hdr[2])
+	case hdr[0] == recordApplication:
+		t.left = n
+	case hdr[0] == recordChangeCipher && n == 1:
+		var b [1]byte
+		if _, err := io.ReadFull(t.r, b[:]); err != nil {
+			return fmt.Errorf("mtproxy: change cipher spec: %w", noEOF(err))
+		}
+	case hdr[0] == recordAlert:
+		t.eof = true
+		return io.EOF
+	default:
+		return fmt.Errorf("mtproxy: unexpected record type %#x", hdr[0])
 	}
-	return n, err
+	return nil
 }
 
 func noEOF(err error) error {

@@ -108,10 +108,28 @@ func (s *Server) Serve(ctx context.Context, pc net.PacketConn) error {
 	if err != nil {
 		return fmt.Errorf("quiccarrier: listen: %w", err)
 	}
-	var handlers sync.WaitGroup
+	// handlers counts running handlers; once closing is set no new one
+	// starts, so that Wait below cannot race with Add.
+	var (
+		mu       sync.Mutex
+		closing  bool
+		handlers sync.WaitGroup
+	)
+	waitHandlers := func() {
+		mu.Lock()
+		closing = true
+		mu.Unlock()
+		handlers.Wait()
+	}
 	srv := &http3.Server{
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			mu.Lock()
+			if closing {
+				mu.Unlock()
+				return
+			}
 			handlers.Add(1)
+			mu.Unlock()
 			defer handlers.Done()
 			s.serveHTTP(w, r)
 		}),
@@ -128,11 +146,11 @@ func (s *Server) Serve(ctx context.Context, pc net.PacketConn) error {
 	case <-ctx.Done():
 		srv.Close()
 		<-errc
-		handlers.Wait()
+		waitHandlers()
 		return nil
 	case err := <-errc:
 		srv.Close()
-		handlers.Wait()
+		waitHandlers()
 		if ctx.Err() != nil || errors.Is(err, http.ErrServerClosed) {
 			return nil
 		}

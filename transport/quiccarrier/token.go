@@ -56,7 +56,8 @@ func ParseAuthorization(v string) (nonce, token []byte, err error) {
 		return nil, nil, ErrToken
 	}
 	raw, err := base64.RawURLEncoding.DecodeString(s)
-	if err != nil {
+	// The decoder skips CR and LF, so the length must be checked again.
+	if err != nil || len(raw) != NonceSize+auth.TokenSize {
 		return nil, nil, ErrToken
 	}
 	return raw[:NonceSize], raw[NonceSize:], nil

@@ -25,10 +25,10 @@ import (
 const (
 	// quicCarrierLanded: the relay serves and the client dials the QUIC
 	// carrier, and merpati-relay init puts "quic" in the link.
-	quicCarrierLanded = false
+	quicCarrierLanded = true
 	// fastFailoverLanded: the client moves new connections to the next
 	// relay within 2 s when the active one goes dark.
-	fastFailoverLanded = false
+	fastFailoverLanded = true
 )
 
 // failoverLimit is how soon new connections must use the second relay

@@ -1,0 +1,281 @@
+package pick
+
+import (
+	"context"
+	"errors"
+	"net"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/merpati/merpati/transport"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// fakeSession is a session that opens no streams; only its life and its
+// answer to pings matter here.
+type fakeSession struct {
+	done    chan struct{}
+	once    sync.Once
+	silent  atomic.Bool // Ping never answers
+	relay   string
+	carrier string
+}
+
+func newFakeSession(relay, carrier string) *fakeSession {
+	return &fakeSession{done: make(chan struct{}), relay: relay, carrier: carrier}
+}
+
+func (s *fakeSession) OpenStream(context.Context) (transport.Stream, error) {
+	return nil, errors.New("fake: no streams")
+}
+func (s *fakeSession) Done() <-chan struct{} { return s.done }
+func (s *fakeSession) Err() error {
+	select {
+	case <-s.done:
+		return net.ErrClosed
+	default:
+		return nil
+	}
+}
+func (s *fakeSession) Close() error { s.once.Do(func() { close(s.done) }); return nil }
+func (s *fakeSession) Ping(ctx context.Context) (time.Duration, error) {
+	if s.silent.Load() {
+		<-ctx.Done()
+		return 0, ctx.Err()
+	}
+	return time.Millisecond, nil
+}
+
+// fakeDialer dials after delay, or fails (fail), or hangs until ctx ends
+// (hang).
+type fakeDialer struct {
+	relay, carrier string
+	delay          time.Duration
+	fail, hang     atomic.Bool
+	dials          atomic.Int64
+	mu             sync.Mutex
+	sessions       []*fakeSession
+}
+
+func (d *fakeDialer) Carrier() string { return d.carrier }
+func (d *fakeDialer) Dial(ctx context.Context) (transport.Session, error) {
+	d.dials.Add(1)
+	if d.hang.Load() {
+		<-ctx.Done()
+		return nil, ctx.Err()
+	}
+	select {
+	case <-time.After(d.delay):
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	if d.fail.Load() {
+		return nil, errors.New("fake: refused")
+	}
+	s := newFakeSession(d.relay, d.carrier)
+	d.mu.Lock()
+	d.sessions = append(d.sessions, s)
+	d.mu.Unlock()
+	return s, nil
+}
+
+// closeAll closes every session the dialer made (as a relay that dies).
+func (d *fakeDialer) closeAll() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, s := range d.sessions {
+		s.Close()
+	}
+}
+
+type fakeRelay struct{ quic, tls *fakeDialer }
+
+func fakeRelays(names ...string) ([]fakeRelay, []Candidate) {
+	var rs []fakeRelay
+	var cands []Candidate
+	for _, n := range names {
+		r := fakeRelay{
+			quic: &fakeDialer{relay: n, carrier: "quic", delay: 5 * time.Millisecond},
+			tls:  &fakeDialer{relay: n, carrier: "tls", delay: 5 * time.Millisecond},
+		}
+		rs = append(rs, r)
+		// The link order (tls first) must not matter: QUIC is preferred.
+		cands = append(cands, Candidate{n, r.tls}, Candidate{n, r.quic})
+	}
+	return rs, cands
+}
+
+func newPicker(t *testing.T, cands []Candidate, mod func(*Config)) *Picker {
+	t.Helper()
+	cfg := Config{Candidates: cands, RaceDelay: 50 * time.Millisecond, NetworkID: func() string { return "net1" }, StatusInterval: -1, ReraceInterval: -1}
+	if mod != nil {
+		mod(&cfg)
+	}
+	p, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close() })
+	return p
+}
+
+func session(t *testing.T, p *Picker) *Active {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	a, err := p.Session(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
+func TestRace(t *testing.T) {
+	tests := []struct {
+		name          string
+		setup         func(r fakeRelay)
+		want          string
+		maxTLSDials   int64
+		minTook       time.Duration
+		maxTook       time.Duration
+		loserIsClosed bool
+	}{
+		{"quic preferred", func(r fakeRelay) {}, "quic", 0, 0, 40 * time.Millisecond, false},
+		{"quic hangs: tls after the delay", func(r fakeRelay) { r.quic.hang.Store(true) }, "tls", 1, 50 * time.Millisecond, time.Second, false},
+		{"quic fails: tls at once", func(r fakeRelay) { r.quic.fail.Store(true) }, "tls", 1, 0, 45 * time.Millisecond, false},
+		{"quic slow: tls wins, quic closed", func(r fakeRelay) { r.quic.delay = 300 * time.Millisecond }, "tls", 1, 50 * time.Millisecond, 250 * time.Millisecond, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			rs, cands := fakeRelays("r1")
+			tt.setup(rs[0])
+			p := newPicker(t, cands, nil)
+			start := time.Now()
+			a := session(t, p)
+			took := time.Since(start)
+			if a.Carrier != tt.want || took < tt.minTook || took > tt.maxTook {
+				t.Errorf("won %s after %v, want %s in [%v, %v]", a.Carrier, took, tt.want, tt.minTook, tt.maxTook)
+			}
+			if n := rs[0].tls.dials.Load(); n > tt.maxTLSDials {
+				t.Errorf("%d tls dials, want at most %d", n, tt.maxTLSDials)
+			}
+			if tt.loserIsClosed {
+				// The slow attempt is cancelled; if it had come up
+				// anyway it would have been closed.
+				time.Sleep(400 * time.Millisecond)
+				rs[0].quic.mu.Lock()
+				for _, s := range rs[0].quic.sessions {
+					if s.Err() == nil {
+						t.Error("a losing quic session is still open")
+					}
+				}
+				rs[0].quic.mu.Unlock()
+			}
+		})
+	}
+}
+
+func TestFailoverAndMemory(t *testing.T) {
+	rs, cands := fakeRelays("r1", "r2")
+	network := atomic.Value{}
+	network.Store("wifi")
+	p := newPicker(t, cands, func(c *Config) { c.NetworkID = func() string { return network.Load().(string) } })
+	a := session(t, p)
+	if a.Relay != "r1" || a.Carrier != "quic" {
+		t.Fatalf("first session %s/%s", a.Relay, a.Carrier)
+	}
+	// r1 dies: the next session is on r2.
+	rs[0].quic.fail.Store(true)
+	rs[0].tls.fail.Store(true)
+	rs[0].quic.closeAll()
+	b := session(t, p)
+	if b.Relay != "r2" {
+		t.Fatalf("after r1 died: %s/%s", b.Relay, b.Carrier)
+	}
+	// r2 is remembered for "wifi": even after r1 comes back, the next
+	// race on wifi starts with r2.
+	rs[0].quic.fail.Store(false)
+	rs[0].tls.fail.Store(false)
+	p.Fail(b, errors.New("test"))
+	// Fail forgets r2 (it failed), so the race starts at the next relay,
+	// r1.
+	c := session(t, p)
+	if c.Relay != "r1" {
+		t.Fatalf("after r2 failed: %s", c.Relay)
+	}
+	// A new network remembers nothing; "wifi" remembers r1 now.
+	p.mu.Lock()
+	w := p.memory["wifi"]
+	p.mu.Unlock()
+	if w.relay != "r1" || w.carrier != "quic" {
+		t.Errorf("memory for wifi: %+v", w)
+	}
+}
+
+func TestWatchFailsSilentSession(t *testing.T) {
+	_, cands := fakeRelays("r1", "r2")
+	p := newPicker(t, cands, func(c *Config) { c.StallTimeout = 50 * time.Millisecond; c.ProbeTimeout = 50 * time.Millisecond })
+	a := session(t, p)
+	a.raw.(*fakeSession).silent.Store(true)
+	stop := p.Watch(a)
+	defer stop()
+	select {
+	case <-a.Session.Done():
+	case <-time.After(2 * time.Second):
+		t.Fatal("silent session not failed")
+	}
+	if b := session(t, p); b.Relay != "r2" {
+		t.Errorf("after a silent r1: %s", b.Relay)
+	}
+	// A session that answers is left alone.
+	c := p.Current()
+	stop2 := p.Watch(c)
+	time.Sleep(200 * time.Millisecond)
+	stop2()
+	if c.Session.Err() != nil {
+		t.Error("a session that answers pings was failed")
+	}
+}
+
+func TestRerace(t *testing.T) {
+	rs, cands := fakeRelays("r1")
+	rs[0].quic.hang.Store(true)
+	p := newPicker(t, cands, func(c *Config) { c.DrainTimeout = 50 * time.Millisecond; c.AttemptTimeout = 200 * time.Millisecond })
+	a := session(t, p)
+	if a.Carrier != "tls" {
+		t.Fatalf("won %s", a.Carrier)
+	}
+	p.Rerace() // quic still blocked: nothing changes
+	if p.Current() != a {
+		t.Fatal("re-race switched to a blocked carrier")
+	}
+	rs[0].quic.hang.Store(false)
+	p.Rerace()
+	b := p.Current()
+	if b == nil || b.Carrier != "quic" {
+		t.Fatalf("after quic came back, re-race kept %+v", b)
+	}
+	select {
+	case <-a.raw.Done():
+	case <-time.After(2 * time.Second):
+		t.Error("old session not closed after the drain timeout")
+	}
+}
+
+func TestStatus(t *testing.T) {
+	_, cands := fakeRelays("r1")
+	p := newPicker(t, cands, nil)
+	if _, ok := p.Status(context.Background()); ok {
+		t.Error("status without a session")
+	}
+	session(t, p)
+	st, ok := p.Status(context.Background())
+	if !ok || st.Relay != "r1" || st.Carrier != "quic" || st.RTT != time.Millisecond || st.Network != "net1" {
+		t.Errorf("status %+v", st)
+	}
+}
