@@ -217,44 +217,53 @@ func (c *Client) OpenStream(ctx context.Context, target transport.Target) (trans
 		// A relay that stops answering is noticed here, within about
 		// a second, and the open retried on the next one.
 		stopWatch := c.picker.Watch(a)
-		st, err := c.open(ctx, a.Session, target)
+		st, sessionErr, err := c.open(ctx, a.Session, target)
 		stopWatch()
 		if err == nil {
 			return st, nil
 		}
+		dead := sessionErr && ctx.Err() == nil
 		select {
 		case <-a.Session.Done():
-			// The session died under us: replace it and try once more.
-			c.picker.Fail(a, err)
-			lastErr = err
+			dead = true
 		default:
+		}
+		if !dead {
 			// The relay refused or reset this stream; the session is
 			// fine and stays.
 			return nil, err
 		}
+		// The session died under us (it may not know yet: a stream
+		// that cannot even be opened or written is proof enough):
+		// replace it and try once more.
+		c.picker.Fail(a, err)
+		lastErr = err
 	}
 	return nil, lastErr
 }
 
-func (c *Client) open(ctx context.Context, s transport.Session, target transport.Target) (transport.Stream, error) {
-	st, err := s.OpenStream(ctx)
+// open opens one stream on s and waits for the relay's answer. sessionErr
+// reports that the failure came before the relay could have answered
+// (opening or writing the stream), which means the session is broken.
+func (c *Client) open(ctx context.Context, s transport.Session, target transport.Target) (st transport.Stream, sessionErr bool, err error) {
+	st, err = s.OpenStream(ctx)
 	if err != nil {
-		return nil, err
+		return nil, true, err
 	}
 	stop := context.AfterFunc(ctx, func() { st.SetDeadline(time.Now()) })
 	defer stop()
 	req := transport.OpenRequest{Target: target, Padding: rand.IntN(64)}
 	if _, err := req.WriteTo(st); err != nil {
 		st.Close()
-		return nil, fmt.Errorf("open stream: %w", err)
+		return nil, true, fmt.Errorf("open stream: %w", err)
 	}
 	if _, err := transport.ReadOpenReply(st); err != nil {
 		st.Close()
-		return nil, err
+		return nil, false, err
 	}
 	if !stop() {
 		st.Close()
-		return nil, ctx.Err()
+		return nil, false, ctx.Err()
 	}
-	return st, nil
+	return st, false, nil
 }

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Runs every native Go fuzz target for FUZZTIME (default 15s) each.
+# Runs every native Go fuzz target for FUZZTIME (default 45s) each.
 # New crashers are written to the package's testdata/fuzz and fail the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-fuzztime=${FUZZTIME:-15s}
+fuzztime=${FUZZTIME:-45s}
 [ "$fuzztime" = 0 ] && { echo "fuzzing skipped (FUZZTIME=0)"; exit 0; }
 for pkg in $(go list ./...); do
 	dir=$(go list -f '{{.Dir}}' "$pkg")
