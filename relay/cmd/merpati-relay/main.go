@@ -81,7 +81,7 @@ const usage = `usage:
   merpati-relay init --dir DIR --public HOST:PORT [--listen ADDR] [--cover URL] [--sni NAME] [--name NAME]
   merpati-relay run --dir DIR
   merpati-relay link add|list|show|revoke [NAME] --dir DIR
-  merpati-relay list keygen|pub|add|sign|show ...   (signed bootstrap relay list; see list.go)
+  merpati-relay list keygen|pub|add|sign|show ...   (the signed relay list for DNS bootstrap)
   merpati-relay dns --zone ZONE --list FILE [--listen ADDR] [--ns NAME --ns-addr IP]
 Run "merpati-relay COMMAND -h" for a command's flags.`
 
