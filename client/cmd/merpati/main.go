@@ -106,6 +106,23 @@ func linkPath(dir string) (string, error) {
 	return filepath.Join(dir, "link"), nil
 }
 
+// loadLink parses text, or when it is empty, the link imported into the
+// config directory dir.
+func loadLink(dir, text string) (*link.Link, error) {
+	if text == "" {
+		path, err := linkPath(dir)
+		if err != nil {
+			return nil, err
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return nil, fmt.Errorf("no --link given and none imported (%w); run: merpati import 'merpati://...'", err)
+		}
+		text = strings.TrimSpace(string(b))
+	}
+	return link.Parse(text)
+}
+
 func cmdImport(args []string, stdout, stderr io.Writer) error {
 	fs, dir := newFlagSet("import", stderr)
 	if err := fs.Parse(args); err != nil {
@@ -149,19 +166,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err != nil {
 		return err
 	}
-	text := *linkFlag
-	if text == "" {
-		path, err := linkPath(*dir)
-		if err != nil {
-			return err
-		}
-		b, err := os.ReadFile(path)
-		if err != nil {
-			return fmt.Errorf("no --link given and none imported (%w); run: merpati import 'merpati://...'", err)
-		}
-		text = strings.TrimSpace(string(b))
-	}
-	l, err := link.Parse(text)
+	l, err := loadLink(*dir, *linkFlag)
 	if err != nil {
 		return err
 	}

@@ -65,19 +65,7 @@ func cmdRefresh(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if err != nil {
 		return err
 	}
-	text := *linkFlag
-	if text == "" {
-		path, err := linkPath(*dir)
-		if err != nil {
-			return err
-		}
-		b, err := os.ReadFile(path)
-		if err != nil {
-			return fmt.Errorf("no --link given and none imported (%w)", err)
-		}
-		text = strings.TrimSpace(string(b))
-	}
-	l, err := link.Parse(text)
+	l, err := loadLink(*dir, *linkFlag)
 	if err != nil {
 		return err
 	}
