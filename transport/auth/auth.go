@@ -25,6 +25,8 @@ import (
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/subtle"
+	"crypto/x509"
 	"encoding/base64"
 	"encoding/binary"
 	"errors"
@@ -144,4 +146,27 @@ func Match(keys []Key, digest [32]byte, token []byte, now time.Time) int {
 		}
 	}
 	return found
+}
+
+// ErrPin means a relay's certificate does not match the pin in the link:
+// something other than the relay answered.
+var ErrPin = errors.New("auth: relay certificate does not match the pinned key")
+
+// CheckPin checks that the leaf of rawCerts (as a TLS handshake presents
+// them) has the public key whose SHA-256 is pin. Carriers call it from
+// VerifyPeerCertificate, in place of a CA check: a relay's certificate is
+// its own, trusted only through the link.
+func CheckPin(rawCerts [][]byte, pin [32]byte) error {
+	if len(rawCerts) == 0 {
+		return ErrPin
+	}
+	cert, err := x509.ParseCertificate(rawCerts[0])
+	if err != nil {
+		return fmt.Errorf("relay certificate: %w", err)
+	}
+	sum := sha256.Sum256(cert.RawSubjectPublicKeyInfo)
+	if subtle.ConstantTimeCompare(sum[:], pin[:]) != 1 {
+		return ErrPin
+	}
+	return nil
 }

@@ -2,6 +2,13 @@ package auth
 
 import (
 	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/x509"
+	"errors"
+	"math/big"
 	"testing"
 	"time"
 )
@@ -83,5 +90,33 @@ func BenchmarkMatch1000Keys(b *testing.B) {
 	tok := Token(keys[999], Slot(now), d)
 	for b.Loop() {
 		Match(keys, d, tok[:], now)
+	}
+}
+
+func TestCheckPin(t *testing.T) {
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), NotAfter: time.Now().Add(time.Hour)}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, _ := x509.ParseCertificate(der)
+	pin := sha256.Sum256(cert.RawSubjectPublicKeyInfo)
+	if err := CheckPin([][]byte{der}, pin); err != nil {
+		t.Errorf("right pin: %v", err)
+	}
+	other := pin
+	other[0] ^= 1
+	for name, err := range map[string]error{
+		"wrong pin": CheckPin([][]byte{der}, other),
+		"no certs":  CheckPin(nil, pin),
+		"garbage":   CheckPin([][]byte{[]byte("not a certificate")}, pin),
+	} {
+		if err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+	if !errors.Is(CheckPin([][]byte{der}, other), ErrPin) {
+		t.Error("wrong pin is not ErrPin")
 	}
 }

@@ -2,8 +2,6 @@ package quiccarrier
 
 import (
 	"context"
-	"crypto/sha256"
-	"crypto/subtle"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -28,10 +26,6 @@ const (
 	errNoError          = 0x100 // H3_NO_ERROR
 	errRequestCancelled = 0x10c // H3_REQUEST_CANCELLED
 )
-
-// ErrPin means the relay's certificate does not match the pinned key:
-// something other than the relay answered.
-var ErrPin = errors.New("quiccarrier: relay certificate does not match the pinned key")
 
 // ErrRefused means the relay answered a stream with something other than
 // "200": it did not accept the token, and the answer came from its cover
@@ -163,7 +157,7 @@ func (d *Dialer) Dial(ctx context.Context) (transport.Session, error) {
 		// instead of by a CA.
 		InsecureSkipVerify: true,
 		VerifyPeerCertificate: func(rawCerts [][]byte, _ [][]*x509.Certificate) error {
-			return checkPin(rawCerts, pin)
+			return auth.CheckPin(rawCerts, pin)
 		},
 	}
 	qconf := &quic.Config{
@@ -196,21 +190,6 @@ func (d *Dialer) Dial(ctx context.Context) (transport.Session, error) {
 	}()
 	d.log.Debug("session up", "transport", "quic", "relay", d.cfg.Addr)
 	return s, nil
-}
-
-func checkPin(rawCerts [][]byte, pin [32]byte) error {
-	if len(rawCerts) == 0 {
-		return ErrPin
-	}
-	cert, err := x509.ParseCertificate(rawCerts[0])
-	if err != nil {
-		return fmt.Errorf("relay certificate: %w", err)
-	}
-	sum := sha256.Sum256(cert.RawSubjectPublicKeyInfo)
-	if subtle.ConstantTimeCompare(sum[:], pin[:]) != 1 {
-		return ErrPin
-	}
-	return nil
 }
 
 // session is the client side of one QUIC connection.

@@ -2,8 +2,6 @@ package tlscarrier
 
 import (
 	"context"
-	"crypto/sha256"
-	"crypto/subtle"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -22,10 +20,6 @@ import (
 // ClientHello handshake message: type(1) length(3) version(2) random(32)
 // session_id_length(1) (RFC 8446 section 4.1.2).
 const sessionIDOffset = 39
-
-// ErrPin means the relay's certificate does not match the pin in the link:
-// something other than the relay answered.
-var ErrPin = errors.New("tlscarrier: relay certificate does not match the pinned key")
 
 // ClientConfig configures a [Dialer].
 type ClientConfig struct {
@@ -132,18 +126,7 @@ func (d *Dialer) handshake(ctx context.Context, raw net.Conn) (net.Conn, error) 
 		// instead of by a CA, below.
 		InsecureSkipVerify: true,
 		VerifyPeerCertificate: func(rawCerts [][]byte, _ [][]*x509.Certificate) error {
-			if len(rawCerts) == 0 {
-				return ErrPin
-			}
-			cert, err := x509.ParseCertificate(rawCerts[0])
-			if err != nil {
-				return fmt.Errorf("relay certificate: %w", err)
-			}
-			sum := sha256.Sum256(cert.RawSubjectPublicKeyInfo)
-			if subtle.ConstantTimeCompare(sum[:], pin[:]) != 1 {
-				return ErrPin
-			}
-			return nil
+			return auth.CheckPin(rawCerts, pin)
 		},
 		MinVersion: utls.VersionTLS13,
 	}, utls.HelloCustom)
