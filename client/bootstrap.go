@@ -83,6 +83,23 @@ func (c *Client) fetchList(ctx context.Context) (*relaylist.List, int, error) {
 	return l, n, nil
 }
 
+// bootstrapAfter is how long OpenStream waits for a session before it
+// fetches the relay list in the background: a relay that has not answered
+// in two seconds is likely blocked, and relays learned meanwhile join the
+// race at once instead of after every known relay has timed out.
+const bootstrapAfter = 2 * time.Second
+
+// session returns the picker's session, starting the bootstrap in the
+// background when none comes up within bootstrapAfter.
+func (c *Client) session(ctx context.Context) (*pick.Active, error) {
+	if c.boot == nil || c.picker.Current() != nil {
+		return c.picker.Session(ctx)
+	}
+	t := time.AfterFunc(bootstrapAfter, func() { c.rescue(context.Background()) })
+	defer t.Stop()
+	return c.picker.Session(ctx)
+}
+
 // rescue is called when no known relay works. It runs the bootstrap
 // unless one ran less than BootstrapInterval ago (concurrent callers
 // share one fetch), and reports whether new relays were added, so the

@@ -205,7 +205,7 @@ func (c *Client) OpenStream(ctx context.Context, target transport.Target) (trans
 	defer cancel()
 	var lastErr error
 	for range 2 {
-		a, err := c.picker.Session(ctx)
+		a, err := c.session(ctx)
 		if err != nil && c.rescue(ctx) {
 			// No known relay works, but the bootstrap list named new
 			// ones: try them.

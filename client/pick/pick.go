@@ -161,6 +161,7 @@ type Picker struct {
 	cands   [][]Candidate // per relay, in link order
 	cur     *Active
 	dialing chan struct{} // closed when the dial in progress ends
+	joins   chan []entry  // candidates added while a race runs; nil otherwise
 	dialErr error
 	next    int               // relay to try first
 	memory  map[string]winner // per network
@@ -348,10 +349,13 @@ func (p *Picker) dial(first int) {
 			list = append(list, entry{c, i})
 		}
 	}
+	joins := make(chan []entry, 16)
+	p.joins = joins
 	p.mu.Unlock()
-	won, err := p.race(list)
+	won, err := p.race(list, joins)
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	p.joins = nil
 	if p.closed && won != nil {
 		won.raw.Close()
 		won = nil
@@ -376,8 +380,9 @@ type entry struct {
 
 // race starts the entries in order, one RaceDelay apart (the next at once
 // when one fails), across relays as across carriers, and returns the
-// first session that comes up; later ones are closed.
-func (p *Picker) race(list []entry) (*Active, error) {
+// first session that comes up; later ones are closed. Entries arriving on
+// joins (relays learned while the race runs) join it at once.
+func (p *Picker) race(list []entry, joins <-chan []entry) (*Active, error) {
 	if len(list) == 0 {
 		return nil, errors.New("no candidates")
 	}
@@ -409,6 +414,13 @@ func (p *Picker) race(list []entry) (*Active, error) {
 	for pending := 1; pending > 0; {
 		select {
 		case <-timer.C:
+			if started < len(list) {
+				start()
+				pending++
+				timer.Reset(p.cfg.RaceDelay)
+			}
+		case more := <-joins:
+			list = append(list, more...)
 			if started < len(list) {
 				start()
 				pending++
@@ -515,11 +527,26 @@ func (p *Picker) Watch(a *Active) (stop func()) {
 
 // AddCandidates appends candidates (for example relays learned from a
 // bootstrap list) that are not already known by Relay and carrier. They are
-// tried after the existing ones. It reports how many were added.
+// tried after the existing ones, and join a race already running. It
+// reports how many were added.
 func (p *Picker) AddCandidates(cands ...Candidate) int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.addLocked(cands)
+	n := p.addLocked(cands)
+	if n > 0 && p.joins != nil {
+		var more []entry
+		for _, c := range cands {
+			i := slices.Index(p.relays, c.Relay)
+			if slices.ContainsFunc(p.cands[i], func(o Candidate) bool { return o.Dialer == c.Dialer }) {
+				more = append(more, entry{c, i})
+			}
+		}
+		select {
+		case p.joins <- more:
+		default: // the race is ending; the next one includes them
+		}
+	}
+	return n
 }
 
 // Current returns the live session, or nil, without dialing.
@@ -605,7 +632,7 @@ func (p *Picker) Rerace() {
 	if len(list) == 0 {
 		return
 	}
-	b, err := p.race(list)
+	b, err := p.race(list, nil)
 	if err != nil {
 		return
 	}

@@ -279,3 +279,37 @@ func TestStatus(t *testing.T) {
 		t.Errorf("status %+v", st)
 	}
 }
+
+// TestJoinRunningRace adds a relay (as the DNS bootstrap does) while every
+// known relay hangs: it joins the running race and wins at once, long
+// before the known relays' attempts time out.
+func TestJoinRunningRace(t *testing.T) {
+	rs, cands := fakeRelays("blocked")
+	rs[0].quic.hang.Store(true)
+	rs[0].tls.hang.Store(true)
+	p := newPicker(t, cands, func(c *Config) { c.AttemptTimeout = 30 * time.Second })
+	got := make(chan *Active, 1)
+	go func() {
+		a, err := p.Session(context.Background())
+		if err != nil {
+			t.Error(err)
+		}
+		got <- a
+	}()
+	time.Sleep(200 * time.Millisecond) // the race is running and stuck
+	learned, more := fakeRelays("learned")
+	if n := p.AddCandidates(more...); n != 2 {
+		t.Fatalf("added %d candidates, want 2", n)
+	}
+	select {
+	case a := <-got:
+		if a == nil || a.Relay != "learned" {
+			t.Fatalf("won %+v, want the learned relay", a)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("a relay added during the race did not join it")
+	}
+	if learned[0].quic.dials.Load()+learned[0].tls.dials.Load() == 0 {
+		t.Fatal("learned relay never dialled")
+	}
+}

@@ -151,12 +151,14 @@ const ClientListen = "127.0.0.1:1080"
 // StartClient runs "merpati run" with lk in the client host, its SOCKS5
 // front at [ClientListen], logging JSON at debug level (see
 // [ClientSessions]). name names its log; run at most one client at a time.
-func (l *Lab) StartClient(ctx context.Context, name string, lk *link.Link) (*Proc, error) {
+// extra are more "merpati run" flags, such as "--resolvers", "udp://"+DNSAddr+":53".
+func (l *Lab) StartClient(ctx context.Context, name string, lk *link.Link, extra ...string) (*Proc, error) {
 	if err := l.cfg.Bins.check(); err != nil {
 		return nil, err
 	}
-	p, err := l.Start(Client, name, l.cfg.Bins.Merpati, "run", "--link", lk.String(), "--listen", ClientListen,
-		"--config-dir", filepath.Join(l.Dir, name+"-config"), "--log-level", "debug", "--log-format", "json")
+	args := append([]string{"run", "--link", lk.String(), "--listen", ClientListen,
+		"--config-dir", filepath.Join(l.Dir, name+"-config"), "--log-level", "debug", "--log-format", "json"}, extra...)
+	p, err := l.Start(Client, name, l.cfg.Bins.Merpati, args...)
 	if err != nil {
 		return nil, err
 	}
@@ -167,6 +169,44 @@ func (l *Lab) StartClient(ctx context.Context, name string, lk *link.Link) (*Pro
 	if err := l.WaitListen(ctx, Client, p, "tcp", n); err != nil {
 		p.Stop()
 		return nil, err
+	}
+	return p, nil
+}
+
+// DNSAddr is where [Lab.StartDNS] serves the bootstrap relay list, on
+// port 53 of a third address of the relay host (behind the censor, like
+// the relays, but a host of its own as far as the censor can tell).
+const DNSAddr = "10.201.2.53"
+
+// StartDNS runs "merpati-relay dns" in the relay host at DNSAddr:53 (UDP
+// and TCP), serving the signed relay list files (see "merpati-relay list
+// sign") under zone. Call it at most once per lab.
+func (l *Lab) StartDNS(ctx context.Context, zone string, lists ...string) (*Proc, error) {
+	if err := l.cfg.Bins.check(); err != nil {
+		return nil, err
+	}
+	if len(lists) == 0 {
+		return nil, errors.New("censorlab: StartDNS: no list file")
+	}
+	if err := l.ip(ctx, "-n", l.NS(Relay), "addr", "add", DNSAddr+"/24", "dev", "censor0"); err != nil {
+		return nil, err
+	}
+	args := []string{"dns", "--zone", zone, "--listen", net.JoinHostPort(DNSAddr, "53"),
+		"--log-level", "debug", "--log-format", "json"}
+	for _, f := range lists {
+		args = append(args, "--list", f)
+	}
+	p, err := l.Start(Relay, "dns", l.cfg.Bins.MerpatiRelay, args...)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, serviceTimeout)
+	defer cancel()
+	for _, network := range []string{"udp", "tcp"} {
+		if err := l.WaitListen(ctx, Relay, p, network, 53); err != nil {
+			p.Stop()
+			return nil, err
+		}
 	}
 	return p, nil
 }
