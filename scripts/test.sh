@@ -21,7 +21,7 @@ if ((${#missing[@]})); then
 		apt-get update -qq
 		# tshark asks whether non-root users may capture; answer no.
 		echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections
-		apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+		apt-get install -y -qq "${missing[@]}" >/dev/null
 	else
 		echo "== not root: tests needing ${missing[*]} will skip"
 	fi
