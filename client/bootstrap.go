@@ -10,12 +10,7 @@ import (
 
 	"github.com/merpati/merpati/client/bootstrap"
 	"github.com/merpati/merpati/client/pick"
-	"github.com/merpati/merpati/transport"
-	"github.com/merpati/merpati/transport/auth"
-	"github.com/merpati/merpati/transport/link"
-	"github.com/merpati/merpati/transport/quiccarrier"
 	"github.com/merpati/merpati/transport/relaylist"
-	"github.com/merpati/merpati/transport/tlscarrier"
 )
 
 // BootstrapInterval is the least time between two automatic bootstrap
@@ -159,31 +154,12 @@ func (c *Client) listCandidates(l *relaylist.List) []pick.Candidate {
 		el := e.Link()
 		for _, relay := range el.Relays {
 			for _, carrier := range el.CarrierList() {
-				var d transport.Dialer
-				var err error
-				switch carrier {
-				case link.CarrierTLS:
-					d, err = tlscarrier.NewDialer(tlscarrier.ClientConfig{
-						Addr:        relay,
-						ServerName:  el.SNI,
-						Pin:         el.Pin,
-						Key:         auth.Key(el.Key),
-						DialContext: c.cfg.DialContext,
-						Logger:      c.log,
-					})
-				case link.CarrierQUIC:
-					d, err = quiccarrier.NewDialer(quiccarrier.ClientConfig{
-						Addr:       relay,
-						ServerName: el.SNI,
-						Pin:        el.Pin,
-						Key:        auth.Key(el.Key),
-						Logger:     c.log,
-					})
-				default:
-					continue
-				}
+				d, err := dialerFor(el, relay, carrier, c.cfg.DialContext, c.log)
 				if err != nil {
 					c.log.Warn("relay from list skipped", "relay", relay, "transport", carrier, "err", err)
+					continue
+				}
+				if d == nil {
 					continue
 				}
 				cands = append(cands, pick.Candidate{Relay: relay, Dialer: d})

@@ -86,33 +86,13 @@ func New(cfg Config) (*Client, error) {
 	var cands []pick.Candidate
 	for _, relay := range cfg.Link.Relays {
 		for _, carrier := range cfg.Link.CarrierList() {
-			var d transport.Dialer
-			var err error
-			switch carrier {
-			case link.CarrierTLS:
-				d, err = tlscarrier.NewDialer(tlscarrier.ClientConfig{
-					Addr:        relay,
-					ServerName:  cfg.Link.SNI,
-					Pin:         cfg.Link.Pin,
-					Key:         auth.Key(cfg.Link.Key),
-					DialContext: cfg.DialContext,
-					Logger:      log,
-				})
-			case link.CarrierQUIC:
-				d, err = quiccarrier.NewDialer(quiccarrier.ClientConfig{
-					Addr:       relay,
-					ServerName: cfg.Link.SNI,
-					Pin:        cfg.Link.Pin,
-					Key:        auth.Key(cfg.Link.Key),
-					Logger:     log,
-				})
-			default:
-				continue
-			}
+			d, err := dialerFor(cfg.Link, relay, carrier, cfg.DialContext, log)
 			if err != nil {
 				return nil, fmt.Errorf("client: relay %s: %w", relay, err)
 			}
-			cands = append(cands, pick.Candidate{Relay: relay, Dialer: d})
+			if d != nil {
+				cands = append(cands, pick.Candidate{Relay: relay, Dialer: d})
+			}
 		}
 	}
 	if len(cands) == 0 {
@@ -128,6 +108,31 @@ func New(cfg Config) (*Client, error) {
 		return nil, err
 	}
 	return c, nil
+}
+
+// dialerFor returns the dialer for relay over carrier with l's name, pin
+// and key, or nil for a carrier this client does not know.
+func dialerFor(l *link.Link, relay, carrier string, dial func(ctx context.Context, network, addr string) (net.Conn, error), log *slog.Logger) (transport.Dialer, error) {
+	switch carrier {
+	case link.CarrierTLS:
+		return tlscarrier.NewDialer(tlscarrier.ClientConfig{
+			Addr:        relay,
+			ServerName:  l.SNI,
+			Pin:         l.Pin,
+			Key:         auth.Key(l.Key),
+			DialContext: dial,
+			Logger:      log,
+		})
+	case link.CarrierQUIC:
+		return quiccarrier.NewDialer(quiccarrier.ClientConfig{
+			Addr:       relay,
+			ServerName: l.SNI,
+			Pin:        l.Pin,
+			Key:        auth.Key(l.Key),
+			Logger:     log,
+		})
+	}
+	return nil, nil
 }
 
 // Run listens on cfg.Listen and serves SOCKS5 until ctx is done.
