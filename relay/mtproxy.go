@@ -41,7 +41,7 @@ func (r *Relay) serveMTProxy(ctx context.Context, c net.Conn, br *bufio.Reader, 
 		return false
 	}
 	if r.mtReplay.Seen(h.Random[:]) {
-		r.log.Warn("replayed MTProxy hello sent to cover site", "key", u.Name())
+		r.warns.warn(r.log, "replayed MTProxy hello sent to cover site", "key", u.Name())
 		return false
 	}
 	log := r.log.With("transport", "mtproxy", "key", u.Name())

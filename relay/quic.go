@@ -34,7 +34,7 @@ func (r *Relay) ServeQUIC(ctx context.Context, pc net.PacketConn) error {
 				return nil, false
 			}
 			if r.replay.Seen(token) {
-				r.log.Warn("replayed token sent to cover site", "transport", "quic", "key", u.Name())
+				r.warns.warn(r.log, "replayed token sent to cover site", "transport", "quic", "key", u.Name())
 				return nil, false
 			}
 			untrack, ok := u.Track(conn)
@@ -81,7 +81,7 @@ func (r *Relay) coverProxy() (http.Handler, *http.Transport) {
 		Transport: tr,
 		ErrorLog:  log.New(io.Discard, "", 0),
 		ErrorHandler: func(w http.ResponseWriter, req *http.Request, err error) {
-			r.log.Warn("cover site unreachable", "transport", "quic", "err", err)
+			r.warns.warn(r.log, "cover site unreachable", "transport", "quic", "err", err)
 			w.WriteHeader(http.StatusBadGateway)
 		},
 	}, tr

@@ -93,6 +93,8 @@ type Relay struct {
 	// mtReplay remembers accepted FakeTLS hellos (by client random),
 	// apart from the carrier's tokens.
 	mtReplay antireplay.Cache
+	// warns rate-limits the warnings a prober can provoke.
+	warns warnLimiter
 }
 
 // New checks cfg and returns a Relay.
@@ -216,7 +218,7 @@ func (r *Relay) handleConn(ctx context.Context, c net.Conn) {
 		return
 	}
 	if r.replay.Seen(token) {
-		r.log.Warn("replayed hello sent to cover site", "key", u.Name())
+		r.warns.warn(r.log, "replayed hello sent to cover site", "key", u.Name())
 		r.cover(ctx, c, first, "replay")
 		return
 	}
@@ -306,7 +308,7 @@ func (r *Relay) cover(ctx context.Context, c net.Conn, read []byte, why string) 
 	d := net.Dialer{Timeout: 10 * time.Second}
 	cc, err := d.DialContext(ctx, "tcp", r.cfg.Cover)
 	if err != nil {
-		r.log.Warn("cover site unreachable", "err", err)
+		r.warns.warn(r.log, "cover site unreachable", "err", err)
 		return
 	}
 	stop := context.AfterFunc(ctx, func() { cc.Close() })

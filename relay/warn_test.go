@@ -1,0 +1,35 @@
+package relay
+
+import (
+	"bytes"
+	"log/slog"
+	"strings"
+	"testing"
+)
+
+func TestWarnLimiter(t *testing.T) {
+	var buf bytes.Buffer
+	log := slog.New(slog.NewTextHandler(&buf, nil))
+	var w warnLimiter
+	for range 100 {
+		w.warn(log, "replayed hello sent to cover site", "key", "alice")
+	}
+	w.warn(log, "cover site unreachable")
+	if n := strings.Count(buf.String(), "replayed hello"); n != 1 {
+		t.Errorf("%d replay warnings logged, want 1:\n%s", n, buf.String())
+	}
+	if !strings.Contains(buf.String(), "cover site unreachable") {
+		t.Error("a different warning was held back")
+	}
+	// Pretend the interval passed: the next one reports what was held.
+	w.mu.Lock()
+	for k := range w.last {
+		w.last[k] = w.last[k].Add(-warnEvery)
+	}
+	w.mu.Unlock()
+	buf.Reset()
+	w.warn(log, "replayed hello sent to cover site", "key", "bob")
+	if !strings.Contains(buf.String(), "suppressed=99") {
+		t.Errorf("suppressed count missing: %s", buf.String())
+	}
+}
