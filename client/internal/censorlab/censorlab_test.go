@@ -19,18 +19,6 @@ import (
 	"github.com/merpati/merpati/transport/link"
 )
 
-// Features of issue 3 that another change builds. Until they land, the
-// cases that need them skip (QUIC) or measure without asserting
-// (failover); enabling each is this one line.
-const (
-	// quicCarrierLanded: the relay serves and the client dials the QUIC
-	// carrier, and merpati-relay init puts "quic" in the link.
-	quicCarrierLanded = true
-	// fastFailoverLanded: the client moves new connections to the next
-	// relay within 2 s when the active one goes dark.
-	fastFailoverLanded = true
-)
-
 // failoverLimit is how soon new connections must use the second relay
 // after the first is blackholed.
 const failoverLimit = 2 * time.Second
@@ -162,9 +150,6 @@ func TestUDPBlocked(t *testing.T) {
 
 // Case 2: TCP 443 to the relay blocked: the QUIC carrier wins.
 func TestTCPBlocked(t *testing.T) {
-	if !quicCarrierLanded {
-		t.Skip("QUIC carrier not built yet (issue 3); set quicCarrierLanded in censorlab_test.go when it lands")
-	}
 	lab, svc := newLab(t)
 	if !slices.Contains(svc.Link.CarrierList(), link.CarrierQUIC) {
 		t.Fatalf("relay's link offers %v, no QUIC", svc.Link.CarrierList())
@@ -236,11 +221,7 @@ func TestRelayBlackholed(t *testing.T) {
 		}
 	}
 	if lastErr != nil {
-		if fastFailoverLanded {
-			t.Fatalf("no connection got through within %v of the blackhole (%d attempts): %v", time.Since(blackholed), attempts, lastErr)
-		}
-		t.Skipf("failover not built yet (issue 3): no connection got through within %v of the blackhole (%d attempts): %v",
-			time.Since(blackholed).Round(time.Millisecond), attempts, lastErr)
+		t.Fatalf("no connection got through within %v of the blackhole (%d attempts): %v", time.Since(blackholed), attempts, lastErr)
 	}
 	through := time.Since(blackholed)
 	var moved time.Duration
@@ -257,11 +238,7 @@ func TestRelayBlackholed(t *testing.T) {
 	t.Logf("relay1 blackholed: session to relay2 up after %v; first MTProto client through after %v (%d attempts; its key exchange %v)",
 		ms(moved), ms(through), attempts, ms(st.KeyExchange))
 	if moved > failoverLimit {
-		if fastFailoverLanded {
-			t.Errorf("new connections moved to relay2 after %v, want within %v", ms(moved), failoverLimit)
-		} else {
-			t.Logf("failover took %v (> %v); not asserted until fastFailoverLanded", ms(moved), failoverLimit)
-		}
+		t.Errorf("new connections moved to relay2 after %v, want within %v", ms(moved), failoverLimit)
 	}
 }
 
@@ -305,9 +282,6 @@ func TestSlowLossyLink(t *testing.T) {
 	})
 	for _, carrier := range []string{link.CarrierTLS, link.CarrierQUIC} {
 		t.Run(carrier, func(t *testing.T) {
-			if carrier == link.CarrierQUIC && !quicCarrierLanded {
-				t.Skip("QUIC carrier not built yet (issue 3); set quicCarrierLanded in censorlab_test.go when it lands")
-			}
 			client, err := lab.StartClient(t.Context(), "merpati-"+carrier, withCarriers(svc.Link, carrier))
 			if err != nil {
 				t.Fatal(err)
