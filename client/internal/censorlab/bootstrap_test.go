@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/merpati/merpati/client/internal/censorlab"
-	"github.com/merpati/merpati/client/internal/telegramtest"
 	"github.com/merpati/merpati/transport/link"
 )
 
@@ -129,19 +128,7 @@ func TestBootstrapOverDNS(t *testing.T) {
 			// timeout on relay1 and the DNS fetch; a retry only if it
 			// fails early.
 			deadline := blackholed.Add(bootstrapLimit + 5*time.Second)
-			var (
-				st       telegramtest.Stats
-				attempts int
-				lastErr  error
-			)
-			for time.Now().Before(deadline) {
-				attempts++
-				st, lastErr = lab.Telegram(t.Context(), svc, censorlab.TelegramOptions{
-					SOCKS: censorlab.ClientListen, Timeout: time.Until(deadline)})
-				if lastErr == nil {
-					break
-				}
-			}
+			st, attempts, lastErr := telegramUntil(t, lab, svc, deadline)
 			if lastErr != nil {
 				t.Fatalf("no Telegram RPC within %v of the blackhole (%d attempts): %v",
 					ms(time.Since(blackholed)), attempts, lastErr)

@@ -19,6 +19,21 @@ import (
 	"github.com/merpati/merpati/transport/link"
 )
 
+// telegramUntil runs MTProto clients through the lab client's SOCKS5 port,
+// one after another, until one gets through or deadline passes, and
+// returns the last run's figures, the number of runs and the last error.
+func telegramUntil(t *testing.T, lab *censorlab.Lab, svc *censorlab.Services, deadline time.Time) (st telegramtest.Stats, attempts int, err error) {
+	for time.Now().Before(deadline) {
+		attempts++
+		st, err = lab.Telegram(t.Context(), svc, censorlab.TelegramOptions{
+			SOCKS: censorlab.ClientListen, Timeout: time.Until(deadline)})
+		if err == nil {
+			break
+		}
+	}
+	return st, attempts, err
+}
+
 // failoverLimit is how soon new connections must use the second relay
 // after the first is blackholed.
 const failoverLimit = 2 * time.Second
@@ -207,19 +222,7 @@ func TestRelayBlackholed(t *testing.T) {
 	// through; without fast failover each may hang for the client's open
 	// timeout, so the whole wait is bounded.
 	deadline := blackholed.Add(25 * time.Second)
-	var (
-		st       telegramtest.Stats
-		attempts int
-		lastErr  error
-	)
-	for time.Now().Before(deadline) {
-		attempts++
-		st, lastErr = lab.Telegram(t.Context(), svc, censorlab.TelegramOptions{
-			SOCKS: censorlab.ClientListen, Timeout: time.Until(deadline)})
-		if lastErr == nil {
-			break
-		}
-	}
+	st, attempts, lastErr := telegramUntil(t, lab, svc, deadline)
 	if lastErr != nil {
 		t.Fatalf("no connection got through within %v of the blackhole (%d attempts): %v", time.Since(blackholed), attempts, lastErr)
 	}
