@@ -17,6 +17,7 @@ import (
 	"github.com/merpati/merpati/client"
 	"github.com/merpati/merpati/client/internal/telegramtest"
 	"github.com/merpati/merpati/relay/access"
+	"github.com/merpati/merpati/transport/hello"
 	"github.com/merpati/merpati/transport/link"
 	"github.com/merpati/merpati/transport/mtproxy"
 )
@@ -134,13 +135,8 @@ func clientHello(t testing.TB, serverName string) []byte {
 		tls.Client(c, &tls.Config{ServerName: serverName, InsecureSkipVerify: true}).Handshake()
 		c.Close()
 	}()
-	var hdr [5]byte
-	if _, err := io.ReadFull(s, hdr[:]); err != nil {
-		t.Fatal(err)
-	}
-	rec := make([]byte, 5+(int(hdr[3])<<8|int(hdr[4])))
-	copy(rec, hdr[:])
-	if _, err := io.ReadFull(s, rec[5:]); err != nil {
+	rec, err := hello.ReadRecord(s)
+	if err != nil {
 		t.Fatal(err)
 	}
 	return rec

@@ -15,6 +15,8 @@ import (
 	gotdproxy "github.com/gotd/td/mtproxy"
 	"github.com/gotd/td/mtproxy/obfuscated2"
 	"github.com/gotd/td/mtproxy/obfuscator"
+
+	"github.com/merpati/merpati/transport/hello"
 )
 
 // testHello returns a real ClientHello record, as crypto/tls sends it for
@@ -27,13 +29,8 @@ func testHello(t testing.TB, serverName string) []byte {
 		tls.Client(c, &tls.Config{ServerName: serverName, InsecureSkipVerify: true}).Handshake()
 		c.Close()
 	}()
-	var hdr [5]byte
-	if _, err := io.ReadFull(s, hdr[:]); err != nil {
-		t.Fatal(err)
-	}
-	rec := make([]byte, 5+(int(hdr[3])<<8|int(hdr[4])))
-	copy(rec, hdr[:])
-	if _, err := io.ReadFull(s, rec[5:]); err != nil {
+	rec, err := hello.ReadRecord(s)
+	if err != nil {
 		t.Fatal(err)
 	}
 	return rec
