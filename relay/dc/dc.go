@@ -29,6 +29,19 @@ import (
 // Port is the port of every built-in DC address.
 const Port = 443
 
+// MaxID bounds the DC numbers a stream may ask for: |id| < MaxID. Telegram
+// numbers production DCs 1-5 and 203, test DCs 10000+N as MTProxy clients
+// send them, and media DCs as the negative of their DC, so 2^15 covers every
+// number in use with room to spare. Anything else is refused before any
+// lookup (a DC of -2^31 has no positive counterpart in an int32).
+const MaxID = 1 << 15
+
+// telegramPorts are the ports Telegram's datacenters serve MTProto on (the
+// ports of the dc_options in help.getConfig). Addresses in Telegram's
+// ranges may be dialled on these ports only, so a relay cannot be used to
+// reach any other service that happens to live in those ranges.
+var telegramPorts = []uint16{443, 80, 88, 5222}
+
 // builtin holds the production datacenters (DC 1-5 and the CDN-era DC 203)
 // and the test datacenters, as Telegram documents them. Test DCs are
 // numbered 10000+N, as MTProxy clients send them.
@@ -66,44 +79,53 @@ var (
 // one with [New] and change it only before use; after that it is read-only
 // and safe for concurrent use.
 type Table struct {
-	dcs   map[int32][]netip.AddrPort
+	dcs map[int32][]netip.AddrPort
+	// telegram are Telegram's ranges: allowed on telegramPorts only.
+	telegram []netip.Prefix
+	// exact are addresses given by overrides: allowed on their port only.
+	exact map[netip.AddrPort]bool
+	// allow are ranges the operator added with [Table.Allow]: any port.
 	allow []netip.Prefix
 }
 
 // New returns the built-in table: Telegram's datacenters and address
 // ranges.
 func New() *Table {
-	t := &Table{dcs: make(map[int32][]netip.AddrPort)}
+	t := &Table{dcs: make(map[int32][]netip.AddrPort), exact: make(map[netip.AddrPort]bool)}
 	for id, addrs := range builtin {
 		for _, a := range addrs {
 			t.dcs[id] = append(t.dcs[id], netip.AddrPortFrom(netip.MustParseAddr(a), Port))
 		}
 	}
 	for _, p := range telegramRanges {
-		t.allow = append(t.allow, netip.MustParsePrefix(p))
+		t.telegram = append(t.telegram, netip.MustParsePrefix(p))
 	}
 	return t
 }
 
-// Override replaces the addresses of DC id with addr ("host:port", IP
-// literal host). The address is also allowed as a target. The first call
-// for an id replaces the built-in entry; later calls for the same id add
-// addresses.
+// Override sets the addresses of DC id to addr ("host:port", IP literal
+// host): with replace, in place of the current ones, else in addition. The
+// address is also allowed as a target, on exactly that port.
 func (t *Table) Override(id int32, addr string, replace bool) error {
 	ap, err := netip.ParseAddrPort(addr)
 	if err != nil {
 		return fmt.Errorf("dc %d: %w", id, err)
 	}
-	if id == 0 {
+	if !ValidID(id) {
 		return fmt.Errorf("dc %d: %w", id, ErrUnknownDC)
 	}
+	ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 	if replace {
 		t.dcs[id] = nil
 	}
 	t.dcs[id] = append(t.dcs[id], ap)
-	t.allow = append(t.allow, netip.PrefixFrom(ap.Addr().Unmap(), ap.Addr().Unmap().BitLen()))
+	t.exact[ap] = true
 	return nil
 }
+
+// ValidID reports whether id is a DC number a stream may ask for: not zero
+// and |id| < [MaxID].
+func ValidID(id int32) bool { return id != 0 && id > -MaxID && id < MaxID }
 
 // ParseOverrides applies flags of the form "ID=HOST:PORT": the first
 // override of an ID replaces its built-in addresses, later ones add to
@@ -124,7 +146,9 @@ func (t *Table) ParseOverrides(specs []string) error {
 	return nil
 }
 
-// Allow adds an allowed address range, such as "127.0.0.0/8" in tests.
+// Allow adds an allowed address range, such as "127.0.0.0/8" in tests, on
+// every port: it is meant for test labs, whose "datacenters" listen on
+// ports of their own.
 func (t *Table) Allow(cidr string) error {
 	p, err := netip.ParsePrefix(cidr)
 	if err != nil {
@@ -134,11 +158,27 @@ func (t *Table) Allow(cidr string) error {
 	return nil
 }
 
-// Allowed reports whether a may be dialled.
-func (t *Table) Allowed(a netip.Addr) bool {
-	a = a.Unmap()
+// Allowed reports whether a may be dialled: an address in Telegram's
+// ranges on one of Telegram's MTProto ports, an overridden DC address on
+// its own port, or an address in a range added with [Table.Allow].
+func (t *Table) Allowed(a netip.AddrPort) bool {
+	ip := a.Addr().Unmap()
+	if ip.Zone() != "" {
+		return false
+	}
+	if t.exact[netip.AddrPortFrom(ip, a.Port())] {
+		return true
+	}
 	for _, p := range t.allow {
-		if p.Contains(a) {
+		if p.Contains(ip) {
+			return true
+		}
+	}
+	if !slices.Contains(telegramPorts, a.Port()) {
+		return false
+	}
+	for _, p := range t.telegram {
+		if p.Contains(ip) {
 			return true
 		}
 	}
@@ -147,13 +187,16 @@ func (t *Table) Allowed(a netip.Addr) bool {
 
 // DC returns the addresses of DC id. Media DCs (negative numbers) use the
 // addresses of the matching positive DC unless the table has an entry of
-// their own.
+// their own. Numbers outside |id| < [MaxID] are unknown.
 func (t *Table) DC(id int32) ([]netip.AddrPort, error) {
-	if a, ok := t.dcs[id]; ok && len(a) > 0 {
+	if !ValidID(id) {
+		return nil, fmt.Errorf("%w: %d", ErrUnknownDC, id)
+	}
+	if a := t.dcs[id]; len(a) > 0 {
 		return slices.Clone(a), nil
 	}
-	if id < 0 {
-		return t.DC(-id)
+	if a := t.dcs[-id]; id < 0 && len(a) > 0 {
+		return slices.Clone(a), nil
 	}
 	return nil, fmt.Errorf("%w: %d", ErrUnknownDC, id)
 }
@@ -166,7 +209,8 @@ func (t *Table) Resolve(ctx context.Context, r *net.Resolver, target transport.T
 		return t.DC(target.DC)
 	}
 	if ip, err := netip.ParseAddr(target.Host); err == nil {
-		if ip.Zone() != "" || !t.Allowed(ip) {
+		ap := netip.AddrPortFrom(ip, target.Port)
+		if !t.Allowed(ap) {
 			return nil, fmt.Errorf("%w: %s", ErrNotAllowed, target)
 		}
 		return []netip.AddrPort{netip.AddrPortFrom(ip.Unmap(), target.Port)}, nil
@@ -180,8 +224,8 @@ func (t *Table) Resolve(ctx context.Context, r *net.Resolver, target transport.T
 	}
 	var out []netip.AddrPort
 	for _, ip := range ips {
-		if t.Allowed(ip) {
-			out = append(out, netip.AddrPortFrom(ip.Unmap(), target.Port))
+		if ap := netip.AddrPortFrom(ip.Unmap(), target.Port); t.Allowed(ap) {
+			out = append(out, ap)
 		}
 	}
 	if len(out) == 0 {
@@ -198,6 +242,10 @@ type Dialer struct {
 	Resolver *net.Resolver
 	// Timeout bounds each connection attempt; zero means 10 seconds.
 	Timeout time.Duration
+	// DialContext, if not nil, makes the connections in place of a
+	// net.Dialer (tests use it to keep every "datacenter" in memory). It
+	// is only ever given addresses the Table allows.
+	DialContext func(ctx context.Context, network, address string) (net.Conn, error)
 }
 
 // Dial connects to target, trying its addresses in order, and returns the
@@ -214,10 +262,15 @@ func (d *Dialer) Dial(ctx context.Context, target transport.Target) (net.Conn, t
 	if timeout <= 0 {
 		timeout = 10 * time.Second
 	}
-	nd := net.Dialer{Timeout: timeout}
+	dial := d.DialContext
+	if dial == nil {
+		dial = (&net.Dialer{}).DialContext
+	}
 	var last error
 	for _, a := range addrs {
-		c, err := nd.DialContext(ctx, "tcp", a.String())
+		actx, cancel := context.WithTimeout(ctx, timeout)
+		c, err := dial(actx, "tcp", a.String())
+		cancel()
 		if err == nil {
 			return c, transport.StatusOK, nil
 		}

@@ -29,7 +29,25 @@ func TestResolve(t *testing.T) {
 		{transport.AddrTarget("149.154.167.99", 443), []string{"149.154.167.99:443"}, nil},
 		{transport.AddrTarget("2001:67c:4e8:f002::b", 80), []string{"[2001:67c:4e8:f002::b]:80"}, nil},
 		{transport.AddrTarget("127.0.0.1", 1), []string{"127.0.0.1:1"}, nil}, // allowed by the override
-		{transport.AddrTarget("127.0.0.1", 22), []string{"127.0.0.1:22"}, nil},
+		{transport.AddrTarget("::ffff:127.0.0.1", 1), []string{"127.0.0.1:1"}, nil},
+		{transport.AddrTarget("::1", 2), []string{"[::1]:2"}, nil},
+		// An override allows its address on its own port, no other.
+		{transport.AddrTarget("127.0.0.1", 22), nil, ErrNotAllowed},
+		{transport.AddrTarget("::ffff:127.0.0.1", 22), nil, ErrNotAllowed},
+		{transport.AddrTarget("::1", 1), nil, ErrNotAllowed},
+		// Telegram's ranges are open on Telegram's MTProto ports only.
+		{transport.AddrTarget("149.154.167.51", 22), nil, ErrNotAllowed},
+		{transport.AddrTarget("149.154.167.51", 5222), []string{"149.154.167.51:5222"}, nil},
+		{transport.AddrTarget("2001:67c:4e8:f002::b", 8080), nil, ErrNotAllowed},
+		// DC numbers outside |id| < 2^15 are unknown, whatever the table
+		// holds; -2^31 has no positive counterpart (it once recursed
+		// until the stack overflowed).
+		{transport.DCTarget(-2147483648), nil, ErrUnknownDC},
+		{transport.DCTarget(2147483647), nil, ErrUnknownDC},
+		{transport.DCTarget(MaxID), nil, ErrUnknownDC},
+		{transport.DCTarget(-MaxID), nil, ErrUnknownDC},
+		{transport.DCTarget(-10004), []string{"127.0.0.2:3"}, nil},
+		{transport.DCTarget(-7), nil, ErrUnknownDC},
 		{transport.AddrTarget("127.0.0.3", 80), nil, ErrNotAllowed},
 		{transport.AddrTarget("8.8.8.8", 53), nil, ErrNotAllowed},
 		{transport.AddrTarget("::ffff:8.8.8.8", 53), nil, ErrNotAllowed},
@@ -67,7 +85,7 @@ func TestBuiltinAddressesAreInRanges(t *testing.T) {
 	tab := New()
 	for id, addrs := range builtin {
 		for _, a := range addrs {
-			if !tab.Allowed(netip.MustParseAddr(a)) {
+			if !tab.Allowed(netip.AddrPortFrom(netip.MustParseAddr(a), Port)) {
 				t.Errorf("DC %d address %s is outside Telegram's ranges", id, a)
 			}
 		}
@@ -112,4 +130,33 @@ func TestDialer(t *testing.T) {
 	if _, st, err := d.Dial(context.Background(), transport.AddrTarget("10.1.2.3", 443)); !errors.Is(err, ErrNotAllowed) || st != transport.StatusNotAllowed {
 		t.Errorf("outside address: status %v, err %v", st, err)
 	}
+}
+
+func TestOverrideRefusesBadIDs(t *testing.T) {
+	for _, spec := range []string{"0=127.0.0.1:1", "32768=127.0.0.1:1", "-32768=127.0.0.1:1", "-2147483648=127.0.0.1:1"} {
+		if err := New().ParseOverrides([]string{spec}); err == nil {
+			t.Errorf("%s: accepted", spec)
+		}
+	}
+}
+
+// FuzzDC checks that no DC number, valid or not, crashes a lookup, and
+// that only numbers within |id| < MaxID ever resolve.
+func FuzzDC(f *testing.F) {
+	for _, id := range []int32{1, -2, 203, 10002, -10002, 0, -1 << 31, 1<<31 - 1, MaxID, -MaxID} {
+		f.Add(id)
+	}
+	tab := New()
+	if err := tab.ParseOverrides([]string{"-3=127.0.0.1:5", "10004=127.0.0.2:3"}); err != nil {
+		f.Fatal(err)
+	}
+	f.Fuzz(func(t *testing.T, id int32) {
+		addrs, err := tab.DC(id)
+		if err == nil && !ValidID(id) {
+			t.Fatalf("DC %d resolved to %v", id, addrs)
+		}
+		if err == nil && len(addrs) == 0 {
+			t.Fatalf("DC %d: no addresses and no error", id)
+		}
+	})
 }
