@@ -37,9 +37,10 @@
 // port, under the same key and limits); --mtproxy-secret keeps a secret the
 // person already has (hex or base64url).
 //
-// --dc and --allow exist for test labs: they point a datacenter number at
-// another address and allow extra target ranges. On a real relay leave them
-// out: the built-in table allows only Telegram.
+// --dc and --allow exist for test labs: --dc points a datacenter number at
+// another address (allowed on that port only), --allow adds a target range
+// (every port). On a real relay leave them out: the built-in table allows
+// only Telegram's ranges, on Telegram's MTProto ports.
 package main
 
 import (
