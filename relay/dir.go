@@ -2,15 +2,18 @@ package relay
 
 import (
 	"bytes"
+	"context"
 	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"net/url"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/merpati/merpati/relay/access"
 	"github.com/merpati/merpati/relay/dc"
@@ -107,8 +110,75 @@ func (s *Settings) table() (*dc.Table, error) {
 		if err := t.Allow(a); err != nil {
 			return nil, fmt.Errorf("settings: %w", err)
 		}
+		if p, _ := netip.ParsePrefix(a); tooWide(p) {
+			return nil, fmt.Errorf("settings: allow %q lets every key holder use the relay as an open proxy to %s, "+
+				"the relay's own services and its provider's network included; remove it from %s "+
+				"(allow is for test labs: name the lab's range, such as 10.201.100.0/24)", a, reach(p), SettingsFile)
+		}
 	}
 	return t, nil
+}
+
+// Limits on Settings.Allow ranges: wider than the refusal limit is an open
+// proxy and refused; wider than the warning limit is reported by
+// [Settings.Warnings].
+const (
+	refuseAllowBits4, refuseAllowBits6 = 8, 16
+	warnAllowBits4, warnAllowBits6     = 16, 48
+)
+
+func tooWide(p netip.Prefix) bool {
+	if p.Addr().Is4() {
+		return p.Bits() < refuseAllowBits4
+	}
+	return p.Bits() < refuseAllowBits6
+}
+
+// reach describes the addresses p opens.
+func reach(p netip.Prefix) string {
+	if p.Bits() == 0 {
+		return "the whole Internet"
+	}
+	return fmt.Sprintf("%s (every port)", p.Masked())
+}
+
+// Warnings returns what is unwise, though allowed, in s, each with how to
+// fix it: ranges in Allow that are huge, or that reach the relay's own
+// machine (loopback), private networks or link-local addresses (cloud
+// metadata services).
+func (s *Settings) Warnings() []string {
+	var out []string
+	for _, a := range s.Allow {
+		p, err := netip.ParsePrefix(a)
+		if err != nil {
+			continue
+		}
+		p = p.Masked()
+		fix := fmt.Sprintf("allow is for test labs only: remove it from %s on a real relay", SettingsFile)
+		if (p.Addr().Is4() && p.Bits() < warnAllowBits4) || (p.Addr().Is6() && p.Bits() < warnAllowBits6) {
+			out = append(out, fmt.Sprintf("allow %q opens %s to every key holder; %s, or narrow it", a, reach(p), fix))
+			continue
+		}
+		for _, sp := range []struct {
+			prefix netip.Prefix
+			what   string
+		}{
+			{netip.MustParsePrefix("127.0.0.0/8"), "services on the relay's own machine (loopback)"},
+			{netip.MustParsePrefix("::1/128"), "services on the relay's own machine (loopback)"},
+			{netip.MustParsePrefix("169.254.0.0/16"), "link-local addresses, such as the cloud metadata service"},
+			{netip.MustParsePrefix("fe80::/10"), "link-local addresses"},
+			{netip.MustParsePrefix("10.0.0.0/8"), "private networks"},
+			{netip.MustParsePrefix("172.16.0.0/12"), "private networks"},
+			{netip.MustParsePrefix("192.168.0.0/16"), "private networks"},
+			{netip.MustParsePrefix("fc00::/7"), "private networks"},
+		} {
+			if p.Overlaps(sp.prefix) {
+				out = append(out, fmt.Sprintf("allow %q lets every key holder reach %s; %s", a, sp.what, fix))
+				break
+			}
+		}
+	}
+	return out
 }
 
 // A Dir is a loaded relay directory.
@@ -179,6 +249,55 @@ func LoadDir(dir string) (*Dir, error) {
 		return nil, err
 	}
 	return d, nil
+}
+
+// Check looks at the relay directory as [Run] is about to serve it. It
+// returns an error for what must not be served (secrets other users of the
+// machine can read or change) and warnings, each saying how to fix it, for
+// what is only unwise.
+func (d *Dir) Check() (warnings []string, err error) {
+	for _, f := range []struct{ name, what string }{
+		{KeyFile, "the relay's private key (whoever has it can pose as this relay)"},
+		{KeysFile, "every access key (whoever has them can use, or share, this relay)"},
+	} {
+		path := filepath.Join(d.Path, f.name)
+		fi, err := os.Stat(path)
+		if err != nil {
+			if errors.Is(err, os.ErrNotExist) {
+				continue // a missing keys file is the keyring's to report
+			}
+			return nil, fmt.Errorf("check %s: %w", path, err)
+		}
+		switch mode := fi.Mode().Perm(); {
+		case mode&0o007 != 0:
+			return nil, fmt.Errorf("%s holds %s and every user of this machine can access it (mode %04o); fix it with: chmod 600 %s",
+				path, f.what, mode, path)
+		case mode&0o070 != 0:
+			warnings = append(warnings, fmt.Sprintf("%s holds %s and its group can access it (mode %04o); fix it with: chmod 600 %s",
+				path, f.what, mode, path))
+		}
+	}
+	return append(warnings, d.Settings.Warnings()...), nil
+}
+
+// CheckCover makes one TLS connection to the cover site, as a prober's
+// would be forwarded, and reports why it failed: a relay whose cover site
+// is down closes every probe right after its ClientHello, which gives the
+// relay away. The certificate is not checked (a lab's cover may have its
+// own); the handshake is.
+func (d *Dir) CheckCover(ctx context.Context) error {
+	addr, err := d.Settings.CoverAddr()
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	dialer := tls.Dialer{Config: &tls.Config{ServerName: d.Settings.ServerName(), InsecureSkipVerify: true}}
+	c, err := dialer.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return fmt.Errorf("cover site %s (%s): %w", d.Settings.Cover, addr, err)
+	}
+	return c.Close()
 }
 
 // KeysPath returns the path of the keys file.

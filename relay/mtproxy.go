@@ -29,8 +29,9 @@ const mtproxyHandshakeTimeout = 20 * time.Second
 // the connection to the cover site.
 //
 // Once the hello is accepted there is no way back to the cover site (the
-// server hello has been sent): failures just close the connection.
-func (r *Relay) serveMTProxy(ctx context.Context, c net.Conn, br *bufio.Reader, rec []byte) bool {
+// server hello has been sent): failures just close the connection. authed
+// is called once the connection is accepted, before that.
+func (r *Relay) serveMTProxy(ctx context.Context, c net.Conn, br *bufio.Reader, rec []byte, authed func()) bool {
 	h, err := mtproxy.ParseClientHello(rec)
 	if err != nil {
 		return false
@@ -45,13 +46,20 @@ func (r *Relay) serveMTProxy(ctx context.Context, c net.Conn, br *bufio.Reader, 
 		return false
 	}
 	log := r.log.With("transport", "mtproxy", "key", u.Name())
-	if u.OverQuota() || !u.AcquireStream() {
-		// An app over its limits looks, to anyone watching, like a
-		// wrong secret: the cover site.
-		log.Info("MTProxy connection refused: key over its limits")
+	// An app over its limits looks, to anyone watching, like a wrong
+	// secret: the cover site. Each connection is one stream of its key.
+	if u.OverQuota() {
+		r.warns.keyInfo(r.log, u.Name(), "MTProxy connection refused: key over its byte quota (quota_bytes)",
+			"quota", u.Entry().QuotaBytes)
+		return false
+	}
+	if !u.AcquireStream() {
+		r.warns.keyInfo(r.log, u.Name(), "MTProxy connection refused: key at its stream limit (max_streams)",
+			"limit", u.Entry().StreamLimit())
 		return false
 	}
 	defer u.ReleaseStream()
+	authed()
 	untrack, ok := u.Track(c)
 	defer untrack()
 	if !ok {
@@ -67,7 +75,19 @@ func (r *Relay) serveMTProxy(ctx context.Context, c net.Conn, br *bufio.Reader, 
 		return true
 	}
 	log = log.With("dc", in.DC)
+	wctx, wcancel := context.WithTimeout(ctx, r.cfg.DialTimeout)
+	err = u.AcquireDial(wctx, r.cfg.MaxDialsPerKey)
+	wcancel()
+	if err != nil {
+		if ctx.Err() != nil {
+			return true
+		}
+		r.warns.keyInfo(r.log, u.Name(), "MTProxy connection closed: too many of the key's streams waiting on a dial",
+			"limit", r.cfg.MaxDialsPerKey)
+		return true
+	}
 	up, _, err := r.dialer.Dial(ctx, transport.DCTarget(int32(in.DC)))
+	u.ReleaseDial()
 	if err != nil {
 		log.Debug("MTProxy dial failed", "err", err)
 		return true

@@ -37,12 +37,17 @@ func (r *Relay) ServeQUIC(ctx context.Context, pc net.PacketConn) error {
 				r.warns.warn(r.log, "replayed token sent to cover site", "transport", "quic", "key", u.Name())
 				return nil, false
 			}
-			untrack, ok := u.Track(conn)
-			context.AfterFunc(cctx, untrack)
-			if ok {
-				r.log.Debug("session opened", "transport", "quic", "key", u.Name())
+			untrack, err := u.TrackSession(conn)
+			if err != nil {
+				// A key holder is told plainly: the connection
+				// closes, rather than showing it the cover site.
+				r.refuseSession(u, "quic", err)
+				conn.Close()
+				return nil, false
 			}
-			return u, ok
+			context.AfterFunc(cctx, untrack)
+			r.log.Debug("session opened", "transport", "quic", "key", u.Name())
+			return u, true
 		},
 		ServeStream: func(sctx context.Context, st transport.Stream, peer any) {
 			r.serveStream(sctx, st, peer.(*access.User))

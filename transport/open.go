@@ -222,27 +222,32 @@ func readPadding(r io.Reader) (int, error) {
 type Status byte
 
 // Statuses. Values other than StatusOK mean the relay closes the stream
-// after the reply.
+// after the reply. Each limit of an access key has its own status, so a
+// client (and its user) can tell which one was hit.
 const (
-	StatusOK          Status = 0 // connected; bytes follow
-	StatusFailure     Status = 1 // unspecified relay failure
-	StatusNotAllowed  Status = 2 // target is not a Telegram datacenter
-	StatusUnreachable Status = 3 // network or host unreachable
-	StatusRefused     Status = 4 // connection refused by the target
-	StatusTimeout     Status = 5 // target did not answer in time
-	StatusQuota       Status = 6 // the access key is over its quota
-	StatusBadRequest  Status = 7 // the open request was malformed
+	StatusOK             Status = 0 // connected; bytes follow
+	StatusFailure        Status = 1 // unspecified relay failure
+	StatusNotAllowed     Status = 2 // target is not a Telegram datacenter
+	StatusUnreachable    Status = 3 // network or host unreachable
+	StatusRefused        Status = 4 // connection refused by the target
+	StatusTimeout        Status = 5 // target did not answer in time
+	StatusQuota          Status = 6 // the access key is over its byte quota
+	StatusBadRequest     Status = 7 // the open request was malformed, or too much data came before the reply
+	StatusTooManyStreams Status = 8 // the access key has as many open streams as its stream limit allows
+	StatusTooManyDials   Status = 9 // too many of the access key's streams are already waiting on a dial
 )
 
 var statusText = [...]string{
-	StatusOK:          "ok",
-	StatusFailure:     "relay failure",
-	StatusNotAllowed:  "target not allowed (not a Telegram datacenter)",
-	StatusUnreachable: "target unreachable",
-	StatusRefused:     "connection refused by target",
-	StatusTimeout:     "target timed out",
-	StatusQuota:       "access key over quota",
-	StatusBadRequest:  "malformed open request",
+	StatusOK:             "ok",
+	StatusFailure:        "relay failure",
+	StatusNotAllowed:     "target not allowed (not a Telegram datacenter)",
+	StatusUnreachable:    "target unreachable",
+	StatusRefused:        "connection refused by target",
+	StatusTimeout:        "target timed out",
+	StatusQuota:          "access key over its byte quota",
+	StatusBadRequest:     "malformed open request",
+	StatusTooManyStreams: "access key at its limit of open streams",
+	StatusTooManyDials:   "access key has too many streams waiting on a dial",
 }
 
 // String describes s.

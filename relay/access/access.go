@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strings"
 	"time"
 
 	"github.com/merpati/merpati/transport/auth"
@@ -31,7 +32,18 @@ type Entry struct {
 	// QuotaBytes caps the bytes relayed for this key (both directions);
 	// zero means no cap.
 	QuotaBytes int64 `json:"quota_bytes,omitempty"`
-	// MaxConns caps concurrent streams; zero means no cap.
+	// MaxSessions caps the key's concurrent carrier sessions (TLS or
+	// QUIC connections that authenticated with it); zero means
+	// [DefaultMaxSessions]. A session over the cap is refused.
+	MaxSessions int `json:"max_sessions,omitempty"`
+	// MaxStreams caps the key's concurrent streams (each a Telegram
+	// connection, direct MTProxy connections included), counted from the
+	// moment a stream opens; zero means MaxConns if that is set, else
+	// [DefaultMaxStreams].
+	MaxStreams int `json:"max_streams,omitempty"`
+	// MaxConns is the former name of MaxStreams (it always capped
+	// streams, not connections), still honoured when MaxStreams is zero.
+	// New keys set MaxStreams instead.
 	MaxConns int `json:"max_conns,omitempty"`
 	// Expires, if set, is when the key stops working.
 	Expires time.Time `json:"expires,omitzero"`
@@ -57,6 +69,10 @@ var (
 	ErrExists = errors.New("access: key name already exists")
 	// ErrNotFound means no key has that name.
 	ErrNotFound = errors.New("access: no such key")
+	// ErrEmptyFile means a keys file holds nothing at all, not even
+	// {"keys": []}: a truncated file, which a running relay refuses to
+	// reload.
+	ErrEmptyFile = errors.New("access: keys file is empty")
 )
 
 var nameRE = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)
@@ -64,15 +80,25 @@ var nameRE = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)
 // ValidName reports whether name can name a key.
 func ValidName(name string) bool { return nameRE.MatchString(name) }
 
-// Load reads a keys file. A missing file is an empty key list. Unknown
-// fields, duplicate names or keys, and invalid entries are errors.
+// Load reads a keys file. A missing file is an empty key list (what init
+// and a first `link add` start from). Unknown fields, duplicate names or
+// keys, and invalid entries are errors.
 func Load(path string) ([]Entry, error) {
-	b, err := os.ReadFile(path)
+	entries, err := load(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil
 	}
+	return entries, err
+}
+
+// load is Load with a missing file an error wrapping [os.ErrNotExist].
+func load(path string) ([]Entry, error) {
+	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("read keys: %w", err)
+	}
+	if len(bytes.TrimSpace(b)) == 0 {
+		return nil, fmt.Errorf("keys %s: %w", path, ErrEmptyFile)
 	}
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
@@ -93,7 +119,7 @@ func Load(path string) ([]Entry, error) {
 			return nil, fmt.Errorf("keys %s entry %q: %w", path, e.Name, ErrExists)
 		case keys[e.Key]:
 			return nil, fmt.Errorf("keys %s entry %q: key shared with another entry", path, e.Name)
-		case e.QuotaBytes < 0 || e.MaxConns < 0:
+		case e.QuotaBytes < 0 || e.MaxConns < 0 || e.MaxSessions < 0 || e.MaxStreams < 0:
 			return nil, fmt.Errorf("keys %s entry %q: negative limit", path, e.Name)
 		case !e.MTProxySecret.IsZero() && mtkeys[e.MTProxySecret]:
 			return nil, fmt.Errorf("keys %s entry %q: MTProxy secret shared with another entry", path, e.Name)
@@ -104,8 +130,21 @@ func Load(path string) ([]Entry, error) {
 }
 
 // Save writes entries to path atomically (write to a temporary file, then
-// rename) with mode 0600.
+// rename) with mode 0600, under the file's lock (see [LockFile]). To
+// change the keys, use [Update]: Save alone would overwrite what another
+// process added since the entries were read.
 func Save(path string, entries []Entry) error {
+	unlock, err := LockFile(path)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	RemoveStaleTemps(path)
+	return save(path, entries)
+}
+
+// save is Save without the lock.
+func save(path string, entries []Entry) error {
 	if entries == nil {
 		entries = []Entry{}
 	}
@@ -114,6 +153,83 @@ func Save(path string, entries []Entry) error {
 		return err
 	}
 	return WriteFileAtomic(path, append(b, '\n'), 0o600)
+}
+
+// Update changes the keys file at path: it takes the file's lock (see
+// [LockFile]), reads the entries (a missing file has none), and saves what
+// edit returns, unless edit fails. So concurrent updates, from any number
+// of processes, never lose each other's changes. It also removes the
+// temporary files of writers that were killed mid-write.
+func Update(path string, edit func([]Entry) ([]Entry, error)) error {
+	unlock, err := LockFile(path)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	RemoveStaleTemps(path)
+	entries, err := Load(path)
+	if err != nil {
+		return err
+	}
+	entries, err = edit(entries)
+	if err != nil {
+		return err
+	}
+	return save(path, entries)
+}
+
+// lockWait bounds how long [LockFile] waits for another holder.
+const lockWait = 30 * time.Second
+
+// LockFile takes the exclusive lock that guards read-modify-writes of the
+// file at path, waiting up to 30 seconds for another process or goroutine
+// to release it, and returns the function that releases it. The lock is an
+// advisory flock(2) on ".NAME.lock" beside the file (NAME being path's
+// base name), which is left in place; the kernel releases it if the holder
+// dies.
+func LockFile(path string) (unlock func(), err error) {
+	lp := filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".lock")
+	f, err := os.OpenFile(lp, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("lock %s: %w", path, err)
+	}
+	deadline := time.Now().Add(lockWait)
+	for delay := time.Millisecond; ; delay = min(2*delay, 50*time.Millisecond) {
+		ok, err := tryLock(f)
+		if err != nil {
+			f.Close()
+			return nil, fmt.Errorf("lock %s: %w", path, err)
+		}
+		if ok {
+			return func() { f.Close() }, nil // closing the file releases the lock
+		}
+		if time.Now().After(deadline) {
+			f.Close()
+			return nil, fmt.Errorf("lock %s: %s held by another process for over %v", path, lp, lockWait)
+		}
+		time.Sleep(delay)
+	}
+}
+
+// RemoveStaleTemps removes the temporary files ".NAME.<digits>" that
+// [WriteFileAtomic] leaves beside path (NAME being its base name) when its
+// writer is killed before the rename; they may hold keys revoked since.
+// Call it only under the file's lock ([LockFile]), so that no writer is
+// using them. Other dot files, such as an editor's ".NAME.swp", are left
+// alone.
+func RemoveStaleTemps(path string) {
+	dir, prefix := filepath.Dir(path), "."+filepath.Base(path)+"."
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return
+	}
+	for _, e := range ents {
+		rest, ok := strings.CutPrefix(e.Name(), prefix)
+		if !ok || rest == "" || strings.Trim(rest, "0123456789") != "" || !e.Type().IsRegular() {
+			continue
+		}
+		os.Remove(filepath.Join(dir, e.Name()))
+	}
 }
 
 // WriteFileAtomic writes data to a temporary file beside path and renames
@@ -148,45 +264,44 @@ func WriteFileAtomic(path string, data []byte, perm os.FileMode) error {
 // Add creates a key named name in the keys file at path and returns it.
 // The entry's limits, and its MTProxy secret if not zero, come from limits;
 // the key, the creation time and (when limits has none) a random MTProxy
-// secret are new.
+// secret are new. It is safe to run concurrently with other changes to the
+// file ([Update]).
 func Add(path, name string, limits Entry) (Entry, error) {
 	if !ValidName(name) {
 		return Entry{}, ErrName
-	}
-	entries, err := Load(path)
-	if err != nil {
-		return Entry{}, err
-	}
-	for _, e := range entries {
-		if e.Name == name {
-			return Entry{}, fmt.Errorf("%w: %s", ErrExists, name)
-		}
-		if !limits.MTProxySecret.IsZero() && e.MTProxySecret == limits.MTProxySecret {
-			return Entry{}, fmt.Errorf("access: MTProxy secret already used by key %q", e.Name)
-		}
 	}
 	e := limits
 	e.Name, e.Key, e.Created = name, auth.NewKey(), time.Now().UTC().Truncate(time.Second)
 	if e.MTProxySecret.IsZero() {
 		e.MTProxySecret = mtproxy.NewKey()
 	}
-	if err := Save(path, append(entries, e)); err != nil {
+	err := Update(path, func(entries []Entry) ([]Entry, error) {
+		for _, o := range entries {
+			if o.Name == name {
+				return nil, fmt.Errorf("%w: %s", ErrExists, name)
+			}
+			if o.MTProxySecret == e.MTProxySecret {
+				return nil, fmt.Errorf("access: MTProxy secret already used by key %q", o.Name)
+			}
+		}
+		return append(entries, e), nil
+	})
+	if err != nil {
 		return Entry{}, err
 	}
 	return e, nil
 }
 
 // Revoke removes the key named name from the keys file at path. A running
-// relay drops it, and closes its sessions, at its next reload.
+// relay drops it, and closes its sessions, at its next reload. It is safe
+// to run concurrently with other changes to the file ([Update]).
 func Revoke(path, name string) error {
-	entries, err := Load(path)
-	if err != nil {
-		return err
-	}
-	for i, e := range entries {
-		if e.Name == name {
-			return Save(path, append(entries[:i:i], entries[i+1:]...))
+	return Update(path, func(entries []Entry) ([]Entry, error) {
+		for i, e := range entries {
+			if e.Name == name {
+				return append(entries[:i:i], entries[i+1:]...), nil
+			}
 		}
-	}
-	return fmt.Errorf("%w: %s", ErrNotFound, name)
+		return nil, fmt.Errorf("%w: %s", ErrNotFound, name)
+	})
 }

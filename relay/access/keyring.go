@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -47,13 +48,31 @@ type fileStamp struct {
 	size int64
 }
 
+// UsageSaveInterval is how often a watching [Keyring] saves changed usage
+// ([Keyring.Watch]): a relay killed outright (kill -9, power loss) loses
+// at most this much of its counting. It also saves when it stops.
+const UsageSaveInterval = 5 * time.Second
+
 // NewKeyring loads the keys file at path. usagePath, if not empty, is where
 // byte counts are kept across restarts. A nil logger discards.
+//
+// A missing keys file, or one with no keys, is loaded as no keys (the relay
+// then serves nobody), with an error logged that says how to add one.
+// Temporary files left by killed writers of either file are removed.
 func NewKeyring(path, usagePath string, log *slog.Logger) (*Keyring, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	k := &Keyring{path: path, usagePath: usagePath, log: log, users: make(map[string]*User)}
+	if unlock, err := LockFile(path); err == nil {
+		RemoveStaleTemps(path)
+		if usagePath != "" {
+			RemoveStaleTemps(usagePath)
+		}
+		unlock()
+	} else {
+		log.Warn("stale temporary files not removed", "err", err)
+	}
 	if usagePath != "" {
 		if b, err := os.ReadFile(usagePath); err == nil {
 			var used map[string]int64
@@ -66,23 +85,41 @@ func NewKeyring(path, usagePath string, log *slog.Logger) (*Keyring, error) {
 			}
 		}
 	}
-	if _, err := k.Reload(); err != nil {
+	n, err := k.reload(true)
+	if err != nil {
 		return nil, err
+	}
+	if n == 0 {
+		log.Error("no access keys: this relay serves nobody; add one with: merpati-relay link add NAME --dir DIR",
+			"keys_file", path)
 	}
 	return k, nil
 }
 
 // Reload re-reads the keys file. Keys that were removed are revoked: their
 // sessions are closed. It reports how many keys are now active.
-func (k *Keyring) Reload() (int, error) {
+//
+// A missing or empty file (zero bytes, as a crashed editor or a mistaken
+// "> keys.json" leaves) is refused with an error and the loaded keys stay
+// in force: revoking everyone takes a file that says so, {"keys": []},
+// which is what revoking the last key writes. So does a file that does not
+// parse.
+func (k *Keyring) Reload() (int, error) { return k.reload(false) }
+
+func (k *Keyring) reload(initial bool) (int, error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	if fi, err := os.Stat(k.path); err == nil {
 		k.stat = fileStamp{fi.ModTime(), fi.Size()}
 	}
-	entries, err := Load(k.path)
+	entries, err := load(k.path)
+	if initial && (errors.Is(err, os.ErrNotExist) || errors.Is(err, ErrEmptyFile)) {
+		entries, err = nil, nil
+	}
 	if err != nil {
-		return 0, err // keep the keys we had: a half-edited file must not lock everyone out
+		// Keep the keys we had: a half-edited or deleted file must not
+		// lock everyone out.
+		return 0, fmt.Errorf("%w; keeping the %d keys loaded", err, k.active())
 	}
 	snap := &snapshot{}
 	keep := make(map[string]bool)
@@ -120,17 +157,32 @@ func (k *Keyring) Reload() (int, error) {
 			}
 		}
 	}
+	if !initial && len(snap.users) == 0 && k.active() > 0 {
+		k.log.Error("keys file has no keys: every key revoked, this relay now serves nobody", "keys_file", k.path)
+	}
 	k.snap.Store(snap)
 	return len(snap.users), nil
 }
 
+// active returns the number of keys in force.
+func (k *Keyring) active() int {
+	if s := k.snap.Load(); s != nil {
+		return len(s.users)
+	}
+	return 0
+}
+
 // Watch polls the keys file every interval and reloads it when its
-// modification time or size changes; it also saves usage. It returns when
-// ctx is done, after a last save.
+// modification time or size changes, and saves usage every
+// [UsageSaveInterval] when it changed. It returns when ctx is done, after
+// a last save: to keep every byte counted, cancel ctx only once the
+// sessions have ended.
 func (k *Keyring) Watch(ctx context.Context, interval time.Duration) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	lastSave := time.Now()
+	var saved map[string]int64 // what the last save wrote; nil: none yet
+	missing := false
 	for {
 		select {
 		case <-ctx.Done():
@@ -139,18 +191,30 @@ func (k *Keyring) Watch(ctx context.Context, interval time.Duration) {
 		case <-t.C:
 		}
 		fi, err := os.Stat(k.path)
+		if errors.Is(err, os.ErrNotExist) {
+			if !missing {
+				k.log.Error("keys file missing; keeping the keys loaded (restore it, or revoke keys with merpati-relay link revoke)",
+					"keys_file", k.path, "keys", k.active())
+			}
+			missing = true
+		} else {
+			missing = false
+		}
 		k.mu.Lock()
 		changed := err == nil && (fileStamp{fi.ModTime(), fi.Size()}) != k.stat
 		k.mu.Unlock()
 		if changed {
 			if n, err := k.Reload(); err != nil {
-				k.log.Warn("keys file not reloaded", "err", err)
+				k.log.Error("keys file not reloaded", "err", err)
 			} else {
 				k.log.Info("keys reloaded", "keys", n)
 			}
 		}
-		if time.Since(lastSave) >= 30*time.Second {
-			k.saveUsage()
+		if time.Since(lastSave) >= UsageSaveInterval {
+			if now := k.Usage(); !maps.Equal(now, saved) {
+				k.saveUsage()
+				saved = now
+			}
 			lastSave = time.Now()
 		}
 	}
@@ -165,13 +229,25 @@ func (k *Keyring) Usage() map[string]int64 {
 	return out
 }
 
+// saveUsage writes the usage file under the keys file's lock, the lock
+// every writer of the relay directory's key state takes.
 func (k *Keyring) saveUsage() {
 	if k.usagePath == "" {
 		return
 	}
-	b, _ := json.Marshal(k.Usage())
+	b, err := json.Marshal(k.Usage())
+	if err != nil {
+		k.log.Error("usage not saved", "err", err)
+		return
+	}
+	if unlock, err := LockFile(k.path); err != nil {
+		k.log.Warn("saving usage without the keys file's lock", "err", err)
+	} else {
+		defer unlock()
+		RemoveStaleTemps(k.usagePath)
+	}
 	if err := WriteFileAtomic(k.usagePath, b, 0o600); err != nil {
-		k.log.Warn("usage not saved", "err", err)
+		k.log.Error("usage not saved", "err", err)
 	}
 }
 

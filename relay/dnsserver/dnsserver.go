@@ -41,6 +41,19 @@
 // learned only from an index answer), so a bucket change in the middle of
 // a fetch never mixes lists.
 //
+// # Response rate limiting
+//
+// Over UDP an answer is up to 14 times larger than its query, so a server
+// that answered everything would amplify floods sent with a victim's
+// address as source. As BIND's RRL does, the server answers each requester
+// network (IPv4 /24, IPv6 /56) at most [Config.RateLimit] times a second
+// (default 20, with a burst of one second's worth) and drops the rest,
+// except that every [Config.Slip]-th (default 2nd) is answered with an
+// empty truncated answer: a real resolver in that network then asks again
+// over TCP, which is not limited and which a spoofed source cannot use.
+// A client fetching a list needs a handful of queries, and resolvers
+// cache the answers.
+//
 // The server is authoritative only: no recursion (RA clear), AA set,
 // REFUSED outside the zone, NXDOMAIN or NODATA with the SOA in the
 // authority section (RFC 2308), as recursive resolvers such as unbound
@@ -93,6 +106,24 @@ type Config struct {
 	// ChunkTTL is the TTL of chunk, SOA, NS and glue records; zero means
 	// 1 hour.
 	ChunkTTL time.Duration
+	// RateLimit is how many UDP responses per second one requester
+	// network (IPv4 /24, IPv6 /56) gets, with a burst of one second's
+	// worth, as with BIND's response rate limiting (RRL): a 63-byte query
+	// draws about 900 bytes, which a flood with a spoofed source would
+	// otherwise turn on its victim. Zero means [DefaultRateLimit] (20);
+	// negative turns the limit off. TCP is never limited.
+	RateLimit int
+	// Slip is how often a response over the limit is sent all the same as
+	// a truncated answer with no records (TC set, no larger than the
+	// query), so that a real resolver in a limited network retries over
+	// TCP: every Slip-th one, the others being dropped. Zero means
+	// [DefaultSlip] (2); negative means never.
+	Slip int
+	// RateLimitExempt lists requester networks never rate-limited. Nil
+	// means loopback (127.0.0.0/8, ::1), where a resolver on the same
+	// machine sends from and which a spoofed packet cannot come from; an
+	// empty, non-nil list exempts nobody.
+	RateLimitExempt []netip.Prefix
 	// Now returns the current time; nil means time.Now.
 	Now func() time.Time
 	// Logger receives the server's logs; nil discards. Requester
@@ -108,6 +139,7 @@ type Server struct {
 	ns   []string
 	log  *slog.Logger
 	pub  atomic.Pointer[published]
+	rrl  *limiter // nil: no rate limit
 }
 
 // published is one set of lists as served.
@@ -146,7 +178,19 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	if cfg.RateLimit == 0 {
+		cfg.RateLimit = DefaultRateLimit
+	}
+	if cfg.Slip == 0 {
+		cfg.Slip = DefaultSlip
+	}
+	if cfg.RateLimitExempt == nil {
+		cfg.RateLimitExempt = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")}
+	}
 	s := &Server{cfg: cfg, zone: zone, log: cfg.Logger}
+	if cfg.RateLimit > 0 {
+		s.rrl = newLimiter(cfg.RateLimit, max(cfg.Slip, 0), cfg.RateLimitExempt)
+	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
@@ -210,9 +254,31 @@ func (s *Server) SetLists(lists [][]byte) error {
 // Zone returns the zone served, as a canonical FQDN.
 func (s *Server) Zone() string { return s.zone }
 
-// ServeDNS answers one query; it implements [dns.Handler].
+// ServeDNS answers one query, within the UDP response rate limit
+// ([Config.RateLimit]); it implements [dns.Handler].
 func (s *Server) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
-	_, udp := w.RemoteAddr().(*net.UDPAddr)
+	ua, udp := w.RemoteAddr().(*net.UDPAddr)
+	if udp && s.rrl != nil {
+		now := s.cfg.Now()
+		v := s.rrl.check(ua.AddrPort().Addr(), now)
+		if v != verdictSend {
+			if n := s.rrl.report(now); n > 0 {
+				s.log.Info("DNS responses rate-limited", "responses", n)
+			}
+		}
+		switch v {
+		case verdictDrop:
+			return
+		case verdictSlip:
+			m := new(dns.Msg)
+			m.SetReply(req)
+			m.Truncated = true
+			if err := w.WriteMsg(m); err != nil {
+				s.log.Debug("write answer", "err", err)
+			}
+			return
+		}
+	}
 	m := s.Answer(req, w.RemoteAddr(), udp)
 	if err := w.WriteMsg(m); err != nil {
 		s.log.Debug("write answer", "err", err)

@@ -9,6 +9,7 @@ package main
 //	merpati-relay list sign --key FILE --in relays.json --seq N [--ttl 168h] --out list.bin [--buckets N --per-bucket K]
 //	merpati-relay list show --in list.bin [--lk PUBKEY]
 //	merpati-relay dns --zone ZONE --list FILE [--list FILE]... [--listen ADDR] [--ns NAME]... [--ns-addr IP]... [--period 24h]
+//	                  [--rate-limit 20] [--slip 2]
 //
 // keygen makes the ed25519 list key (PKCS #8 PEM, mode 0600) and prints
 // its public half, the lk= value of share links. Keep it away from relays
@@ -27,7 +28,10 @@ package main
 // dns serves the lists under ZONE on UDP and TCP at ADDR (default :53):
 // delegate ZONE to this server (NS record at the parent, pointing at a name
 // with the server's address, given here as --ns and --ns-addr). SIGHUP
-// reloads the list files.
+// reloads the list files. UDP answers are rate-limited per requester
+// network (--rate-limit per second, default 20; every --slip-th answer over
+// it, default the 2nd, is an empty truncated one that sends real resolvers
+// to TCP), so the server cannot amplify floods at a spoofed address.
 
 import (
 	"context"
@@ -216,6 +220,13 @@ func listAdd(in, linkStr, linkFile, dir, name string, stdout io.Writer) error {
 	}
 	// The list carries its own bootstrap settings; drop the link's.
 	l.Bootstrap, l.ListKey = nil, nil
+	// Concurrent adds must not lose each other's relays.
+	unlock, err := access.LockFile(in)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	access.RemoveStaleTemps(in)
 	rf, err := readRelays(in)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
@@ -303,6 +314,8 @@ func cmdDNS(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.Var(&ns, "ns", "name server name for the zone's NS record (repeatable; default ns.ZONE)")
 	fs.Var(&nsAddrs, "ns-addr", "address served for in-zone NS names (repeatable)")
 	period := fs.Duration("period", 24*time.Hour, "how long a network stays in one bucket")
+	rateLimit := fs.Int("rate-limit", dnsserver.DefaultRateLimit, "UDP responses per second per requester network (/24, /56); negative: no limit")
+	slip := fs.Int("slip", dnsserver.DefaultSlip, "answer every Nth rate-limited UDP query with an empty truncated answer (retry over TCP); negative: never")
 	level := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	format := fs.String("log-format", "text", "log format: text or json")
 	if _, err := parse(fs, args); err != nil {
@@ -338,7 +351,8 @@ func cmdDNS(ctx context.Context, args []string, stderr io.Writer) error {
 		}
 		addrs = append(addrs, ip)
 	}
-	s, err := dnsserver.New(dnsserver.Config{Zone: *zone, Lists: data, NS: ns, NSAddrs: addrs, Period: *period, Logger: log})
+	s, err := dnsserver.New(dnsserver.Config{Zone: *zone, Lists: data, NS: ns, NSAddrs: addrs, Period: *period,
+		RateLimit: *rateLimit, Slip: *slip, Logger: log})
 	if err != nil {
 		return err
 	}

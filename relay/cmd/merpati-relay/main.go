@@ -8,7 +8,7 @@
 //	merpati-relay init --dir DIR --public HOST:PORT [--listen ADDR] [--cover URL] [--sni NAME] [--name NAME]
 //	                   [--dc ID=HOST:PORT]... [--allow CIDR]...
 //	merpati-relay run --dir DIR [--log-level LEVEL] [--log-format text|json]
-//	merpati-relay link add NAME --dir DIR [--quota BYTES] [--max-conns N] [--expires DURATION] [--mtproxy-secret SECRET]
+//	merpati-relay link add NAME --dir DIR [--quota BYTES] [--max-sessions N] [--max-streams N] [--expires DURATION] [--mtproxy-secret SECRET]
 //	merpati-relay link list --dir DIR
 //	merpati-relay link show NAME --dir DIR
 //	merpati-relay link revoke NAME --dir DIR
@@ -17,6 +17,7 @@
 //	merpati-relay list sign --key FILE --in relays.json --seq N [--ttl 168h] --out list.bin [--buckets N --per-bucket K]
 //	merpati-relay list pub --key FILE | list show --in list.bin [--lk PUBKEY]
 //	merpati-relay dns --zone ZONE --list FILE... [--listen ADDR] [--ns NAME]... [--ns-addr IP]... [--period 24h]
+//	                  [--rate-limit 20] [--slip 2]
 //
 // init creates DIR with the relay's settings (relay.json), its certificate
 // and key (key.pem, mode 0600) and its access keys (keys.json, 0600), makes
@@ -28,7 +29,15 @@
 // clients send (default: the cover URL's host).
 //
 // run serves. It reloads keys.json when it changes, and on SIGHUP: a revoked
-// key's sessions end at once, and nobody else notices.
+// key's sessions end at once, and nobody else notices. A keys.json that is
+// missing or empty (zero bytes) is not reloaded: the keys in force stay,
+// and an error is logged. It saves the bytes used per key to usage.json
+// every 5 seconds and when it stops. It refuses to serve while key.pem or
+// keys.json can be read by every user of the machine, and logs an error
+// when it starts with no keys or when the cover site is down.
+//
+// link add and revoke, and list add, lock the file they change, so that
+// concurrent runs never lose each other's changes.
 //
 // link manages per-person access keys: give every person their own, so any
 // one can be revoked without disturbing the others. add and show also print
@@ -36,6 +45,13 @@
 // MTProxy secret: stock Telegram apps use the relay directly, on the same
 // port, under the same key and limits); --mtproxy-secret keeps a secret the
 // person already has (hex or base64url).
+//
+// Every key has limits, defaults included: --max-sessions caps its
+// concurrent sessions (carrier connections; default 64) and --max-streams
+// its concurrent streams, each a Telegram connection, counted from the
+// moment it opens (default 1024; --max-conns is its former name). --quota
+// caps the bytes relayed for the key (default: none). A stream or session
+// over a limit is refused, and the relay's log names the limit.
 //
 // --dc and --allow exist for test labs: --dc points a datacenter number at
 // another address (allowed on that port only), --allow adds a target range
@@ -55,6 +71,7 @@ import (
 	"os/signal"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -241,28 +258,48 @@ func cmdRun(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	warnings, err := d.Check()
+	if err != nil {
+		return fmt.Errorf("run: refusing to serve: %w", err)
+	}
+	for _, w := range warnings {
+		log.Warn(w)
+	}
 	cfg, err := d.Config(log)
 	if err != nil {
 		return err
 	}
 	cfg.Logger = log
+	// The helpers below end with the relay, and run returns only after
+	// them.
+	ctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel()
+	wg.Go(func() {
+		if err := d.CheckCover(ctx); err != nil && ctx.Err() == nil {
+			log.Error("cover site unreachable: probes will see connections closed right after their ClientHello, "+
+				"which gives the relay away; bring the site up, or point \"cover\" in relay.json at one that is up",
+				"err", err)
+		}
+	})
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
-	go func() {
+	wg.Go(func() {
 		for {
 			select {
 			case <-ctx.Done():
 				return
 			case <-hup:
 				if n, err := cfg.Keys.Reload(); err != nil {
-					log.Warn("keys not reloaded", "err", err)
+					log.Error("keys not reloaded", "err", err)
 				} else {
 					log.Info("keys reloaded on SIGHUP", "keys", n)
 				}
 			}
 		}
-	}()
+	})
 	return relay.Run(ctx, cfg)
 }
 
@@ -285,7 +322,9 @@ func cmdLink(sub string, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("link "+sub, stderr)
 	dir := fs.String("dir", "", "relay directory (required)")
 	quota := fs.Int64("quota", 0, "add: byte quota for this key (0 = none)")
-	maxConns := fs.Int("max-conns", 0, "add: maximum concurrent connections (0 = none)")
+	maxSessions := fs.Int("max-sessions", 0, fmt.Sprintf("add: maximum concurrent sessions (carrier connections) (0 = default, %d)", access.DefaultMaxSessions))
+	maxStreams := fs.Int("max-streams", 0, fmt.Sprintf("add: maximum concurrent streams (Telegram connections) (0 = default, %d)", access.DefaultMaxStreams))
+	maxConns := fs.Int("max-conns", 0, "add: former name of --max-streams")
 	expires := fs.Duration("expires", 0, "add: key lifetime, such as 720h (0 = never)")
 	var mtSecret mtproxy.Key
 	fs.Func("mtproxy-secret", "add: use this MTProxy secret (ee secret or its 16-byte key, hex or base64url) instead of a new one", func(v string) error {
@@ -318,7 +357,17 @@ func cmdLink(sub string, args []string, stdout, stderr io.Writer) error {
 		if err != nil {
 			return err
 		}
-		lim := access.Entry{QuotaBytes: *quota, MaxConns: *maxConns, MTProxySecret: mtSecret}
+		if *quota < 0 || *maxSessions < 0 || *maxStreams < 0 || *maxConns < 0 {
+			return errors.New("link add: limits must not be negative")
+		}
+		streams := *maxStreams
+		if *maxConns > 0 {
+			if streams > 0 && streams != *maxConns {
+				return errors.New("link add: --max-conns is the former name of --max-streams; give one")
+			}
+			streams = *maxConns
+		}
+		lim := access.Entry{QuotaBytes: *quota, MaxSessions: *maxSessions, MaxStreams: streams, MTProxySecret: mtSecret}
 		if *expires > 0 {
 			lim.Expires = time.Now().Add(*expires).UTC().Truncate(time.Second)
 		}
@@ -362,11 +411,11 @@ func cmdLink(sub string, args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "NAME\tCREATED\tUSED\tQUOTA\tMAX-CONNS\tEXPIRES")
+		fmt.Fprintln(tw, "NAME\tCREATED\tUSED\tQUOTA\tMAX-SESSIONS\tMAX-STREAMS\tEXPIRES")
 		for _, e := range entries {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", e.Name, e.Created.Format(time.DateOnly),
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%s\n", e.Name, e.Created.Format(time.DateOnly),
 				bytesString(used[e.Name]), orNone(e.QuotaBytes > 0, bytesString(e.QuotaBytes)),
-				orNone(e.MaxConns > 0, fmt.Sprint(e.MaxConns)), orNone(!e.Expires.IsZero(), e.Expires.Format(time.DateTime)))
+				e.SessionLimit(), e.StreamLimit(), orNone(!e.Expires.IsZero(), e.Expires.Format(time.DateTime)))
 		}
 		return tw.Flush()
 	}
