@@ -4,7 +4,8 @@
 // user's share link.
 //
 // Configure it with a [Config] and start it with [Run], or with [New] and
-// [Client.ServeSOCKS] on a listener of the caller's.
+// [Client.ServeSOCKS] (and [Client.ServeMTProxy]) on listeners of the
+// caller's.
 package client
 
 import (
@@ -14,6 +15,9 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/merpati/merpati/client/pick"
@@ -21,6 +25,7 @@ import (
 	"github.com/merpati/merpati/transport"
 	"github.com/merpati/merpati/transport/auth"
 	"github.com/merpati/merpati/transport/link"
+	"github.com/merpati/merpati/transport/mtproxy"
 	"github.com/merpati/merpati/transport/quiccarrier"
 	"github.com/merpati/merpati/transport/tlscarrier"
 )
@@ -33,10 +38,28 @@ type Config struct {
 	// Link is the user's share link. Required.
 	Link *link.Link
 	// Listen is the SOCKS5 address for [Run]; empty means DefaultListen.
+	// An IPv4 address, 0.0.0.0 included, is listened on over IPv4 only.
 	Listen string
 	// SocksUsers, if not empty, requires SOCKS5 username/password
 	// authentication (RFC 1929) with one of these user → password pairs.
 	SocksUsers map[string]string
+	// AllowNoAuth lets [Run] serve SOCKS5 without SocksUsers on an
+	// address other machines can reach. Without it Run refuses that with
+	// [ErrOpenProxy]: anyone who reached the port would use the relay
+	// with this link's key.
+	AllowNoAuth bool
+	// MTProxyListen, if not empty, is where [Run] also serves a local
+	// MTProxy front (see [Client.ServeMTProxy]).
+	MTProxyListen string
+	// MTProxySecret is the MTProxy front's secret; required with
+	// MTProxyListen.
+	MTProxySecret mtproxy.Secret
+	// Ready, if not nil, is called by [Run] once every listener is up
+	// and before any connection is served, with the SOCKS5 and MTProxy
+	// addresses (mtproxy is nil without MTProxyListen): the place to
+	// show the user where to point Telegram. An error from it ends Run,
+	// which returns it.
+	Ready func(socks, mtproxy net.Addr) error
 	// DialContext opens TCP connections to relays; nil means a
 	// net.Dialer.
 	DialContext func(ctx context.Context, network, addr string) (net.Conn, error)
@@ -62,7 +85,20 @@ type Client struct {
 	log    *slog.Logger
 	picker *pick.Picker
 	boot   *booter // nil without bootstrap
+
+	mtReplay   replayCache  // hellos the MTProxy front accepted
+	refusedLog atomic.Int64 // Unix nanoseconds of the last "key refused" log
 }
+
+// ErrOpenProxy is returned by [Run] for a SOCKS5 address other machines
+// can reach (not a loopback address) when SOCKS5 asks for no password
+// (Config.SocksUsers is empty) and Config.AllowNoAuth is not set.
+var ErrOpenProxy = errors.New("SOCKS5 without a password on an address other machines can reach: anyone who reaches it would use the relay with this link's key")
+
+// keyRefusedEvery is how often at most the client logs that the relay
+// refused the link's key: every stream open fails the same way until the
+// user changes the link.
+const keyRefusedEvery = time.Minute
 
 // New checks cfg and returns a Client. It connects to nothing until the
 // first stream is opened.
@@ -135,19 +171,88 @@ func dialerFor(l *link.Link, relay, carrier string, dial func(ctx context.Contex
 	return nil, nil
 }
 
-// Run listens on cfg.Listen and serves SOCKS5 until ctx is done.
+// Run listens on cfg.Listen (and cfg.MTProxyListen), calls cfg.Ready, and
+// serves SOCKS5 (and the MTProxy front) until ctx is done or a listener
+// fails for good. It listens on every address before calling Ready, so a
+// busy port is reported before the user is shown any address.
+//
+// Run refuses with [ErrOpenProxy] to serve SOCKS5 without SocksUsers on an
+// address that is not a loopback one, unless cfg.AllowNoAuth is set.
 func Run(ctx context.Context, cfg Config) error {
+	if cfg.MTProxyListen != "" && cfg.MTProxySecret.Key.IsZero() {
+		return errors.New("client: Config.MTProxySecret: required with MTProxyListen")
+	}
 	c, err := New(cfg)
 	if err != nil {
 		return err
 	}
 	defer c.Close()
-	ln, err := net.Listen("tcp", c.cfg.Listen)
+	ln, err := listen(c.cfg.Listen)
 	if err != nil {
-		return fmt.Errorf("client: %w", err)
+		return fmt.Errorf("client: SOCKS5: %w", err)
 	}
-	c.log.Info("SOCKS5 listening", "addr", ln.Addr().String())
-	return c.ServeSOCKS(ctx, ln)
+	if len(c.cfg.SocksUsers) == 0 && !c.cfg.AllowNoAuth && !isLoopback(ln.Addr()) {
+		ln.Close()
+		return fmt.Errorf("client: Config.Listen %s: %w", ln.Addr(), ErrOpenProxy)
+	}
+	var mln net.Listener
+	var mtAddr net.Addr
+	if c.cfg.MTProxyListen != "" {
+		if mln, err = listen(c.cfg.MTProxyListen); err != nil {
+			ln.Close()
+			return fmt.Errorf("client: MTProxy: %w", err)
+		}
+		mtAddr = mln.Addr()
+	}
+	if c.cfg.Ready != nil {
+		if err := c.cfg.Ready(ln.Addr(), mtAddr); err != nil {
+			ln.Close()
+			if mln != nil {
+				mln.Close()
+			}
+			return err
+		}
+	}
+	attrs := []any{"socks", ln.Addr().String(), "relays", len(c.cfg.Link.Relays)}
+	if mtAddr != nil {
+		attrs = append(attrs, "mtproxy", mtAddr.String())
+	}
+	c.log.Info("client started", attrs...)
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	var mtErr error
+	if mln != nil {
+		wg.Go(func() {
+			mtErr = c.ServeMTProxy(ctx, mln, c.cfg.MTProxySecret)
+			cancel()
+		})
+	}
+	err = c.ServeSOCKS(ctx, ln)
+	cancel()
+	wg.Wait()
+	return errors.Join(err, mtErr)
+}
+
+// listen listens on addr over TCP: over IPv4 only for an IPv4 address
+// (0.0.0.0 means every IPv4 address, not every address), over both where
+// addr has no host or an IPv6 or name one.
+func listen(addr string) (net.Listener, error) {
+	network := "tcp"
+	if host, _, err := net.SplitHostPort(addr); err == nil {
+		if ip := net.ParseIP(host); ip != nil && ip.To4() != nil && !strings.Contains(host, ":") {
+			network = "tcp4"
+		}
+	}
+	return net.Listen(network, addr)
+}
+
+// isLoopback reports whether a is a loopback address (127.0.0.0/8, ::1),
+// one no other machine can reach.
+func isLoopback(a net.Addr) bool {
+	ta, ok := a.(*net.TCPAddr)
+	return ok && ta.IP.IsLoopback()
 }
 
 // Close closes the session to the relay.
@@ -202,10 +307,35 @@ func replyCode(err error) socks5.ReplyCode {
 }
 
 // OpenStream opens a stream to target through the relay and waits for the
-// relay's answer. A *transport.StatusError says the relay refused it. If
-// the session turns out to be dead, it is replaced and the open retried
-// once; any other failure leaves the session alone.
+// relay's answer. A *transport.StatusError says the relay refused it, and
+// an error wrapping [transport.ErrKeyRefused] that no relay accepted the
+// link's key (the client then also logs, at most once a minute, that the
+// user needs a new link). If the session turns out to be dead, it is
+// replaced and the open retried once; any other failure leaves the
+// session alone.
 func (c *Client) OpenStream(ctx context.Context, target transport.Target) (transport.Stream, error) {
+	st, err := c.openStream(ctx, target)
+	if err != nil && errors.Is(err, transport.ErrKeyRefused) {
+		c.keyRefused(err)
+	}
+	return st, err
+}
+
+// keyRefused tells the user, at most every keyRefusedEvery, that the
+// relay refused the link's key and what to do about it.
+func (c *Client) keyRefused(err error) {
+	now := time.Now().UnixNano()
+	last := c.refusedLog.Load()
+	if last != 0 && now-last < int64(keyRefusedEvery) || !c.refusedLog.CompareAndSwap(last, now) {
+		return
+	}
+	c.log.Error("the relay did not accept this link's key: it was revoked or has expired, or the link is wrong "+
+		"(or this device's clock is more than two minutes off, or something in the path answered in the relay's place). "+
+		"Check the clock, then ask whoever gave you the link for a new one and run: merpati import NEW-LINK",
+		"err", err)
+}
+
+func (c *Client) openStream(ctx context.Context, target transport.Target) (transport.Stream, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.OpenTimeout)
 	defer cancel()
 	var lastErr error

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/merpati/merpati/client/internal/acceptloop"
 	"github.com/merpati/merpati/transport"
 	"github.com/merpati/merpati/transport/hello"
 	"github.com/merpati/merpati/transport/mtproxy"
@@ -18,49 +19,45 @@ import (
 // clock. The app runs on the same device, so this is generous.
 const mtproxyWindow = 2 * time.Minute
 
+// mtproxyReplayTTL is how long the front at least remembers a hello it
+// accepted. A hello verifies for 2×mtproxyWindow (its timestamp ± the
+// window), so remembering it longer than that from the moment it was first
+// seen refuses every replay.
+const mtproxyReplayTTL = 5 * time.Minute
+
+// mtproxyReplayMax bounds each of the replay cache's two generations (a
+// few megabytes at most). Only hellos signed with the secret get in, so
+// only a holder of the secret can fill it, which then rotates it early.
+const mtproxyReplayMax = 1 << 16
+
+// errReplay means a FakeTLS hello the front had already accepted came
+// again.
+var errReplay = errors.New("replayed FakeTLS hello")
+
 // ServeMTProxy serves a local MTProxy front on ln until ctx is done, and
 // closes ln: Telegram apps configured with secret (an "ee" FakeTLS secret,
 // see [mtproxy.NewSecret] and the tg://proxy link of [link.ProxyLink])
 // connect to it, and each of their connections is carried to the
 // datacenter the app names as a stream through the relay, like a SOCKS5
-// one. Connections whose hello does not verify are closed.
+// one. Connections whose hello does not verify, or repeats one accepted in
+// the last five minutes or so (a replay), are closed.
 //
-// The front is meant for loopback: it keeps no replay cache, since nobody
-// but the device's own apps can reach it.
+// Temporary Accept errors (such as "too many open files") are retried
+// after a pause of 5ms doubling to 1s, as for SOCKS5.
 func (c *Client) ServeMTProxy(ctx context.Context, ln net.Listener, secret mtproxy.Secret) error {
 	if secret.Key.IsZero() {
 		return errors.New("client: ServeMTProxy: zero secret")
 	}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	go func() { <-ctx.Done(); ln.Close() }()
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	var delay time.Duration
-	for {
-		conn, err := ln.Accept()
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
-				time.Sleep(delay)
-				continue
-			}
-			return fmt.Errorf("client: mtproxy accept: %w", err)
+	log := c.log.With("transport", "mtproxy")
+	err := acceptloop.Serve(ctx, ln, log, func(ctx context.Context, conn net.Conn) {
+		if err := c.handleMTProxy(ctx, conn, secret); err != nil {
+			log.Debug("MTProxy connection ended", "err", err)
 		}
-		delay = 0
-		wg.Go(func() {
-			stop := context.AfterFunc(ctx, func() { conn.Close() })
-			defer stop()
-			defer conn.Close()
-			if err := c.handleMTProxy(ctx, conn, secret); err != nil {
-				c.log.Debug("MTProxy connection ended", "transport", "mtproxy", "err", err)
-			}
-		})
+	})
+	if err != nil {
+		return fmt.Errorf("client: mtproxy: %w", err)
 	}
+	return nil
 }
 
 // handleMTProxy serves one app connection: FakeTLS and obfuscated2 from
@@ -78,8 +75,12 @@ func (c *Client) handleMTProxy(ctx context.Context, conn net.Conn, secret mtprox
 	if err != nil {
 		return err
 	}
-	if err := h.Verify(secret.Key, time.Now(), mtproxyWindow); err != nil {
+	now := time.Now()
+	if err := h.Verify(secret.Key, now, mtproxyWindow); err != nil {
 		return err
+	}
+	if c.mtReplay.seen(h.Random[:], now) {
+		return errReplay
 	}
 	app, in, err := mtproxy.AcceptApp(conn, bufio.NewReaderSize(br, 32<<10), secret.Key, h)
 	if err != nil {
@@ -98,4 +99,43 @@ func (c *Client) handleMTProxy(ctx context.Context, conn net.Conn, secret mtprox
 	c.log.Debug("MTProxy connection open", "transport", "mtproxy", "dc", in.DC)
 	transport.Splice(app, dc, nil)
 	return nil
+}
+
+// replayCache is the set of FakeTLS hello randoms the front accepted
+// recently (each random is the hello's HMAC under the secret, so unique per
+// hello). Entries live at least mtproxyReplayTTL and at most twice that:
+// it keeps two generations and drops the older when the newer is
+// mtproxyReplayTTL old, or holds mtproxyReplayMax entries.
+//
+// It is the relay's antireplay.Cache cut down to the front's needs; the
+// client does not import the relay's packages. The zero value is ready to
+// use, and it is safe for concurrent use.
+type replayCache struct {
+	mu        sync.Mutex
+	cur, prev map[[16]byte]struct{}
+	started   time.Time
+}
+
+// seen records the first 16 bytes of random and reports whether they had
+// been recorded before.
+func (c *replayCache) seen(random []byte, now time.Time) bool {
+	var k [16]byte
+	copy(k[:], random)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	switch age := now.Sub(c.started); {
+	case c.cur == nil || age >= 2*mtproxyReplayTTL:
+		// First use, or both generations are older than the TTL.
+		c.prev, c.cur, c.started = nil, make(map[[16]byte]struct{}), now
+	case age >= mtproxyReplayTTL || len(c.cur) >= mtproxyReplayMax:
+		c.prev, c.cur, c.started = c.cur, make(map[[16]byte]struct{}), now
+	}
+	if _, ok := c.cur[k]; ok {
+		return true
+	}
+	if _, ok := c.prev[k]; ok {
+		return true
+	}
+	c.cur[k] = struct{}{}
+	return false
 }

@@ -16,7 +16,9 @@ package transport
 
 import (
 	"context"
+	"errors"
 	"net"
+	"time"
 )
 
 // A Session is one authenticated, multiplexed connection from a client to a
@@ -33,6 +35,18 @@ type Session interface {
 	Done() <-chan struct{}
 	// Err returns the reason the session ended, or nil while it is alive.
 	Err() error
+	// Ping checks that the relay still answers, and returns an estimate
+	// of the round-trip time (zero if the carrier has none yet). It never
+	// competes with the streams: it opens no stream and does not wait
+	// behind their queued data, and anything that arrives from the relay
+	// after it began (data, acknowledgements of what this side sent)
+	// counts as the answer, so a slow link busy with an upload is not
+	// mistaken for a dead relay. The TLS carrier also sends an HTTP/2 PING
+	// ahead of queued data; QUIC, which has no ping outside a stream,
+	// counts the acknowledgements it gets anyway, for a stream's first
+	// bytes among others. An error means the relay gave no sign of life
+	// before ctx ended, or the session is closed.
+	Ping(ctx context.Context) (time.Duration, error)
 	// Close ends the session and every stream in it.
 	Close() error
 }
@@ -64,3 +78,12 @@ type AcceptedStream struct {
 	// KeyName names the access key that authenticated the session.
 	KeyName string
 }
+
+// ErrKeyRefused means the relay did not accept the link's access key: the
+// key was revoked or has expired, the link is wrong, or this device's clock
+// is more than about two minutes off. A relay never says so in as many
+// words (it answers an unauthenticated connection as its cover site
+// would), so a carrier infers it from that answer; something in the path
+// that answers in the relay's place looks the same, and the message says
+// so. Carriers wrap it; test with errors.Is.
+var ErrKeyRefused = errors.New("the relay did not accept this link's key (revoked, expired or wrong link, or this device's clock is off), or something in the path answered in its place")

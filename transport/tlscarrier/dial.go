@@ -95,7 +95,10 @@ func NewDialer(cfg ClientConfig) (*Dialer, error) {
 func (d *Dialer) Carrier() string { return "tls" }
 
 // Dial connects to the relay, sends the Chrome hello carrying the token,
-// completes TLS with the pinned relay and starts an HTTP/2 session.
+// completes TLS with the pinned relay and starts an HTTP/2 session. A
+// certificate other than the pinned one, which is what the relay's cover
+// site shows a key the relay does not accept, gives an error wrapping both
+// [transport.ErrKeyRefused] and [auth.ErrPin].
 func (d *Dialer) Dial(ctx context.Context) (transport.Session, error) {
 	raw, err := d.cfg.DialContext(ctx, "tcp", d.cfg.Addr)
 	if err != nil {
@@ -104,6 +107,13 @@ func (d *Dialer) Dial(ctx context.Context) (transport.Session, error) {
 	conn, err := d.handshake(ctx, raw)
 	if err != nil {
 		raw.Close()
+		if errors.Is(err, auth.ErrPin) {
+			// The relay hands a connection whose token it does not
+			// accept to its cover site, whose certificate is not the
+			// pinned one: to this client a refused key looks like a
+			// wrong certificate (and so does an interceptor's).
+			return nil, fmt.Errorf("tls handshake with relay %s: %w: %w", d.cfg.Addr, transport.ErrKeyRefused, err)
+		}
 		return nil, fmt.Errorf("tls handshake with relay %s: %w", d.cfg.Addr, err)
 	}
 	s, err := h2mux.Client(conn, d.cfg.Mux)

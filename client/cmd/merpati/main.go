@@ -6,8 +6,8 @@
 // Usage:
 //
 //	merpati import LINK                      keep LINK in your config directory
-//	merpati run [--link LINK] [--listen ADDR] [--socks-user USER:PASS] [--log-level LEVEL] [--log-format text|json]
-//	            [--mtproxy ADDR [--mtproxy-secret SECRET]] [--resolvers LIST]
+//	merpati run [--link LINK] [--listen ADDR] [--socks-user USER:PASS | --allow-no-auth] [--log-level LEVEL]
+//	            [--log-format text|json] [--mtproxy ADDR [--mtproxy-secret SECRET]] [--resolvers LIST]
 //	merpati refresh [--link LINK] [--resolvers LIST]   fetch the signed relay list over DNS now
 //
 // run starts a SOCKS5 proxy on 127.0.0.1:1080 (change it with --listen) and
@@ -15,8 +15,17 @@
 // the link on the same device, or in Telegram go to Settings → Data and
 // Storage → Proxy → Add proxy → SOCKS5, server 127.0.0.1, port 1080.
 // Without --link it uses the link saved by import. --socks-user requires
-// that user name and password from SOCKS5 clients (RFC 1929), useful when
-// --listen is not a loopback address.
+// that user name and password from SOCKS5 clients (RFC 1929). It is
+// required when --listen is not a loopback address, such as 0.0.0.0:1080
+// to serve other devices on your network, since anyone who reaches the
+// port would otherwise use your link; --allow-no-auth lifts that when a
+// firewall keeps everyone else out. An IPv4 address, 0.0.0.0 included, is
+// listened on over IPv4 only; for 0.0.0.0 the link names 127.0.0.1, and
+// the addresses other devices can use are listed.
+//
+// If the relay refuses the link's key (it was revoked or has expired),
+// run says so in its log: ask whoever gave you the link for a new one and
+// import it.
 //
 // --mtproxy also starts a local MTProxy front (FakeTLS, "ee" secret) on
 // ADDR, such as 127.0.0.1:1443, for apps that prefer MTProxy to SOCKS5, and
@@ -26,7 +35,7 @@
 //
 // --config-dir (default: your OS's config directory, such as
 // ~/.config/merpati) is where import keeps the link, in a file only you can
-// read.
+// read (0600, in a 0700 directory, even if an older link file was not).
 package main
 
 import (
@@ -64,7 +73,7 @@ func main() {
 
 const usage = `usage:
   merpati import LINK
-  merpati run [--link LINK] [--listen 127.0.0.1:1080] [--socks-user USER:PASS] [--mtproxy 127.0.0.1:1443] [--resolvers LIST]
+  merpati run [--link LINK] [--listen 127.0.0.1:1080] [--socks-user USER:PASS | --allow-no-auth] [--mtproxy 127.0.0.1:1443] [--resolvers LIST]
   merpati refresh [--link LINK] [--resolvers LIST]
 Run "merpati COMMAND -h" for a command's flags.`
 
@@ -139,10 +148,7 @@ func cmdImport(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return err
-	}
-	if err := os.WriteFile(path, []byte(l.String()+"\n"), 0o600); err != nil {
+	if err := writePrivate(path, []byte(l.String()+"\n"), stderr); err != nil {
 		return fmt.Errorf("import: %w", err)
 	}
 	fmt.Fprintf(stdout, "Link for %s saved to %s. Start with: merpati run\n", strings.Join(l.Relays, ", "), path)
@@ -153,7 +159,8 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	fs, dir := newFlagSet("run", stderr)
 	linkFlag := fs.String("link", "", "share link merpati://... (default: the imported one)")
 	listen := fs.String("listen", client.DefaultListen, "SOCKS5 listen address")
-	socksUser := fs.String("socks-user", "", "require SOCKS5 USER:PASS")
+	socksUser := fs.String("socks-user", "", "require SOCKS5 USER:PASS (needed when --listen is not a loopback address)")
+	allowNoAuth := fs.Bool("allow-no-auth", false, "allow a non-loopback --listen without --socks-user (only if a firewall keeps everyone else out)")
 	level := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	format := fs.String("log-format", "text", "log format: text or json")
 	mtListen := fs.String("mtproxy", "", "also serve a local MTProxy (FakeTLS) front on this address, such as 127.0.0.1:1443")
@@ -170,7 +177,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err != nil {
 		return err
 	}
-	cfg := client.Config{Link: l, Listen: *listen, Logger: log}
+	cfg := client.Config{Link: l, Listen: *listen, AllowNoAuth: *allowNoAuth, MTProxyListen: *mtListen, Logger: log}
 	if cfg.Resolvers, cfg.ListCache, err = bootstrapSettings(*dir, *resolvers, l); err != nil {
 		return err
 	}
@@ -183,54 +190,72 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		}
 		cfg.SocksUsers = map[string]string{user: pass}
 	}
-	c, err := client.New(cfg)
-	if err != nil {
-		return err
+	if *mtListen != "" {
+		if cfg.MTProxySecret, err = mtproxySecret(*dir, *mtSecret, l.SNI); err != nil {
+			return err
+		}
 	}
-	defer c.Close()
-	ln, err := net.Listen("tcp", *listen)
-	if err != nil {
-		return err
+	// Links are shown only once every listener is up: a busy port is
+	// reported without first showing a link that would not work.
+	cfg.Ready = func(socks, mt net.Addr) error {
+		host, port, note := usableAddr(socks)
+		tg := link.SocksLink(host, port, user, pass)
+		qr, err := link.TerminalQR(tg)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "SOCKS5 proxy for Telegram on %s. Open this link in Telegram on this device:\n\n%s\n\n%s\n%s", socks, tg, qr, note)
+		if mt == nil {
+			return nil
+		}
+		host, port, note = usableAddr(mt)
+		tg, _ = link.ProxyLink(host, port, cfg.MTProxySecret.String())
+		if qr, err = link.TerminalQR(tg); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "\nMTProxy for Telegram on %s. Or open this link in Telegram on this device:\n\n%s\n\n%s\n%s", mt, tg, qr, note)
+		return nil
 	}
-	host, portStr, _ := net.SplitHostPort(ln.Addr().String())
-	port, _ := strconv.Atoi(portStr)
-	tg := link.SocksLink(host, uint16(port), user, pass)
-	qr, err := link.TerminalQR(tg)
-	if err != nil {
-		return err
+	err = client.Run(ctx, cfg)
+	if errors.Is(err, client.ErrOpenProxy) {
+		return fmt.Errorf("%w.\nAdd --socks-user USER:PASS (Telegram asks for them when adding the proxy), "+
+			"or listen on 127.0.0.1 (--listen 127.0.0.1:1080); "+
+			"--allow-no-auth skips this check if a firewall already keeps everyone else out", err)
 	}
-	fmt.Fprintf(stdout, "SOCKS5 proxy for Telegram on %s. Open this link in Telegram on this device:\n\n%s\n\n%s\n", ln.Addr(), tg, qr)
-	if *mtListen == "" {
-		log.Info("client started", "socks", ln.Addr().String(), "relays", len(l.Relays))
-		return c.ServeSOCKS(ctx, ln)
+	return err
+}
+
+// usableAddr returns the host and port of a, a listening address, to put
+// in a link for an app on this device, and a note for other devices. An
+// unspecified address (0.0.0.0, ::) cannot be dialled: the link names
+// 127.0.0.1 instead (which a dual-stack listener serves too), and the note
+// lists this machine's own addresses for apps elsewhere on the network.
+func usableAddr(a net.Addr) (host string, port uint16, note string) {
+	ta, ok := a.(*net.TCPAddr)
+	if !ok {
+		h, p, _ := net.SplitHostPort(a.String())
+		n, _ := strconv.ParseUint(p, 10, 16)
+		return h, uint16(n), ""
 	}
-	secret, err := mtproxySecret(*dir, *mtSecret, l.SNI)
-	if err != nil {
-		ln.Close()
-		return err
+	port = uint16(ta.Port)
+	if !ta.IP.IsUnspecified() {
+		return ta.IP.String(), port, ""
 	}
-	mln, err := net.Listen("tcp", *mtListen)
-	if err != nil {
-		ln.Close()
-		return err
+	v4only := ta.IP.To4() != nil
+	var lan []string
+	if addrs, err := net.InterfaceAddrs(); err == nil {
+		for _, ia := range addrs {
+			ipn, ok := ia.(*net.IPNet)
+			if !ok || !ipn.IP.IsGlobalUnicast() || v4only && ipn.IP.To4() == nil {
+				continue
+			}
+			lan = append(lan, net.JoinHostPort(ipn.IP.String(), strconv.Itoa(int(port))))
+		}
 	}
-	host, portStr, _ = net.SplitHostPort(mln.Addr().String())
-	port, _ = strconv.Atoi(portStr)
-	tg, _ = link.ProxyLink(host, uint16(port), secret.String())
-	if qr, err = link.TerminalQR(tg); err != nil {
-		ln.Close()
-		mln.Close()
-		return err
+	if len(lan) > 0 {
+		note = "From other devices on your network, use this machine's address instead of 127.0.0.1: " + strings.Join(lan, ", ") + "\n"
 	}
-	fmt.Fprintf(stdout, "\nMTProxy for Telegram on %s. Or open this link in Telegram on this device:\n\n%s\n\n%s\n", mln.Addr(), tg, qr)
-	log.Info("client started", "socks", ln.Addr().String(), "mtproxy", mln.Addr().String(), "relays", len(l.Relays))
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	front := make(chan error, 1)
-	go func() { front <- c.ServeMTProxy(ctx, mln, secret); cancel() }()
-	err = c.ServeSOCKS(ctx, ln)
-	cancel()
-	return errors.Join(err, <-front)
+	return "127.0.0.1", port, note
 }
 
 // mtproxySecret returns the local MTProxy front's secret: text if given
@@ -265,13 +290,51 @@ func mtproxySecret(dir, text, host string) (mtproxy.Secret, error) {
 	if err != nil {
 		return mtproxy.Secret{}, err
 	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return mtproxy.Secret{}, err
-	}
-	if err := os.WriteFile(path, []byte(s.String()+"\n"), 0o600); err != nil {
+	if err := writePrivate(path, []byte(s.String()+"\n"), io.Discard); err != nil {
 		return mtproxy.Secret{}, fmt.Errorf("keep MTProxy secret: %w", err)
 	}
 	return s, nil
+}
+
+// writePrivate replaces the file at path with data, readable by this user
+// only (0600) even if the file was readable by others before: it writes a
+// new file next to it and renames it over the old. The directory is made
+// (0700) if missing, and made 0700 if group or others could read or enter
+// it; if that fails (a directory of someone else's) a warning goes to warn.
+func writePrivate(path string, data []byte, warn io.Writer) error {
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	if fi, err := os.Stat(dir); err == nil && fi.Mode().Perm()&0o077 != 0 {
+		if err := os.Chmod(dir, 0o700); err != nil {
+			fmt.Fprintf(warn, "merpati: warning: %s can be read by other users and could not be made private: %v\n", dir, err)
+		}
+	}
+	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".*")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		// CreateTemp makes the file 0600 already; be explicit.
+		err = os.Chmod(tmp, 0o600)
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	return nil
 }
 
 func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
