@@ -9,7 +9,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/merpati/merpati/client/internal/acceptloop"
+	"github.com/merpati/merpati/transport/acceptloop"
 	"github.com/merpati/merpati/transport"
 	"github.com/merpati/merpati/transport/hello"
 	"github.com/merpati/merpati/transport/mtproxy"

@@ -6,7 +6,7 @@ import (
 	"log/slog"
 	"net"
 
-	"github.com/merpati/merpati/client/internal/acceptloop"
+	"github.com/merpati/merpati/transport/acceptloop"
 )
 
 // A Handler serves one SOCKS5 connection after a successful [Handshake]. It

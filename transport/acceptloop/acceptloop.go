@@ -1,5 +1,5 @@
-// Package acceptloop is the accept loop the client's local fronts (SOCKS5
-// and MTProxy) share: one goroutine per connection, a pause that grows on
+// Package acceptloop is the accept loop every listener of merpati shares (the client's SOCKS5
+// and MTProxy fronts, the relay's TLS front door): one goroutine per connection, a pause that grows on
 // temporary Accept errors such as "too many open files" instead of giving
 // up, and a shutdown that closes and waits for everything it started.
 package acceptloop
