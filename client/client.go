@@ -23,6 +23,7 @@ import (
 	"github.com/merpati/merpati/client/pick"
 	"github.com/merpati/merpati/client/socks5"
 	"github.com/merpati/merpati/transport"
+	"github.com/merpati/merpati/transport/antireplay"
 	"github.com/merpati/merpati/transport/auth"
 	"github.com/merpati/merpati/transport/link"
 	"github.com/merpati/merpati/transport/mtproxy"
@@ -86,8 +87,8 @@ type Client struct {
 	picker *pick.Picker
 	boot   *booter // nil without bootstrap
 
-	mtReplay   replayCache  // hellos the MTProxy front accepted
-	refusedLog atomic.Int64 // Unix nanoseconds of the last "key refused" log
+	mtReplay   antireplay.Cache // randoms of the hellos the MTProxy front accepted
+	refusedLog atomic.Int64     // Unix nanoseconds of the last "key refused" log
 }
 
 // ErrOpenProxy is returned by [Run] for a SOCKS5 address other machines
@@ -138,7 +139,10 @@ func New(cfg Config) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("client: %w", err)
 	}
-	c := &Client{cfg: cfg, log: log, picker: p}
+	c := &Client{
+		cfg: cfg, log: log, picker: p,
+		mtReplay: antireplay.Cache{TTL: mtproxyReplayTTL, MaxEntries: mtproxyReplayMax},
+	}
 	if err := c.initBootstrap(); err != nil {
 		p.Close()
 		return nil, err

@@ -19,6 +19,7 @@ import (
 	"github.com/merpati/merpati/transport"
 	"github.com/merpati/merpati/transport/link"
 	"github.com/merpati/merpati/transport/mtproxy"
+	"github.com/merpati/merpati/transport/mtproxy/mtproxytest"
 )
 
 // lockedLog is a log destination safe for concurrent writes and reads.
@@ -42,8 +43,8 @@ func (l *lockedLog) String() string {
 // signedHello returns a fresh FakeTLS hello signed with s now.
 func signedHello(t testing.TB, s mtproxy.Secret) []byte {
 	t.Helper()
-	rec := clientHello(t, s.Host)
-	if err := mtproxy.SignClientHello(rec, s.Key, time.Now()); err != nil {
+	rec := mtproxytest.HelloRecord(t, s.Host)
+	if err := mtproxytest.SignClientHello(rec, s.Key, time.Now()); err != nil {
 		t.Fatal(err)
 	}
 	return rec
@@ -64,7 +65,7 @@ func frontHello(t testing.TB, addr string, s mtproxy.Secret, rec []byte) error {
 	}
 	var random [32]byte
 	copy(random[:], rec[11:43])
-	return mtproxy.ReadServerHello(conn, random, s.Key)
+	return mtproxytest.ReadServerHello(conn, random, s.Key)
 }
 
 // TestMTProxyFrontReplay sends the local MTProxy front the same signed

@@ -17,6 +17,7 @@ import (
 	"github.com/merpati/merpati/relay/access"
 	"github.com/merpati/merpati/transport/link"
 	"github.com/merpati/merpati/transport/mtproxy"
+	"github.com/merpati/merpati/transport/mtproxy/mtproxytest"
 )
 
 // startObfsDC starts a stand-in datacenter on 127.0.0.1:0 that accepts
@@ -86,7 +87,7 @@ func startMTBench(b *testing.B) *mtBench {
 	m.relay = r.addr
 	c, _ := startClient(b, l, nil)
 	m.front, m.fsec = startFront(b, c)
-	m.hello = clientHello(b, coverName)
+	m.hello = mtproxytest.HelloRecord(b, coverName)
 	return m
 }
 
@@ -114,7 +115,7 @@ func (m *mtBench) dial(b *testing.B, path string, dc int) *mtproxy.ObfsConn {
 	if err != nil {
 		b.Fatal(err)
 	}
-	o, err := mtproxy.ClientHandshake(c, s, m.hello, time.Now(), mtproxy.PaddedIntermediate, dc)
+	o, err := mtproxytest.ClientHandshake(c, s, m.hello, time.Now(), mtproxy.PaddedIntermediate, dc)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -3,7 +3,6 @@ package client_test
 import (
 	"bytes"
 	"context"
-	"crypto/tls"
 	"errors"
 	"io"
 	"net"
@@ -17,9 +16,9 @@ import (
 	"github.com/merpati/merpati/client"
 	"github.com/merpati/merpati/client/internal/telegramtest"
 	"github.com/merpati/merpati/relay/access"
-	"github.com/merpati/merpati/transport/hello"
 	"github.com/merpati/merpati/transport/link"
 	"github.com/merpati/merpati/transport/mtproxy"
+	"github.com/merpati/merpati/transport/mtproxy/mtproxytest"
 )
 
 // addMTKey makes a new access key and returns its share link and its
@@ -125,23 +124,6 @@ func startFront(t testing.TB, c *client.Client) (string, mtproxy.Secret) {
 	return ln.Addr().String(), secret
 }
 
-// clientHello returns a real TLS ClientHello record (crypto/tls's) for
-// serverName, to be signed as a FakeTLS hello.
-func clientHello(t testing.TB, serverName string) []byte {
-	t.Helper()
-	c, s := net.Pipe()
-	defer s.Close()
-	go func() {
-		tls.Client(c, &tls.Config{ServerName: serverName, InsecureSkipVerify: true}).Handshake()
-		c.Close()
-	}()
-	rec, err := hello.ReadRecord(s)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return rec
-}
-
 // TestMTProxyProbes checks what a prober sees when it sends the relay
 // MTProxy-like hellos that must not pass: a replayed hello, one signed
 // with a wrong secret, one with a stale timestamp, and random bytes all
@@ -152,7 +134,7 @@ func TestMTProxyProbes(t *testing.T) {
 	cov := startCover(t)
 	r := startRelay(t, cov, []string{"2=" + echo, "10002=" + echo})
 	_, s := r.addMTKey(t, "alice", access.Entry{})
-	tmpl := clientHello(t, s.Host)
+	tmpl := mtproxytest.HelloRecord(t, s.Host)
 
 	// A genuine connection, recorded, works: the "DC" echoes.
 	conn, err := net.Dial("tcp", r.addr)
@@ -160,7 +142,7 @@ func TestMTProxyProbes(t *testing.T) {
 		t.Fatal(err)
 	}
 	rec := &recorder{Conn: conn}
-	app, err := mtproxy.ClientHandshake(rec, s, tmpl, time.Now(), mtproxy.PaddedIntermediate, 2)
+	app, err := mtproxytest.ClientHandshake(rec, s, tmpl, time.Now(), mtproxy.PaddedIntermediate, 2)
 	if err != nil {
 		t.Fatalf("genuine MTProxy handshake: %v", err)
 	}
@@ -188,7 +170,7 @@ func TestMTProxyProbes(t *testing.T) {
 
 	sign := func(key mtproxy.Key, at time.Time) []byte {
 		b := bytes.Clone(tmpl)
-		if err := mtproxy.SignClientHello(b, key, at); err != nil {
+		if err := mtproxytest.SignClientHello(b, key, at); err != nil {
 			t.Fatal(err)
 		}
 		return b
@@ -213,7 +195,7 @@ func TestMTProxyProbes(t *testing.T) {
 		if len(tc.hello) >= 43 {
 			copy(random[:], tc.hello[11:43])
 		}
-		if err := mtproxy.ReadServerHello(bytes.NewReader(answer), random, s.Key); !errors.Is(err, mtproxy.ErrServerHello) {
+		if err := mtproxytest.ReadServerHello(bytes.NewReader(answer), random, s.Key); !errors.Is(err, mtproxytest.ErrServerHello) {
 			t.Errorf("%s: relay answered with a FakeTLS server hello (%v)", tc.name, err)
 		}
 	}
@@ -235,7 +217,7 @@ func mtDialDC(t testing.TB, addr string, s mtproxy.Secret, tmpl []byte, dc int) 
 		t.Fatal(err)
 	}
 	conn.SetDeadline(time.Now().Add(5 * time.Second))
-	app, err := mtproxy.ClientHandshake(conn, s, tmpl, time.Now(), mtproxy.Intermediate, dc)
+	app, err := mtproxytest.ClientHandshake(conn, s, tmpl, time.Now(), mtproxy.Intermediate, dc)
 	if err == nil {
 		app.Write([]byte{1})
 		_, err = io.ReadFull(app, make([]byte, 64+1))
@@ -256,7 +238,7 @@ func TestMTProxyLimits(t *testing.T) {
 	echo := startEcho(t)
 	cov := startCover(t)
 	r := startRelay(t, cov, []string{"2=" + echo})
-	tmpl := clientHello(t, coverName)
+	tmpl := mtproxytest.HelloRecord(t, coverName)
 
 	_, one := r.addMTKey(t, "one-conn", access.Entry{MaxConns: 1})
 	c1, err := mtDial(t, r.addr, one, tmpl)
@@ -285,9 +267,10 @@ func TestMTProxyLimits(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 
-	// One round trip costs 66 bytes (our byte, the echoed DC init and
-	// byte); the second crosses the quota of 100 and may be cut short.
-	_, small := r.addMTKey(t, "small-quota", access.Entry{QuotaBytes: 100})
+	// One round trip costs 130 bytes (the relay's DC init and our byte,
+	// both echoed); the second crosses the quota of 200 and may be cut
+	// short.
+	_, small := r.addMTKey(t, "small-quota", access.Entry{QuotaBytes: 200})
 	if c, err := mtDial(t, r.addr, small, tmpl); err != nil {
 		t.Fatalf("within quota: %v", err)
 	} else {
@@ -296,7 +279,7 @@ func TestMTProxyLimits(t *testing.T) {
 	if c, err := mtDial(t, r.addr, small, tmpl); err == nil {
 		c.Close()
 	}
-	for r.cfg.Keys.Usage()["small-quota"] < 100 {
+	for r.cfg.Keys.Usage()["small-quota"] < 200 {
 		time.Sleep(10 * time.Millisecond)
 	}
 	before = cov.accepted.Load()

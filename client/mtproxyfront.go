@@ -6,11 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"sync"
 	"time"
 
-	"github.com/merpati/merpati/transport/acceptloop"
 	"github.com/merpati/merpati/transport"
+	"github.com/merpati/merpati/transport/acceptloop"
 	"github.com/merpati/merpati/transport/hello"
 	"github.com/merpati/merpati/transport/mtproxy"
 )
@@ -79,7 +78,7 @@ func (c *Client) handleMTProxy(ctx context.Context, conn net.Conn, secret mtprox
 	if err := h.Verify(secret.Key, now, mtproxyWindow); err != nil {
 		return err
 	}
-	if c.mtReplay.seen(h.Random[:], now) {
+	if c.mtReplay.Seen(h.Random[:]) {
 		return errReplay
 	}
 	app, in, err := mtproxy.AcceptApp(conn, bufio.NewReaderSize(br, 32<<10), secret.Key, h)
@@ -99,43 +98,4 @@ func (c *Client) handleMTProxy(ctx context.Context, conn net.Conn, secret mtprox
 	c.log.Debug("MTProxy connection open", "transport", "mtproxy", "dc", in.DC)
 	transport.Splice(app, dc, nil)
 	return nil
-}
-
-// replayCache is the set of FakeTLS hello randoms the front accepted
-// recently (each random is the hello's HMAC under the secret, so unique per
-// hello). Entries live at least mtproxyReplayTTL and at most twice that:
-// it keeps two generations and drops the older when the newer is
-// mtproxyReplayTTL old, or holds mtproxyReplayMax entries.
-//
-// It is the relay's antireplay.Cache cut down to the front's needs; the
-// client does not import the relay's packages. The zero value is ready to
-// use, and it is safe for concurrent use.
-type replayCache struct {
-	mu        sync.Mutex
-	cur, prev map[[16]byte]struct{}
-	started   time.Time
-}
-
-// seen records the first 16 bytes of random and reports whether they had
-// been recorded before.
-func (c *replayCache) seen(random []byte, now time.Time) bool {
-	var k [16]byte
-	copy(k[:], random)
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	switch age := now.Sub(c.started); {
-	case c.cur == nil || age >= 2*mtproxyReplayTTL:
-		// First use, or both generations are older than the TTL.
-		c.prev, c.cur, c.started = nil, make(map[[16]byte]struct{}), now
-	case age >= mtproxyReplayTTL || len(c.cur) >= mtproxyReplayMax:
-		c.prev, c.cur, c.started = c.cur, make(map[[16]byte]struct{}), now
-	}
-	if _, ok := c.cur[k]; ok {
-		return true
-	}
-	if _, ok := c.prev[k]; ok {
-		return true
-	}
-	c.cur[k] = struct{}{}
-	return false
 }

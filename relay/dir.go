@@ -17,6 +17,7 @@ import (
 
 	"github.com/merpati/merpati/relay/access"
 	"github.com/merpati/merpati/relay/dc"
+	"github.com/merpati/merpati/transport/atomicfile"
 	"github.com/merpati/merpati/transport/link"
 	"github.com/merpati/merpati/transport/tlscarrier"
 )
@@ -209,17 +210,17 @@ func Init(dir string, s Settings) (*Dir, error) {
 	if err != nil {
 		return nil, fmt.Errorf("init: %w", err)
 	}
-	if err := access.WriteFileAtomic(filepath.Join(dir, KeyFile), keyPEM, 0o600); err != nil {
+	if err := atomicfile.Write(filepath.Join(dir, KeyFile), keyPEM, 0o600); err != nil {
 		return nil, err
 	}
-	if err := access.WriteFileAtomic(filepath.Join(dir, CertFile), certPEM, 0o644); err != nil {
+	if err := atomicfile.Write(filepath.Join(dir, CertFile), certPEM, 0o644); err != nil {
 		return nil, err
 	}
 	if err := access.Save(filepath.Join(dir, KeysFile), nil); err != nil {
 		return nil, err
 	}
 	b, _ := json.MarshalIndent(s, "", "  ")
-	if err := access.WriteFileAtomic(filepath.Join(dir, SettingsFile), append(b, '\n'), 0o600); err != nil {
+	if err := atomicfile.Write(filepath.Join(dir, SettingsFile), append(b, '\n'), 0o600); err != nil {
 		return nil, err
 	}
 	return LoadDir(dir)

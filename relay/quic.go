@@ -28,15 +28,12 @@ func (r *Relay) ServeQUIC(ctx context.Context, pc net.PacketConn) error {
 		Certificate: r.cfg.Certificate,
 		Cover:       cover,
 		Authenticate: func(cctx context.Context, digest [32]byte, token []byte, conn io.Closer) (any, bool) {
-			u := r.cfg.Keys.Authenticate(digest, token, time.Now())
-			if u == nil {
-				r.log.Debug("request sent to cover site", "transport", "quic", "why", "no valid token")
+			key, err := authenticator{r}.Authenticate(transport.Proof{Carrier: "quic", Digest: digest, Token: token})
+			if err != nil {
+				r.log.Debug("request sent to cover site", "transport", "quic", "err", err)
 				return nil, false
 			}
-			if r.replay.Seen(token) {
-				r.warns.warn(r.log, "replayed token sent to cover site", "transport", "quic", "key", u.Name())
-				return nil, false
-			}
+			u := key.(*access.User)
 			untrack, err := u.TrackSession(conn)
 			if err != nil {
 				// A key holder is told plainly: the connection
@@ -86,7 +83,7 @@ func (r *Relay) coverProxy() (http.Handler, *http.Transport) {
 		Transport: tr,
 		ErrorLog:  log.New(io.Discard, "", 0),
 		ErrorHandler: func(w http.ResponseWriter, req *http.Request, err error) {
-			r.warns.warn(r.log, "cover site unreachable", "transport", "quic", "err", err)
+			r.warns.Warn(r.log, "cover site unreachable", "transport", "quic", "err", err)
 			w.WriteHeader(http.StatusBadGateway)
 		},
 	}, tr

@@ -10,7 +10,6 @@
 package relay
 
 import (
-	"bufio"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -18,17 +17,17 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/netip"
 	"os"
 	"sync"
 	"time"
 
 	"github.com/merpati/merpati/relay/access"
-	"github.com/merpati/merpati/relay/antireplay"
 	"github.com/merpati/merpati/relay/dc"
 	"github.com/merpati/merpati/transport"
-	"github.com/merpati/merpati/transport/hello"
+	"github.com/merpati/merpati/transport/antireplay"
+	"github.com/merpati/merpati/transport/mtproxy"
 	"github.com/merpati/merpati/transport/tlscarrier"
+	"github.com/merpati/merpati/transport/warnlimit"
 )
 
 // Config configures a relay.
@@ -85,8 +84,8 @@ type Config struct {
 // family of Telegram apps starts at once, and bounds the sockets one key
 // can hold half-open towards an unresponsive datacenter.
 const (
-	DefaultMaxUnauthConns     = 4096
-	DefaultMaxUnauthPerSource = 64
+	DefaultMaxUnauthConns     = tlscarrier.DefaultMaxUnauthConns
+	DefaultMaxUnauthPerSource = tlscarrier.DefaultMaxUnauthPerSource
 	DefaultMaxDialsPerKey     = 64
 )
 
@@ -145,9 +144,7 @@ type Relay struct {
 	mtReplay antireplay.Cache
 	// warns rate-limits the warnings a prober or a key holder can
 	// provoke.
-	warns warnLimiter
-	// unauth counts the connections not authenticated.
-	unauth unauthLimiter
+	warns warnlimit.Limiter
 }
 
 // New checks cfg and returns a Relay.
@@ -159,7 +156,6 @@ func New(cfg Config) (*Relay, error) {
 		cfg:    cfg,
 		log:    cfg.Logger,
 		dialer: &dc.Dialer{Table: cfg.Table, Resolver: cfg.Resolver, Timeout: cfg.DialTimeout},
-		unauth: unauthLimiter{max: cfg.MaxUnauthConns, perSource: cfg.MaxUnauthPerSource},
 	}, nil
 }
 
@@ -202,131 +198,115 @@ func Run(ctx context.Context, cfg Config) error {
 	return err
 }
 
-// Serve accepts connections on ln until ctx is done or ln fails, and
-// closes ln. When ctx is done it closes every connection and returns nil
-// once they have all ended.
+// ListenTLS starts the relay's front door on ln (which it then owns): the
+// TLS carrier, MTProxy mode for stock apps, and the cover site for
+// everyone else. Serve its sessions with [Relay.ServeListeners].
+func (r *Relay) ListenTLS(ln net.Listener) (*tlscarrier.Listener, error) {
+	return tlscarrier.Listen(ln, tlscarrier.ListenConfig{
+		Certificate:        r.cfg.Certificate,
+		Auth:               authenticator{r},
+		MTProxy:            authenticator{r},
+		Cover:              r.cfg.Cover,
+		HelloTimeout:       r.cfg.HelloTimeout,
+		MaxUnauthConns:     r.cfg.MaxUnauthConns,
+		MaxUnauthPerSource: r.cfg.MaxUnauthPerSource,
+		Logger:             r.log,
+	})
+}
+
+// Serve serves the relay's front door on ln (see [Relay.ListenTLS]) until
+// ctx is done or ln fails, and closes ln. When ctx is done it closes every
+// connection and returns nil once they have all ended.
 func (r *Relay) Serve(ctx context.Context, ln net.Listener) error {
+	l, err := r.ListenTLS(ln)
+	if err != nil {
+		ln.Close()
+		return fmt.Errorf("relay: %w", err)
+	}
+	return r.ServeListeners(ctx, l)
+}
+
+// ServeListeners serves the sessions of every carrier listener in ls until
+// ctx is done or one of them fails: this is the relay's one session loop,
+// where keys, limits and usage apply alike to every carrier. It closes
+// every listener and session, and returns once all have ended: nil when
+// ctx is done, else the first listener's failure.
+func (r *Relay) ServeListeners(ctx context.Context, ls ...transport.Listener) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	go func() { <-ctx.Done(); ln.Close() }()
-
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	var delay time.Duration
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil
+	var (
+		wg   sync.WaitGroup
+		once sync.Once
+		ferr error
+	)
+	for _, l := range ls {
+		wg.Go(func() {
+			defer l.Close()
+			var sessions sync.WaitGroup
+			defer sessions.Wait()
+			for {
+				sess, err := l.Accept(ctx)
+				if err != nil {
+					if ctx.Err() == nil {
+						once.Do(func() { ferr = err })
+						cancel()
+					}
+					return
+				}
+				// Admit the session here, in the order sessions
+				// arrive, so that a key at its session limit has
+				// its newest session refused.
+				untrack, ok := r.admit(sess)
+				if !ok {
+					sess.Close()
+					continue
+				}
+				sessions.Go(func() {
+					defer untrack()
+					r.serveSession(ctx, sess)
+				})
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() || isTemporary(err) {
-				// Back off on accept errors such as EMFILE, as
-				// net/http does: 5ms doubling to 1s.
-				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
-				r.log.Warn("accept failed; retrying", "err", err, "delay", delay)
-				time.Sleep(delay)
-				continue
-			}
-			return fmt.Errorf("relay: accept: %w", err)
-		}
-		delay = 0
-		authed, over := r.unauth.acquire(c.RemoteAddr())
-		if over != "" {
-			// Cheap: no goroutine, no hello read, no cover dial.
-			c.Close()
-			r.warns.warn(r.log, "connection closed at once: "+over)
-			continue
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer authed()
-			stop := context.AfterFunc(ctx, func() { c.Close() })
-			defer stop()
-			r.handleConn(ctx, c, authed)
-		}()
+		})
 	}
+	wg.Wait()
+	return ferr
 }
 
-// isTemporary reports whether err is a temporary accept error, such as
-// running out of file descriptors.
-func isTemporary(err error) bool {
-	var t interface{ Temporary() bool }
-	return errors.As(err, &t) && t.Temporary()
+// admit registers a new session with its key, so that revoking the key
+// closes it, and counts it against the key's session limit. It reports
+// false if the session may not go on; otherwise the caller calls untrack
+// once the session has ended.
+func (r *Relay) admit(sess transport.ServerSession) (untrack func(), ok bool) {
+	u := sess.Key().(*access.User)
+	if sess.Carrier() == mtproxy.Carrier {
+		// A stock app opens one connection per MTProto connection, each
+		// a session of one stream: it counts as a stream of its key
+		// (in serveSession), not as a session.
+		return u.Track(sess)
+	}
+	untrack, err := u.TrackSession(sess)
+	if err != nil {
+		r.refuseSession(u, sess.Carrier(), err)
+		return nil, false
+	}
+	return untrack, true
 }
 
-// handleConn tells an authenticated carrier connection from everything else
-// by its first TLS record. authed, called once the connection has
-// authenticated, stops counting it as unauthenticated.
-func (r *Relay) handleConn(ctx context.Context, c net.Conn, authed func()) {
-	defer c.Close()
-	early := r.dialCoverAfter(ctx, coverEarly)
-	defer early.drop()
-	accepted := func() {
-		authed()
-		early.drop()
-	}
-	c.SetReadDeadline(time.Now().Add(r.cfg.HelloTimeout))
-	// Read through a buffer so that bytes arriving with the hello (in the
-	// same segment) are forwarded with it, in one write: a cover site
-	// then sees the same segments as if it had been dialled directly.
-	br := bufio.NewReaderSize(c, hello.MaxRecordLen)
-	rec, err := hello.ReadRecord(br)
-	c.SetReadDeadline(time.Time{})
-	extra, _ := br.Peek(br.Buffered())
-	first := append(rec, extra...)
-	if err != nil {
-		r.cover(ctx, c, first, "no complete TLS hello", early)
-		return
-	}
-	h, err := hello.Parse(rec)
-	if err != nil {
-		r.cover(ctx, c, first, "unparsable hello", early)
-		return
-	}
-	digest, token, ok := tlscarrier.HelloToken(h)
-	var u *access.User
-	if ok {
-		u = r.cfg.Keys.Authenticate(digest, token, time.Now())
-	}
-	if u == nil {
-		// Not our carrier: maybe a stock Telegram app with an MTProxy
-		// (FakeTLS) secret, told apart by the hello alone.
-		if r.serveMTProxy(ctx, c, br, rec, accepted) {
-			return
-		}
-		r.cover(ctx, c, first, "no valid token or MTProxy hello", early)
-		return
-	}
-	if r.replay.Seen(token) {
-		r.warns.warn(r.log, "replayed hello sent to cover site", "key", u.Name())
-		r.cover(ctx, c, first, "replay", early)
-		return
-	}
-	accepted()
-	// The session counts from here, before the handshake: a key at its
-	// limit costs the relay no handshake and no session state.
-	untrack, err := u.TrackSession(c)
-	if err != nil {
-		r.refuseSession(u, "tls", err)
-		return
-	}
-	defer untrack()
-	sess, err := tlscarrier.Accept(ctx, c, first, tlscarrier.ServerConfig{Certificate: r.cfg.Certificate})
-	if err != nil {
-		r.log.Debug("carrier handshake failed", "transport", "tls", "key", u.Name(), "err", err)
-		return
-	}
+// serveSession serves one admitted session of any carrier: it enforces
+// the key's stream limit and serves each stream.
+func (r *Relay) serveSession(ctx context.Context, sess transport.ServerSession) {
 	defer sess.Close()
-	r.log.Debug("session opened", "transport", "tls", "key", u.Name())
+	u := sess.Key().(*access.User)
+	log := r.log.With("transport", sess.Carrier(), "key", u.Name())
+	log.Debug("session opened")
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	stop := context.AfterFunc(ctx, func() { sess.Close() })
+	defer stop()
 	for {
 		st, err := sess.AcceptStream(ctx)
 		if err != nil {
-			r.log.Debug("session ended", "transport", "tls", "key", u.Name(), "err", err)
-			sess.Close()
+			log.Debug("session ended", "err", err)
 			return
 		}
 		// Count the stream here, in the order streams open, before
@@ -335,20 +315,66 @@ func (r *Relay) handleConn(ctx context.Context, c net.Conn, authed func()) {
 			st.Close()
 			continue
 		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			defer u.ReleaseStream()
 			r.serveCounted(ctx, st, u)
-		}()
+		})
 	}
 }
 
-// refuseSession logs, at most once per warnEvery and key, that a session
+// authenticator is the relay's [transport.Authenticator] and
+// [tlscarrier.MTProxyAuthenticator]: access keys, replay caches and the
+// limits that decide before a handshake.
+type authenticator struct{ r *Relay }
+
+// errReplay means a proof or hello was seen before.
+var errReplay = errors.New("relay: replayed")
+
+// Authenticate returns the *access.User whose key made p.
+func (a authenticator) Authenticate(p transport.Proof) (transport.Key, error) {
+	r := a.r
+	u := r.cfg.Keys.Authenticate(p.Digest, p.Token, time.Now())
+	if u == nil {
+		return nil, transport.ErrUnauthenticated
+	}
+	if r.replay.Seen(p.Token) {
+		r.warns.Warn(r.log, "replayed hello sent to cover site", "transport", p.Carrier, "key", u.Name())
+		return nil, fmt.Errorf("%w: %w", transport.ErrUnauthenticated, errReplay)
+	}
+	return u, nil
+}
+
+// AuthenticateMTProxy returns the *access.User whose MTProxy secret signed
+// h. An app over its limits looks, to anyone watching, like a wrong
+// secret: the cover site.
+func (a authenticator) AuthenticateMTProxy(h *mtproxy.ClientHello, now time.Time) (transport.Key, mtproxy.Key, error) {
+	r := a.r
+	u, key := r.cfg.Keys.MatchMTProxy(h, now, tlscarrier.MTProxyWindow)
+	if u == nil {
+		return nil, key, transport.ErrUnauthenticated
+	}
+	if r.mtReplay.Seen(h.Random[:]) {
+		r.warns.Warn(r.log, "replayed MTProxy hello sent to cover site", "key", u.Name())
+		return nil, key, fmt.Errorf("%w: %w", transport.ErrUnauthenticated, errReplay)
+	}
+	if u.OverQuota() {
+		r.warns.KeyInfo(r.log, u.Name(), "MTProxy connection refused: key over its byte quota (quota_bytes)",
+			"quota", u.Entry().QuotaBytes)
+		return nil, key, fmt.Errorf("%w: %w", transport.ErrUnauthenticated, access.ErrOverQuota)
+	}
+	if u.Streams() >= u.Entry().StreamLimit() {
+		r.warns.KeyInfo(r.log, u.Name(), "MTProxy connection refused: key at its stream limit (max_streams)",
+			"limit", u.Entry().StreamLimit())
+		return nil, key, fmt.Errorf("%w: %w", transport.ErrUnauthenticated, access.ErrTooManyStreams)
+	}
+	return u, key, nil
+}
+
+// refuseSession logs, at most once per warnlimit.Every and key, that a session
 // of u was refused because of err, from [access.User.TrackSession].
 func (r *Relay) refuseSession(u *access.User, carrier string, err error) {
 	if errors.Is(err, access.ErrTooManySessions) {
-		r.warns.keyInfo(r.log, u.Name(), "session refused: key at its session limit (max_sessions)",
+		r.warns.KeyInfo(r.log, u.Name(), "session refused: key at its session limit (max_sessions)",
 			"transport", carrier, "limit", u.Entry().SessionLimit())
 		return
 	}
@@ -389,7 +415,7 @@ func (r *Relay) countStream(st transport.Stream, u *access.User) bool {
 	if u.AcquireStream() {
 		return true
 	}
-	r.warns.keyInfo(r.log, u.Name(), "stream refused: key at its stream limit (max_streams)",
+	r.warns.KeyInfo(r.log, u.Name(), "stream refused: key at its stream limit (max_streams)",
 		"limit", u.Entry().StreamLimit())
 	refuse(st, transport.StatusTooManyStreams)
 	return false
@@ -409,7 +435,7 @@ func (r *Relay) serveCounted(ctx context.Context, st transport.Stream, u *access
 	}
 	log := r.log.With("key", u.Name(), "dc", req.Target.String())
 	if u.OverQuota() {
-		r.warns.keyInfo(r.log, u.Name(), "stream refused: key over its byte quota (quota_bytes)",
+		r.warns.KeyInfo(r.log, u.Name(), "stream refused: key over its byte quota (quota_bytes)",
 			"quota", u.Entry().QuotaBytes)
 		refuse(st, transport.StatusQuota)
 		return
@@ -418,13 +444,13 @@ func (r *Relay) serveCounted(ctx context.Context, st transport.Stream, u *access
 	if err != nil {
 		switch status {
 		case transport.StatusNotAllowed:
-			r.warns.keyWarn(r.log, u.Name(), "stream refused: not a Telegram datacenter",
+			r.warns.KeyWarn(r.log, u.Name(), "stream refused: not a Telegram datacenter",
 				"dc", req.Target.String(), "err", err)
 		case transport.StatusTooManyDials:
-			r.warns.keyInfo(r.log, u.Name(), "stream refused: too many of the key's streams waiting on a dial",
+			r.warns.KeyInfo(r.log, u.Name(), "stream refused: too many of the key's streams waiting on a dial",
 				"limit", r.cfg.MaxDialsPerKey)
 		case transport.StatusBadRequest:
-			r.warns.keyInfo(r.log, u.Name(), "stream refused: data beyond the allowance sent before the reply",
+			r.warns.KeyInfo(r.log, u.Name(), "stream refused: data beyond the allowance sent before the reply",
 				"limit", maxEarlyData)
 		default:
 			log.Debug("dial failed", "err", err)
@@ -534,169 +560,4 @@ func refuse(st transport.Stream, status transport.Status) {
 	if _, err := (transport.OpenReply{Status: status}).WriteTo(st); err == nil {
 		st.CloseWrite()
 	}
-}
-
-// cover splices c to the cover site, sending first the bytes already read,
-// over early's connection if it made one.
-func (r *Relay) cover(ctx context.Context, c net.Conn, read []byte, why string, early *earlyCover) {
-	r.log.Debug("connection sent to cover site", "why", why)
-	cc, err := early.take(ctx)
-	if err != nil {
-		r.warns.warn(r.log, "cover site unreachable", "err", err)
-		return
-	}
-	stop := context.AfterFunc(ctx, func() { cc.Close() })
-	defer stop()
-	if len(read) > 0 {
-		if _, err := cc.Write(read); err != nil {
-			cc.Close()
-			return
-		}
-	}
-	transport.Splice(c, cc, nil)
-}
-
-// dialCover connects to the cover site.
-func (r *Relay) dialCover(ctx context.Context) (net.Conn, error) {
-	d := net.Dialer{Timeout: 10 * time.Second}
-	return d.DialContext(ctx, "tcp", r.cfg.Cover)
-}
-
-// coverEarly is how long the relay waits for a complete hello before it
-// dials the cover site anyway (while still waiting, up to HelloTimeout),
-// so that the cover's own timers run from about when the client connected:
-// a prober's idle connection is then closed when the cover would close
-// it, rather than HelloTimeout later. Clients of the relay send their
-// hello at once, so the cover site sees no connection of theirs unless
-// their hello took this long to arrive.
-const coverEarly = time.Second
-
-// An earlyCover is a connection to the cover site dialled after a delay
-// unless the relay no longer wants it by then. Its methods are for one
-// goroutine.
-type earlyCover struct {
-	r      *Relay
-	cancel context.CancelFunc
-	timer  *time.Timer
-	state  int           // 0: undecided; 1: the dial never started; 2: it started
-	done   chan struct{} // closed when a started dial has returned
-	conn   net.Conn
-	err    error
-}
-
-// dialCoverAfter starts an earlyCover that dials after d.
-func (r *Relay) dialCoverAfter(ctx context.Context, d time.Duration) *earlyCover {
-	ctx, cancel := context.WithCancel(ctx)
-	e := &earlyCover{r: r, cancel: cancel, done: make(chan struct{})}
-	e.timer = time.AfterFunc(d, func() {
-		defer close(e.done)
-		e.conn, e.err = r.dialCover(ctx)
-	})
-	return e
-}
-
-// started stops the timer unless it has fired, and reports whether the
-// dial started.
-func (e *earlyCover) started() bool {
-	if e.state == 0 {
-		e.state = 1
-		if !e.timer.Stop() {
-			e.state = 2
-		}
-	}
-	return e.state == 2
-}
-
-// take returns the cover connection: the early one if it was dialled,
-// else a new one. It hands the connection over to the caller.
-func (e *earlyCover) take(ctx context.Context) (net.Conn, error) {
-	if !e.started() {
-		return e.r.dialCover(ctx)
-	}
-	<-e.done
-	c, err := e.conn, e.err
-	e.conn, e.err = nil, errors.New("relay: cover connection already taken")
-	return c, err
-}
-
-// drop cancels the dial, waits for it and closes the connection it made,
-// unless taken. It may be called more than once.
-func (e *earlyCover) drop() {
-	e.cancel()
-	if e.started() {
-		<-e.done
-		if e.conn != nil {
-			e.conn.Close()
-			e.conn = nil
-		}
-	}
-}
-
-// An unauthLimiter counts the connections that have not authenticated, in
-// all and per source network, against [Config.MaxUnauthConns] and
-// [Config.MaxUnauthPerSource]. It is safe for concurrent use.
-type unauthLimiter struct {
-	max, perSource int
-
-	mu       sync.Mutex
-	n        int
-	bySource map[netip.Prefix]int
-}
-
-// acquire counts a connection from addr. It returns a function that stops
-// counting it (safe to call more than once), or, if a cap is reached,
-// counts nothing and says which one in over.
-func (l *unauthLimiter) acquire(addr net.Addr) (release func(), over string) {
-	src := sourceNet(addr)
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	switch {
-	case l.n >= l.max:
-		return nil, fmt.Sprintf("too many unauthenticated connections (MaxUnauthConns %d)", l.max)
-	case l.bySource[src] >= l.perSource:
-		return nil, fmt.Sprintf("too many unauthenticated connections from one network (MaxUnauthPerSource %d)", l.perSource)
-	}
-	if l.bySource == nil {
-		l.bySource = make(map[netip.Prefix]int)
-	}
-	l.n++
-	l.bySource[src]++
-	var once sync.Once
-	return func() {
-		once.Do(func() {
-			l.mu.Lock()
-			defer l.mu.Unlock()
-			l.n--
-			if l.bySource[src]--; l.bySource[src] <= 0 {
-				delete(l.bySource, src)
-			}
-		})
-	}, ""
-}
-
-// sourceNet returns the network a connection comes from, as the per-source
-// cap counts it: the /24 of an IPv4 address, the /64 of an IPv6 one (a
-// host is commonly given a whole /64). Addresses that are not IP share
-// the zero prefix.
-func sourceNet(addr net.Addr) netip.Prefix {
-	var ip netip.Addr
-	switch a := addr.(type) {
-	case nil:
-	case *net.TCPAddr:
-		ip = a.AddrPort().Addr()
-	default:
-		if ap, err := netip.ParseAddrPort(addr.String()); err == nil {
-			ip = ap.Addr()
-		}
-	}
-	ip = ip.Unmap()
-	bits := 64
-	if ip.Is4() {
-		bits = 24
-	}
-	p, err := ip.Prefix(bits)
-	if err != nil {
-		return netip.Prefix{}
-	}
-	return p
 }

@@ -48,6 +48,7 @@ import (
 	utls "github.com/refraction-networking/utls"
 	"golang.org/x/net/http2"
 
+	"github.com/merpati/merpati/transport/atomicfile"
 	"github.com/merpati/merpati/transport/relaylist"
 	"github.com/merpati/merpati/transport/tlscarrier"
 )
@@ -348,23 +349,10 @@ func (f *Fetcher) save(data []byte) error {
 	if f.cfg.CachePath == "" {
 		return nil
 	}
-	dir := filepath.Dir(f.cfg.CachePath)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	if err := os.MkdirAll(filepath.Dir(f.cfg.CachePath), 0o700); err != nil {
 		return err
 	}
-	tmp, err := os.CreateTemp(dir, ".relaylist-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), f.cfg.CachePath)
+	return atomicfile.Write(f.cfg.CachePath, data, 0o600)
 }
 
 // A resolver sends one query and returns the answer.

@@ -14,9 +14,9 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
-	"strings"
 	"time"
 
+	"github.com/merpati/merpati/transport/atomicfile"
 	"github.com/merpati/merpati/transport/auth"
 	"github.com/merpati/merpati/transport/mtproxy"
 )
@@ -139,7 +139,7 @@ func Save(path string, entries []Entry) error {
 		return err
 	}
 	defer unlock()
-	RemoveStaleTemps(path)
+	atomicfile.RemoveStale(path)
 	return save(path, entries)
 }
 
@@ -152,7 +152,7 @@ func save(path string, entries []Entry) error {
 	if err != nil {
 		return err
 	}
-	return WriteFileAtomic(path, append(b, '\n'), 0o600)
+	return atomicfile.Write(path, append(b, '\n'), 0o600)
 }
 
 // Update changes the keys file at path: it takes the file's lock (see
@@ -166,7 +166,7 @@ func Update(path string, edit func([]Entry) ([]Entry, error)) error {
 		return err
 	}
 	defer unlock()
-	RemoveStaleTemps(path)
+	atomicfile.RemoveStale(path)
 	entries, err := Load(path)
 	if err != nil {
 		return err
@@ -209,56 +209,6 @@ func LockFile(path string) (unlock func(), err error) {
 		}
 		time.Sleep(delay)
 	}
-}
-
-// RemoveStaleTemps removes the temporary files ".NAME.<digits>" that
-// [WriteFileAtomic] leaves beside path (NAME being its base name) when its
-// writer is killed before the rename; they may hold keys revoked since.
-// Call it only under the file's lock ([LockFile]), so that no writer is
-// using them. Other dot files, such as an editor's ".NAME.swp", are left
-// alone.
-func RemoveStaleTemps(path string) {
-	dir, prefix := filepath.Dir(path), "."+filepath.Base(path)+"."
-	ents, err := os.ReadDir(dir)
-	if err != nil {
-		return
-	}
-	for _, e := range ents {
-		rest, ok := strings.CutPrefix(e.Name(), prefix)
-		if !ok || rest == "" || strings.Trim(rest, "0123456789") != "" || !e.Type().IsRegular() {
-			continue
-		}
-		os.Remove(filepath.Join(dir, e.Name()))
-	}
-}
-
-// WriteFileAtomic writes data to a temporary file beside path and renames
-// it over path, so readers see the old or the new content, never a mix.
-func WriteFileAtomic(path string, data []byte, perm os.FileMode) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	defer os.Remove(tmp.Name())
-	if err := tmp.Chmod(perm); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	return nil
 }
 
 // Add creates a key named name in the keys file at path and returns it.

@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/merpati/merpati/transport/atomicfile"
 	"github.com/merpati/merpati/transport/auth"
 	"github.com/merpati/merpati/transport/mtproxy"
 )
@@ -65,9 +66,9 @@ func NewKeyring(path, usagePath string, log *slog.Logger) (*Keyring, error) {
 	}
 	k := &Keyring{path: path, usagePath: usagePath, log: log, users: make(map[string]*User)}
 	if unlock, err := LockFile(path); err == nil {
-		RemoveStaleTemps(path)
+		atomicfile.RemoveStale(path)
 		if usagePath != "" {
-			RemoveStaleTemps(usagePath)
+			atomicfile.RemoveStale(usagePath)
 		}
 		unlock()
 	} else {
@@ -244,9 +245,9 @@ func (k *Keyring) saveUsage() {
 		k.log.Warn("saving usage without the keys file's lock", "err", err)
 	} else {
 		defer unlock()
-		RemoveStaleTemps(k.usagePath)
+		atomicfile.RemoveStale(k.usagePath)
 	}
-	if err := WriteFileAtomic(k.usagePath, b, 0o600); err != nil {
+	if err := atomicfile.Write(k.usagePath, b, 0o600); err != nil {
 		k.log.Error("usage not saved", "err", err)
 	}
 }

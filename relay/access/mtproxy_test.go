@@ -2,9 +2,6 @@ package access
 
 import (
 	"bytes"
-	"crypto/tls"
-	"io"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -12,28 +9,15 @@ import (
 	"time"
 
 	"github.com/merpati/merpati/transport/mtproxy"
+	"github.com/merpati/merpati/transport/mtproxy/mtproxytest"
 )
 
 // fakeTLSHello returns a real ClientHello record signed as a FakeTLS hello
 // with key at ts.
 func fakeTLSHello(t testing.TB, key mtproxy.Key, ts time.Time) *mtproxy.ClientHello {
 	t.Helper()
-	c, s := net.Pipe()
-	defer s.Close()
-	go func() {
-		tls.Client(c, &tls.Config{ServerName: "cover.example", InsecureSkipVerify: true}).Handshake()
-		c.Close()
-	}()
-	var hdr [5]byte
-	if _, err := io.ReadFull(s, hdr[:]); err != nil {
-		t.Fatal(err)
-	}
-	rec := make([]byte, 5+(int(hdr[3])<<8|int(hdr[4])))
-	copy(rec, hdr[:])
-	if _, err := io.ReadFull(s, rec[5:]); err != nil {
-		t.Fatal(err)
-	}
-	if err := mtproxy.SignClientHello(rec, key, ts); err != nil {
+	rec := mtproxytest.HelloRecord(t, "cover.example")
+	if err := mtproxytest.SignClientHello(rec, key, ts); err != nil {
 		t.Fatal(err)
 	}
 	h, err := mtproxy.ParseClientHello(rec)

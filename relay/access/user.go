@@ -26,13 +26,18 @@ const (
 	DefaultMaxStreams  = 1024
 )
 
-// Errors from [User.TrackSession].
+// Errors about a key's limits.
 var (
 	// ErrRevoked means the key has been revoked or replaced.
 	ErrRevoked = errors.New("access: key revoked")
 	// ErrTooManySessions means the key already has as many sessions as
 	// its session limit allows.
 	ErrTooManySessions = errors.New("access: key at its session limit")
+	// ErrTooManyStreams means the key already has as many streams as its
+	// stream limit allows.
+	ErrTooManyStreams = errors.New("access: key at its stream limit")
+	// ErrOverQuota means the key has used up its byte quota.
+	ErrOverQuota = errors.New("access: key over its byte quota")
 )
 
 // SessionLimit returns the most concurrent sessions e allows: MaxSessions,

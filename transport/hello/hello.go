@@ -1,11 +1,12 @@
-// Package hello parses a TLS ClientHello as it arrives on the wire and
-// computes its JA4 fingerprint.
+// Package hello parses a TLS ClientHello as it arrives on the wire.
 //
 // The relay uses it on untrusted bytes: [ReadRecord] reads exactly one TLS
 // record from a fresh connection, keeping every byte it consumed so that a
 // connection which fails authentication can be forwarded byte for byte to
-// the cover site, and [Parse] decodes that record. The client's tests use
-// it to compare the hello built by uTLS with the one Chromium sends.
+// the cover site, and [Parse] decodes that record. The carriers' tests use
+// it to compare the hello built by uTLS with the one Chromium sends; the
+// JA4 fingerprint they compare is computed by the sibling package
+// transport/hello/ja4, which only tests import.
 //
 // The parser checks the framing of every length-prefixed field (RFC 8446,
 // Section 4.1.2 and 4.2) and decodes only the extensions it knows; it does

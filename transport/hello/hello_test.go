@@ -185,9 +185,6 @@ func TestParseNoExtensions(t *testing.T) {
 	if h.Extensions != nil || len(h.SessionID) != 0 || h.SessionIDOffset != 39 {
 		t.Errorf("got %+v", h)
 	}
-	if got, want := h.JA4(), "t12i010000_"+hash12("002f")+"_000000000000"; got != want {
-		t.Errorf("JA4 = %s, want %s", got, want)
-	}
 }
 
 func TestParseErrors(t *testing.T) {

@@ -106,7 +106,6 @@ func TestRoundTripCryptoTLS(t *testing.T) {
 	if len(h.SessionID) != 32 || !bytes.Equal(h.Raw[h.SessionIDOffset:][:32], h.SessionID) {
 		t.Errorf("session id %x at %d", h.SessionID, h.SessionIDOffset)
 	}
-	t.Logf("crypto/tls JA4 %s", h.JA4())
 }
 
 func TestRoundTripUTLS(t *testing.T) {
@@ -146,18 +145,6 @@ func TestRoundTripUTLS(t *testing.T) {
 			if !slices.Equal(h.KeyShareGroups, ks) {
 				t.Errorf("KeyShareGroups %x, uTLS %x", h.KeyShareGroups, ks)
 			}
-			// Published fingerprints of the browsers these presets copy,
-			// rechecked in TestJA4Published. Chrome-120 is left out: its
-			// hello length varies with the random ECH GREASE payload, and
-			// when it lands in 256-511 bytes uTLS (like BoringSSL) adds a
-			// padding extension, which changes the extension count.
-			wantJA4 := map[string]string{
-				"Chrome-133": "t13d1516h2_8daaf6152771_d8a2da3f94cd",
-			}[id.Str()]
-			if got := h.JA4(); wantJA4 != "" && got != wantJA4 {
-				t.Errorf("JA4 = %s, want %s", got, wantJA4)
-			}
-			t.Logf("JA4 %s", h.JA4())
 		})
 	}
 }

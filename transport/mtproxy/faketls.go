@@ -1,7 +1,6 @@
 package mtproxy
 
 import (
-	"bytes"
 	"crypto/ecdh"
 	"crypto/hmac"
 	"crypto/sha256"
@@ -9,7 +8,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
 	"math/rand/v2"
 	"time"
 )
@@ -48,9 +46,6 @@ var (
 	ErrDigest = errors.New("mtproxy: FakeTLS digest mismatch")
 	// ErrStale means the hello's timestamp is outside the time window.
 	ErrStale = errors.New("mtproxy: FakeTLS timestamp outside the window")
-	// ErrServerHello means the proxy's answer is malformed or its digest
-	// does not match.
-	ErrServerHello = errors.New("mtproxy: bad FakeTLS server hello")
 )
 
 // A ClientHello is a TLS ClientHello record as parsed for FakeTLS. Slices
@@ -155,10 +150,10 @@ func serverName(data []byte) string {
 	return ""
 }
 
-// Check reports whether the hello's random is its digest under key, and if
+// check reports whether the hello's random is its digest under key, and if
 // so returns the timestamp it carries. Its cost is one HMAC-SHA256 over
 // the record.
-func (h *ClientHello) Check(key Key) (time.Time, bool) {
+func (h *ClientHello) check(key Key) (time.Time, bool) {
 	d := digest(key, h.Record)
 	for i := range d {
 		d[i] ^= h.Random[i]
@@ -173,7 +168,7 @@ func (h *ClientHello) Check(key Key) (time.Time, bool) {
 // Verify checks the digest under key ([ErrDigest]) and that the timestamp
 // is within window of now ([ErrStale]).
 func (h *ClientHello) Verify(key Key, now time.Time, window time.Duration) error {
-	ts, ok := h.Check(key)
+	ts, ok := h.check(key)
 	if !ok {
 		return ErrDigest
 	}
@@ -195,30 +190,14 @@ func digest(key Key, record []byte) [32]byte {
 	return d
 }
 
-// SignClientHello turns a ClientHello record into a FakeTLS one, as an app
-// does: its random becomes the digest under key with the timestamp now
-// XORed into the last four bytes (little-endian Unix seconds). record must
-// be at least a record header, a handshake header, a version and a random
-// long.
-func SignClientHello(record []byte, key Key, now time.Time) error {
-	if len(record) < randomOffset+randomLen {
-		return fmt.Errorf("%w: %d bytes", ErrHello, len(record))
-	}
-	d := digest(key, record)
-	ts := binary.LittleEndian.Uint32(d[randomLen-4:]) ^ uint32(now.Unix())
-	binary.LittleEndian.PutUint32(d[randomLen-4:], ts)
-	copy(record[randomOffset:], d[:])
-	return nil
-}
-
-// ServerHello builds the proxy's answer to h, which must have passed
-// [ClientHello.Check] with key: a TLS 1.3-shaped ServerHello (echoing the
+// serverHello builds the proxy's answer to h, which must have passed
+// [ClientHello.Verify] with key: a TLS 1.3-shaped ServerHello (echoing the
 // session id, choosing one of the client's TLS 1.3 suites, with an X25519
 // key share), a ChangeCipherSpec record, and one ApplicationData record of
 // 1-4 KiB of noise standing in for the encrypted certificate. Its server
 // random is HMAC-SHA256(key, client random ‖ answer with that random
 // zeroed), which the app checks.
-func ServerHello(key Key, h *ClientHello) ([]byte, error) {
+func serverHello(key Key, h *ClientHello) ([]byte, error) {
 	priv, err := ecdh.X25519().GenerateKey(nil)
 	if err != nil {
 		return nil, fmt.Errorf("server hello key share: %w", err)
@@ -279,55 +258,6 @@ func pickSuite(suites []uint16) uint16 {
 		}
 	}
 	return 0x1301
-}
-
-// ReadServerHello reads a FakeTLS proxy's answer from r, as an app does,
-// and checks its digest against the client random the app sent. It reads
-// exactly the handshake records, the ChangeCipherSpec and one
-// ApplicationData record.
-func ReadServerHello(r io.Reader, clientRandom [randomLen]byte, key Key) error {
-	var all []byte
-	read := func() (byte, error) {
-		var hdr [recordHeaderLen]byte
-		if _, err := io.ReadFull(r, hdr[:]); err != nil {
-			return 0, err
-		}
-		n := int(binary.BigEndian.Uint16(hdr[3:]))
-		rec := make([]byte, recordHeaderLen+n)
-		copy(rec, hdr[:])
-		if _, err := io.ReadFull(r, rec[recordHeaderLen:]); err != nil {
-			return 0, err
-		}
-		all = append(all, rec...)
-		return hdr[0], nil
-	}
-	typ, err := read()
-	if err != nil {
-		return fmt.Errorf("%w: %w", ErrServerHello, err)
-	}
-	if typ != recordHandshake || len(all) < randomOffset+randomLen {
-		return fmt.Errorf("%w: first record", ErrServerHello)
-	}
-	for typ != recordChangeCipher {
-		if typ, err = read(); err != nil {
-			return fmt.Errorf("%w: %w", ErrServerHello, err)
-		}
-		if typ != recordHandshake && typ != recordChangeCipher {
-			return fmt.Errorf("%w: record type %#x", ErrServerHello, typ)
-		}
-	}
-	if typ, err = read(); err != nil || typ != recordApplication {
-		return fmt.Errorf("%w: no application data record (%v)", ErrServerHello, err)
-	}
-	got := bytes.Clone(all[randomOffset : randomOffset+randomLen])
-	clear(all[randomOffset : randomOffset+randomLen])
-	m := hmac.New(sha256.New, key[:])
-	m.Write(clientRandom[:])
-	m.Write(all)
-	if !hmac.Equal(m.Sum(nil), got) {
-		return fmt.Errorf("%w: digest", ErrServerHello)
-	}
-	return nil
 }
 
 // reader reads big-endian TLS fields; each method reports false, consuming

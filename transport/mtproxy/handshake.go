@@ -1,13 +1,10 @@
 package mtproxy
 
 import (
-	"bufio"
-	"bytes"
 	"crypto/rand"
 	"fmt"
 	"io"
 	"net"
-	"time"
 )
 
 // AcceptApp completes the proxy's side of a FakeTLS connection whose hello
@@ -17,7 +14,7 @@ import (
 // decrypted byte stream and what the init announced. Deadlines are the
 // caller's.
 func AcceptApp(conn net.Conn, r io.Reader, key Key, h *ClientHello) (*ObfsConn, Init, error) {
-	sh, err := ServerHello(key, h)
+	sh, err := serverHello(key, h)
 	if err != nil {
 		return nil, Init{}, err
 	}
@@ -48,42 +45,4 @@ func StartDC(conn net.Conn, p Protocol, dc int) (*ObfsConn, error) {
 		return nil, fmt.Errorf("write obfuscated2 init: %w", err)
 	}
 	return NewObfsConn(conn, c), nil
-}
-
-// ClientHandshake is the app's side of FakeTLS plus obfuscated2, for tests,
-// benchmarks and tools: it signs hello (a TLS ClientHello record, which it
-// copies; its random and session id are overwritten) with s.Key at now, sends it, checks
-// the proxy's server hello, sends an obfuscated2 init for p and dc, and
-// returns the plaintext stream to the datacenter.
-func ClientHandshake(conn net.Conn, s Secret, hello []byte, now time.Time, p Protocol, dc int) (*ObfsConn, error) {
-	rec := bytes.Clone(hello)
-	h, err := ParseClientHello(rec)
-	if err != nil {
-		return nil, err
-	}
-	// A fresh session id makes every hello, and so its digest, unique
-	// even within one second, as the apps' random key shares do.
-	rand.Read(h.SessionID)
-	if err := SignClientHello(rec, s.Key, now); err != nil {
-		return nil, err
-	}
-	if _, err := conn.Write(rec); err != nil {
-		return nil, fmt.Errorf("write client hello: %w", err)
-	}
-	var random [randomLen]byte
-	copy(random[:], rec[randomOffset:])
-	if err := ReadServerHello(conn, random, s.Key); err != nil {
-		return nil, err
-	}
-	init, c, err := NewInit(rand.Reader, p, dc, s.Key[:])
-	if err != nil {
-		return nil, err
-	}
-	// Buffer reads: each record is a header and a payload, two reads
-	// from the conn without a buffer.
-	tc := NewClientTLSConn(conn, bufio.NewReaderSize(conn, 64<<10))
-	if _, err := tc.Write(init[:]); err != nil {
-		return nil, fmt.Errorf("write obfuscated2 init: %w", err)
-	}
-	return NewObfsConn(tc, c), nil
 }

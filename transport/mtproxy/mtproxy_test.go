@@ -1,10 +1,10 @@
-package mtproxy
+package mtproxy_test
 
 import (
 	"bufio"
 	"bytes"
 	"crypto/rand"
-	"crypto/tls"
+	"encoding/base64"
 	"errors"
 	"io"
 	"net"
@@ -16,41 +16,26 @@ import (
 	"github.com/gotd/td/mtproxy/obfuscated2"
 	"github.com/gotd/td/mtproxy/obfuscator"
 
-	"github.com/merpati/merpati/transport/hello"
+	"github.com/merpati/merpati/transport/mtproxy"
+	"github.com/merpati/merpati/transport/mtproxy/mtproxytest"
 )
 
-// testHello returns a real ClientHello record, as crypto/tls sends it for
-// serverName.
-func testHello(t testing.TB, serverName string) []byte {
-	t.Helper()
-	c, s := net.Pipe()
-	defer s.Close()
-	go func() {
-		tls.Client(c, &tls.Config{ServerName: serverName, InsecureSkipVerify: true}).Handshake()
-		c.Close()
-	}()
-	rec, err := hello.ReadRecord(s)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return rec
-}
-
 func TestSecretText(t *testing.T) {
-	s, err := NewSecret("cover.example.com")
+	s, err := mtproxy.NewSecret("cover.example.com")
 	if err != nil {
 		t.Fatal(err)
 	}
 	raw := s.Bytes()
+	b64 := base64.RawURLEncoding.EncodeToString(raw)
 	for _, tc := range []struct {
 		name, text string
 		ok         bool
 	}{
 		{"hex", s.String(), true},
 		{"hex upper", strings.ToUpper(s.String()), true},
-		{"base64url", s.Base64(), true},
-		{"base64url padded", strings.TrimRight(s.Base64(), "=") + strings.Repeat("=", (4-len(s.Base64())%4)%4), true},
-		{"base64 std", strings.NewReplacer("-", "+", "_", "/").Replace(s.Base64()), true},
+		{"base64url", b64, true},
+		{"base64url padded", b64 + strings.Repeat("=", (4-len(b64)%4)%4), true},
+		{"base64 std", strings.NewReplacer("-", "+", "_", "/").Replace(b64), true},
 		{"spaces", "  " + s.String() + "\n", true},
 		{"dd secret", "dd" + s.Key.String(), false},
 		{"plain secret", s.Key.String(), false},
@@ -59,7 +44,7 @@ func TestSecretText(t *testing.T) {
 		{"empty", "", false},
 		{"host with space", "ee" + s.Key.String() + "6120620a", false},
 	} {
-		got, err := ParseSecret(tc.text)
+		got, err := mtproxy.ParseSecret(tc.text)
 		if tc.ok != (err == nil) {
 			t.Errorf("%s: err %v", tc.name, err)
 			continue
@@ -67,16 +52,16 @@ func TestSecretText(t *testing.T) {
 		if tc.ok && (!bytes.Equal(got.Bytes(), raw) || got != s) {
 			t.Errorf("%s: got %v want %v", tc.name, got, s)
 		}
-		if !tc.ok && !errors.Is(err, ErrSecret) {
+		if !tc.ok && !errors.Is(err, mtproxy.ErrSecret) {
 			t.Errorf("%s: %v is not ErrSecret", tc.name, err)
 		}
 	}
-	var back Secret
+	var back mtproxy.Secret
 	text, _ := s.MarshalText()
 	if err := back.UnmarshalText(text); err != nil || back != s {
 		t.Fatalf("text round trip: %v %v", back, err)
 	}
-	var k Key
+	var k mtproxy.Key
 	if err := k.UnmarshalText([]byte(s.Key.String())); err != nil || k != s.Key {
 		t.Fatalf("key round trip: %v", err)
 	}
@@ -86,15 +71,15 @@ func TestSecretText(t *testing.T) {
 }
 
 func TestInitRoundTrip(t *testing.T) {
-	secret := NewKey()
-	for _, p := range []Protocol{Abridged, Intermediate, PaddedIntermediate} {
+	secret := mtproxy.NewKey()
+	for _, p := range []mtproxy.Protocol{mtproxy.Abridged, mtproxy.Intermediate, mtproxy.PaddedIntermediate} {
 		for _, dc := range []int{1, 2, 5, -2, -4, 203, 10002, -10003} {
 			for _, sec := range [][]byte{nil, secret[:]} {
-				init, cli, err := NewInit(rand.Reader, p, dc, sec)
+				init, cli, err := mtproxy.NewInit(rand.Reader, p, dc, sec)
 				if err != nil {
 					t.Fatal(err)
 				}
-				in, srv, err := AcceptInit(init, sec)
+				in, srv, err := mtproxy.AcceptInit(init, sec)
 				if err != nil {
 					t.Fatalf("%x dc %d: %v", p, dc, err)
 				}
@@ -115,34 +100,34 @@ func TestInitRoundTrip(t *testing.T) {
 			}
 		}
 	}
-	init, _, _ := NewInit(rand.Reader, Intermediate, 2, secret[:])
-	other := NewKey()
-	if _, _, err := AcceptInit(init, other[:]); !errors.Is(err, ErrInit) {
+	init, _, _ := mtproxy.NewInit(rand.Reader, mtproxy.Intermediate, 2, secret[:])
+	other := mtproxy.NewKey()
+	if _, _, err := mtproxy.AcceptInit(init, other[:]); !errors.Is(err, mtproxy.ErrInit) {
 		t.Fatalf("wrong secret: %v", err)
 	}
-	if _, _, err := NewInit(rand.Reader, Protocol{1, 2, 3, 4}, 2, nil); err == nil {
+	if _, _, err := mtproxy.NewInit(rand.Reader, mtproxy.Protocol{1, 2, 3, 4}, 2, nil); err == nil {
 		t.Fatal("unknown protocol accepted")
 	}
-	if _, _, err := NewInit(rand.Reader, Abridged, 40000, nil); err == nil {
+	if _, _, err := mtproxy.NewInit(rand.Reader, mtproxy.Abridged, 40000, nil); err == nil {
 		t.Fatal("DC out of range accepted")
 	}
 }
 
 // TestInitGotd checks our obfuscated2 against gotd's, in both roles.
 func TestInitGotd(t *testing.T) {
-	secret := NewKey()
+	secret := mtproxy.NewKey()
 	for _, sec := range [][]byte{nil, secret[:]} {
 		// gotd client → our server.
 		var buf bytes.Buffer
 		o := obfuscated2.NewObfuscated2(rand.Reader, &buf)
-		if err := o.Handshake(PaddedIntermediate, -3, gotdproxy.Secret{Secret: sec}); err != nil {
+		if err := o.Handshake(mtproxy.PaddedIntermediate, -3, gotdproxy.Secret{Secret: sec}); err != nil {
 			t.Fatal(err)
 		}
 		o.Write([]byte("hello DC"))
-		var init [InitLen]byte
-		copy(init[:], buf.Next(InitLen))
-		in, c, err := AcceptInit(init, sec)
-		if err != nil || in.Protocol != PaddedIntermediate || in.DC != -3 {
+		var init [mtproxy.InitLen]byte
+		copy(init[:], buf.Next(mtproxy.InitLen))
+		in, c, err := mtproxy.AcceptInit(init, sec)
+		if err != nil || in.Protocol != mtproxy.PaddedIntermediate || in.DC != -3 {
 			t.Fatalf("gotd init: %+v %v", in, err)
 		}
 		rest := buf.Bytes()
@@ -152,14 +137,14 @@ func TestInitGotd(t *testing.T) {
 		}
 
 		// Our client → gotd's server.
-		ini, cc, err := NewInit(rand.Reader, Abridged, 10002, sec)
+		ini, cc, err := mtproxy.NewInit(rand.Reader, mtproxy.Abridged, 10002, sec)
 		if err != nil {
 			t.Fatal(err)
 		}
 		msg := []byte("hello gotd")
 		cc.Enc.XORKeyStream(msg, msg)
 		rw, md, err := obfuscated2.Accept(bytes.NewBuffer(append(ini[:], msg...)), sec)
-		if err != nil || md.Protocol != Abridged || int16(md.DC) != 10002 {
+		if err != nil || md.Protocol != mtproxy.Abridged || int16(md.DC) != 10002 {
 			t.Fatalf("gotd accept: %+v %v", md, err)
 		}
 		got, _ := io.ReadAll(rw)
@@ -170,13 +155,13 @@ func TestInitGotd(t *testing.T) {
 }
 
 func TestClientHello(t *testing.T) {
-	s, _ := NewSecret("cover.example.com")
-	rec := testHello(t, s.Host)
+	s, _ := mtproxy.NewSecret("cover.example.com")
+	rec := mtproxytest.HelloRecord(t, s.Host)
 	now := time.Now()
-	if err := SignClientHello(rec, s.Key, now); err != nil {
+	if err := mtproxytest.SignClientHello(rec, s.Key, now); err != nil {
 		t.Fatal(err)
 	}
-	h, err := ParseClientHello(rec)
+	h, err := mtproxy.ParseClientHello(rec)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -185,16 +170,16 @@ func TestClientHello(t *testing.T) {
 	}
 	for _, tc := range []struct {
 		name string
-		key  Key
+		key  mtproxy.Key
 		now  time.Time
 		want error
 	}{
 		{"ok", s.Key, now, nil},
 		{"skew", s.Key, now.Add(90 * time.Second), nil},
 		{"future", s.Key, now.Add(-90 * time.Second), nil},
-		{"stale", s.Key, now.Add(10 * time.Minute), ErrStale},
-		{"too far ahead", s.Key, now.Add(-10 * time.Minute), ErrStale},
-		{"wrong key", NewKey(), now, ErrDigest},
+		{"stale", s.Key, now.Add(10 * time.Minute), mtproxy.ErrStale},
+		{"too far ahead", s.Key, now.Add(-10 * time.Minute), mtproxy.ErrStale},
+		{"wrong key", mtproxy.NewKey(), now, mtproxy.ErrDigest},
 	} {
 		if err := h.Verify(tc.key, tc.now, 2*time.Minute); !errors.Is(err, tc.want) {
 			t.Errorf("%s: %v, want %v", tc.name, err, tc.want)
@@ -202,27 +187,27 @@ func TestClientHello(t *testing.T) {
 	}
 	// A changed byte anywhere breaks the digest.
 	rec[len(rec)-1] ^= 1
-	h2, _ := ParseClientHello(rec)
+	h2, _ := mtproxy.ParseClientHello(rec)
 	if h2 != nil {
 		if _, ok := h2.Check(s.Key); ok {
 			t.Fatal("tampered hello accepted")
 		}
 	}
 
-	sh, err := ServerHello(s.Key, h)
+	sh, err := mtproxy.ServerHello(s.Key, h)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := ReadServerHello(bytes.NewReader(sh), h.Random, s.Key); err != nil {
+	if err := mtproxytest.ReadServerHello(bytes.NewReader(sh), h.Random, s.Key); err != nil {
 		t.Fatalf("our own server hello: %v", err)
 	}
-	if err := ReadServerHello(bytes.NewReader(sh), h.Random, NewKey()); !errors.Is(err, ErrServerHello) {
+	if err := mtproxytest.ReadServerHello(bytes.NewReader(sh), h.Random, mtproxy.NewKey()); !errors.Is(err, mtproxytest.ErrServerHello) {
 		t.Fatalf("server hello under another key: %v", err)
 	}
 }
 
 func TestParseClientHelloErrors(t *testing.T) {
-	good := testHello(t, "a.example")
+	good := mtproxytest.HelloRecord(t, "a.example")
 	for _, tc := range []struct {
 		name string
 		b    []byte
@@ -234,7 +219,7 @@ func TestParseClientHelloErrors(t *testing.T) {
 		{"trailing", append(bytes.Clone(good), 0)},
 		{"not client hello", append(append([]byte{}, good[:5]...), append([]byte{2}, good[6:]...)...)},
 	} {
-		if _, err := ParseClientHello(tc.b); !errors.Is(err, ErrHello) {
+		if _, err := mtproxy.ParseClientHello(tc.b); !errors.Is(err, mtproxy.ErrHello) {
 			t.Errorf("%s: %v", tc.name, err)
 		}
 	}
@@ -269,8 +254,8 @@ func pipe(t testing.TB) (net.Conn, net.Conn) {
 
 // serveOne accepts one FakeTLS connection on srv for s and echoes the
 // plaintext back, reporting the init it saw.
-func serveOne(t testing.TB, srv net.Conn, s Secret) <-chan Init {
-	ch := make(chan Init, 1)
+func serveOne(t testing.TB, srv net.Conn, s mtproxy.Secret) <-chan mtproxy.Init {
+	ch := make(chan mtproxy.Init, 1)
 	go func() {
 		defer close(ch)
 		rec := make([]byte, 5)
@@ -283,7 +268,7 @@ func serveOne(t testing.TB, srv net.Conn, s Secret) <-chan Init {
 			t.Error(err)
 			return
 		}
-		h, err := ParseClientHello(rec)
+		h, err := mtproxy.ParseClientHello(rec)
 		if err != nil {
 			t.Error(err)
 			return
@@ -292,7 +277,7 @@ func serveOne(t testing.TB, srv net.Conn, s Secret) <-chan Init {
 			t.Error(err)
 			return
 		}
-		app, in, err := AcceptApp(srv, nil, s.Key, h)
+		app, in, err := mtproxy.AcceptApp(srv, nil, s.Key, h)
 		if err != nil {
 			t.Error(err)
 			return
@@ -307,7 +292,7 @@ func serveOne(t testing.TB, srv net.Conn, s Secret) <-chan Init {
 // TestGotdFakeTLS runs gotd's real MTProxy client code (FakeTLS then
 // obfuscated2) against AcceptApp.
 func TestGotdFakeTLS(t *testing.T) {
-	s, _ := NewSecret("cover.example.com")
+	s, _ := mtproxy.NewSecret("cover.example.com")
 	cli, srv := pipe(t)
 	inits := serveOne(t, srv, s)
 	ps, err := gotdproxy.ParseSecret(s.Bytes())
@@ -315,7 +300,7 @@ func TestGotdFakeTLS(t *testing.T) {
 		t.Fatal(err)
 	}
 	oc := obfuscator.FakeTLS(rand.Reader, cli)
-	if err := oc.Handshake(PaddedIntermediate, -2, ps); err != nil {
+	if err := oc.Handshake(mtproxy.PaddedIntermediate, -2, ps); err != nil {
 		t.Fatalf("gotd handshake: %v", err)
 	}
 	msg := make([]byte, 60_000) // gotd writes one record per Write: stay under 64 KiB
@@ -325,16 +310,16 @@ func TestGotdFakeTLS(t *testing.T) {
 	if _, err := io.ReadFull(oc, got); err != nil || !bytes.Equal(got, msg) {
 		t.Fatalf("echo through gotd FakeTLS: %v", err)
 	}
-	if in := <-inits; in.Protocol != PaddedIntermediate || in.DC != -2 {
+	if in := <-inits; in.Protocol != mtproxy.PaddedIntermediate || in.DC != -2 {
 		t.Fatalf("init %+v", in)
 	}
 }
 
 func TestClientHandshake(t *testing.T) {
-	s, _ := NewSecret("cover.example.com")
+	s, _ := mtproxy.NewSecret("cover.example.com")
 	cli, srv := pipe(t)
 	inits := serveOne(t, srv, s)
-	c, err := ClientHandshake(cli, s, testHello(t, s.Host), time.Now(), Abridged, 10003)
+	c, err := mtproxytest.ClientHandshake(cli, s, mtproxytest.HelloRecord(t, s.Host), time.Now(), mtproxy.Abridged, 10003)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -345,20 +330,20 @@ func TestClientHandshake(t *testing.T) {
 	if err != nil || !bytes.Equal(got, msg) {
 		t.Fatalf("echo: %d bytes, %v", len(got), err)
 	}
-	if in := <-inits; in.Protocol != Abridged || in.DC != 10003 {
+	if in := <-inits; in.Protocol != mtproxy.Abridged || in.DC != 10003 {
 		t.Fatalf("init %+v", in)
 	}
 }
 
 func FuzzParseClientHello(f *testing.F) {
-	s, _ := NewSecret("cover.example.com")
-	rec := testHello(f, s.Host)
-	SignClientHello(rec, s.Key, time.Now())
+	s, _ := mtproxy.NewSecret("cover.example.com")
+	rec := mtproxytest.HelloRecord(f, s.Host)
+	mtproxytest.SignClientHello(rec, s.Key, time.Now())
 	f.Add(rec)
 	f.Add([]byte("\x16\x03\x01\x00\x05\x01\x00\x00\x01\x00"))
 	f.Add([]byte("GET / HTTP/1.1\r\n"))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		h, err := ParseClientHello(b)
+		h, err := mtproxy.ParseClientHello(b)
 		if err != nil {
 			if h != nil {
 				t.Fatal("hello and error")
@@ -366,20 +351,20 @@ func FuzzParseClientHello(f *testing.F) {
 			return
 		}
 		h.Verify(s.Key, time.Now(), time.Minute)
-		sh, err := ServerHello(s.Key, h)
+		sh, err := mtproxy.ServerHello(s.Key, h)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := ReadServerHello(bytes.NewReader(sh), h.Random, s.Key); err != nil {
+		if err := mtproxytest.ReadServerHello(bytes.NewReader(sh), h.Random, s.Key); err != nil {
 			t.Fatalf("server hello for a parsed hello: %v", err)
 		}
 		// Whatever parses can be signed, and then checks out.
 		signed := bytes.Clone(b)
 		at := time.Unix(1_700_000_000, 0)
-		if err := SignClientHello(signed, s.Key, at); err != nil {
+		if err := mtproxytest.SignClientHello(signed, s.Key, at); err != nil {
 			t.Fatal(err)
 		}
-		h2, err := ParseClientHello(signed)
+		h2, err := mtproxy.ParseClientHello(signed)
 		if err != nil {
 			t.Fatalf("signed hello no longer parses: %v", err)
 		}
@@ -390,19 +375,19 @@ func FuzzParseClientHello(f *testing.F) {
 }
 
 func FuzzAcceptInit(f *testing.F) {
-	key := NewKey()
-	init, _, _ := NewInit(rand.Reader, Intermediate, -2, key[:])
+	key := mtproxy.NewKey()
+	init, _, _ := mtproxy.NewInit(rand.Reader, mtproxy.Intermediate, -2, key[:])
 	f.Add(init[:], true)
-	init, _, _ = NewInit(rand.Reader, Abridged, 10002, nil)
+	init, _, _ = mtproxy.NewInit(rand.Reader, mtproxy.Abridged, 10002, nil)
 	f.Add(init[:], false)
 	f.Fuzz(func(t *testing.T, b []byte, withSecret bool) {
-		var in [InitLen]byte
+		var in [mtproxy.InitLen]byte
 		copy(in[:], b)
 		var sec []byte
 		if withSecret {
 			sec = key[:]
 		}
-		got, _, err := AcceptInit(in, sec)
+		got, _, err := mtproxy.AcceptInit(in, sec)
 		if err == nil && (!got.Protocol.Valid() || got.DC < -1<<15 || got.DC >= 1<<15) {
 			t.Fatalf("accepted %+v", got)
 		}
@@ -414,7 +399,7 @@ func FuzzTLSConnRead(f *testing.F) {
 	f.Add([]byte("\x17\x03\x03\x00\x05ab"))
 	f.Add([]byte("\x15\x03\x03\x00\x02\x01\x00"))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		c := NewTLSConn(nil, bytes.NewReader(b))
+		c := mtproxy.NewTLSConn(nil, bytes.NewReader(b))
 		got, _ := io.ReadAll(c)
 		if len(got) > len(b) {
 			t.Fatal("read more than the input")
@@ -438,7 +423,7 @@ func TestTLSConnRead(t *testing.T) {
 		{"truncated", rec(0x17, "abc")[:6], []string{"a"}, io.ErrUnexpectedEOF},
 		{"bad type", rec(0x17, "ok") + rec(0x16, "hs"), []string{"ok"}, nil},
 	} {
-		c := NewTLSConn(nil, bufio.NewReader(strings.NewReader(tc.in)))
+		c := mtproxy.NewTLSConn(nil, bufio.NewReader(strings.NewReader(tc.in)))
 		buf := make([]byte, 100)
 		var err error
 		for i, want := range tc.reads {

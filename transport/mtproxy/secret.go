@@ -9,8 +9,8 @@ import (
 	"strings"
 )
 
-// KeyLen is the length of an MTProxy secret's key.
-const KeyLen = 16
+// keyLen is the length of an MTProxy secret's key.
+const keyLen = 16
 
 // fakeTLSTag is the first byte of a FakeTLS ("ee") secret.
 const fakeTLSTag = 0xee
@@ -21,7 +21,7 @@ const maxHostLen = 253
 // A Key is the 16-byte key of an MTProxy secret. Its text form is 32 hex
 // digits; [Key.UnmarshalText] also accepts base64url (padded or not) and
 // standard base64.
-type Key [KeyLen]byte
+type Key [keyLen]byte
 
 // NewKey returns a random key.
 func NewKey() Key {
@@ -45,8 +45,8 @@ func (k *Key) UnmarshalText(b []byte) error {
 	if err != nil {
 		return fmt.Errorf("mtproxy key: %w", err)
 	}
-	if len(raw) != KeyLen {
-		return fmt.Errorf("mtproxy key: %w: %d bytes, want %d", ErrSecret, len(raw), KeyLen)
+	if len(raw) != keyLen {
+		return fmt.Errorf("mtproxy key: %w: %d bytes, want %d", ErrSecret, len(raw), keyLen)
 	}
 	copy(k[:], raw)
 	return nil
@@ -89,7 +89,7 @@ func (s Secret) validate() error {
 
 // Bytes returns the binary secret: 0xee, the key, the host name.
 func (s Secret) Bytes() []byte {
-	b := make([]byte, 0, 1+KeyLen+len(s.Host))
+	b := make([]byte, 0, 1+keyLen+len(s.Host))
 	b = append(b, fakeTLSTag)
 	b = append(b, s.Key[:]...)
 	return append(b, s.Host...)
@@ -98,10 +98,6 @@ func (s Secret) Bytes() []byte {
 // String returns the secret in hex, as tg://proxy links carry it
 // ("ee" + 32 hex digits + the hex of the host name).
 func (s Secret) String() string { return hex.EncodeToString(s.Bytes()) }
-
-// Base64 returns the secret in unpadded base64url, the other form apps
-// accept.
-func (s Secret) Base64() string { return base64.RawURLEncoding.EncodeToString(s.Bytes()) }
 
 // MarshalText implements encoding.TextMarshaler (hex).
 func (s Secret) MarshalText() ([]byte, error) {
@@ -130,11 +126,11 @@ func ParseSecret(text string) (Secret, error) {
 	if err != nil {
 		return Secret{}, err
 	}
-	if len(raw) < 1+KeyLen+1 || raw[0] != fakeTLSTag {
+	if len(raw) < 1+keyLen+1 || raw[0] != fakeTLSTag {
 		return Secret{}, fmt.Errorf("%w: not a FakeTLS (ee) secret", ErrSecret)
 	}
-	s := Secret{Host: string(raw[1+KeyLen:])}
-	copy(s.Key[:], raw[1:1+KeyLen])
+	s := Secret{Host: string(raw[1+keyLen:])}
+	copy(s.Key[:], raw[1:1+keyLen])
 	if err := s.validate(); err != nil {
 		return Secret{}, err
 	}

@@ -23,27 +23,19 @@ type TLSConn struct {
 	left int  // payload bytes left in the record being read
 	eof  bool // an alert, or EOF after the last record, was read
 
-	client bool // send a ChangeCipherSpec before the first record
-	wmu    sync.Mutex
-	wbuf   []byte
+	wmu  sync.Mutex
+	wbuf []byte
 }
 
-// NewTLSConn returns a server-side TLSConn on conn whose reads come from r
-// (conn itself if r is nil; a buffered reader over conn when bytes were
-// read ahead).
+// NewTLSConn returns a TLSConn on conn whose reads come from r (conn
+// itself if r is nil; a buffered reader over conn when bytes were read
+// ahead). It writes no ChangeCipherSpec record of its own: the app's, sent
+// before its first ApplicationData record, is the app's to write.
 func NewTLSConn(conn net.Conn, r io.Reader) *TLSConn {
 	if r == nil {
 		r = conn
 	}
 	return &TLSConn{Conn: conn, r: r}
-}
-
-// NewClientTLSConn is [NewTLSConn] for the app's side: its first write is
-// preceded by a ChangeCipherSpec record, as the apps send.
-func NewClientTLSConn(conn net.Conn, r io.Reader) *TLSConn {
-	t := NewTLSConn(conn, r)
-	t.client = true
-	return t
 }
 
 // Read reads application data. It returns what one record holds, and
@@ -148,12 +140,8 @@ func (t *TLSConn) Write(p []byte) (int, error) {
 	t.wmu.Lock()
 	defer t.wmu.Unlock()
 	written := 0
-	for len(p) > 0 || t.client {
+	for len(p) > 0 {
 		b := t.wbuf[:0]
-		if t.client {
-			b = append(b, recordChangeCipher, version12[0], version12[1], 0, 1, 1)
-			t.client = false
-		}
 		for len(p) > 0 && len(b)+recordHeaderLen < maxWriteBatch {
 			n := min(len(p), maxPayload, maxWriteBatch-len(b)-recordHeaderLen)
 			b = append(b, recordApplication, version12[0], version12[1], byte(n>>8), byte(n))

@@ -24,6 +24,7 @@ import (
 	utls "github.com/refraction-networking/utls"
 
 	"github.com/merpati/merpati/transport/hello"
+	"github.com/merpati/merpati/transport/hello/ja4"
 )
 
 // chromium156JA4Raw is the raw JA4 of Debian's Chromium 156.0.8078.79,
@@ -51,7 +52,7 @@ func TestChromeHelloSpec(t *testing.T) {
 		if !hello.IsGREASE(g) {
 			t.Fatalf("first signature algorithm %#04x is not GREASE", g)
 		}
-		if got, want := h.JA4Raw(hello.TCP), fmt.Sprintf(chromium156JA4Raw, g); got != want {
+		if got, want := ja4.Raw(h, ja4.TCP), fmt.Sprintf(chromium156JA4Raw, g); got != want {
 			t.Fatalf("JA4Raw = %s\nwant     %s", got, want)
 		}
 		n := len(h.Extensions)
@@ -162,22 +163,22 @@ func TestChromiumJA4(t *testing.T) {
 	}
 
 	ourRec, ourHello := fpDialOurs(ctx, t, ln.Addr().String(), hellos)
-	t.Logf("ours:     %s (record of %d bytes)", ourHello.JA4(), len(ourRec))
+	t.Logf("ours:     %s (record of %d bytes)", ja4.Fingerprint(ourHello, ja4.TCP), len(ourRec))
 	for i, rec := range chromeRecs {
 		ch, err := hello.Parse(rec)
 		if err != nil {
 			t.Fatalf("chromium hello %d: %v", i, err)
 		}
-		t.Logf("chromium: %s (record of %d bytes)", ch.JA4(), len(rec))
+		t.Logf("chromium: %s (record of %d bytes)", ja4.Fingerprint(ch, ja4.TCP), len(rec))
 		if i == 0 {
-			t.Logf("chromium JA4_r: %s", ch.JA4Raw(hello.TCP))
-			t.Logf("ours     JA4_r: %s", ourHello.JA4Raw(hello.TCP))
+			t.Logf("chromium JA4_r: %s", ja4.Raw(ch, ja4.TCP))
+			t.Logf("ours     JA4_r: %s", ja4.Raw(ourHello, ja4.TCP))
 		}
 		// Chromium and we each pick a random GREASE signature algorithm,
 		// so compare ours as it would be had we picked Chromium's.
 		aligned := fpAlignSigGREASE(ourHello, ch)
-		if got, want := aligned.JA4(), ch.JA4(); got != want {
-			t.Errorf("hello %d: JA4 %s (as sent: %s), chromium %s", i, got, ourHello.JA4(), want)
+		if got, want := ja4.Fingerprint(aligned, ja4.TCP), ja4.Fingerprint(ch, ja4.TCP); got != want {
+			t.Errorf("hello %d: JA4 %s (as sent: %s), chromium %s", i, got, ja4.Fingerprint(ourHello, ja4.TCP), want)
 		}
 		for _, d := range fpBeyondJA4(ourRec, ourHello, rec, ch) {
 			t.Errorf("hello %d: %s", i, d)

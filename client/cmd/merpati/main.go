@@ -44,32 +44,20 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 
 	"github.com/merpati/merpati/client"
+	"github.com/merpati/merpati/transport/atomicfile"
+	"github.com/merpati/merpati/transport/cmdmain"
 	"github.com/merpati/merpati/transport/link"
 	"github.com/merpati/merpati/transport/mtproxy"
 )
 
-func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
-	stop()
-	if errors.Is(err, flag.ErrHelp) {
-		os.Exit(2)
-	}
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "merpati:", err)
-		os.Exit(1)
-	}
-}
+func main() { os.Exit(cmdmain.Main("merpati", run)) }
 
 const usage = `usage:
   merpati import LINK
@@ -161,15 +149,14 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	listen := fs.String("listen", client.DefaultListen, "SOCKS5 listen address")
 	socksUser := fs.String("socks-user", "", "require SOCKS5 USER:PASS (needed when --listen is not a loopback address)")
 	allowNoAuth := fs.Bool("allow-no-auth", false, "allow a non-loopback --listen without --socks-user (only if a firewall keeps everyone else out)")
-	level := fs.String("log-level", "info", "log level: debug, info, warn, error")
-	format := fs.String("log-format", "text", "log format: text or json")
+	logFlags := cmdmain.AddLogFlags(fs, "info")
 	mtListen := fs.String("mtproxy", "", "also serve a local MTProxy (FakeTLS) front on this address, such as 127.0.0.1:1443")
 	mtSecret := fs.String("mtproxy-secret", "", "ee secret for --mtproxy, hex or base64url (default: one kept in the config dir)")
 	resolvers := fs.String("resolvers", "", "comma-separated resolvers for the DNS bootstrap (default: public DoH, DoT and DNS resolvers)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	log, err := newLogger(stderr, *level, *format)
+	log, err := logFlags.Logger(stderr)
 	if err != nil {
 		return err
 	}
@@ -297,10 +284,10 @@ func mtproxySecret(dir, text, host string) (mtproxy.Secret, error) {
 }
 
 // writePrivate replaces the file at path with data, readable by this user
-// only (0600) even if the file was readable by others before: it writes a
-// new file next to it and renames it over the old. The directory is made
-// (0700) if missing, and made 0700 if group or others could read or enter
-// it; if that fails (a directory of someone else's) a warning goes to warn.
+// only (0600) even if the file was readable by others before
+// ([atomicfile.Write]). The directory is made (0700) if missing, and made
+// 0700 if group or others could read or enter it; if that fails (a
+// directory of someone else's) a warning goes to warn.
 func writePrivate(path string, data []byte, warn io.Writer) error {
 	dir := filepath.Dir(path)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
@@ -311,43 +298,5 @@ func writePrivate(path string, data []byte, warn io.Writer) error {
 			fmt.Fprintf(warn, "merpati: warning: %s can be read by other users and could not be made private: %v\n", dir, err)
 		}
 	}
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		// CreateTemp makes the file 0600 already; be explicit.
-		err = os.Chmod(tmp, 0o600)
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		os.Remove(tmp)
-		return err
-	}
-	return nil
-}
-
-func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
-	var l slog.Level
-	if err := l.UnmarshalText([]byte(level)); err != nil {
-		return nil, fmt.Errorf("--log-level: %w", err)
-	}
-	opts := &slog.HandlerOptions{Level: l}
-	switch format {
-	case "text":
-		return slog.New(slog.NewTextHandler(w, opts)), nil
-	case "json":
-		return slog.New(slog.NewJSONHandler(w, opts)), nil
-	}
-	return nil, fmt.Errorf("--log-format: want text or json, not %q", format)
+	return atomicfile.Write(path, data, 0o600)
 }

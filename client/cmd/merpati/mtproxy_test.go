@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/base64"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -56,7 +57,7 @@ func TestRunMTProxy(t *testing.T) {
 		t.Errorf("second run changed the secret: %s, then %s", first, again)
 	}
 	other, _ := mtproxy.NewSecret("other.example")
-	if got := secretOf("--mtproxy-secret", other.Base64()); !strings.EqualFold(got, other.String()) {
+	if got := secretOf("--mtproxy-secret", base64.RawURLEncoding.EncodeToString(other.Bytes())); !strings.EqualFold(got, other.String()) {
 		t.Errorf("--mtproxy-secret: got %s, want %s", got, other)
 	}
 }

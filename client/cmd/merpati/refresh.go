@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/merpati/merpati/client/bootstrap"
+	"github.com/merpati/merpati/transport/cmdmain"
 	"github.com/merpati/merpati/transport/link"
 )
 
@@ -57,11 +58,11 @@ func cmdRefresh(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	fs, dir := newFlagSet("refresh", stderr)
 	linkFlag := fs.String("link", "", "share link merpati://... (default: the imported one)")
 	resolvers := fs.String("resolvers", "", "comma-separated resolvers (default: public DoH, DoT and DNS resolvers)")
-	level := fs.String("log-level", "warn", "log level: debug, info, warn, error")
+	logFlags := cmdmain.AddLogFlags(fs, "warn")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	log, err := newLogger(stderr, *level, "text")
+	log, err := logFlags.Logger(stderr)
 	if err != nil {
 		return err
 	}

@@ -54,6 +54,8 @@ import (
 	"github.com/merpati/merpati/relay"
 	"github.com/merpati/merpati/relay/access"
 	"github.com/merpati/merpati/relay/dnsserver"
+	"github.com/merpati/merpati/transport/atomicfile"
+	"github.com/merpati/merpati/transport/cmdmain"
 	"github.com/merpati/merpati/transport/link"
 	"github.com/merpati/merpati/transport/relaylist"
 )
@@ -226,7 +228,7 @@ func listAdd(in, linkStr, linkFile, dir, name string, stdout io.Writer) error {
 		return err
 	}
 	defer unlock()
-	access.RemoveStaleTemps(in)
+	atomicfile.RemoveStale(in)
 	rf, err := readRelays(in)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
@@ -236,7 +238,7 @@ func listAdd(in, linkStr, linkFile, dir, name string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if err := access.WriteFileAtomic(in, append(data, '\n'), 0o600); err != nil {
+	if err := atomicfile.Write(in, append(data, '\n'), 0o600); err != nil {
 		return err
 	}
 	fmt.Fprintf(stdout, "%s: %d relays (added %s)\n", in, len(rf.Relays), strings.Join(l.Relays, ","))
@@ -274,7 +276,7 @@ func listSign(keyFile, in, out string, seq uint64, ttl time.Duration, buckets, p
 		if err != nil {
 			return err
 		}
-		if err := access.WriteFileAtomic(path, data, 0o644); err != nil {
+		if err := atomicfile.Write(path, data, 0o644); err != nil {
 			return err
 		}
 		fmt.Fprintf(stdout, "%s: seq %d, %d relays, %d bytes, %d DNS chunks, expires %s\n",
@@ -316,15 +318,14 @@ func cmdDNS(ctx context.Context, args []string, stderr io.Writer) error {
 	period := fs.Duration("period", 24*time.Hour, "how long a network stays in one bucket")
 	rateLimit := fs.Int("rate-limit", dnsserver.DefaultRateLimit, "UDP responses per second per requester network (/24, /56); negative: no limit")
 	slip := fs.Int("slip", dnsserver.DefaultSlip, "answer every Nth rate-limited UDP query with an empty truncated answer (retry over TCP); negative: never")
-	level := fs.String("log-level", "info", "log level: debug, info, warn, error")
-	format := fs.String("log-format", "text", "log format: text or json")
+	logFlags := cmdmain.AddLogFlags(fs, "info")
 	if _, err := parse(fs, args); err != nil {
 		return err
 	}
 	if *zone == "" || len(lists) == 0 {
 		return errors.New("dns: --zone and --list are required")
 	}
-	log, err := newLogger(stderr, *level, *format)
+	log, err := logFlags.Logger(stderr)
 	if err != nil {
 		return err
 	}

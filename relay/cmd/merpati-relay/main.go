@@ -65,7 +65,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"os"
 	"os/signal"
@@ -78,22 +77,12 @@ import (
 
 	"github.com/merpati/merpati/relay"
 	"github.com/merpati/merpati/relay/access"
+	"github.com/merpati/merpati/transport/cmdmain"
 	"github.com/merpati/merpati/transport/link"
 	"github.com/merpati/merpati/transport/mtproxy"
 )
 
-func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
-	stop()
-	if errors.Is(err, flag.ErrHelp) {
-		os.Exit(2)
-	}
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "merpati-relay:", err)
-		os.Exit(1)
-	}
-}
+func main() { os.Exit(cmdmain.Main("merpati-relay", run)) }
 
 const usage = `usage:
   merpati-relay init --dir DIR --public HOST:PORT [--listen ADDR] [--cover URL] [--sni NAME] [--name NAME]
@@ -242,15 +231,14 @@ func printProxyLinks(w io.Writer, d *relay.Dir, e access.Entry) error {
 func cmdRun(ctx context.Context, args []string, stderr io.Writer) error {
 	fs := newFlagSet("run", stderr)
 	dir := fs.String("dir", "", "relay directory (required)")
-	level := fs.String("log-level", "info", "log level: debug, info, warn, error")
-	format := fs.String("log-format", "text", "log format: text or json")
+	logFlags := cmdmain.AddLogFlags(fs, "info")
 	if _, err := parse(fs, args); err != nil {
 		return err
 	}
 	if *dir == "" {
 		return errors.New("run: --dir is required")
 	}
-	log, err := newLogger(stderr, *level, *format)
+	log, err := logFlags.Logger(stderr)
 	if err != nil {
 		return err
 	}
@@ -301,21 +289,6 @@ func cmdRun(ctx context.Context, args []string, stderr io.Writer) error {
 		}
 	})
 	return relay.Run(ctx, cfg)
-}
-
-func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
-	var l slog.Level
-	if err := l.UnmarshalText([]byte(level)); err != nil {
-		return nil, fmt.Errorf("--log-level: %w", err)
-	}
-	opts := &slog.HandlerOptions{Level: l}
-	switch format {
-	case "text":
-		return slog.New(slog.NewTextHandler(w, opts)), nil
-	case "json":
-		return slog.New(slog.NewJSONHandler(w, opts)), nil
-	}
-	return nil, fmt.Errorf("--log-format: want text or json, not %q", format)
 }
 
 func cmdLink(sub string, args []string, stdout, stderr io.Writer) error {

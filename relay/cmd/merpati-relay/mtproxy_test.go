@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/base64"
 	"net/url"
 	"path/filepath"
 	"regexp"
@@ -43,7 +44,7 @@ func TestProxyLinks(t *testing.T) {
 	if err != nil || secretIn(out) != alice {
 		t.Fatalf("show: %v\n%s", err, out)
 	}
-	for i, in := range []string{alice.Base64(), "ee112233445566778899aabbccddeeff00" + "6578616d706c652e636f6d", "ESIzRFVmd4iZqrvM3e7_AA"} {
+	for i, in := range []string{base64.RawURLEncoding.EncodeToString(alice.Bytes()), "ee112233445566778899aabbccddeeff00" + "6578616d706c652e636f6d", "ESIzRFVmd4iZqrvM3e7_AA"} {
 		name := "p" + string(rune('0'+i))
 		out, err := runCmd(t, "link", "add", name, "--dir", dir, "--mtproxy-secret", in)
 		if i == 0 {

@@ -8,7 +8,7 @@
 //	labnode cover --listen ADDR [--name cover.merpati.test]
 //	labnode tg --target ADDR --dc-key FILE [--socks ADDR] [--id 2] [--rpcs 1] [--timeout 20s]
 //	labnode lab --bins DIR [--block-udp] [--block-tcp ADDR:PORT]... [--blackhole ADDR]... [--drop-dc]
-//	            [--netem DELAY] [--loss PERCENT] [--client] [--check]
+//	            [--netem DELAY] [--loss PERCENT] [--client] [--check] [--log-level LEVEL] [--log-format text|json]
 //	labnode cleanup [--prefix mpl]
 //	labnode delay [--dev delay0] --delay DURATION [--loss PERCENT]
 //
@@ -49,15 +49,12 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"strconv"
-	"syscall"
 	"time"
 
 	"golang.org/x/net/proxy"
@@ -65,28 +62,19 @@ import (
 	"github.com/merpati/merpati/client/internal/censorlab"
 	"github.com/merpati/merpati/client/internal/telegramtest"
 	"github.com/merpati/merpati/transport"
+	"github.com/merpati/merpati/transport/atomicfile"
+	"github.com/merpati/merpati/transport/cmdmain"
 	"github.com/merpati/merpati/transport/tlscarrier"
 )
 
-func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
-	stop()
-	if errors.Is(err, flag.ErrHelp) {
-		os.Exit(2)
-	}
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "labnode:", err)
-		os.Exit(1)
-	}
-}
+func main() { os.Exit(cmdmain.Main("labnode", run)) }
 
 const usage = `usage:
   labnode dc --listen ADDR --key-file FILE [--id 2]
   labnode cover --listen ADDR [--name cover.merpati.test]
   labnode tg --target ADDR --dc-key FILE [--socks ADDR] [--id 2] [--rpcs 1] [--timeout 20s]
   labnode lab --bins DIR [--block-udp] [--block-tcp ADDR:PORT]... [--blackhole ADDR]... [--drop-dc]
-              [--netem DELAY] [--loss PERCENT] [--client] [--check]
+              [--netem DELAY] [--loss PERCENT] [--client] [--check] [--log-level LEVEL] [--log-format text|json]
   labnode cleanup [--prefix mpl]
   labnode delay [--dev delay0] --delay DURATION [--loss PERCENT]
 Run "labnode COMMAND -h" for a command's flags.`
@@ -133,14 +121,6 @@ func parse(fs *flag.FlagSet, args []string) error {
 	return nil
 }
 
-func writeFileAtomic(path string, data []byte) error {
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, data, 0o644); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
-}
-
 func cmdDC(ctx context.Context, args []string, stderr io.Writer) error {
 	fs := newFlagSet("dc", stderr)
 	listen := fs.String("listen", "", "lab address to serve the DC at (required)")
@@ -164,7 +144,7 @@ func cmdDC(ctx context.Context, args []string, stderr io.Writer) error {
 		return fmt.Errorf("dc: %w", err)
 	}
 	context.AfterFunc(ctx, func() { ln.Close() })
-	if err := writeFileAtomic(*keyFile, dc.PublicKeyPEM()); err != nil {
+	if err := atomicfile.Write(*keyFile, dc.PublicKeyPEM(), 0o644); err != nil {
 		return fmt.Errorf("dc: %w", err)
 	}
 	fmt.Fprintf(stderr, "labnode dc: DC %d at %s (tgtest on %s)\n", *id, ln.Addr(), dc.Addr)
@@ -314,13 +294,17 @@ func cmdLab(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	loss := fs.Float64("loss", 0, "censor: drop this percentage of packets (netem with --netem, else nftables)")
 	startClient := fs.Bool("client", false, "start a merpati client in the client host")
 	check := fs.Bool("check", false, "run one MTProto client through the merpati client (implies --client) and directly")
+	logFlags := cmdmain.AddLogFlags(fs, "info")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
 	if *bins == "" {
 		return errors.New("lab: --bins is required (scripts/censor-lab.sh builds them)")
 	}
-	log := slog.New(slog.NewTextHandler(stderr, nil))
+	log, err := logFlags.Logger(stderr)
+	if err != nil {
+		return err
+	}
 	lab, err := censorlab.New(ctx, censorlab.Config{
 		Prefix: *prefix,
 		Logger: log,

@@ -47,28 +47,16 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
-	"os/signal"
-	"path/filepath"
-	"syscall"
 	"time"
 
 	"golang.org/x/net/proxy"
 
 	"github.com/merpati/merpati/client/internal/telegramtest"
+	"github.com/merpati/merpati/transport/atomicfile"
+	"github.com/merpati/merpati/transport/cmdmain"
 )
 
-func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
-	stop()
-	if errors.Is(err, flag.ErrHelp) {
-		os.Exit(2)
-	}
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "merpati-lab:", err)
-		os.Exit(1)
-	}
-}
+func main() { os.Exit(cmdmain.Main("merpati-lab", run)) }
 
 const usage = `usage:
   merpati-lab dc [--listen 127.0.0.1:0] [--id 2] [--addr-file FILE] --key-file FILE
@@ -115,24 +103,6 @@ func checkLoopback(flagName, addr string) error {
 	return nil
 }
 
-// writeFileAtomic writes data to path through a temporary file and a
-// rename, so a reader waiting for path never sees it half written.
-func writeFileAtomic(path string, data []byte) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), ".merpati-lab-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
-}
-
 func cmdDC(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("dc", stderr)
 	listen := fs.String("listen", "127.0.0.1:0", "loopback address to listen on")
@@ -153,11 +123,11 @@ func cmdDC(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer dc.Close()
-	if err := writeFileAtomic(*keyFile, dc.PublicKeyPEM()); err != nil {
+	if err := atomicfile.Write(*keyFile, dc.PublicKeyPEM(), 0o600); err != nil {
 		return fmt.Errorf("dc: write key: %w", err)
 	}
 	if *addrFile != "" {
-		if err := writeFileAtomic(*addrFile, []byte(dc.Addr+"\n")); err != nil {
+		if err := atomicfile.Write(*addrFile, []byte(dc.Addr+"\n"), 0o600); err != nil {
 			return fmt.Errorf("dc: write address: %w", err)
 		}
 	}
@@ -206,7 +176,7 @@ func cmdCover(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	served := make(chan error, 1)
 	go func() { served <- srv.ServeTLS(ln, "", "") }()
 	if *addrFile != "" {
-		if err := writeFileAtomic(*addrFile, []byte(ln.Addr().String()+"\n")); err != nil {
+		if err := atomicfile.Write(*addrFile, []byte(ln.Addr().String()+"\n"), 0o600); err != nil {
 			srv.Close()
 			return fmt.Errorf("cover: write address: %w", err)
 		}

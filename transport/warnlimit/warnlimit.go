@@ -1,4 +1,9 @@
-package relay
+// Package warnlimit keeps the log from becoming a megaphone for whoever
+// can provoke a warning: probers (replays, probes while the cover site is
+// down) and key holders (every refused stream). It passes one line per
+// kind of warning per interval and counts the ones it holds back. It does
+// not decide what is worth a warning.
+package warnlimit
 
 import (
 	"context"
@@ -7,22 +12,22 @@ import (
 	"time"
 )
 
-// warnEvery is how often one kind of warning may be logged. Probers can
+// Every is how often one kind of warning may be logged. Probers can
 // trigger some warnings at will (replays, probes while the cover site is
 // down), and key holders others (every refused stream); the log must not
 // become their megaphone.
-const warnEvery = 10 * time.Second
+const Every = 10 * time.Second
 
-// maxWarnKinds bounds the memory of a warnLimiter: past it, kinds not
-// seen for warnEvery are forgotten.
-const maxWarnKinds = 4096
+// maxKinds bounds the memory of a Limiter: past it, kinds not
+// seen for Every are forgotten.
+const maxKinds = 4096
 
-// A warnLimiter passes one line per kind every warnEvery and counts the
+// A Limiter passes one line per kind every Every and counts the
 // ones it holds back. A kind is a message, or a message and an access key
 // for the lines a key holder can provoke, so that one key's flood neither
 // fills the log nor hides another key's lines. The zero value is ready to
 // use.
-type warnLimiter struct {
+type Limiter struct {
 	mu   sync.Mutex
 	last map[warnKind]time.Time
 	held map[warnKind]int
@@ -30,24 +35,24 @@ type warnLimiter struct {
 
 type warnKind struct{ msg, key string }
 
-// warn logs msg at Warn level unless the same msg was logged less than
-// warnEvery ago; the next one that passes says how many were suppressed.
-func (w *warnLimiter) warn(log *slog.Logger, msg string, args ...any) {
+// Warn logs msg at Warn level unless the same msg was logged less than
+// Every ago; the next one that passes says how many were suppressed.
+func (w *Limiter) Warn(log *slog.Logger, msg string, args ...any) {
 	w.emit(log, slog.LevelWarn, "", msg, args...)
 }
 
-// keyWarn is warn for a line the holder of key can provoke: limited per
+// KeyWarn is Warn for a line the holder of key can provoke: limited per
 // message and key, with the key added as the "key" attribute.
-func (w *warnLimiter) keyWarn(log *slog.Logger, key, msg string, args ...any) {
+func (w *Limiter) KeyWarn(log *slog.Logger, key, msg string, args ...any) {
 	w.emit(log, slog.LevelWarn, key, msg, args...)
 }
 
-// keyInfo is keyWarn at Info level.
-func (w *warnLimiter) keyInfo(log *slog.Logger, key, msg string, args ...any) {
+// KeyInfo is KeyWarn at Info level.
+func (w *Limiter) KeyInfo(log *slog.Logger, key, msg string, args ...any) {
 	w.emit(log, slog.LevelInfo, key, msg, args...)
 }
 
-func (w *warnLimiter) emit(log *slog.Logger, level slog.Level, key, msg string, args ...any) {
+func (w *Limiter) emit(log *slog.Logger, level slog.Level, key, msg string, args ...any) {
 	if !log.Enabled(context.Background(), level) {
 		return
 	}
@@ -57,14 +62,14 @@ func (w *warnLimiter) emit(log *slog.Logger, level slog.Level, key, msg string, 
 	if w.last == nil {
 		w.last, w.held = make(map[warnKind]time.Time), make(map[warnKind]int)
 	}
-	if now.Sub(w.last[k]) < warnEvery {
+	if now.Sub(w.last[k]) < Every {
 		w.held[k]++
 		w.mu.Unlock()
 		return
 	}
-	if len(w.last) >= maxWarnKinds {
+	if len(w.last) >= maxKinds {
 		for old, t := range w.last {
-			if now.Sub(t) >= warnEvery {
+			if now.Sub(t) >= Every {
 				delete(w.last, old)
 				delete(w.held, old)
 			}

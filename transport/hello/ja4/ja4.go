@@ -1,10 +1,12 @@
-package hello
+package ja4
 
 import (
 	"crypto/sha256"
 	"encoding/hex"
 	"slices"
 	"strings"
+
+	"github.com/merpati/merpati/transport/hello"
 )
 
 // A Transport is the first character of a JA4 fingerprint: the protocol
@@ -18,12 +20,9 @@ const (
 	DTLS Transport = 'd' // DTLS
 )
 
-// JA4 returns the JA4 fingerprint of a hello carried over TCP, as defined
+// Fingerprint returns the JA4 fingerprint of h carried over t, as defined
 // by FoxIO (github.com/FoxIO-LLC/ja4, technical_details/JA4.md), for
-// example "t13d1516h2_8daaf6152771_e5627efa2ab1". It is JA4For(TCP).
-func (h *ClientHello) JA4() string { return h.JA4For(TCP) }
-
-// JA4For returns the JA4 fingerprint of a hello carried over t.
+// example "t13d1516h2_8daaf6152771_e5627efa2ab1".
 //
 // It follows FoxIO's reference implementations (Python, Rust and the
 // Wireshark plugin) where the prose leaves room: GREASE values are
@@ -31,26 +30,27 @@ func (h *ClientHello) JA4() string { return h.JA4For(TCP) }
 // in signature algorithms, which are hashed as they appear. A client that
 // GREASEs its signature algorithms, as Chromium 156 does,
 // therefore has up to 16 JA4 values.
-func (h *ClientHello) JA4For(t Transport) string {
-	a, ciphers, exts := h.ja4Parts(t)
+func Fingerprint(h *hello.ClientHello, t Transport) string {
+	a, ciphers, exts := parts(h, t)
 	return a + "_" + hash12(ciphers) + "_" + hash12(exts)
 }
 
-// JA4Raw returns the unhashed form of [ClientHello.JA4For] (FoxIO's
-// "ja4_r"): the sorted cipher list and the sorted extension list followed
-// by the signature algorithms, in hex.
-func (h *ClientHello) JA4Raw(t Transport) string {
-	a, ciphers, exts := h.ja4Parts(t)
+// Raw returns the unhashed form of [Fingerprint] (FoxIO's "ja4_r"): the
+// sorted cipher list and the sorted extension list followed by the
+// signature algorithms, in hex.
+func Raw(h *hello.ClientHello, t Transport) string {
+	a, ciphers, exts := parts(h, t)
 	return a + "_" + ciphers + "_" + exts
 }
 
-// ja4Parts returns JA4's first section and the strings hashed into the
-// second and third.
-func (h *ClientHello) ja4Parts(t Transport) (a, ciphers, exts string) {
+// parts returns JA4's first section and the strings hashed into the
+// second and third. Extensions are looked up in h.Extensions, so that a
+// ClientHello built by hand (without extension bodies) works too.
+func parts(h *hello.ClientHello, t Transport) (a, ciphers, exts string) {
 	var b strings.Builder
 	b.WriteByte(byte(t))
-	b.WriteString(h.ja4Version())
-	if h.HasExtension(ExtServerName) {
+	b.WriteString(version(h))
+	if slices.Contains(h.Extensions, hello.ExtServerName) {
 		b.WriteByte('d')
 	} else {
 		b.WriteByte('i')
@@ -59,10 +59,10 @@ func (h *ClientHello) ja4Parts(t Transport) (a, ciphers, exts string) {
 	es := withoutGREASE(h.Extensions)
 	b.WriteString(count2(len(cs)))
 	b.WriteString(count2(len(es)))
-	b.WriteString(ja4ALPN(h.ALPN))
+	b.WriteString(alpn(h.ALPN))
 
 	slices.Sort(cs)
-	es = slices.DeleteFunc(es, func(e uint16) bool { return e == ExtServerName || e == ExtALPN })
+	es = slices.DeleteFunc(es, func(e uint16) bool { return e == hello.ExtServerName || e == hello.ExtALPN })
 	slices.Sort(es)
 	exts = hexList(es)
 	if len(h.SignatureAlgorithms) > 0 {
@@ -71,14 +71,14 @@ func (h *ClientHello) ja4Parts(t Transport) (a, ciphers, exts string) {
 	return b.String(), hexList(cs), exts
 }
 
-// ja4Version is the highest non-GREASE supported_versions value when that
+// version is the highest non-GREASE supported_versions value when that
 // extension is present, and legacy_version otherwise.
-func (h *ClientHello) ja4Version() string {
+func version(h *hello.ClientHello) string {
 	v := h.Version
-	if h.HasExtension(ExtSupportedVersions) {
+	if slices.Contains(h.Extensions, hello.ExtSupportedVersions) {
 		v = 0
 		for _, sv := range h.SupportedVersions {
-			if !IsGREASE(sv) && sv > v {
+			if !hello.IsGREASE(sv) && sv > v {
 				v = sv
 			}
 		}
@@ -106,14 +106,14 @@ func (h *ClientHello) ja4Version() string {
 	return "00"
 }
 
-// ja4ALPN is the first and last character of the first ALPN protocol, "00"
+// alpn is the first and last character of the first ALPN protocol, "00"
 // without ALPN, and the first and last hex digit of the protocol when
 // either character is not an ASCII letter or digit.
-func ja4ALPN(alpn []string) string {
-	if len(alpn) == 0 || alpn[0] == "" {
+func alpn(protos []string) string {
+	if len(protos) == 0 || protos[0] == "" {
 		return "00"
 	}
-	p := alpn[0]
+	p := protos[0]
 	first, last := p[0], p[len(p)-1]
 	if isAlnum(first) && isAlnum(last) {
 		return string([]byte{first, last})
@@ -135,7 +135,7 @@ func count2(n int) string {
 func withoutGREASE(v []uint16) []uint16 {
 	out := make([]uint16, 0, len(v))
 	for _, x := range v {
-		if !IsGREASE(x) {
+		if !hello.IsGREASE(x) {
 			out = append(out, x)
 		}
 	}

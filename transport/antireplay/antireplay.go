@@ -1,6 +1,11 @@
-// Package antireplay remembers the authentication tokens a relay has
+// Package antireplay remembers the authentication tokens a server has
 // accepted, so that a captured hello cannot be replayed while its token is
-// still within the time window.
+// still within the time window: the relay keeps one [Cache] for carrier
+// tokens and one for MTProxy hellos, and the client's local MTProxy front
+// one for the hellos its apps send.
+//
+// It owns only the remembering. Checking a token, and choosing a TTL
+// longer than the window in which a token verifies, are the caller's.
 package antireplay
 
 import (

@@ -1,0 +1,50 @@
+// Package cmdmain is what the main function of every merpati binary
+// (merpati, merpati-relay and the lab tools labnode and merpati-lab)
+// shares: the process frame [Main] (a context cancelled by a signal, exit
+// statuses) and the -log-level and -log-format flags ([AddLogFlags]).
+//
+// It owns only that frame; each command's subcommands, flags and usage
+// text stay in its own main package, and only main calls os.Exit.
+// Libraries never use it: they take a *slog.Logger in their Config.
+package cmdmain
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+// A RunFunc is a command's body: it runs with args (the arguments after
+// the program name) until it is done or ctx is cancelled, writing to
+// stdout and stderr. It returns [flag.ErrHelp] when it printed its usage
+// instead of running.
+type RunFunc func(ctx context.Context, args []string, stdout, stderr io.Writer) error
+
+// Main runs run with the process's arguments, standard output and error,
+// and a context cancelled on an interrupt or SIGTERM, and returns the exit
+// status for os.Exit: 0 on success, 2 for [flag.ErrHelp], and 1 for any
+// other error, which it prints to stderr as "name: error".
+func Main(name string, run RunFunc) int {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	return exitStatus(name, err, os.Stderr)
+}
+
+// exitStatus maps run's error to an exit status, printing it to stderr
+// unless it is nil or flag.ErrHelp.
+func exitStatus(name string, err error, stderr io.Writer) int {
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, flag.ErrHelp):
+		return 2
+	}
+	fmt.Fprintln(stderr, name+":", err)
+	return 1
+}

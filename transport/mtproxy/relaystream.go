@@ -1,0 +1,210 @@
+package mtproxy
+
+import (
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/merpati/merpati/transport"
+)
+
+// Carrier is the carrier name of sessions of stock Telegram apps admitted
+// by their FakeTLS hello: each such session holds exactly one stream.
+const Carrier = "mtproxy"
+
+// A relayStream presents an accepted app connection to a relay as an
+// ordinary carrier stream, so the relay serves it like any other: its
+// first bytes are an [transport.OpenRequest] for the app's datacenter,
+// and it carries, in both directions, the obfuscated2 stream a datacenter
+// expects (RFC-less, as Telegram's MTProxy speaks it: a fresh init without
+// a secret, then the app's bytes re-encrypted). The relay's
+// [transport.OpenReply] is consumed by Write: a refusal closes the app's
+// connection. Like a merpati client, the stream sends nothing after its
+// open request until the reply has come: an app may send a lot at once,
+// and a relay holds little for a stream still dialling.
+type relayStream struct {
+	app *ObfsConn
+	dc  Ciphers // the datacenter side: Enc towards it, Dec from it
+
+	rmu     sync.Mutex
+	req     []byte // the open request, read first
+	pending []byte // the init, read once the reply has come
+
+	replyc    chan struct{} // closed once the reply is in, or on Close
+	replyOnce sync.Once
+	accepted  bool // set before replyc is closed: the reply was StatusOK
+
+	dmu       sync.Mutex
+	rdeadline time.Time
+	dlc       chan struct{} // closed (and replaced) when rdeadline changes
+
+	wmu     sync.Mutex
+	reply   []byte // the relay's reply, while incomplete
+	replied bool
+	wbuf    []byte
+}
+
+// NewRelayStream returns app (the decrypted stream of a connection that
+// [AcceptApp] accepted with init in) as a stream a relay serves like a
+// carrier's: reading it gives an open request for in's datacenter, then an
+// obfuscated2 init of its own and the app's bytes re-encrypted under it;
+// writing it takes the relay's open reply, then the datacenter's bytes,
+// which it decrypts and sends to the app. Closing it closes app.
+func NewRelayStream(app *ObfsConn, in Init) (transport.Stream, error) {
+	if in.DC == 0 || !in.Protocol.Valid() {
+		return nil, fmt.Errorf("mtproxy: %w", ErrInit)
+	}
+	req, err := transport.OpenRequest{Target: transport.DCTarget(int32(in.DC))}.AppendBinary(nil)
+	if err != nil {
+		return nil, fmt.Errorf("mtproxy: open request: %w", err)
+	}
+	init, c, err := NewInit(rand.Reader, in.Protocol, in.DC, nil)
+	if err != nil {
+		return nil, err
+	}
+	return &relayStream{
+		app: app, dc: c, req: req, pending: init[:],
+		replyc: make(chan struct{}), dlc: make(chan struct{}),
+	}, nil
+}
+
+func (s *relayStream) Read(p []byte) (int, error) {
+	s.rmu.Lock()
+	defer s.rmu.Unlock()
+	if len(s.req) > 0 {
+		n := copy(p, s.req)
+		s.req = s.req[n:]
+		return n, nil
+	}
+	if err := s.waitReply(); err != nil {
+		return 0, err
+	}
+	if len(s.pending) > 0 {
+		n := copy(p, s.pending)
+		s.pending = s.pending[n:]
+		return n, nil
+	}
+	n, err := s.app.Read(p)
+	s.dc.Enc.XORKeyStream(p[:n], p[:n])
+	return n, err
+}
+
+// errRefused is returned after the relay refused the stream.
+var errRefused = errors.New("mtproxy: relay refused the stream")
+
+// waitReply waits until the relay's reply is in, honouring the read
+// deadline.
+func (s *relayStream) waitReply() error {
+	for {
+		select {
+		case <-s.replyc:
+			if !s.accepted {
+				return errRefused
+			}
+			return nil
+		default:
+		}
+		s.dmu.Lock()
+		dl, dlc := s.rdeadline, s.dlc
+		s.dmu.Unlock()
+		var expire <-chan time.Time
+		if !dl.IsZero() {
+			d := time.Until(dl)
+			if d <= 0 {
+				return os.ErrDeadlineExceeded
+			}
+			t := time.NewTimer(d)
+			defer t.Stop()
+			expire = t.C
+		}
+		select {
+		case <-s.replyc:
+		case <-dlc:
+		case <-expire:
+			return os.ErrDeadlineExceeded
+		}
+	}
+}
+
+// endReply records the relay's verdict, once.
+func (s *relayStream) endReply(ok bool) {
+	s.replyOnce.Do(func() {
+		s.accepted = ok
+		close(s.replyc)
+	})
+}
+
+func (s *relayStream) Write(p []byte) (int, error) {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	n := 0
+	if !s.replied {
+		// version(1) status(1) padlen(2) padding, as transport.OpenReply.
+		take := len(p)
+		s.reply = append(s.reply, p...)
+		if len(s.reply) < 4 {
+			return take, nil
+		}
+		want := 4 + int(binary.BigEndian.Uint16(s.reply[2:4]))
+		if len(s.reply) < want {
+			return take, nil
+		}
+		if s.reply[0] != transport.Version || transport.Status(s.reply[1]) != transport.StatusOK {
+			s.endReply(false)
+			s.app.Close()
+			return 0, errRefused
+		}
+		s.replied = true
+		s.endReply(true)
+		rest := s.reply[want:]
+		n = take - len(rest)
+		p = rest
+		s.reply = nil
+	}
+	if len(p) == 0 {
+		return n, nil
+	}
+	if cap(s.wbuf) < len(p) {
+		s.wbuf = make([]byte, len(p))
+	}
+	b := s.wbuf[:len(p)]
+	s.dc.Dec.XORKeyStream(b, p)
+	w, err := s.app.Write(b)
+	return n + w, err
+}
+
+func (s *relayStream) CloseWrite() error { return s.app.CloseWrite() }
+
+func (s *relayStream) Close() error {
+	s.endReply(false)
+	return s.app.Close()
+}
+
+func (s *relayStream) LocalAddr() net.Addr  { return s.app.LocalAddr() }
+func (s *relayStream) RemoteAddr() net.Addr { return s.app.RemoteAddr() }
+
+func (s *relayStream) SetDeadline(t time.Time) error {
+	s.setReadDeadline(t)
+	return s.app.SetDeadline(t)
+}
+
+func (s *relayStream) SetReadDeadline(t time.Time) error {
+	s.setReadDeadline(t)
+	return s.app.SetReadDeadline(t)
+}
+
+func (s *relayStream) SetWriteDeadline(t time.Time) error { return s.app.SetWriteDeadline(t) }
+
+// setReadDeadline records t for waitReply and wakes a waiting Read.
+func (s *relayStream) setReadDeadline(t time.Time) {
+	s.dmu.Lock()
+	s.rdeadline = t
+	close(s.dlc)
+	s.dlc = make(chan struct{})
+	s.dmu.Unlock()
+}

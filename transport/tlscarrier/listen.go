@@ -1,0 +1,509 @@
+package tlscarrier
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/merpati/merpati/transport"
+	"github.com/merpati/merpati/transport/acceptloop"
+	"github.com/merpati/merpati/transport/h2mux"
+	"github.com/merpati/merpati/transport/hello"
+	"github.com/merpati/merpati/transport/mtproxy"
+	"github.com/merpati/merpati/transport/warnlimit"
+)
+
+// Defaults of [ListenConfig].
+//
+// Each unauthenticated connection costs two file descriptors once spliced
+// to the cover site, and a relay is commonly given 20,000 or more, so 4096
+// leaves most of them to users while far exceeding what a cover site's
+// real visitors hold open. A browser keeps at most six connections to a
+// site, so 64 per source network serves a NAT full of them; one host
+// flooding the relay gets no further.
+const (
+	DefaultMaxUnauthConns     = 4096
+	DefaultMaxUnauthPerSource = 64
+	DefaultHelloTimeout       = 10 * time.Second
+	DefaultCoverDelay         = time.Second
+	// MTProxyWindow is how far a FakeTLS hello's timestamp may be from
+	// the relay's clock. Apps sign with their device clock, which can be
+	// off by a minute or so; the relay's MTProxy replay cache must
+	// remember accepted hellos for longer than this.
+	MTProxyWindow = 2 * time.Minute
+)
+
+// mtproxyHandshakeTimeout bounds the FakeTLS and obfuscated2 exchange with
+// an app, once its hello is accepted.
+const mtproxyHandshakeTimeout = 20 * time.Second
+
+// An MTProxyAuthenticator admits stock Telegram apps by their FakeTLS
+// hello (MTProxy "ee" secrets). It must be safe for concurrent use.
+type MTProxyAuthenticator interface {
+	// AuthenticateMTProxy returns the access key whose MTProxy secret
+	// signed h within [MTProxyWindow] of now, and that secret, or an
+	// error (no such key, a replayed hello, or a key that may not open
+	// another connection): the connection then goes to the cover site.
+	AuthenticateMTProxy(h *mtproxy.ClientHello, now time.Time) (transport.Key, mtproxy.Key, error)
+}
+
+// ListenConfig configures the relay side of the carrier: the front door of
+// a relay's TCP port.
+type ListenConfig struct {
+	// Certificate is the relay's own certificate, whose key clients pin.
+	// Required.
+	Certificate tls.Certificate
+	// Auth judges the token in each ClientHello. Required.
+	Auth transport.Authenticator
+	// MTProxy, if not nil, also admits stock Telegram apps whose FakeTLS
+	// hello an access key's MTProxy secret signed. Each such connection
+	// is a session of carrier [mtproxy.Carrier] holding one stream, which
+	// opens to the datacenter the app asked for.
+	MTProxy MTProxyAuthenticator
+	// Cover is the "host:port" of the cover site, a real HTTPS server
+	// that gets every connection that does not authenticate, byte for
+	// byte. Required.
+	Cover string
+	// HelloTimeout bounds the wait for a complete ClientHello; zero means
+	// [DefaultHelloTimeout]. A connection still incomplete then goes to
+	// the cover site with what it sent, as a web server would keep
+	// waiting.
+	HelloTimeout time.Duration
+	// CoverDelay is how long the front door waits for a complete hello
+	// before it dials the cover site anyway (while still waiting, up to
+	// HelloTimeout), so that the cover's own timers run from about when
+	// the client connected: a prober's idle connection is then closed
+	// when the cover would close it. Zero means [DefaultCoverDelay].
+	// Clients send their hello at once, so the cover site sees no
+	// connection of theirs unless the hello took this long to arrive.
+	CoverDelay time.Duration
+	// MaxUnauthConns caps the connections that have not authenticated:
+	// those still sending their hello and those spliced to the cover
+	// site. Zero means [DefaultMaxUnauthConns]. A connection over the cap
+	// is closed at once, without dialling the cover site.
+	MaxUnauthConns int
+	// MaxUnauthPerSource caps the same connections per source network
+	// (an IPv4 /24 or an IPv6 /64); zero means
+	// [DefaultMaxUnauthPerSource].
+	MaxUnauthPerSource int
+	// Mux configures the HTTP/2 sessions.
+	Mux h2mux.Config
+	// Logger receives debug lines and rate-limited warnings (cover site
+	// unreachable, caps reached); nil discards. It never gets client
+	// addresses.
+	Logger *slog.Logger
+}
+
+func (c *ListenConfig) fill() error {
+	switch {
+	case len(c.Certificate.Certificate) == 0:
+		return errors.New("tlscarrier: ListenConfig.Certificate: required")
+	case c.Auth == nil:
+		return errors.New("tlscarrier: ListenConfig.Auth: required")
+	case c.Cover == "":
+		return errors.New("tlscarrier: ListenConfig.Cover: required")
+	case c.MaxUnauthConns < 0:
+		return errors.New("tlscarrier: ListenConfig.MaxUnauthConns: must not be negative")
+	case c.MaxUnauthPerSource < 0:
+		return errors.New("tlscarrier: ListenConfig.MaxUnauthPerSource: must not be negative")
+	}
+	if _, _, err := net.SplitHostPort(c.Cover); err != nil {
+		return fmt.Errorf("tlscarrier: ListenConfig.Cover: %w", err)
+	}
+	if c.HelloTimeout <= 0 {
+		c.HelloTimeout = DefaultHelloTimeout
+	}
+	if c.CoverDelay <= 0 {
+		c.CoverDelay = DefaultCoverDelay
+	}
+	if c.MaxUnauthConns == 0 {
+		c.MaxUnauthConns = DefaultMaxUnauthConns
+	}
+	if c.MaxUnauthPerSource == 0 {
+		c.MaxUnauthPerSource = DefaultMaxUnauthPerSource
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return nil
+}
+
+// A Listener is the front door of a relay's TCP port, the relay side of
+// the carrier: it reads each connection's ClientHello, hands the ones that
+// authenticate a TLS handshake and an HTTP/2 session (or, for stock apps,
+// the MTProxy handshake), and splices every other connection to the cover
+// site itself. It implements [transport.Listener]. Create one with
+// [Listen].
+type Listener struct {
+	cfg    ListenConfig
+	log    *slog.Logger
+	ln     net.Listener
+	unauth unauthLimiter
+	warns  warnlimit.Limiter
+
+	sessions chan transport.ServerSession
+	ctx      context.Context // done when the listener closes
+	cancel   context.CancelFunc
+	loopDone chan struct{} // closed when the accept loop has returned
+	loopErr  error         // set before loopDone is closed
+}
+
+var _ transport.Listener = (*Listener)(nil)
+
+// Listen starts the front door on ln, which it then owns.
+func Listen(ln net.Listener, cfg ListenConfig) (*Listener, error) {
+	if err := cfg.fill(); err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	l := &Listener{
+		cfg:      cfg,
+		log:      cfg.Logger.With("transport", "tls"),
+		ln:       ln,
+		unauth:   unauthLimiter{max: cfg.MaxUnauthConns, perSource: cfg.MaxUnauthPerSource},
+		sessions: make(chan transport.ServerSession),
+		ctx:      ctx,
+		cancel:   cancel,
+		loopDone: make(chan struct{}),
+	}
+	go func() {
+		defer close(l.loopDone)
+		l.loopErr = acceptloop.Serve(ctx, admitListener{ln, l}, cfg.Logger, l.handle)
+		cancel()
+	}()
+	return l, nil
+}
+
+// Accept waits for the next authenticated session.
+func (l *Listener) Accept(ctx context.Context) (transport.ServerSession, error) {
+	select {
+	case s := <-l.sessions:
+		return s, nil
+	case <-l.ctx.Done():
+		<-l.loopDone
+		if l.loopErr != nil {
+			return nil, fmt.Errorf("tlscarrier: %w", l.loopErr)
+		}
+		return nil, fmt.Errorf("tlscarrier: accept: %w", net.ErrClosed)
+	case <-ctx.Done():
+		return nil, fmt.Errorf("tlscarrier: accept: %w", ctx.Err())
+	}
+}
+
+// Close stops listening and ends every connection the listener serves,
+// accepted sessions included, and returns once they have all ended.
+func (l *Listener) Close() error {
+	l.cancel()
+	<-l.loopDone
+	return nil
+}
+
+// Addr returns the listener's network address.
+func (l *Listener) Addr() net.Addr { return l.ln.Addr() }
+
+// handle tells an authenticated connection from everything else by its
+// first TLS record. It runs in the accept loop's goroutine for c, which
+// closes c when handle returns or the listener closes.
+func (l *Listener) handle(ctx context.Context, c net.Conn) {
+	release := c.(*admittedConn).release
+	defer release()
+	early := l.dialCoverAfter(ctx, l.cfg.CoverDelay)
+	defer early.drop()
+
+	c.SetReadDeadline(time.Now().Add(l.cfg.HelloTimeout))
+	// Read through a buffer so that bytes arriving with the hello (in the
+	// same segment) are forwarded with it, in one write: a cover site
+	// then sees the same segments as if it had been dialled directly.
+	br := bufio.NewReaderSize(c, hello.MaxRecordLen)
+	rec, err := hello.ReadRecord(br)
+	c.SetReadDeadline(time.Time{})
+	extra, _ := br.Peek(br.Buffered())
+	first := append(rec, extra...)
+	if err != nil {
+		l.cover(ctx, c, first, "no complete TLS hello", early)
+		return
+	}
+	h, err := hello.Parse(rec)
+	if err != nil {
+		l.cover(ctx, c, first, "unparsable hello", early)
+		return
+	}
+	if digest, token, ok := HelloToken(h); ok {
+		key, err := l.cfg.Auth.Authenticate(transport.Proof{Carrier: "tls", Digest: digest, Token: token})
+		if err == nil {
+			release()
+			early.drop()
+			l.serveCarrier(ctx, c, first, key)
+			return
+		}
+		l.log.Debug("token refused", "err", err)
+	}
+	if l.cfg.MTProxy != nil {
+		// Not our carrier: maybe a stock Telegram app with an MTProxy
+		// (FakeTLS) secret, told apart by the hello alone.
+		if mh, err := mtproxy.ParseClientHello(rec); err == nil {
+			if key, secret, err := l.cfg.MTProxy.AuthenticateMTProxy(mh, time.Now()); err == nil {
+				release()
+				early.drop()
+				l.serveMTProxy(ctx, c, br, key, secret, mh)
+				return
+			}
+		}
+	}
+	l.cover(ctx, c, first, "no valid token or MTProxy hello", early)
+}
+
+// An admitListener counts each connection it accepts against the caps on
+// unauthenticated connections, in the order they arrive, and closes the
+// ones over a cap at once: no goroutine, no hello read, no cover dial.
+type admitListener struct {
+	net.Listener
+	l *Listener
+}
+
+func (a admitListener) Accept() (net.Conn, error) {
+	for {
+		c, err := a.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		release, over := a.l.unauth.acquire(c.RemoteAddr())
+		if over == "" {
+			return &admittedConn{Conn: c, release: release}, nil
+		}
+		c.Close()
+		a.l.warns.Warn(a.l.log, "connection closed at once: "+over)
+	}
+}
+
+// An admittedConn is a connection counted as unauthenticated until
+// release is called (more than once is fine).
+type admittedConn struct {
+	net.Conn
+	release func()
+}
+
+// CloseWrite half-closes the connection, as a *net.TCPConn can: the cover
+// splice passes a half-close on.
+func (c *admittedConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return errors.New("tlscarrier: connection cannot half-close")
+}
+
+// serveCarrier completes an authenticated connection (TLS handshake, then
+// HTTP/2), hands the session to Accept, and waits for it to end.
+func (l *Listener) serveCarrier(ctx context.Context, c net.Conn, first []byte, key transport.Key) {
+	sess, err := Accept(ctx, c, first, ServerConfig{Certificate: l.cfg.Certificate, Mux: l.cfg.Mux})
+	if err != nil {
+		l.log.Debug("carrier handshake failed", "key", key.Name(), "err", err)
+		return
+	}
+	l.deliver(ctx, &serverSession{Session: sess, key: key})
+}
+
+// serveMTProxy completes the FakeTLS and obfuscated2 handshakes of an app
+// whose hello secret signed, hands its one-stream session to Accept, and
+// waits for it to end. Once the hello is accepted there is no way back to
+// the cover site (the server hello has been sent): failures just close
+// the connection.
+func (l *Listener) serveMTProxy(ctx context.Context, c net.Conn, br *bufio.Reader, key transport.Key, secret mtproxy.Key, h *mtproxy.ClientHello) {
+	c.SetDeadline(time.Now().Add(mtproxyHandshakeTimeout))
+	// A large read buffer lets TLSConn return several records per read,
+	// so the relay forwards big chunks with few system calls.
+	app, in, err := mtproxy.AcceptApp(c, bufio.NewReaderSize(br, 32<<10), secret, h)
+	c.SetDeadline(time.Time{})
+	if err != nil {
+		l.log.Debug("MTProxy handshake failed", "transport", mtproxy.Carrier, "key", key.Name(), "err", err)
+		return
+	}
+	st, err := mtproxy.NewRelayStream(app, in)
+	if err != nil {
+		l.log.Debug("MTProxy init refused", "transport", mtproxy.Carrier, "key", key.Name(), "err", err)
+		return
+	}
+	l.deliver(ctx, newOneStreamSession(st, key))
+}
+
+// deliver hands s to Accept and waits until s has ended, or closes it if
+// the listener closes first.
+func (l *Listener) deliver(ctx context.Context, s transport.ServerSession) {
+	select {
+	case l.sessions <- s:
+	case <-ctx.Done():
+		s.Close()
+		return
+	}
+	select {
+	case <-s.Done():
+	case <-ctx.Done():
+		s.Close()
+	}
+}
+
+// cover splices c to the cover site, sending first the bytes already read,
+// over early's connection if it made one.
+func (l *Listener) cover(ctx context.Context, c net.Conn, read []byte, why string, early *earlyCover) {
+	l.log.Debug("connection sent to cover site", "why", why)
+	cc, err := early.take(ctx)
+	if err != nil {
+		l.warns.Warn(l.log, "cover site unreachable", "err", err)
+		return
+	}
+	stop := context.AfterFunc(ctx, func() { cc.Close() })
+	defer stop()
+	if len(read) > 0 {
+		if _, err := cc.Write(read); err != nil {
+			cc.Close()
+			return
+		}
+	}
+	transport.Splice(c, cc, nil)
+}
+
+// dialCover connects to the cover site.
+func (l *Listener) dialCover(ctx context.Context) (net.Conn, error) {
+	d := net.Dialer{Timeout: 10 * time.Second}
+	return d.DialContext(ctx, "tcp", l.cfg.Cover)
+}
+
+// An earlyCover is a connection to the cover site dialled after a delay
+// unless the front door no longer wants it by then. Its methods are for
+// one goroutine.
+type earlyCover struct {
+	l      *Listener
+	cancel context.CancelFunc
+	timer  *time.Timer
+	state  int           // 0: undecided; 1: the dial never started; 2: it started
+	done   chan struct{} // closed when a started dial has returned
+	conn   net.Conn
+	err    error
+}
+
+// dialCoverAfter starts an earlyCover that dials after d.
+func (l *Listener) dialCoverAfter(ctx context.Context, d time.Duration) *earlyCover {
+	ctx, cancel := context.WithCancel(ctx)
+	e := &earlyCover{l: l, cancel: cancel, done: make(chan struct{})}
+	e.timer = time.AfterFunc(d, func() {
+		defer close(e.done)
+		e.conn, e.err = l.dialCover(ctx)
+	})
+	return e
+}
+
+// started stops the timer unless it has fired, and reports whether the
+// dial started.
+func (e *earlyCover) started() bool {
+	if e.state == 0 {
+		e.state = 1
+		if !e.timer.Stop() {
+			e.state = 2
+		}
+	}
+	return e.state == 2
+}
+
+// take returns the cover connection: the early one if it was dialled,
+// else a new one. It hands the connection over to the caller.
+func (e *earlyCover) take(ctx context.Context) (net.Conn, error) {
+	if !e.started() {
+		return e.l.dialCover(ctx)
+	}
+	<-e.done
+	c, err := e.conn, e.err
+	e.conn, e.err = nil, errors.New("tlscarrier: cover connection already taken")
+	return c, err
+}
+
+// drop cancels the dial, waits for it and closes the connection it made,
+// unless taken. It may be called more than once.
+func (e *earlyCover) drop() {
+	e.cancel()
+	if e.started() {
+		<-e.done
+		if e.conn != nil {
+			e.conn.Close()
+			e.conn = nil
+		}
+	}
+}
+
+// serverSession is an authenticated HTTP/2 session, as the relay sees it.
+type serverSession struct {
+	*h2mux.Session
+	key transport.Key
+}
+
+func (s *serverSession) AcceptStream(ctx context.Context) (transport.Stream, error) {
+	return s.Session.AcceptStream(ctx)
+}
+func (s *serverSession) Key() transport.Key { return s.key }
+func (s *serverSession) Carrier() string    { return "tls" }
+
+// oneStreamSession is a session of exactly one stream, already open: a
+// stock app's MTProxy connection.
+type oneStreamSession struct {
+	key       transport.Key
+	st        transport.Stream
+	mu        sync.Mutex
+	given     bool
+	done      chan struct{}
+	closeOnce sync.Once
+}
+
+func newOneStreamSession(st transport.Stream, key transport.Key) *oneStreamSession {
+	s := &oneStreamSession{key: key, done: make(chan struct{})}
+	s.st = &closeNotifyStream{Stream: st, onClose: func() { s.Close() }}
+	return s
+}
+
+// AcceptStream returns the stream the first time and then waits for the
+// session to end.
+func (s *oneStreamSession) AcceptStream(ctx context.Context) (transport.Stream, error) {
+	s.mu.Lock()
+	if !s.given {
+		s.given = true
+		s.mu.Unlock()
+		return s.st, nil
+	}
+	s.mu.Unlock()
+	select {
+	case <-s.done:
+		return nil, fmt.Errorf("tlscarrier: accept stream: %w", net.ErrClosed)
+	case <-ctx.Done():
+		return nil, fmt.Errorf("tlscarrier: accept stream: %w", ctx.Err())
+	}
+}
+
+func (s *oneStreamSession) Key() transport.Key    { return s.key }
+func (s *oneStreamSession) Carrier() string       { return mtproxy.Carrier }
+func (s *oneStreamSession) Done() <-chan struct{} { return s.done }
+
+// Close closes the stream and ends the session.
+func (s *oneStreamSession) Close() error {
+	s.closeOnce.Do(func() {
+		s.st.(*closeNotifyStream).Stream.Close()
+		close(s.done)
+	})
+	return nil
+}
+
+// closeNotifyStream calls onClose when closed: the session of a single
+// stream ends with it.
+type closeNotifyStream struct {
+	transport.Stream
+	onClose func()
+}
+
+func (c *closeNotifyStream) Close() error {
+	err := c.Stream.Close()
+	c.onClose()
+	return err
+}
