@@ -32,8 +32,23 @@
 // [Picker.Session], starting with the next relay. A session that silently
 // stops answering (a blackholed relay) is caught by [Picker.Watch]: when a
 // stream open waits longer than [Config.StallTimeout], the session is
-// pinged, and if it does not answer within [Config.ProbeTimeout] it is
-// failed, so the stream retries on the next relay.
+// pinged, and if the relay gives no sign of life within
+// [Config.ProbeTimeout] the session is failed, so the stream retries on
+// the next relay.
+//
+// The ping ([transport.Session.Ping]) never competes with the streams: it
+// opens no stream and does not wait behind their data, and anything the
+// relay sends counts as an answer. A session that is merely slow (a busy
+// uplink, busy CPUs, thousands of streams, a stream waiting for the
+// relay's stream limit) is therefore left alone, while one whose relay
+// went silent is failed within StallTimeout + ProbeTimeout, 1.5 s by
+// default.
+//
+// # Goroutines
+//
+// A Picker owns every goroutine it starts (dials, probes, the background
+// loop); [Picker.Close] cancels them and returns only once they have
+// ended.
 package pick
 
 import (
@@ -87,7 +102,8 @@ type Config struct {
 	// StallTimeout is how long [Picker.Watch] lets a stream open wait
 	// before pinging the session; zero means 700 ms.
 	StallTimeout time.Duration
-	// ProbeTimeout bounds that ping; zero means 800 ms.
+	// ProbeTimeout is how long that ping waits for a sign of life from
+	// the relay before the session is failed; zero means 800 ms.
 	ProbeTimeout time.Duration
 	// StatusInterval is how often the status line is logged at Info;
 	// zero means 1 minute, negative never.
@@ -118,24 +134,16 @@ type Active struct {
 // streams.
 func (a *Active) Bytes() (sent, received int64) { return a.sent.Load(), a.got.Load() }
 
-// RTT measures the round-trip time to a's relay: QUIC's smoothed RTT
-// where the session has one, else a ping.
+// RTT measures the round-trip time to a's relay: the carrier's own
+// estimate where it keeps one without asking (QUIC's smoothed RTT), else a
+// ping. Zero means unknown.
 func (a *Active) RTT(ctx context.Context) (time.Duration, error) {
 	if r, ok := a.raw.(interface{ RTT() time.Duration }); ok {
 		if d := r.RTT(); d > 0 {
 			return d, nil
 		}
 	}
-	if p, ok := a.raw.(pinger); ok {
-		return p.Ping(ctx)
-	}
-	return 0, errors.New("pick: session cannot measure its RTT")
-}
-
-// pinger is implemented by sessions that can check their relay answers
-// (h2mux and QUIC sessions).
-type pinger interface {
-	Ping(ctx context.Context) (time.Duration, error)
+	return a.raw.Ping(ctx)
 }
 
 // A Status describes the session in use, for `merpati status` or logs.
@@ -151,10 +159,11 @@ type Status struct {
 // none. It is safe for concurrent use. Close it to stop its background
 // work.
 type Picker struct {
-	cfg  Config
-	log  *slog.Logger
-	stop chan struct{}
-	bg   sync.WaitGroup
+	cfg    Config
+	log    *slog.Logger
+	ctx    context.Context // done once Close begins; every dial and probe derives from it
+	cancel context.CancelFunc
+	wg     sync.WaitGroup // every goroutine the Picker started; see enter
 
 	mu      sync.Mutex
 	relays  []string      // in order of first appearance
@@ -163,8 +172,9 @@ type Picker struct {
 	dialing chan struct{} // closed when the dial in progress ends
 	joins   chan []entry  // candidates added while a race runs; nil otherwise
 	dialErr error
-	next    int               // relay to try first
-	memory  map[string]winner // per network
+	next    int                     // relay to try first
+	memory  map[string]winner       // per network
+	drains  map[*Active]*time.Timer // sessions replaced by a re-race, closed when their timer fires
 	closed  bool
 }
 
@@ -209,10 +219,39 @@ func New(cfg Config) (*Picker, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	p := &Picker{cfg: cfg, log: log, stop: make(chan struct{}), memory: map[string]winner{}}
+	p := &Picker{cfg: cfg, log: log, memory: map[string]winner{}, drains: map[*Active]*time.Timer{}}
+	p.ctx, p.cancel = context.WithCancel(context.Background())
 	p.addLocked(cfg.Candidates)
-	p.bg.Go(p.background)
+	p.wg.Go(p.background)
 	return p, nil
+}
+
+// enter counts the calling goroutine (one a timer started) among those
+// Close waits for, and reports whether it may go on: not once p is closed.
+// If it returns true, the caller must call p.wg.Done when it ends. Close
+// marks p closed under p.mu before it waits, so no goroutine is counted
+// after the wait began.
+func (p *Picker) enter() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return false
+	}
+	p.wg.Add(1)
+	return true
+}
+
+// spawn runs f in a goroutine that Close waits for, unless p is closed; it
+// reports whether it did.
+func (p *Picker) spawn(f func()) bool {
+	if !p.enter() {
+		return false
+	}
+	go func() {
+		defer p.wg.Done()
+		f()
+	}()
+	return true
 }
 
 // DefaultNetworkID returns the local address the kernel would use to
@@ -282,7 +321,8 @@ func (p *Picker) Session(ctx context.Context) (*Active, error) {
 		}
 		if p.dialing == nil {
 			p.dialing = make(chan struct{})
-			go p.dial(p.next)
+			first := p.next
+			p.wg.Go(func() { p.dial(first) }) // p.mu held and p not closed, as enter requires
 		}
 		wait := p.dialing
 		p.mu.Unlock()
@@ -386,7 +426,7 @@ func (p *Picker) race(list []entry, joins <-chan []entry) (*Active, error) {
 	if len(list) == 0 {
 		return nil, errors.New("no candidates")
 	}
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := context.WithCancel(p.ctx)
 	defer cancel()
 	type result struct {
 		e    entry
@@ -396,33 +436,40 @@ func (p *Picker) race(list []entry, joins <-chan []entry) (*Active, error) {
 	}
 	results := make(chan result, len(list))
 	started := 0
-	start := func() {
+	var errs []error
+	// start starts the next entry and reports whether it did; it does
+	// not once p is closed.
+	start := func() bool {
 		e := list[started]
 		started++
-		go func() {
+		ok := p.spawn(func() {
 			dctx, dcancel := context.WithTimeout(ctx, p.cfg.AttemptTimeout)
 			defer dcancel()
 			t := time.Now()
 			s, err := e.c.Dialer.Dial(dctx)
 			results <- result{e, s, err, time.Since(t)}
-		}()
+		})
+		if !ok {
+			errs = append(errs, ErrClosed)
+		}
+		return ok
 	}
-	start()
+	pending := 0
+	if start() {
+		pending++
+	}
 	timer := time.NewTimer(p.cfg.RaceDelay)
 	defer timer.Stop()
-	var errs []error
-	for pending := 1; pending > 0; {
+	for pending > 0 {
 		select {
 		case <-timer.C:
-			if started < len(list) {
-				start()
+			if started < len(list) && start() {
 				pending++
 				timer.Reset(p.cfg.RaceDelay)
 			}
 		case more := <-joins:
 			list = append(list, more...)
-			if started < len(list) {
-				start()
+			if started < len(list) && start() {
 				pending++
 				timer.Reset(p.cfg.RaceDelay)
 			}
@@ -431,8 +478,7 @@ func (p *Picker) race(list []entry, joins <-chan []entry) (*Active, error) {
 			if r.err != nil {
 				p.log.Debug("carrier failed", "relay", r.e.c.Relay, "transport", r.e.c.Dialer.Carrier(), "err", r.err)
 				errs = append(errs, fmt.Errorf("%s %s: %w", r.e.c.Relay, r.e.c.Dialer.Carrier(), r.err))
-				if started < len(list) {
-					start()
+				if started < len(list) && start() {
 					pending++
 					timer.Reset(p.cfg.RaceDelay)
 				}
@@ -440,13 +486,16 @@ func (p *Picker) race(list []entry, joins <-chan []entry) (*Active, error) {
 			}
 			// The winner. Close any loser that still comes up.
 			cancel()
-			go func(n int) {
-				for range n {
+			closeLosers := func() {
+				for range pending {
 					if l := <-results; l.s != nil {
 						l.s.Close()
 					}
 				}
-			}(pending)
+			}
+			if !p.spawn(closeLosers) {
+				closeLosers() // closing: the attempts end at once
+			}
 			p.log.Info("session up", "relay", r.e.c.Relay, "transport", r.e.c.Dialer.Carrier(), "handshake", r.took.Round(time.Millisecond))
 			a := &Active{
 				Relay:   r.e.c.Relay,
@@ -458,13 +507,18 @@ func (p *Picker) race(list []entry, joins <-chan []entry) (*Active, error) {
 			}
 			a.Session = &countedSession{Session: r.s, a: a}
 			a.done = make(chan struct{})
-			go func() {
+			ok := p.spawn(func() {
 				select {
 				case <-r.s.Done():
 				case <-a.done:
 				}
 				a.markDone()
-			}()
+			})
+			if !ok {
+				// Closing: the caller drops the session.
+				r.s.Close()
+				a.markDone()
+			}
 			return a, nil
 		}
 	}
@@ -503,19 +557,21 @@ func (p *Picker) forgetLocked(a *Active) {
 }
 
 // Watch guards a stream open on a: if stop is not called within
-// [Config.StallTimeout], the session is pinged, and failed if it does not
-// answer within [Config.ProbeTimeout] (closing it, which ends the stalled
-// open with an error so that the caller can retry elsewhere).
+// [Config.StallTimeout], the session is pinged, and failed if the relay
+// gives no sign of life within [Config.ProbeTimeout] (closing it, which
+// ends the stalled open with an error so that the caller can retry
+// elsewhere). The ping never competes with the session's streams (see
+// [transport.Session.Ping]), so a slow but live relay is left alone.
 func (p *Picker) Watch(a *Active) (stop func()) {
-	pg, ok := a.raw.(pinger)
-	if !ok {
-		return func() {}
-	}
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := context.WithCancel(p.ctx)
 	t := time.AfterFunc(p.cfg.StallTimeout, func() {
+		if !p.enter() {
+			return
+		}
+		defer p.wg.Done()
 		pctx, pcancel := context.WithTimeout(ctx, p.cfg.ProbeTimeout)
 		defer pcancel()
-		if _, err := pg.Ping(pctx); err != nil && ctx.Err() == nil {
+		if _, err := a.raw.Ping(pctx); err != nil && ctx.Err() == nil {
 			p.Fail(a, fmt.Errorf("relay stopped answering: %w", err))
 		}
 	})
@@ -586,10 +642,10 @@ func (p *Picker) background() {
 	}
 	for {
 		select {
-		case <-p.stop:
+		case <-p.ctx.Done():
 			return
 		case <-statusC:
-			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			ctx, cancel := context.WithTimeout(p.ctx, 2*time.Second)
 			if st, ok := p.Status(ctx); ok {
 				p.log.Info("status", "relay", st.Relay, "transport", st.Carrier,
 					"rtt", st.RTT.Round(100*time.Microsecond), "sent", st.Sent, "received", st.Received,
@@ -644,13 +700,23 @@ func (p *Picker) Rerace() {
 	}
 	p.cur = b
 	p.memory[network] = winner{b.Relay, b.Carrier}
+	p.drains[a] = time.AfterFunc(p.cfg.DrainTimeout, func() {
+		if !p.enter() {
+			return // Close closes it
+		}
+		defer p.wg.Done()
+		p.mu.Lock()
+		delete(p.drains, a)
+		p.mu.Unlock()
+		a.raw.Close()
+	})
 	p.mu.Unlock()
 	p.log.Info("re-race: switched", "relay", b.Relay, "transport", b.Carrier, "from_relay", a.Relay, "from_transport", a.Carrier)
-	time.AfterFunc(p.cfg.DrainTimeout, func() { a.raw.Close() })
 }
 
-// Close closes the current session and stops background work; later calls
-// to Session fail.
+// Close closes the current session (and any still draining after a
+// re-race), cancels the dials and pings in progress, and returns once every
+// goroutine the Picker started has ended. Later calls to Session fail.
 func (p *Picker) Close() error {
 	p.mu.Lock()
 	if p.closed {
@@ -660,12 +726,18 @@ func (p *Picker) Close() error {
 	p.closed = true
 	a := p.cur
 	p.cur = nil
+	drains := p.drains
+	p.drains = nil
 	p.mu.Unlock()
-	close(p.stop)
-	p.bg.Wait()
+	p.cancel()
+	for d, t := range drains {
+		t.Stop()
+		d.raw.Close()
+	}
 	if a != nil {
 		a.raw.Close()
 	}
+	p.wg.Wait()
 	return nil
 }
 

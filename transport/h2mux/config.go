@@ -38,6 +38,15 @@ const (
 	writeBufSize  = 256 << 10   // size of the connection write buffer: one flush carries several frames
 )
 
+// serverWindowStep is how many consumed bytes a server session returns
+// with a connection WINDOW_UPDATE at the latest (a client waits for half
+// its connection window, as Chrome does). A client whose uplink is slow
+// and full, so that its PING waits behind seconds of queued upload, still
+// hears from a live relay at least every 32 KiB the relay takes, which is
+// what its liveness check counts on (see [Session.Ping]). Go's own HTTP/2
+// server updates every 4 KiB.
+const serverWindowStep = 32 << 10
+
 // Config configures a [Session]. The zero value is usable: zero fields take
 // the defaults documented on each field. A Config is not modified by
 // [Client] or [Server].

@@ -475,7 +475,9 @@ func TestDeadlines(t *testing.T) {
 func TestSessionDeath(t *testing.T) {
 	forEachTransport(t, func(t *testing.T, pair connPair) {
 		c, s := pair(t)
-		cs, err := Client(c, Config{})
+		// Small windows on both sides, and nobody reads what the other
+		// sends, so every pending call below truly blocks.
+		cs, err := Client(c, Config{MaxStreamWindow: 65535})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -489,31 +491,41 @@ func TestSessionDeath(t *testing.T) {
 		const n = 10
 		errc := make(chan error, 3*n)
 		for range n {
+			// On one stream both sides write and neither reads.
 			st, err := cs.OpenStream(ctx)
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer st.Close()
-			go func() { // blocks: nobody answers
-				_, err := st.Read(make([]byte, 10))
-				errc <- err
-			}()
-			go func() { // blocks: window exhausted
-				_, err := st.Write(make([]byte, 1<<20))
-				errc <- err
-			}()
+			st.Write(nil) // sends HEADERS, so the server accepts st next
 			srv, err := ss.AcceptStream(ctx)
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer srv.Close()
-			go func() {
-				_, err := srv.Read(make([]byte, 1<<20))
-				for err == nil {
-					_, err = srv.Read(make([]byte, 1<<20))
-				}
+			go func() { // blocks: window exhausted
+				_, err := st.Write(make([]byte, 1<<20))
 				errc <- err
 			}()
+			go func() { // blocks: window exhausted
+				_, err := srv.Write(make([]byte, 1<<20))
+				errc <- err
+			}()
+			// On another the client reads and nobody writes.
+			quiet, err := cs.OpenStream(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer quiet.Close()
+			go func() { // blocks: nobody answers
+				_, err := quiet.Read(make([]byte, 10))
+				errc <- err
+			}()
+			quietSrv, err := ss.AcceptStream(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer quietSrv.Close()
 		}
 		time.Sleep(50 * time.Millisecond)
 		c.Close() // kill the client's connection under it
@@ -860,21 +872,21 @@ func TestProtocolErrors(t *testing.T) {
 			rc.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: []byte{0x88}, EndHeaders: true})
 			rc.fr.WritePing(false, [8]byte{1})
 		}()
-		var sawRST bool
-		for {
+		// The PING ACK goes ahead of queued stream frames, so it may
+		// come before or after the RST_STREAM: wait for both.
+		rc.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+		var sawRST, sawAck bool
+		for !sawRST || !sawAck {
 			f, err := rc.fr.ReadFrame()
 			if err != nil {
-				t.Fatal(err)
+				t.Fatalf("RST_STREAM %v, PING ACK %v: %v", sawRST, sawAck, err)
 			}
 			if r, ok := f.(*http2.RSTStreamFrame); ok && r.StreamID == 1 {
 				sawRST = true
 			}
 			if p, ok := f.(*http2.PingFrame); ok && p.IsAck() {
-				break
+				sawAck = true
 			}
-		}
-		if !sawRST {
-			t.Error("no RST_STREAM for the bad stream")
 		}
 		select {
 		case <-ss.Done():

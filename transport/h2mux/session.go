@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/net/http2"
@@ -63,10 +64,17 @@ type Session struct {
 	numStreams int    // streams holding a concurrency slot
 	acceptQ    []*Stream
 	wq         []writeItem // frames waiting for the writer, in order
-	nCtrl      int         // peer-provoked frames in wq
-	pings      map[[8]byte]chan struct{}
+	cq         []writeItem // connection control frames, written ahead of wq (see enqueueLocked)
+	nCtrl      int         // peer-provoked frames in wq and cq
+	pings      map[[8]byte]*pingState
 	ready      []*Stream // streams with new data whose readers are not yet woken
 	pingSeq    uint64
+	rtt        time.Duration // round trip of the latest acknowledged PING; 0 before the first
+	heard      chan struct{} // closed (and cleared) when the next frame arrives; nil if nobody waits
+
+	// ncq mirrors len(cq), so that the writer can check for control
+	// frames between two items of a batch without taking mu.
+	ncq atomic.Int32
 
 	peerMaxStreams uint32
 	peerMaxFrame   uint32
@@ -88,6 +96,24 @@ const (
 	itemRST
 	itemGoAway // always the last frame; the writer stops after it
 )
+
+// urgent reports whether frames of kind k go ahead of queued HEADERS, DATA
+// and RST_STREAM (see [Session.enqueueLocked]).
+func (k itemKind) urgent() bool {
+	return k == itemPing || k == itemSettingsAck || k == itemWindowUpdate
+}
+
+// A pingState is a PING waiting for its acknowledgement.
+type pingState struct {
+	sent   time.Time
+	done   chan struct{} // closed when the ACK arrives
+	orphan bool          // Ping returned without the ACK; keep only for the RTT
+}
+
+// maxOrphanPings bounds the PINGs kept after their Ping call returned
+// (answered by other traffic first), which are kept only to measure the
+// round trip when their ACK arrives.
+const maxOrphanPings = 8
 
 // A writeItem is one frame (or, for data, one run of frames) queued for the
 // writer goroutine.
@@ -146,7 +172,7 @@ func newSession(conn net.Conn, cfg Config, client bool) (*Session, error) {
 		done:           make(chan struct{}),
 		writerDone:     make(chan struct{}),
 		streams:        make(map[uint32]*Stream),
-		pings:          make(map[[8]byte]chan struct{}),
+		pings:          make(map[[8]byte]*pingState),
 		nextID:         1,
 		peerMaxStreams: maxStreamID, // section 5.1.2: unlimited until the peer says otherwise
 		peerMaxFrame:   minFrameSize,
@@ -266,10 +292,20 @@ func (s *Session) AcceptStream(ctx context.Context) (*Stream, error) {
 	}
 }
 
-// Ping sends a PING frame and waits for its acknowledgement, returning the
-// round-trip time (RFC 9113 section 6.7).
+// Ping checks that the peer still answers and returns the round-trip time
+// (RFC 9113 section 6.7). It implements [transport.Session.Ping].
+//
+// The PING frame goes ahead of every HEADERS and DATA frame queued but not
+// yet written, and the peer's h2mux answers it ahead of its own. Bytes
+// already handed to the connection cannot be overtaken, though, and on a
+// slow, busy link they may take seconds to drain. So any frame that
+// arrives after Ping began proves the peer alive just as well (a busy
+// peer sends DATA or WINDOW_UPDATE; an h2mux server acknowledges every
+// [serverWindowStep] bytes it consumes): Ping returns as soon as the ACK
+// arrives, with its round trip, and if ctx ends first but another frame
+// came, it returns the latest round trip measured (zero before any) and no
+// error. Only a peer that sent nothing at all fails it.
 func (s *Session) Ping(ctx context.Context) (time.Duration, error) {
-	ch := make(chan struct{})
 	s.mu.Lock()
 	if s.err != nil || s.closing {
 		s.mu.Unlock()
@@ -278,20 +314,59 @@ func (s *Session) Ping(ctx context.Context) (time.Duration, error) {
 	s.pingSeq++
 	var data [8]byte
 	binary.BigEndian.PutUint64(data[:], s.pingSeq)
-	s.pings[data] = ch
-	start := time.Now()
+	p := &pingState{sent: time.Now(), done: make(chan struct{})}
+	s.dropOrphanPingsLocked()
+	s.pings[data] = p
+	if s.heard == nil {
+		s.heard = make(chan struct{})
+	}
+	heard := s.heard
 	s.enqueueLocked(writeItem{kind: itemPing, ping: data})
 	s.mu.Unlock()
-	select {
-	case <-ch:
-		return time.Since(start), nil
-	case <-s.done:
-		return 0, s.deadErr("ping")
-	case <-ctx.Done():
-		s.mu.Lock()
-		delete(s.pings, data)
-		s.mu.Unlock()
-		return 0, fmt.Errorf("h2mux: ping: %w", ctx.Err())
+	alive := false
+	for {
+		select {
+		case <-p.done:
+			return time.Since(p.sent), nil
+		case <-heard:
+			alive, heard = true, nil
+		case <-s.done:
+			return 0, s.deadErr("ping")
+		case <-ctx.Done():
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			select {
+			case <-p.done:
+				return time.Since(p.sent), nil
+			default:
+			}
+			if alive {
+				p.orphan = true // its ACK, when it comes, still updates rtt
+				return s.rtt, nil
+			}
+			delete(s.pings, data)
+			return 0, fmt.Errorf("h2mux: ping: %w", ctx.Err())
+		}
+	}
+}
+
+// dropOrphanPingsLocked forgets the PINGs nobody waits for once there are
+// maxOrphanPings of them: a peer that never acknowledges cannot make the
+// map grow.
+func (s *Session) dropOrphanPingsLocked() {
+	n := 0
+	for _, p := range s.pings {
+		if p.orphan {
+			n++
+		}
+	}
+	if n < maxOrphanPings {
+		return
+	}
+	for k, p := range s.pings {
+		if p.orphan {
+			delete(s.pings, k)
+		}
 	}
 }
 
@@ -396,6 +471,15 @@ func (s *Session) keepAlive() {
 // enqueueLocked queues a frame for the writer. A peer that provokes more
 // queued replies than maxQueuedCtrl (PING or SETTINGS floods while not
 // reading) is cut off, as net/http's HTTP/2 server does.
+//
+// PING (and its ACK), SETTINGS ACK and WINDOW_UPDATE concern the whole
+// connection, so they go to cq and the writer sends them ahead of the
+// HEADERS, DATA and RST_STREAM frames queued in wq, even between two items
+// of a batch: a PING must not wait behind the 256 KiB per stream that busy
+// streams keep queued, nor a window update that would let the peer send.
+// Frames in wq keep their order among themselves (stream IDs must reach
+// the wire in increasing order, RST_STREAM must follow its HEADERS), and
+// none of the cq frames depends on them.
 func (s *Session) enqueueLocked(it writeItem) bool {
 	if it.peer {
 		if s.nCtrl >= maxQueuedCtrl {
@@ -403,8 +487,13 @@ func (s *Session) enqueueLocked(it writeItem) bool {
 		}
 		s.nCtrl++
 	}
-	s.wq = append(s.wq, it)
-	if len(s.wq) == 1 {
+	if it.kind.urgent() {
+		s.cq = append(s.cq, it)
+		s.ncq.Store(int32(len(s.cq)))
+	} else {
+		s.wq = append(s.wq, it)
+	}
+	if len(s.wq)+len(s.cq) == 1 {
 		signal(s.wake)
 	}
 	return true
@@ -444,7 +533,11 @@ func (s *Session) consumedLocked(st *Stream, n int64) {
 		return
 	}
 	s.connUnacked += n
-	if s.connUnacked >= int64(s.cfg.MaxConnWindow/2) {
+	step := int64(s.cfg.MaxConnWindow / 2)
+	if !s.client {
+		step = min(step, serverWindowStep)
+	}
+	if s.connUnacked >= step {
 		s.enqueueLocked(writeItem{kind: itemWindowUpdate, val: uint32(s.connUnacked)})
 		s.connRecv += s.connUnacked
 		s.connUnacked = 0
@@ -474,10 +567,10 @@ func (s *Session) writeFrames() error {
 	if err := s.writePreface(); err != nil {
 		return err
 	}
-	var batch []writeItem
+	var batch, ctrl []writeItem
 	for {
 		s.mu.Lock()
-		for len(s.wq) == 0 {
+		for len(s.wq)+len(s.cq) == 0 {
 			if s.bw.Buffered() > 0 {
 				// Flush only when the queue is empty so that a burst of
 				// frames from many streams shares system calls.
@@ -496,12 +589,26 @@ func (s *Session) writeFrames() error {
 			}
 			s.mu.Lock()
 		}
+		ctrl = s.takeCtrlLocked(ctrl)
 		batch, s.wq = s.wq, batch[:0]
 		s.nCtrl = 0
 		maxFrame := int(s.peerMaxFrame)
 		s.mu.Unlock()
 
+		if err := s.writeCtrl(ctrl, maxFrame); err != nil {
+			return err
+		}
 		for i := range batch {
+			if s.ncq.Load() > 0 {
+				// Control frames queued while this batch is written
+				// go out before its next item.
+				s.mu.Lock()
+				ctrl = s.takeCtrlLocked(ctrl)
+				s.mu.Unlock()
+				if err := s.writeCtrl(ctrl, maxFrame); err != nil {
+					return err
+				}
+			}
 			it := &batch[i]
 			err := s.writeItem(it, maxFrame)
 			if it.notify {
@@ -516,6 +623,37 @@ func (s *Session) writeFrames() error {
 			*it = writeItem{} // drop references to streams and buffers
 		}
 	}
+}
+
+// takeCtrlLocked hands the queued control frames to the writer, reusing
+// buf, and uncounts the peer-provoked ones.
+func (s *Session) takeCtrlLocked(buf []writeItem) []writeItem {
+	taken := s.cq
+	s.cq = buf[:0]
+	s.ncq.Store(0)
+	for i := range taken {
+		if taken[i].peer {
+			s.nCtrl--
+		}
+	}
+	return taken
+}
+
+// writeCtrl writes control frames taken from cq, and flushes after a PING
+// or PING ACK so that it does not wait in the buffer for more frames.
+func (s *Session) writeCtrl(items []writeItem, maxFrame int) error {
+	ping := false
+	for i := range items {
+		if err := s.writeItem(&items[i], maxFrame); err != nil {
+			return err
+		}
+		ping = ping || items[i].kind == itemPing
+		items[i] = writeItem{}
+	}
+	if ping {
+		return s.bw.Flush()
+	}
+	return nil
 }
 
 // writePreface writes the first flight: the client preface (section 3.4),
@@ -751,6 +889,11 @@ func (s *Session) wakeReaders() {
 func (s *Session) handleFrame(f http2.Frame) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.heard != nil {
+		// Any frame proves the peer alive to a waiting Ping.
+		close(s.heard)
+		s.heard = nil
+	}
 	switch f := f.(type) {
 	case *http2.DataFrame:
 		return s.onData(f)
@@ -1023,9 +1166,10 @@ func (s *Session) onSettings(f *http2.SettingsFrame) error {
 
 func (s *Session) onPing(f *http2.PingFrame) error {
 	if f.IsAck() {
-		if ch, ok := s.pings[f.Data]; ok {
+		if p, ok := s.pings[f.Data]; ok {
 			delete(s.pings, f.Data)
-			close(ch)
+			s.rtt = time.Since(p.sent)
+			close(p.done)
 		}
 		return nil
 	}

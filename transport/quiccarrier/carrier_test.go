@@ -19,8 +19,8 @@ import (
 	uphttp3 "github.com/quic-go/quic-go/http3"
 	"go.uber.org/goleak"
 
-	"github.com/merpati/merpati/relay/antireplay"
 	"github.com/merpati/merpati/transport"
+	"github.com/merpati/merpati/transport/antireplay"
 	"github.com/merpati/merpati/transport/auth"
 	"github.com/merpati/merpati/transport/tlscarrier"
 )
@@ -55,7 +55,11 @@ func testCertFor(t testing.TB, name string) tls.Certificate {
 	return cert
 }
 
-func startRelay(t testing.TB) *testRelay {
+func startRelay(t testing.TB) *testRelay { return startRelayWith(t, nil) }
+
+// startRelayWith is startRelay with the server's configuration changed by
+// mod.
+func startRelayWith(t testing.TB, mod func(*ServerConfig)) *testRelay {
 	t.Helper()
 	tr := &testRelay{key: auth.NewKey(), cert: testCert(t)}
 	pin, err := tlscarrier.Pin(tr.cert)
@@ -64,7 +68,7 @@ func startRelay(t testing.TB) *testRelay {
 	}
 	tr.pin = pin
 	var replay antireplay.Cache
-	srv, err := NewServer(ServerConfig{
+	cfg := ServerConfig{
 		Certificate: tr.cert,
 		Cover: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			tr.covers.Add(1)
@@ -93,7 +97,11 @@ func startRelay(t testing.TB) *testRelay {
 			st.CloseWrite()
 			io.Copy(io.Discard, st)
 		},
-	})
+	}
+	if mod != nil {
+		mod(&cfg)
+	}
+	srv, err := NewServer(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

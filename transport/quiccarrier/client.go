@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"net/url"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	quic "github.com/apernet/quic-go"
@@ -198,36 +199,64 @@ type session struct {
 	h3    *http3.ClientConn
 	authz string
 	url   *url.URL
+
+	// What Ping goes by: the count of packets received when the latest
+	// stream was opened, when that was (Unix nanoseconds), and how many
+	// OpenStream calls wait for the relay to raise its stream limit.
+	opened   atomic.Uint64
+	openedAt atomic.Int64
+	waiting  atomic.Int32
 }
 
-// RTT returns the connection's smoothed round-trip time.
+const (
+	// pingPoll is how often Ping looks at the connection's packet count.
+	pingPoll = 5 * time.Millisecond
+	// openFresh is how long after a stream open Ping counts packets
+	// received since that open; later it waits for a packet after its
+	// own start.
+	openFresh = 5 * time.Second
+)
+
+// RTT returns the connection's smoothed round-trip time, without waiting.
 func (s *session) RTT() time.Duration { return s.conn.ConnectionStats().SmoothedRTT }
 
-// Ping checks that the relay still answers and returns the time it took.
-// HTTP/3 has no PING of its own, so it opens a request stream, cancels it
-// at once (both are ack-eliciting QUIC frames), and waits for any packet
-// from the relay, such as the acknowledgement.
+// Ping checks that the relay still answers and returns QUIC's smoothed
+// round-trip time (RFC 9002 section 5.3). It implements
+// [transport.Session.Ping] without sending anything: HTTP/3 has no PING of
+// its own, and a request stream would compete with the streams for the
+// relay's stream limit. Instead it waits for a packet from the relay
+// received after the latest stream was opened, if that was less than
+// openFresh ago, or else after Ping began. A live relay sends one at once:
+// it acknowledges a new stream's first bytes within its ack delay, and data
+// in flight; on an idle session the answer is that to QUIC's keep-alive,
+// up to [ClientConfig.KeepAlive] away.
+//
+// While a stream open waits for the relay to raise its stream limit, the
+// latest open counts however old it is: that wait is the relay's doing,
+// not a sign it is gone, and the waiting stream sends nothing the relay
+// could acknowledge. (QUIC's idle timeout still ends a session whose relay
+// went silent.)
 func (s *session) Ping(ctx context.Context) (time.Duration, error) {
-	start := time.Now()
-	before := s.conn.ConnectionStats().PacketsReceived
-	rs, err := s.h3.OpenRequestStream(ctx)
-	if err != nil {
-		return 0, fmt.Errorf("ping: %w", err)
+	mark := s.conn.ConnectionStats().PacketsReceived
+	if s.waiting.Load() > 0 || time.Since(time.Unix(0, s.openedAt.Load())) < openFresh {
+		mark = min(mark, s.opened.Load())
 	}
-	rs.CancelWrite(errRequestCancelled)
-	rs.CancelRead(errRequestCancelled)
-	tick := time.NewTicker(2 * time.Millisecond)
-	defer tick.Stop()
+	var tick *time.Ticker
 	for {
-		if s.conn.ConnectionStats().PacketsReceived > before {
-			return time.Since(start), nil
+		st := s.conn.ConnectionStats()
+		if st.PacketsReceived > mark {
+			return st.SmoothedRTT, nil
+		}
+		if tick == nil {
+			tick = time.NewTicker(pingPoll)
+			defer tick.Stop()
 		}
 		select {
 		case <-tick.C:
 		case <-s.conn.Context().Done():
 			return 0, fmt.Errorf("ping: %w", net.ErrClosed)
 		case <-ctx.Done():
-			return 0, fmt.Errorf("ping: %w", ctx.Err())
+			return 0, fmt.Errorf("ping: no packet from the relay: %w", ctx.Err())
 		}
 	}
 }
@@ -236,7 +265,16 @@ func (s *session) OpenStream(ctx context.Context) (transport.Stream, error) {
 	if s.conn.Context().Err() != nil {
 		return nil, fmt.Errorf("quic session: %w", net.ErrClosed)
 	}
+	// At the relay's stream limit this waits for the relay to raise it.
+	s.waiting.Add(1)
 	rs, err := s.h3.OpenRequestStream(ctx)
+	if err == nil {
+		// The mark for Ping: the relay acknowledges what this stream
+		// sends next.
+		s.opened.Store(s.conn.ConnectionStats().PacketsReceived)
+		s.openedAt.Store(time.Now().UnixNano())
+	}
+	s.waiting.Add(-1)
 	if err != nil {
 		if s.conn.Context().Err() != nil {
 			return nil, fmt.Errorf("open stream: %w: %w", net.ErrClosed, err)

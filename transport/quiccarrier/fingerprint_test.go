@@ -22,6 +22,7 @@ import (
 
 	"github.com/merpati/merpati/transport/auth"
 	"github.com/merpati/merpati/transport/hello"
+	"github.com/merpati/merpati/transport/hello/ja4"
 	"github.com/merpati/merpati/transport/tlscarrier"
 )
 
@@ -127,22 +128,22 @@ func TestChromiumQUICJA4(t *testing.T) {
 	case <-ctx.Done():
 		t.Fatal("server saw no hello from us")
 	}
-	t.Logf("ours:     %s (hello %d bytes, Initial datagrams %v)", ours.hello.JA4For(hello.QUIC), len(ours.msg), ours.datagrams)
-	t.Logf("ours     JA4_r: %s", ours.hello.JA4Raw(hello.QUIC))
+	t.Logf("ours:     %s (hello %d bytes, Initial datagrams %v)", ja4.Fingerprint(ours.hello, ja4.QUIC), len(ours.msg), ours.datagrams)
+	t.Logf("ours     JA4_r: %s", ja4.Raw(ours.hello, ja4.QUIC))
 	for i, ch := range chrome {
-		t.Logf("chromium: %s (hello %d bytes, Initial datagrams %v)", ch.hello.JA4For(hello.QUIC), len(ch.msg), ch.datagrams)
+		t.Logf("chromium: %s (hello %d bytes, Initial datagrams %v)", ja4.Fingerprint(ch.hello, ja4.QUIC), len(ch.msg), ch.datagrams)
 		if i == 0 {
-			t.Logf("chromium JA4_r: %s", ch.hello.JA4Raw(hello.QUIC))
+			t.Logf("chromium JA4_r: %s", ja4.Raw(ch.hello, ja4.QUIC))
 		}
-		got, want := ours.hello.JA4For(hello.QUIC), ch.hello.JA4For(hello.QUIC)
+		got, want := ja4.Fingerprint(ours.hello, ja4.QUIC), ja4.Fingerprint(ch.hello, ja4.QUIC)
 		if got == want {
 			continue
 		}
 		// The known gap: the pinned Chrome-parrot fork's hello lacks the
 		// extensions in knownQUICGap. Anything else is a new difference.
 		adjusted := withoutExtensions(ch.hello, knownQUICGap...)
-		if want := adjusted.JA4For(hello.QUIC); got != want {
-			t.Errorf("hello %d: JA4 %s, chromium %s (%s without extensions %04x)", i, got, ch.hello.JA4For(hello.QUIC), want, knownQUICGap)
+		if want := ja4.Fingerprint(adjusted, ja4.QUIC); got != want {
+			t.Errorf("hello %d: JA4 %s, chromium %s (%s without extensions %04x)", i, got, ja4.Fingerprint(ch.hello, ja4.QUIC), want, knownQUICGap)
 		} else {
 			t.Logf("hello %d: JA4 differs from chromium's only by the known gap, extensions %04x", i, knownQUICGap)
 		}

@@ -41,9 +41,23 @@ type ServerConfig struct {
 	// IdleTimeout closes connections idle this long; zero means 60
 	// seconds (clients keep theirs alive with PINGs).
 	IdleTimeout time.Duration
+	// MaxStreams is how many streams one connection may have open at
+	// once (QUIC's MAX_STREAMS for bidirectional streams, RFC 9000
+	// section 4.6); zero means [DefaultMaxStreams]. A client at the limit
+	// waits for a stream to end.
+	MaxStreams int
 	// Logger receives debug messages; nil discards.
 	Logger *slog.Logger
 }
+
+// DefaultMaxStreams is the default [ServerConfig.MaxStreams]: 4096
+// concurrent streams per connection. quic-go's own default, 100, is a
+// browser's budget for one site; one merpati client carries every Telegram
+// connection of its user's apps (and of anyone sharing its SOCKS5 front),
+// and the 101st would wait for one of them to end. 4096 is four times the
+// TLS carrier's h2mux default, and far above what Telegram apps open; what
+// one key may hold in total is for the relay's per-key limits to bound.
+const DefaultMaxStreams = 4096
 
 // A Server is the relay side of the QUIC carrier: an HTTP/3 server. Create
 // one with [NewServer] and run it with [Server.Serve].
@@ -66,6 +80,9 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	}
 	if cfg.IdleTimeout <= 0 {
 		cfg.IdleTimeout = 60 * time.Second
+	}
+	if cfg.MaxStreams <= 0 {
+		cfg.MaxStreams = DefaultMaxStreams
 	}
 	log := cfg.Logger
 	if log == nil {
@@ -102,8 +119,9 @@ func (s *Server) Serve(ctx context.Context, pc net.PacketConn) error {
 		MinVersion:   tls.VersionTLS13,
 	})
 	ln, err := tr.ListenEarly(tlsConf, &quic.Config{
-		MaxIdleTimeout: s.cfg.IdleTimeout,
-		Allow0RTT:      false,
+		MaxIdleTimeout:     s.cfg.IdleTimeout,
+		MaxIncomingStreams: int64(s.cfg.MaxStreams),
+		Allow0RTT:          false,
 	})
 	if err != nil {
 		return fmt.Errorf("quiccarrier: listen: %w", err)
