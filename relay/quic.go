@@ -3,6 +3,7 @@ package relay
 import (
 	"context"
 	"crypto/tls"
+	"fmt"
 	"io"
 	"log"
 	"net"
@@ -11,50 +12,52 @@ import (
 	"net/url"
 	"time"
 
-	"github.com/merpati/merpati/relay/access"
 	"github.com/merpati/merpati/transport"
 	"github.com/merpati/merpati/transport/quiccarrier"
 )
 
-// ServeQUIC serves the QUIC carrier (an HTTP/3 server) on pc until ctx is
-// done or pc fails, and closes pc. Requests with a valid, unreplayed token
-// become streams served like the TLS carrier's; every other request is
-// reverse-proxied over HTTPS to the cover site, so a prober sees the cover
-// site over HTTP/3.
-func (r *Relay) ServeQUIC(ctx context.Context, pc net.PacketConn) error {
+// ListenQUIC starts the QUIC carrier (an HTTP/3 server) on pc, which it
+// then owns. Requests with a valid, unreplayed token become streams of
+// their connection's session; every other request is reverse-proxied over
+// HTTPS to the cover site, so a prober sees the cover site over HTTP/3.
+// Serve its sessions with [Relay.ServeListeners].
+func (r *Relay) ListenQUIC(pc net.PacketConn) (transport.Listener, error) {
 	cover, coverTransport := r.coverProxy()
-	defer coverTransport.CloseIdleConnections()
-	srv, err := quiccarrier.NewServer(quiccarrier.ServerConfig{
+	l, err := quiccarrier.Listen(pc, quiccarrier.ListenConfig{
 		Certificate: r.cfg.Certificate,
+		Auth:        authenticator{r},
 		Cover:       cover,
-		Authenticate: func(cctx context.Context, digest [32]byte, token []byte, conn io.Closer) (any, bool) {
-			key, err := authenticator{r}.Authenticate(transport.Proof{Carrier: "quic", Digest: digest, Token: token})
-			if err != nil {
-				r.log.Debug("request sent to cover site", "transport", "quic", "err", err)
-				return nil, false
-			}
-			u := key.(*access.User)
-			untrack, err := u.TrackSession(conn)
-			if err != nil {
-				// A key holder is told plainly: the connection
-				// closes, rather than showing it the cover site.
-				r.refuseSession(u, "quic", err)
-				conn.Close()
-				return nil, false
-			}
-			context.AfterFunc(cctx, untrack)
-			r.log.Debug("session opened", "transport", "quic", "key", u.Name())
-			return u, true
-		},
-		ServeStream: func(sctx context.Context, st transport.Stream, peer any) {
-			r.serveStream(sctx, st, peer.(*access.User))
-		},
-		Logger: r.log,
+		Logger:      r.log,
 	})
 	if err != nil {
-		return err
+		coverTransport.CloseIdleConnections()
+		return nil, err
 	}
-	return srv.Serve(ctx, pc)
+	return quicListener{l, coverTransport}, nil
+}
+
+// quicListener is the QUIC carrier's listener with the transport of its
+// cover proxy, whose idle connections end with it.
+type quicListener struct {
+	*quiccarrier.Listener
+	cover *http.Transport
+}
+
+func (l quicListener) Close() error {
+	err := l.Listener.Close()
+	l.cover.CloseIdleConnections()
+	return err
+}
+
+// ServeQUIC serves the QUIC carrier on pc (see [Relay.ListenQUIC]) until
+// ctx is done or pc fails, and closes pc.
+func (r *Relay) ServeQUIC(ctx context.Context, pc net.PacketConn) error {
+	l, err := r.ListenQUIC(pc)
+	if err != nil {
+		pc.Close()
+		return fmt.Errorf("relay: %w", err)
+	}
+	return r.ServeListeners(ctx, l)
 }
 
 // coverProxy returns the handler for unauthenticated HTTP/3 requests: a
@@ -93,15 +96,17 @@ func (r *Relay) coverProxy() (http.Handler, *http.Transport) {
 // ctx is done or either fails, and closes both. It returns the first
 // error.
 func (r *Relay) ServeBoth(ctx context.Context, ln net.Listener, pc net.PacketConn) error {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	errc := make(chan error, 2)
-	go func() { errc <- r.Serve(ctx, ln) }()
-	go func() { errc <- r.ServeQUIC(ctx, pc) }()
-	err := <-errc
-	cancel()
-	if err2 := <-errc; err == nil {
-		err = err2
+	tl, err := r.ListenTLS(ln)
+	if err != nil {
+		ln.Close()
+		pc.Close()
+		return fmt.Errorf("relay: %w", err)
 	}
-	return err
+	ql, err := r.ListenQUIC(pc)
+	if err != nil {
+		tl.Close()
+		pc.Close()
+		return fmt.Errorf("relay: %w", err)
+	}
+	return r.ServeListeners(ctx, tl, ql)
 }

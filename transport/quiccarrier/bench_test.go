@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/http"
 	"testing"
-	"time"
 
 	upquic "github.com/quic-go/quic-go"
 
@@ -123,25 +122,19 @@ func carrierOpener(s transport.Session) benchOpener {
 func benchQUICCarrier(b *testing.B) benchOpener {
 	tr := &testRelay{key: auth.NewKey(), cert: testCert(b)}
 	tr.pin, _ = tlscarrier.Pin(tr.cert)
-	srv, err := NewServer(ServerConfig{
-		Certificate: tr.cert,
-		Cover:       http.NotFoundHandler(),
-		Authenticate: func(ctx context.Context, digest [32]byte, token []byte, _ io.Closer) (any, bool) {
-			return 1, auth.Match([]auth.Key{tr.key}, digest, token, time.Now()) >= 0
-		},
-		ServeStream: func(ctx context.Context, st transport.Stream, _ any) { sinkStream(st) },
-	})
-	if err != nil {
-		b.Fatal(err)
-	}
 	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { srv.Serve(ctx, pc); close(done) }()
-	b.Cleanup(func() { cancel(); <-done })
+	l, err := Listen(pc, ListenConfig{
+		Certificate: tr.cert,
+		Cover:       http.NotFoundHandler(),
+		Auth:        &testAuth{keys: []auth.Key{tr.key}},
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	serveEach(b, l, func(st transport.Stream, _ transport.Key) { sinkStream(st) })
 	tr.addr = pc.LocalAddr().String()
 	s := dial(b, tr)
 	return carrierOpener(s)

@@ -59,7 +59,7 @@ func startRelay(t testing.TB) *testRelay { return startRelayWith(t, nil) }
 
 // startRelayWith is startRelay with the server's configuration changed by
 // mod.
-func startRelayWith(t testing.TB, mod func(*ServerConfig)) *testRelay {
+func startRelayWith(t testing.TB, mod func(*ListenConfig)) *testRelay {
 	t.Helper()
 	tr := &testRelay{key: auth.NewKey(), cert: testCert(t)}
 	pin, err := tlscarrier.Pin(tr.cert)
@@ -67,59 +67,101 @@ func startRelayWith(t testing.TB, mod func(*ServerConfig)) *testRelay {
 		t.Fatal(err)
 	}
 	tr.pin = pin
-	var replay antireplay.Cache
-	cfg := ServerConfig{
+	cfg := ListenConfig{
 		Certificate: tr.cert,
 		Cover: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			tr.covers.Add(1)
 			w.Header().Set("Content-Type", "text/html")
 			io.WriteString(w, coverBody)
 		}),
-		Authenticate: func(ctx context.Context, digest [32]byte, token []byte, conn io.Closer) (any, bool) {
-			if auth.Match([]auth.Key{tr.key}, digest, token, time.Now()) < 0 || replay.Seen(token) {
-				return nil, false
-			}
-			tr.auths.Add(1)
-			return "alice", true
-		},
-		ServeStream: func(ctx context.Context, st transport.Stream, peer any) {
-			if peer != "alice" {
-				panic("wrong peer")
-			}
-			if _, err := transport.ReadOpenRequest(st); err != nil {
-				return
-			}
-			if _, err := (transport.OpenReply{Status: transport.StatusOK}).WriteTo(st); err != nil {
-				return
-			}
-			// Echo until the client half-closes, then half-close.
-			io.Copy(st, st)
-			st.CloseWrite()
-			io.Copy(io.Discard, st)
-		},
+		Auth: &testAuth{keys: []auth.Key{tr.key}, auths: &tr.auths},
 	}
 	if mod != nil {
 		mod(&cfg)
-	}
-	srv, err := NewServer(cfg)
-	if err != nil {
-		t.Fatal(err)
 	}
 	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
+	l, err := Listen(pc, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
 	tr.addr = pc.LocalAddr().String()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx, pc) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Serve: %v", err)
+	serveEach(t, l, func(st transport.Stream, key transport.Key) {
+		if key.Name() != "alice" {
+			panic("wrong key")
 		}
+		if _, err := transport.ReadOpenRequest(st); err != nil {
+			return
+		}
+		if _, err := (transport.OpenReply{Status: transport.StatusOK}).WriteTo(st); err != nil {
+			return
+		}
+		// Echo until the client half-closes, then half-close.
+		io.Copy(st, st)
+		st.CloseWrite()
+		io.Copy(io.Discard, st)
 	})
 	return tr
+}
+
+// testAuth accepts tokens of its keys, once each, as "alice".
+type testAuth struct {
+	keys   []auth.Key
+	replay antireplay.Cache
+	auths  *atomic.Int64 // counts accepted tokens, if not nil
+}
+
+type name string
+
+func (n name) Name() string { return string(n) }
+
+func (a *testAuth) Authenticate(p transport.Proof) (transport.Key, error) {
+	if auth.Match(a.keys, p.Digest, p.Token, time.Now()) < 0 || a.replay.Seen(p.Token) {
+		return nil, transport.ErrUnauthenticated
+	}
+	if a.auths != nil {
+		a.auths.Add(1)
+	}
+	return name("alice"), nil
+}
+
+// serveEach serves every stream of every session of l with handle (which
+// need not close the stream) until the test ends, then closes l and waits.
+func serveEach(t testing.TB, l transport.Listener, handle func(transport.Stream, transport.Key)) {
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		var sessions sync.WaitGroup
+		defer sessions.Wait()
+		for {
+			sess, err := l.Accept(ctx)
+			if err != nil {
+				return
+			}
+			sessions.Go(func() {
+				defer sess.Close()
+				var streams sync.WaitGroup
+				defer streams.Wait()
+				for {
+					st, err := sess.AcceptStream(ctx)
+					if err != nil {
+						return
+					}
+					streams.Go(func() {
+						defer st.Close()
+						handle(st, sess.Key())
+					})
+				}
+			})
+		}
+	})
+	t.Cleanup(func() {
+		cancel()
+		l.Close()
+		wg.Wait()
+	})
 }
 
 func (tr *testRelay) dialer(t testing.TB) *Dialer {
@@ -392,8 +434,13 @@ func TestConfigErrors(t *testing.T) {
 	if _, err := NewDialer(good); err != nil {
 		t.Error(err)
 	}
-	if _, err := NewServer(ServerConfig{}); err == nil {
-		t.Error("NewServer with an empty config succeeded")
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	if _, err := Listen(pc, ListenConfig{}); err == nil {
+		t.Error("Listen with an empty config succeeded")
 	}
 }
 

@@ -329,7 +329,8 @@ func (c *clientStream) readResponse() {
 		return
 	}
 	if resp.StatusCode != http.StatusOK {
-		c.respErr = fmt.Errorf("%w: HTTP %d", ErrRefused, resp.StatusCode)
+		// The cover site answered: the relay did not take the token.
+		c.respErr = fmt.Errorf("%w: HTTP %d: %w", ErrRefused, resp.StatusCode, transport.ErrKeyRefused)
 	}
 }
 

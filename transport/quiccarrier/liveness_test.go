@@ -16,7 +16,7 @@ import (
 // through once a stream ends.
 func TestPingAtStreamLimit(t *testing.T) {
 	const limit = 4
-	tr := startRelayWith(t, func(c *ServerConfig) { c.MaxStreams = limit })
+	tr := startRelayWith(t, func(c *ListenConfig) { c.MaxStreams = limit })
 	s := dial(t, tr)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()

@@ -6,7 +6,6 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -19,25 +18,17 @@ import (
 	"github.com/merpati/merpati/transport"
 )
 
-// ServerConfig configures the relay side of the carrier.
-type ServerConfig struct {
+// ListenConfig configures the relay side of the carrier.
+type ListenConfig struct {
 	// Certificate is the relay's certificate, the one the TLS carrier
 	// uses; clients pin its key. Required.
 	Certificate tls.Certificate
+	// Auth judges the first token each connection presents, with
+	// digest = [Digest](nonce). Required.
+	Auth transport.Authenticator
 	// Cover serves every request that does not carry a valid token,
 	// normally a reverse proxy to the cover site. Required.
 	Cover http.Handler
-	// Authenticate checks the first token a connection presents, with
-	// digest = [Digest](nonce). It returns the authenticated peer (passed
-	// on to ServeStream) and true, or false to send the request to Cover.
-	// It is called at most once per connection and token; ctx is done
-	// when the connection ends, and conn closes the connection (for
-	// revoking a key). Required.
-	Authenticate func(ctx context.Context, digest [32]byte, token []byte, conn io.Closer) (peer any, ok bool)
-	// ServeStream serves one authenticated stream; the stream is closed
-	// when it returns. ctx is done when the connection or the server
-	// ends. Required.
-	ServeStream func(ctx context.Context, st transport.Stream, peer any)
 	// IdleTimeout closes connections idle this long; zero means 60
 	// seconds (clients keep theirs alive with PINGs).
 	IdleTimeout time.Duration
@@ -50,7 +41,7 @@ type ServerConfig struct {
 	Logger *slog.Logger
 }
 
-// DefaultMaxStreams is the default [ServerConfig.MaxStreams]: 4096
+// DefaultMaxStreams is the default [ListenConfig.MaxStreams]: 4096
 // concurrent streams per connection. quic-go's own default, 100, is a
 // browser's budget for one site; one merpati client carries every Telegram
 // connection of its user's apps (and of anyone sharing its SOCKS5 front),
@@ -59,24 +50,35 @@ type ServerConfig struct {
 // one key may hold in total is for the relay's per-key limits to bound.
 const DefaultMaxStreams = 4096
 
-// A Server is the relay side of the QUIC carrier: an HTTP/3 server. Create
-// one with [NewServer] and run it with [Server.Serve].
-type Server struct {
-	cfg ServerConfig
+// A Listener is the relay side of the carrier, an HTTP/3 server: a
+// connection whose first request carries a valid token becomes an
+// authenticated session (yielded by Accept), and each of its requests
+// that carries the same token becomes one of its streams. Every other
+// request goes to the cover handler, so a prober sees the cover site over
+// HTTP/3. It implements [transport.Listener]. Create one with [Listen].
+type Listener struct {
+	cfg ListenConfig
 	log *slog.Logger
+	pc  net.PacketConn
+
+	sessions chan *serverSession
+	ctx      context.Context // done when the listener closes
+	cancel   context.CancelFunc
+	done     chan struct{} // closed when serving has stopped
+	err      error         // why, set before done is closed
 }
 
-// NewServer checks cfg and returns a Server.
-func NewServer(cfg ServerConfig) (*Server, error) {
+var _ transport.Listener = (*Listener)(nil)
+
+// Listen starts the carrier on pc, which the listener then owns.
+func Listen(pc net.PacketConn, cfg ListenConfig) (*Listener, error) {
 	switch {
 	case len(cfg.Certificate.Certificate) == 0:
-		return nil, errors.New("quiccarrier: ServerConfig.Certificate: required")
+		return nil, errors.New("quiccarrier: ListenConfig.Certificate: required")
+	case cfg.Auth == nil:
+		return nil, errors.New("quiccarrier: ListenConfig.Auth: required")
 	case cfg.Cover == nil:
-		return nil, errors.New("quiccarrier: ServerConfig.Cover: required")
-	case cfg.Authenticate == nil:
-		return nil, errors.New("quiccarrier: ServerConfig.Authenticate: required")
-	case cfg.ServeStream == nil:
-		return nil, errors.New("quiccarrier: ServerConfig.ServeStream: required")
+		return nil, errors.New("quiccarrier: ListenConfig.Cover: required")
 	}
 	if cfg.IdleTimeout <= 0 {
 		cfg.IdleTimeout = 60 * time.Second
@@ -88,44 +90,37 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Server{cfg: cfg, log: log}, nil
-}
-
-type connKey struct{}
-
-// connState is what the server knows about one QUIC connection.
-type connState struct {
-	ctx  context.Context // done when the connection or the server ends
-	conn *quic.Conn
-
-	mu    sync.Mutex
-	authz []byte // the accepted nonce||token, once one is
-	peer  any
-}
-
-func (c *connState) Close() error { return c.conn.CloseWithError(errNoError, "") }
-
-// Serve serves HTTP/3 on pc until ctx is done or pc fails, and closes pc.
-// When ctx is done it closes every connection and returns nil once every
-// stream handler has returned.
-func (s *Server) Serve(ctx context.Context, pc net.PacketConn) error {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	tr := &quic.Transport{Conn: pc}
-	defer pc.Close()
-	defer tr.Close()
 	tlsConf := http3.ConfigureTLSConfig(&tls.Config{
-		Certificates: []tls.Certificate{s.cfg.Certificate},
+		Certificates: []tls.Certificate{cfg.Certificate},
 		MinVersion:   tls.VersionTLS13,
 	})
 	ln, err := tr.ListenEarly(tlsConf, &quic.Config{
-		MaxIdleTimeout:     s.cfg.IdleTimeout,
-		MaxIncomingStreams: int64(s.cfg.MaxStreams),
+		MaxIdleTimeout:     cfg.IdleTimeout,
+		MaxIncomingStreams: int64(cfg.MaxStreams),
 		Allow0RTT:          false,
 	})
 	if err != nil {
-		return fmt.Errorf("quiccarrier: listen: %w", err)
+		tr.Close()
+		pc.Close()
+		return nil, fmt.Errorf("quiccarrier: listen: %w", err)
 	}
+	ctx, cancel := context.WithCancel(context.Background())
+	l := &Listener{
+		cfg: cfg, log: log.With("transport", "quic"), pc: pc,
+		sessions: make(chan *serverSession),
+		ctx:      ctx, cancel: cancel,
+		done: make(chan struct{}),
+	}
+	go l.serve(tr, ln)
+	return l, nil
+}
+
+// serve runs the HTTP/3 server until the listener closes or pc fails.
+func (l *Listener) serve(tr *quic.Transport, ln *quic.EarlyListener) {
+	defer close(l.done)
+	defer l.pc.Close()
+	defer tr.Close()
 	// handlers counts running handlers; once closing is set no new one
 	// starts, so that Wait below cannot race with Add.
 	var (
@@ -133,12 +128,6 @@ func (s *Server) Serve(ctx context.Context, pc net.PacketConn) error {
 		closing  bool
 		handlers sync.WaitGroup
 	)
-	waitHandlers := func() {
-		mu.Lock()
-		closing = true
-		mu.Unlock()
-		handlers.Wait()
-	}
 	srv := &http3.Server{
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			mu.Lock()
@@ -149,59 +138,121 @@ func (s *Server) Serve(ctx context.Context, pc net.PacketConn) error {
 			handlers.Add(1)
 			mu.Unlock()
 			defer handlers.Done()
-			s.serveHTTP(w, r)
+			l.serveHTTP(w, r)
 		}),
 		ConnContext: func(cctx context.Context, c *quic.Conn) context.Context {
-			sctx, scancel := context.WithCancel(ctx)
+			sctx, scancel := context.WithCancel(l.ctx)
 			context.AfterFunc(c.Context(), scancel)
 			return context.WithValue(cctx, connKey{}, &connState{ctx: sctx, conn: c})
 		},
-		IdleTimeout: s.cfg.IdleTimeout,
+		IdleTimeout: l.cfg.IdleTimeout,
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.ServeListener(ln) }()
+	var err error
 	select {
-	case <-ctx.Done():
-		srv.Close()
+	case <-l.ctx.Done():
+	case err = <-errc:
+	}
+	l.cancel()
+	srv.Close()
+	if err == nil {
 		<-errc
-		waitHandlers()
-		return nil
-	case err := <-errc:
-		srv.Close()
-		waitHandlers()
-		if ctx.Err() != nil || errors.Is(err, http.ErrServerClosed) {
-			return nil
-		}
-		return fmt.Errorf("quiccarrier: serve: %w", err)
+	}
+	mu.Lock()
+	closing = true
+	mu.Unlock()
+	handlers.Wait()
+	if err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, quic.ErrServerClosed) {
+		l.err = fmt.Errorf("quiccarrier: serve: %w", err)
 	}
 }
 
+// Accept waits for the next authenticated connection.
+func (l *Listener) Accept(ctx context.Context) (transport.ServerSession, error) {
+	select {
+	case s := <-l.sessions:
+		return s, nil
+	case <-l.ctx.Done():
+		<-l.done
+		if l.err != nil {
+			return nil, l.err
+		}
+		return nil, fmt.Errorf("quiccarrier: accept: %w", net.ErrClosed)
+	case <-ctx.Done():
+		return nil, fmt.Errorf("quiccarrier: accept: %w", ctx.Err())
+	}
+}
+
+// Close stops the server and closes every connection, accepted sessions
+// included, and returns once every request handler has returned.
+func (l *Listener) Close() error {
+	l.cancel()
+	<-l.done
+	return nil
+}
+
+// Addr returns the listener's UDP address.
+func (l *Listener) Addr() net.Addr { return l.pc.LocalAddr() }
+
+type connKey struct{}
+
+// connState is what the listener knows about one QUIC connection.
+type connState struct {
+	ctx  context.Context // done when the connection or the listener ends
+	conn *quic.Conn
+
+	mu    sync.Mutex
+	authz []byte // the accepted nonce||token, once one is
+	sess  *serverSession
+}
+
 // serveHTTP takes over a request with a valid token and hands every other
-// request to the cover site.
-func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
+// request to the cover site. A taken-over request is one stream of its
+// connection's session: the handler waits until the relay has closed it.
+func (l *Listener) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	cs, _ := r.Context().Value(connKey{}).(*connState)
 	streamer, ok := w.(http3.HTTPStreamer)
 	if cs == nil || !ok {
-		s.cfg.Cover.ServeHTTP(w, r)
+		l.cfg.Cover.ServeHTTP(w, r)
 		return
 	}
-	peer, ok := s.authenticate(cs, r.Header.Get("Authorization"))
-	if !ok {
-		s.cfg.Cover.ServeHTTP(w, r)
+	sess, first := l.authenticate(cs, r.Header.Get("Authorization"))
+	if sess == nil {
+		l.cfg.Cover.ServeHTTP(w, r)
 		return
+	}
+	if first {
+		select {
+		case l.sessions <- sess:
+		case <-cs.ctx.Done():
+			return
+		}
 	}
 	w.WriteHeader(http.StatusOK)
 	str, err := streamer.HTTPStream()
 	if err != nil {
-		s.log.Debug("take over stream", "transport", "quic", "err", err)
+		l.log.Debug("take over stream", "err", err)
 		return
 	}
-	st := &serverStream{str: str, conn: cs.conn}
-	defer st.Close()
-	s.cfg.ServeStream(cs.ctx, st, peer)
+	st := &serverStream{str: str, conn: cs.conn, closed: make(chan struct{})}
+	select {
+	case sess.streams <- st:
+	case <-cs.ctx.Done():
+		st.Close()
+		return
+	}
+	select {
+	case <-st.closed:
+	case <-cs.ctx.Done():
+		st.Close()
+	}
 }
 
-func (s *Server) authenticate(cs *connState, header string) (any, bool) {
+// authenticate returns the session of cs if header carries its token, or
+// makes it if this is the connection's first valid token (first is then
+// true), or returns nil.
+func (l *Listener) authenticate(cs *connState, header string) (sess *serverSession, first bool) {
 	if header == "" {
 		return nil, false
 	}
@@ -216,22 +267,53 @@ func (s *Server) authenticate(cs *connState, header string) (any, bool) {
 		// Every stream of a connection carries the token that
 		// authenticated it.
 		if subtle.ConstantTimeCompare(cs.authz, raw) == 1 {
-			return cs.peer, true
+			return cs.sess, false
 		}
 		return nil, false
 	}
-	peer, ok := s.cfg.Authenticate(cs.ctx, Digest(nonce), token, cs)
-	if !ok {
+	key, err := l.cfg.Auth.Authenticate(transport.Proof{Carrier: "quic", Digest: Digest(nonce), Token: token})
+	if err != nil {
+		l.log.Debug("request sent to cover site", "err", err)
 		return nil, false
 	}
-	cs.authz, cs.peer = raw, peer
-	return peer, true
+	cs.authz = raw
+	cs.sess = &serverSession{key: key, conn: cs.conn, ctx: cs.ctx, streams: make(chan *serverStream)}
+	return cs.sess, true
 }
+
+// serverSession is one authenticated QUIC connection.
+type serverSession struct {
+	key     transport.Key
+	conn    *quic.Conn
+	ctx     context.Context // done when the connection or the listener ends
+	streams chan *serverStream
+}
+
+func (s *serverSession) AcceptStream(ctx context.Context) (transport.Stream, error) {
+	select {
+	case st := <-s.streams:
+		return st, nil
+	case <-s.ctx.Done():
+		return nil, fmt.Errorf("quiccarrier: accept stream: %w", net.ErrClosed)
+	case <-ctx.Done():
+		return nil, fmt.Errorf("quiccarrier: accept stream: %w", ctx.Err())
+	}
+}
+
+func (s *serverSession) Key() transport.Key    { return s.key }
+func (s *serverSession) Carrier() string       { return "quic" }
+func (s *serverSession) Done() <-chan struct{} { return s.ctx.Done() }
+
+// Close closes the connection. Its request handlers, which the listener
+// owns, return as soon as they notice.
+func (s *serverSession) Close() error { return s.conn.CloseWithError(errNoError, "") }
 
 // serverStream is a taken-over request stream.
 type serverStream struct {
-	str  *http3.Stream
-	conn *quic.Conn
+	str       *http3.Stream
+	conn      *quic.Conn
+	closed    chan struct{} // closed by Close: the handler may return
+	closeOnce sync.Once
 }
 
 func (c *serverStream) Read(b []byte) (int, error)  { return c.str.Read(b) }
@@ -241,6 +323,7 @@ func (c *serverStream) CloseWrite() error           { return c.str.Close() }
 func (c *serverStream) Close() error {
 	err := c.str.Close()
 	c.str.CancelRead(errRequestCancelled)
+	c.closeOnce.Do(func() { close(c.closed) })
 	return err
 }
 
