@@ -1,17 +1,24 @@
 // Package transport holds what the merpati client and relay share above any
-// carrier: the two small interfaces every carrier implements, and the
+// carrier: the contract every carrier implements on both sides, and the
 // stream-open exchange that names a stream's target and answers with a
 // status.
 //
 // A carrier (TLS over TCP in [github.com/merpati/merpati/transport/tlscarrier],
-// QUIC later) gives an authenticated, multiplexed session between one client
-// and one relay. Each Telegram TCP connection becomes one stream of that
-// session. A stream begins with an [OpenRequest] written by the client and an
-// [OpenReply] written by the relay; after that it carries the application's
-// bytes unchanged in both directions.
+// QUIC in [github.com/merpati/merpati/transport/quiccarrier]) gives an
+// authenticated, multiplexed session between one client and one relay.
+// On the client a [Dialer] makes [Session]s; on the relay a [Listener]
+// yields [ServerSession]s, having asked the relay's [Authenticator] about
+// the [Proof] each client presented and sent everyone else to the cover
+// site itself. Each Telegram TCP connection becomes one [Stream] of a
+// session. A stream begins with an [OpenRequest] written by the client and
+// an [OpenReply] written by the relay; after that it carries the
+// application's bytes unchanged in both directions.
 //
-// The package does no I/O of its own beyond reading and writing these two
-// messages on a stream the caller provides.
+// A new carrier is one Dialer, one Listener, and a pass of the conformance
+// suite in [github.com/merpati/merpati/transport/transporttest].
+//
+// The package does no I/O of its own beyond reading and writing the open
+// messages on a stream the caller provides, and splicing two connections.
 package transport
 
 import (
@@ -69,14 +76,6 @@ type Dialer interface {
 	Dial(ctx context.Context) (Session, error)
 	// Carrier names the carrier, for logs and status ("tls", "quic").
 	Carrier() string
-}
-
-// An AcceptedStream is a stream accepted by a relay-side carrier listener,
-// labelled with the access key its session proved.
-type AcceptedStream struct {
-	Stream
-	// KeyName names the access key that authenticated the session.
-	KeyName string
 }
 
 // ErrKeyRefused means the relay did not accept the link's access key: the
