@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs every native Go fuzz target for FUZZTIME (default 45s) each.
+# Runs every native Go fuzz target for FUZZTIME (default 30s) each.
 # New crashers are written to the package's testdata/fuzz and fail the run.
 #
 # Go 1.26's fuzz coordinator can fail a run with a bare "context deadline
@@ -8,7 +8,7 @@
 # counted as a failure. Any other failure, or any new crasher, fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-fuzztime=${FUZZTIME:-45s}
+fuzztime=${FUZZTIME:-30s}
 [ "$fuzztime" = 0 ] && { echo "fuzzing skipped (FUZZTIME=0)"; exit 0; }
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
