@@ -18,14 +18,15 @@ import (
 
 	"github.com/merpati/merpati/client"
 	"github.com/merpati/merpati/relay/access"
+	"github.com/merpati/merpati/relay/relaytest"
 	"github.com/merpati/merpati/transport"
 	"github.com/merpati/merpati/transport/link"
 	"github.com/merpati/merpati/transport/tlscarrier"
 )
 
 // benchChunk is the size of each write in the throughput benchmarks, and
-// the bytes counted per iteration.
-const benchChunk = 32 << 10
+// the bytes counted per iteration: the source target's own write size.
+const benchChunk = relaytest.SourceChunk
 
 // benchCipher is the suite both sides of every benchmark use: the carrier's
 // Chrome hello lists TLS_AES_128_GCM_SHA256 first and Go's TLS 1.3 server
@@ -42,18 +43,18 @@ type benchPath struct {
 
 func startBenchPath(b *testing.B) *benchPath {
 	b.Helper()
-	cov := startCover(b)
+	cov := relaytest.StartCover(b)
 	r := startRelay(b, cov, nil)
-	l := r.addKey(b, "bench", access.Entry{})
+	l := r.AddKey(b, "bench", access.Entry{})
 	// Carrier A only: the relay may also offer QUIC, which the client
 	// would prefer.
 	l.Carriers = []string{link.CarrierTLS}
 	c, _ := startClient(b, l, nil)
 	p := &benchPath{
 		c:      c,
-		sink:   addrTarget(b, startBenchSink(b)),
-		source: addrTarget(b, startSource(b)),
-		echo:   addrTarget(b, startEcho(b)),
+		sink:   relaytest.Target(b, relaytest.StartSink(b)),
+		source: relaytest.Target(b, relaytest.StartSource(b)),
+		echo:   relaytest.Target(b, relaytest.StartEcho(b)),
 	}
 	// Warm up: the first OpenStream dials the relay and sets up the session.
 	st, err := c.OpenStream(context.Background(), p.echo)
@@ -64,52 +65,6 @@ func startBenchPath(b *testing.B) *benchPath {
 	return p
 }
 
-func addrTarget(tb testing.TB, addr string) transport.Target {
-	tb.Helper()
-	host, port, err := net.SplitHostPort(addr)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	n, err := strconv.ParseUint(port, 10, 16)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	return transport.AddrTarget(host, uint16(n))
-}
-
-// startBenchSink starts a TCP server on 127.0.0.1:0 that reads everything,
-// 64 KiB at a time, then writes how many bytes it read. (io.Discard's
-// ReadFrom reads 8 KiB per system call, which would charge the target's
-// cost to the path under test.)
-func startBenchSink(tb testing.TB) string {
-	return startServer(tb, func(c net.Conn) {
-		defer c.Close()
-		// Hide ReadFrom and WriteTo so CopyBuffer uses buf.
-		n, _ := io.CopyBuffer(struct{ io.Writer }{io.Discard}, struct{ io.Reader }{c}, make([]byte, 64<<10))
-		fmt.Fprintf(c, "%d", n)
-	})
-}
-
-// startSource starts a TCP server on 127.0.0.1:0 that reads an 8-byte
-// big-endian count, writes that many bytes and closes.
-func startSource(tb testing.TB) string { return startServer(tb, serveSource) }
-
-func serveSource(c net.Conn) {
-	defer c.Close()
-	var n [8]byte
-	if _, err := io.ReadFull(c, n[:]); err != nil {
-		return
-	}
-	buf := make([]byte, benchChunk)
-	for left := int64(binary.BigEndian.Uint64(n[:])); left > 0; {
-		k := min(left, int64(len(buf)))
-		if _, err := c.Write(buf[:k]); err != nil {
-			return
-		}
-		left -= k
-	}
-}
-
 // A halfCloser is a connection whose write side can be shut alone.
 type halfCloser interface {
 	io.ReadWriteCloser
@@ -117,7 +72,7 @@ type halfCloser interface {
 }
 
 // upload writes b.N chunks to c, half-closes, and checks that the far end
-// (startBenchSink, or the plain TLS sink) counted them all.
+// (relaytest.StartSink, or the plain TLS sink) counted them all.
 func upload(b *testing.B, c halfCloser) {
 	buf := make([]byte, benchChunk)
 	// Not b.Loop: the timer must run until the sink has counted the last
@@ -141,7 +96,7 @@ func upload(b *testing.B, c halfCloser) {
 	}
 }
 
-// download asks the far end (startSource, or the plain TLS source) for b.N
+// download asks the far end (relaytest.StartSource, or the plain TLS source) for b.N
 // chunks and reads them.
 func download(b *testing.B, c halfCloser) {
 	total := int64(b.N) * benchChunk
@@ -196,7 +151,7 @@ func BenchmarkThroughput(b *testing.B) {
 // that serves each connection with serve.
 func plainTLSServer(tb testing.TB, serve func(net.Conn)) string {
 	tb.Helper()
-	certPEM, keyPEM, err := tlscarrier.NewCertificate(coverName)
+	certPEM, keyPEM, err := tlscarrier.NewCertificate(relaytest.CoverName)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -228,7 +183,7 @@ func plainTLSServer(tb testing.TB, serve func(net.Conn)) string {
 // plainTLSClient dials addr with crypto/tls and checks that the handshake
 // chose TLS 1.3 with benchCipher, the carrier's suite.
 func plainTLSClient(tb testing.TB, addr string) *tls.Conn {
-	c, err := tls.Dial("tcp", addr, &tls.Config{ServerName: coverName, InsecureSkipVerify: true, MinVersion: tls.VersionTLS13})
+	c, err := tls.Dial("tcp", addr, &tls.Config{ServerName: relaytest.CoverName, InsecureSkipVerify: true, MinVersion: tls.VersionTLS13})
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -246,7 +201,7 @@ func BenchmarkThroughputPlainTLS(b *testing.B) {
 		n, _ := io.Copy(io.Discard, c)
 		fmt.Fprintf(c, "%d", n)
 	})
-	source := plainTLSServer(b, serveSource)
+	source := plainTLSServer(b, relaytest.ServeSource)
 	for _, bc := range []struct {
 		name string
 		addr string
@@ -323,8 +278,8 @@ func BenchmarkThroughputPlainTLSProxy(b *testing.B) {
 			transport.Splice(c, up, nil)
 		}
 	}
-	sink := plainTLSServer(b, forward(startBenchSink(b)))
-	source := plainTLSServer(b, forward(startSource(b)))
+	sink := plainTLSServer(b, forward(relaytest.StartSink(b)))
+	source := plainTLSServer(b, forward(relaytest.StartSource(b)))
 	for _, bc := range []struct {
 		name string
 		addr string

@@ -16,6 +16,7 @@ import (
 	"github.com/merpati/merpati/client"
 	"github.com/merpati/merpati/relay/access"
 	"github.com/merpati/merpati/relay/dnsserver"
+	"github.com/merpati/merpati/relay/relaytest"
 	"github.com/merpati/merpati/transport"
 	"github.com/merpati/merpati/transport/link"
 	"github.com/merpati/merpati/transport/relaylist"
@@ -26,7 +27,7 @@ import (
 // address.
 func startListDNS(t testing.TB, zone string, list []byte) string {
 	t.Helper()
-	s, err := dnsserver.New(dnsserver.Config{Zone: zone, Lists: [][]byte{list}, Logger: testLogger(t, "dns")})
+	s, err := dnsserver.New(dnsserver.Config{Zone: zone, Lists: [][]byte{list}, Logger: relaytest.Logger(t, "dns")})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -49,11 +50,11 @@ func startListDNS(t testing.TB, zone string, list []byte) string {
 // port); the client learns a second, working relay from the signed list
 // over DNS, and the echo stream goes through it.
 func TestBootstrapE2E(t *testing.T) {
-	checkLeaks(t)
-	cov := startCover(t)
+	relaytest.CheckLeaks(t)
+	cov := relaytest.StartCover(t)
 	alive := startRelay(t, cov, nil)
-	good := alive.addKey(t, "list-audience", access.Entry{})
-	echo := startEcho(t)
+	good := alive.AddKey(t, "list-audience", access.Entry{})
+	echo := relaytest.StartEcho(t)
 	host, port, _ := net.SplitHostPort(echo)
 	p, _ := strconv.Atoi(port)
 
@@ -107,10 +108,10 @@ func TestBootstrapE2E(t *testing.T) {
 		t.Fatalf("echo: %q, %v", got, err)
 	}
 	took := time.Since(start)
-	if a := c.Active(); a == nil || a.Relay != alive.addr {
-		t.Fatalf("active relay %+v, want %s", a, alive.addr)
+	if a := c.Active(); a == nil || a.Relay != alive.Addr {
+		t.Fatalf("active relay %+v, want %s", a, alive.Addr)
 	}
-	t.Logf("dead relay → DNS bootstrap → echo through %s: %v", alive.addr, took)
+	t.Logf("dead relay → DNS bootstrap → echo through %s: %v", alive.Addr, took)
 	if took > 5*time.Second {
 		t.Errorf("bootstrap took %v", took)
 	}
@@ -132,10 +133,10 @@ func TestBootstrapE2E(t *testing.T) {
 
 // TestRefresh fetches the list on demand.
 func TestRefresh(t *testing.T) {
-	checkLeaks(t)
-	cov := startCover(t)
+	relaytest.CheckLeaks(t)
+	cov := relaytest.StartCover(t)
 	r := startRelay(t, cov, nil)
-	good := r.addKey(t, "a", access.Entry{})
+	good := r.AddKey(t, "a", access.Entry{})
 	pub, priv, _ := ed25519.GenerateKey(nil)
 	list, err := relaylist.Sign(&relaylist.List{Seq: 4, Expires: time.Now().Add(time.Hour),
 		Entries: []relaylist.Entry{relaylist.FromLink(good)}}, priv)

@@ -16,6 +16,7 @@ import (
 
 	"github.com/merpati/merpati/client"
 	"github.com/merpati/merpati/relay/access"
+	"github.com/merpati/merpati/relay/relaytest"
 	"github.com/merpati/merpati/transport"
 	"github.com/merpati/merpati/transport/link"
 	"github.com/merpati/merpati/transport/mtproxy"
@@ -72,10 +73,10 @@ func frontHello(t testing.TB, addr string, s mtproxy.Secret, rec []byte) error {
 // hello twice: the first is answered, the replay is closed without a
 // server hello, and a fresh hello is still answered.
 func TestMTProxyFrontReplay(t *testing.T) {
-	checkLeaks(t)
-	cov := startCover(t)
+	relaytest.CheckLeaks(t)
+	cov := relaytest.StartCover(t)
 	r := startRelay(t, cov, nil)
-	c, _ := startClient(t, r.addKey(t, "alice", access.Entry{}), nil)
+	c, _ := startClient(t, r.AddKey(t, "alice", access.Entry{}), nil)
 	front, secret := startFront(t, c)
 
 	rec := signedHello(t, secret)
@@ -108,10 +109,10 @@ func (l *flakyListener) Accept() (net.Conn, error) {
 // the MTProxy front pause and retry, like the SOCKS5 front, instead of
 // returning (which ended the whole client).
 func TestMTProxyFrontAcceptBackoff(t *testing.T) {
-	checkLeaks(t)
-	cov := startCover(t)
+	relaytest.CheckLeaks(t)
+	cov := relaytest.StartCover(t)
 	r := startRelay(t, cov, nil)
-	c, _ := startClient(t, r.addKey(t, "alice", access.Entry{}), nil)
+	c, _ := startClient(t, r.AddKey(t, "alice", access.Entry{}), nil)
 	secret, err := mtproxy.NewSecret("front.merpati.test")
 	if err != nil {
 		t.Fatal(err)
@@ -150,17 +151,12 @@ func TestMTProxyFrontAcceptBackoff(t *testing.T) {
 // relay refused the key (errors.Is transport.ErrKeyRefused), not a bare
 // certificate mismatch, and tells the user, once, to get a new link.
 func TestSOCKSKeyRefused(t *testing.T) {
-	checkLeaks(t)
-	cov := startCover(t)
+	relaytest.CheckLeaks(t)
+	cov := relaytest.StartCover(t)
 	r := startRelay(t, cov, nil)
-	l := r.addKey(t, "alice", access.Entry{})
+	l := r.AddKey(t, "alice", access.Entry{})
 	l.Carriers = []string{link.CarrierTLS} // the test relay has no QUIC: no 5 s handshake timeouts
-	if err := access.Revoke(r.dir.KeysPath(), "alice"); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := r.cfg.Keys.Reload(); err != nil {
-		t.Fatal(err)
-	}
+	r.Revoke(t, "alice")
 	var logs lockedLog
 	c, socks := startClient(t, l, func(cfg *client.Config) {
 		cfg.Logger = slog.New(slog.NewTextHandler(&logs, nil))

@@ -21,6 +21,7 @@ import (
 	"github.com/merpati/merpati/client"
 	"github.com/merpati/merpati/client/pick"
 	"github.com/merpati/merpati/relay/access"
+	"github.com/merpati/merpati/relay/relaytest"
 	"github.com/merpati/merpati/transport/link"
 )
 
@@ -48,7 +49,7 @@ func firstSession(t *testing.T, c *client.Client, echo string) *pick.Active {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	if err := echoOnce(ctx, c, echoTarget(t, echo), 1000); err != nil {
+	if err := echoOnce(ctx, c, relaytest.Target(t, echo), 1000); err != nil {
 		t.Fatalf("first stream: %v", err)
 	}
 	a := c.Active()
@@ -62,7 +63,7 @@ func firstSession(t *testing.T, c *client.Client, echo string) *pick.Active {
 // at most rate bytes per second towards to (the client's uplink) and the
 // other direction at full speed, like a slow upload link.
 func startShaper(t testing.TB, to string, rate int) string {
-	return startServer(t, func(c net.Conn) {
+	return relaytest.StartServer(t, func(c net.Conn) {
 		defer c.Close()
 		// A small receive buffer, so that the kernel does not take the
 		// whole upload at loopback speed.
@@ -108,13 +109,13 @@ func startShaper(t testing.TB, to string, rate int) string {
 // relay is plainly alive (it keeps taking the upload) and the session
 // must not be killed.
 func TestLivenessThrottledUplink(t *testing.T) {
-	checkLeaks(t)
-	echo := startEcho(t)
-	sink := startServer(t, serveSink)
-	cov := startCover(t)
+	relaytest.CheckLeaks(t)
+	echo := relaytest.StartEcho(t)
+	sink := relaytest.StartServer(t, relaytest.ServeSink)
+	cov := relaytest.StartCover(t)
 	r := startRelay(t, cov, nil)
-	shaper := startShaper(t, r.addr, 256<<10)
-	l := r.addKey(t, "alice", access.Entry{})
+	shaper := startShaper(t, r.Addr, 256<<10)
+	l := r.AddKey(t, "alice", access.Entry{})
 	l.Relays = []string{shaper}
 	l.Carriers = []string{link.CarrierTLS}
 	c, _ := startClient(t, l, func(cfg *client.Config) {
@@ -133,7 +134,7 @@ func TestLivenessThrottledUplink(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	up, err := c.OpenStream(ctx, echoTarget(t, sink))
+	up, err := c.OpenStream(ctx, relaytest.Target(t, sink))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -158,7 +159,7 @@ func TestLivenessThrottledUplink(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	start := time.Now()
-	if err := echoOnce(ctx, c, echoTarget(t, echo), 1000); err != nil {
+	if err := echoOnce(ctx, c, relaytest.Target(t, echo), 1000); err != nil {
 		t.Fatalf("second stream during the upload: %v", err)
 	}
 	t.Logf("second stream answered after %v, %d KiB of the upload written", time.Since(start).Round(time.Millisecond), written.Load()>>10)
@@ -222,17 +223,17 @@ func TestLivenessBusyCPU(t *testing.T) {
 		{link.CarrierQUIC, 32, 37_000},
 	} {
 		t.Run(tc.carrier, func(t *testing.T) {
-			checkLeaks(t)
-			echo := startEcho(t)
-			cov := startCover(t)
-			r := startBothRelay(t, cov, nil, true, true, nil)
-			l := r.addKey(t, "alice", access.Entry{})
+			relaytest.CheckLeaks(t)
+			echo := relaytest.StartEcho(t)
+			cov := relaytest.StartCover(t)
+			r := relaytest.Start(t, cov, relaytest.Options{})
+			l := r.AddKey(t, "alice", access.Entry{})
 			l.Carriers = []string{tc.carrier}
 			c, _ := startClient(t, l, nil)
 			a := firstSession(t, c, echo)
 			defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
 			spin(t, 4)
-			target := echoTarget(t, echo)
+			target := relaytest.Target(t, echo)
 			var wg sync.WaitGroup
 			for i := range tc.streams {
 				time.Sleep(10 * time.Millisecond)
@@ -258,11 +259,11 @@ func TestLivenessManyConns(t *testing.T) {
 	const conns = 1000
 	for _, carrier := range []string{link.CarrierTLS, link.CarrierQUIC} {
 		t.Run(carrier, func(t *testing.T) {
-			checkLeaks(t)
-			echo := startEcho(t)
-			cov := startCover(t)
-			r := startBothRelay(t, cov, nil, true, true, nil)
-			l := r.addKey(t, "alice", access.Entry{})
+			relaytest.CheckLeaks(t)
+			echo := relaytest.StartEcho(t)
+			cov := relaytest.StartCover(t)
+			r := relaytest.Start(t, cov, relaytest.Options{})
+			l := r.AddKey(t, "alice", access.Entry{})
 			l.Carriers = []string{carrier}
 			c, socks := startClient(t, l, nil)
 			a := firstSession(t, c, echo)
@@ -350,7 +351,7 @@ func startTCPBlackhole(t testing.TB, to string) *tcpBlackhole {
 			}
 		}
 	}
-	b.addr = startServer(t, func(c net.Conn) {
+	b.addr = relaytest.StartServer(t, func(c net.Conn) {
 		defer c.Close()
 		up, err := net.Dial("tcp", to)
 		if err != nil {
@@ -375,27 +376,16 @@ func startTCPBlackhole(t testing.TB, to string) *tcpBlackhole {
 // new stream moves to the second relay within the failover promise (2 s;
 // stretched under -race).
 func TestFailoverBlackholeTLS(t *testing.T) {
-	checkLeaks(t)
-	echo := startEcho(t)
-	cov := startCover(t)
-	r1 := startBothRelay(t, cov, nil, true, false, nil)
-	r2 := startBothRelay(t, cov, nil, true, false, r1)
-	bh := startTCPBlackhole(t, r1.addr)
-	e, err := access.Add(r1.dir.KeysPath(), "alice", access.Entry{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := access.Save(r2.dir.KeysPath(), []access.Entry{e}); err != nil {
-		t.Fatal(err)
-	}
-	for _, r := range []*bothRelay{r1, r2} {
-		if _, err := r.cfg.Keys.Reload(); err != nil {
-			t.Fatal(err)
-		}
-	}
-	l := r1.dir.Link(e)
+	relaytest.CheckLeaks(t)
+	echo := relaytest.StartEcho(t)
+	cov := relaytest.StartCover(t)
+	tlsOnly := []string{link.CarrierTLS}
+	r1 := relaytest.Start(t, cov, relaytest.Options{Carriers: tlsOnly})
+	r2 := relaytest.Start(t, cov, relaytest.Options{Carriers: tlsOnly, CertFrom: r1})
+	bh := startTCPBlackhole(t, r1.Addr)
+	l := relaytest.AddSharedKey(t, "alice", access.Entry{}, r1, r2)
 	l.Carriers = []string{link.CarrierTLS}
-	l.Relays = []string{bh.addr, r2.addr}
+	l.Relays = []string{bh.addr, r2.Addr}
 	c, _ := startClient(t, l, nil)
 	a := firstSession(t, c, echo)
 	if a.Relay != bh.addr {
@@ -405,12 +395,12 @@ func TestFailoverBlackholeTLS(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	start := time.Now()
-	if err := echoOnce(ctx, c, echoTarget(t, echo), 10_000); err != nil {
+	if err := echoOnce(ctx, c, relaytest.Target(t, echo), 10_000); err != nil {
 		t.Fatalf("stream after the relay went silent: %v", err)
 	}
 	took := time.Since(start)
-	if b := c.Active(); b == nil || b.Relay != r2.addr {
-		t.Fatalf("active %+v, want relay %s", b, r2.addr)
+	if b := c.Active(); b == nil || b.Relay != r2.Addr {
+		t.Fatalf("active %+v, want relay %s", b, r2.Addr)
 	}
 	if took > timingSlack*2*time.Second {
 		t.Errorf("stream on the second relay after %v, want under 2s (×%d under -race)", took, timingSlack)

@@ -7,7 +7,6 @@ package client_test
 
 import (
 	"crypto/rand"
-	"fmt"
 	"io"
 	"net"
 	"sync"
@@ -15,6 +14,7 @@ import (
 	"time"
 
 	"github.com/merpati/merpati/relay/access"
+	"github.com/merpati/merpati/relay/relaytest"
 	"github.com/merpati/merpati/transport/link"
 	"github.com/merpati/merpati/transport/mtproxy"
 	"github.com/merpati/merpati/transport/mtproxy/mtproxytest"
@@ -54,11 +54,6 @@ func startObfsDC(tb testing.TB, serve func(net.Conn)) string {
 	return ln.Addr().String()
 }
 
-func serveSink(c net.Conn) {
-	n, _ := io.CopyBuffer(struct{ io.Writer }{io.Discard}, struct{ io.Reader }{c}, make([]byte, 64<<10))
-	fmt.Fprintf(c, "%d", n)
-}
-
 func serveEcho(c net.Conn) { io.Copy(c, c) }
 
 // mtBench is the lab of the MTProxy benchmarks: DCs 2 (sink), 3 (source)
@@ -75,19 +70,19 @@ type mtBench struct {
 func startMTBench(b *testing.B) *mtBench {
 	b.Helper()
 	m := &mtBench{dcs: map[int]string{
-		2: startObfsDC(b, serveSink),
-		3: startObfsDC(b, serveSource),
+		2: startObfsDC(b, relaytest.ServeSink),
+		3: startObfsDC(b, relaytest.ServeSource),
 		4: startObfsDC(b, serveEcho),
 	}}
-	cov := startCover(b)
+	cov := relaytest.StartCover(b)
 	r := startRelay(b, cov, []string{"2=" + m.dcs[2], "3=" + m.dcs[3], "4=" + m.dcs[4]})
 	var l *link.Link
-	l, m.secret = r.addMTKey(b, "bench", access.Entry{})
+	l, m.secret = addMTKey(b, r, "bench", access.Entry{})
 	l.Carriers = []string{link.CarrierTLS}
-	m.relay = r.addr
+	m.relay = r.Addr
 	c, _ := startClient(b, l, nil)
 	m.front, m.fsec = startFront(b, c)
-	m.hello = mtproxytest.HelloRecord(b, coverName)
+	m.hello = mtproxytest.HelloRecord(b, relaytest.CoverName)
 	return m
 }
 
@@ -164,7 +159,7 @@ func BenchmarkMTProxyHandshake(b *testing.B) {
 // TestMTProxyBenchPaths runs each benchmark path once, so that the lab
 // behind the benchmarks is checked by every test run.
 func TestMTProxyBenchPaths(t *testing.T) {
-	checkLeaks(t)
+	relaytest.CheckLeaks(t)
 	res := testing.Benchmark(func(b *testing.B) {
 		m := startMTBench(b)
 		for _, path := range mtPaths {

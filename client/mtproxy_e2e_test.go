@@ -3,6 +3,7 @@ package client_test
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"errors"
 	"io"
 	"net"
@@ -16,6 +17,7 @@ import (
 	"github.com/merpati/merpati/client"
 	"github.com/merpati/merpati/client/internal/telegramtest"
 	"github.com/merpati/merpati/relay/access"
+	"github.com/merpati/merpati/relay/relaytest"
 	"github.com/merpati/merpati/transport/link"
 	"github.com/merpati/merpati/transport/mtproxy"
 	"github.com/merpati/merpati/transport/mtproxy/mtproxytest"
@@ -23,20 +25,20 @@ import (
 
 // addMTKey makes a new access key and returns its share link and its
 // MTProxy secret.
-func (r *testRelay) addMTKey(t testing.TB, name string, limits access.Entry) (*link.Link, mtproxy.Secret) {
+func addMTKey(t testing.TB, r *relaytest.Relay, name string, limits access.Entry) (*link.Link, mtproxy.Secret) {
 	t.Helper()
-	e, err := access.Add(r.dir.KeysPath(), name, limits)
+	e, err := access.Add(r.Dir.KeysPath(), name, limits)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := r.cfg.Keys.Reload(); err != nil {
+	if _, err := r.Keys.Reload(); err != nil {
 		t.Fatal(err)
 	}
-	s, ok := r.dir.MTProxySecret(e)
+	s, ok := r.Dir.MTProxySecret(e)
 	if !ok {
 		t.Fatal("access.Add made no MTProxy secret")
 	}
-	return r.dir.Link(e), s
+	return r.Dir.Link(e), s
 }
 
 // gotdMTProxy returns gotd's own MTProxy resolver for addr and secret,
@@ -55,15 +57,15 @@ func gotdMTProxy(t testing.TB, addr string, s mtproxy.Secret) dcs.Resolver {
 // straight to the relay, which serves it as an MTProxy and speaks
 // obfuscated2 to a gotd test DC: key exchange and 100 RPCs.
 func TestMTProxyDirect(t *testing.T) {
-	checkLeaks(t)
+	relaytest.CheckLeaks(t)
 	dc := telegramtest.StartDC(t, 2)
-	cov := startCover(t)
+	cov := relaytest.StartCover(t)
 	r := startRelay(t, cov, []string{"2=" + dc.Addr})
-	_, s := r.addMTKey(t, "alice", access.Entry{})
+	_, s := addMTKey(t, r, "alice", access.Entry{})
 
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	st, err := telegramtest.RunWithResolver(ctx, dc, gotdMTProxy(t, r.addr, s), 100)
+	st, err := telegramtest.RunWithResolver(ctx, dc, gotdMTProxy(t, r.Addr, s), 100)
 	if err != nil {
 		t.Fatalf("MTProto through the relay's MTProxy mode: %v", err)
 	}
@@ -71,10 +73,10 @@ func TestMTProxyDirect(t *testing.T) {
 		t.Fatalf("%d RPCs answered, want 100", st.RPCs)
 	}
 	t.Logf("key exchange %v, first RPC %v, 100 RPCs in %v", st.KeyExchange, st.FirstRPC, st.Total)
-	if n := cov.accepted.Load(); n != 0 {
+	if n := cov.Accepted(); n != 0 {
 		t.Errorf("cover site got %d connections from an MTProxy app", n)
 	}
-	if u := r.cfg.Keys.Usage()["alice"]; u < 100*1000 {
+	if u := r.Keys.Usage()["alice"]; u < 100*1000 {
 		t.Errorf("alice's usage is %d bytes after 100 RPCs", u)
 	}
 }
@@ -82,11 +84,11 @@ func TestMTProxyDirect(t *testing.T) {
 // TestMTProxyFront runs gotd with an "ee" secret against the client's local
 // MTProxy front, carried over the TLS carrier to the relay and the DC.
 func TestMTProxyFront(t *testing.T) {
-	checkLeaks(t)
+	relaytest.CheckLeaks(t)
 	dc := telegramtest.StartDC(t, 2)
-	cov := startCover(t)
+	cov := relaytest.StartCover(t)
 	r := startRelay(t, cov, []string{"2=" + dc.Addr})
-	l, _ := r.addMTKey(t, "alice", access.Entry{})
+	l, _ := addMTKey(t, r, "alice", access.Entry{})
 	c, _ := startClient(t, l, nil)
 	front, secret := startFront(t, c)
 
@@ -129,15 +131,15 @@ func startFront(t testing.TB, c *client.Client) (string, mtproxy.Secret) {
 // with a wrong secret, one with a stale timestamp, and random bytes all
 // reach the cover site, and none gets a FakeTLS server hello.
 func TestMTProxyProbes(t *testing.T) {
-	checkLeaks(t)
-	echo := startEcho(t)
-	cov := startCover(t)
+	relaytest.CheckLeaks(t)
+	echo := relaytest.StartEcho(t)
+	cov := relaytest.StartCover(t)
 	r := startRelay(t, cov, []string{"2=" + echo, "10002=" + echo})
-	_, s := r.addMTKey(t, "alice", access.Entry{})
+	_, s := addMTKey(t, r, "alice", access.Entry{})
 	tmpl := mtproxytest.HelloRecord(t, s.Host)
 
 	// A genuine connection, recorded, works: the "DC" echoes.
-	conn, err := net.Dial("tcp", r.addr)
+	conn, err := net.Dial("tcp", r.Addr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -153,7 +155,7 @@ func TestMTProxyProbes(t *testing.T) {
 		t.Fatalf("genuine connection: %v", err)
 	}
 	conn.Close()
-	if n := cov.accepted.Load(); n != 0 {
+	if n := cov.Accepted(); n != 0 {
 		t.Fatalf("genuine MTProxy connection went to the cover site (%d)", n)
 	}
 	replayed := rec.first
@@ -161,7 +163,7 @@ func TestMTProxyProbes(t *testing.T) {
 	// Media and test DCs, by the numbers apps put in the init: media DC
 	// -2 uses DC 2's address, test DC 10002 has its own entry.
 	for _, dc := range []int{-2, 10002} {
-		c, err := mtDialDC(t, r.addr, s, tmpl, dc)
+		c, err := mtDialDC(t, r.Addr, s, tmpl, dc)
 		if err != nil {
 			t.Fatalf("DC %d: %v", dc, err)
 		}
@@ -186,9 +188,9 @@ func TestMTProxyProbes(t *testing.T) {
 		{"random bytes", randomBytes(517)},
 		{"random record", append([]byte{0x16, 0x03, 0x01, 0x02, 0x00}, randomBytes(512)...)},
 	} {
-		before := cov.accepted.Load()
-		answer := rawProbe(t, r.addr, tc.hello)
-		if cov.accepted.Load() != before+1 {
+		before := cov.Accepted()
+		answer := relaytest.RawProbe(t, r.Addr, tc.hello)
+		if cov.Accepted() != before+1 {
 			t.Errorf("%s: did not reach the cover site", tc.name)
 		}
 		var random [32]byte
@@ -234,29 +236,29 @@ func mtDialDC(t testing.TB, addr string, s mtproxy.Secret, tmpl []byte, dc int) 
 // connections, the byte quota, expiry and revocation. A key over its
 // limits is sent to the cover site, like a wrong secret.
 func TestMTProxyLimits(t *testing.T) {
-	checkLeaks(t)
-	echo := startEcho(t)
-	cov := startCover(t)
+	relaytest.CheckLeaks(t)
+	echo := relaytest.StartEcho(t)
+	cov := relaytest.StartCover(t)
 	r := startRelay(t, cov, []string{"2=" + echo})
-	tmpl := mtproxytest.HelloRecord(t, coverName)
+	tmpl := mtproxytest.HelloRecord(t, relaytest.CoverName)
 
-	_, one := r.addMTKey(t, "one-conn", access.Entry{MaxConns: 1})
-	c1, err := mtDial(t, r.addr, one, tmpl)
+	_, one := addMTKey(t, r, "one-conn", access.Entry{MaxConns: 1})
+	c1, err := mtDial(t, r.Addr, one, tmpl)
 	if err != nil {
 		t.Fatalf("first connection: %v", err)
 	}
-	before := cov.accepted.Load()
-	if c, err := mtDial(t, r.addr, one, tmpl); err == nil {
+	before := cov.Accepted()
+	if c, err := mtDial(t, r.Addr, one, tmpl); err == nil {
 		c.Close()
 		t.Fatal("second concurrent connection allowed with MaxConns 1")
 	}
-	if cov.accepted.Load() != before+1 {
+	if cov.Accepted() != before+1 {
 		t.Error("connection over MaxConns did not go to the cover site")
 	}
 	c1.Close()
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		c, err := mtDial(t, r.addr, one, tmpl)
+		c, err := mtDial(t, r.Addr, one, tmpl)
 		if err == nil {
 			c.Close()
 			break
@@ -270,48 +272,57 @@ func TestMTProxyLimits(t *testing.T) {
 	// One round trip costs 130 bytes (the relay's DC init and our byte,
 	// both echoed); the second crosses the quota of 200 and may be cut
 	// short.
-	_, small := r.addMTKey(t, "small-quota", access.Entry{QuotaBytes: 200})
-	if c, err := mtDial(t, r.addr, small, tmpl); err != nil {
+	_, small := addMTKey(t, r, "small-quota", access.Entry{QuotaBytes: 200})
+	if c, err := mtDial(t, r.Addr, small, tmpl); err != nil {
 		t.Fatalf("within quota: %v", err)
 	} else {
 		c.Close()
 	}
-	if c, err := mtDial(t, r.addr, small, tmpl); err == nil {
+	if c, err := mtDial(t, r.Addr, small, tmpl); err == nil {
 		c.Close()
 	}
-	for r.cfg.Keys.Usage()["small-quota"] < 200 {
+	for r.Keys.Usage()["small-quota"] < 200 {
 		time.Sleep(10 * time.Millisecond)
 	}
-	before = cov.accepted.Load()
-	if c, err := mtDial(t, r.addr, small, tmpl); err == nil {
+	before = cov.Accepted()
+	if c, err := mtDial(t, r.Addr, small, tmpl); err == nil {
 		c.Close()
 		t.Error("key over its quota served")
 	}
-	if cov.accepted.Load() != before+1 {
+	if cov.Accepted() != before+1 {
 		t.Error("connection over quota did not go to the cover site")
 	}
 
-	_, old := r.addMTKey(t, "expired", access.Entry{Expires: time.Now().Add(-time.Hour)})
-	if c, err := mtDial(t, r.addr, old, tmpl); err == nil {
+	_, old := addMTKey(t, r, "expired", access.Entry{Expires: time.Now().Add(-time.Hour)})
+	if c, err := mtDial(t, r.Addr, old, tmpl); err == nil {
 		c.Close()
 		t.Error("expired key served")
 	}
 
-	_, gone := r.addMTKey(t, "revoked", access.Entry{})
-	live, err := mtDial(t, r.addr, gone, tmpl)
+	_, gone := addMTKey(t, r, "revoked", access.Entry{})
+	live, err := mtDial(t, r.Addr, gone, tmpl)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer live.Close()
-	if err := access.Revoke(r.dir.KeysPath(), "revoked"); err != nil {
+	if err := access.Revoke(r.Dir.KeysPath(), "revoked"); err != nil {
 		t.Fatal(err)
 	}
 	live.SetReadDeadline(time.Now().Add(5 * time.Second))
 	if _, err := live.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Errorf("revoked key's live connection not closed: %v", err)
 	}
-	if c, err := mtDial(t, r.addr, gone, tmpl); err == nil {
+	if c, err := mtDial(t, r.Addr, gone, tmpl); err == nil {
 		c.Close()
 		t.Error("revoked key served")
 	}
+}
+
+// randomBytes returns n random bytes whose first is not 0x16, so that the
+// relay decides at the first byte that they are no TLS record.
+func randomBytes(n int) []byte {
+	b := make([]byte, n)
+	rand.Read(b)
+	b[0] = 0x47
+	return b
 }

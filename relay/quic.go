@@ -65,6 +65,14 @@ func (r *Relay) ServeQUIC(ctx context.Context, pc net.PacketConn) error {
 // The cover is the operator's own choice of address, reached by address,
 // so its certificate is not checked against a CA here: what matters is
 // that the prober gets what the cover site sends.
+//
+// Once the cover site's response has been copied, the request's body is
+// closed (STOP_SENDING), as an HTTP/3 server that answered without reading
+// it would. Without that, a request whose body is still open, such as a
+// refused client's stream, which waits for an answer before it sends
+// more, never got one: net/http's HTTP/2 transport, closing the response
+// body, waits for its copy of the request body, blocked in a Read, and the
+// handler, whose answer is sent when it returns, never returned.
 func (r *Relay) coverProxy() (http.Handler, *http.Transport) {
 	target := &url.URL{Scheme: "https", Host: r.cfg.Cover}
 	tr := &http.Transport{
@@ -75,7 +83,7 @@ func (r *Relay) coverProxy() (http.Handler, *http.Transport) {
 		IdleConnTimeout:     90 * time.Second,
 		TLSHandshakeTimeout: 10 * time.Second,
 	}
-	return &httputil.ReverseProxy{
+	proxy := &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.SetURL(target)
 			pr.Out.Host = pr.In.Host
@@ -85,11 +93,36 @@ func (r *Relay) coverProxy() (http.Handler, *http.Transport) {
 		},
 		Transport: tr,
 		ErrorLog:  log.New(io.Discard, "", 0),
+		ModifyResponse: func(resp *http.Response) error {
+			if in, ok := resp.Request.Context().Value(inBodyKey{}).(io.Closer); ok {
+				resp.Body = closeAfter{resp.Body, in}
+			}
+			return nil
+		},
 		ErrorHandler: func(w http.ResponseWriter, req *http.Request, err error) {
 			r.warns.Warn(r.log, "cover site unreachable", "transport", "quic", "err", err)
 			w.WriteHeader(http.StatusBadGateway)
 		},
-	}, tr
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		proxy.ServeHTTP(w, req.WithContext(context.WithValue(req.Context(), inBodyKey{}, req.Body)))
+	}), tr
+}
+
+// inBodyKey keys the body of the request a cover proxy serves in the
+// context of its outgoing copy.
+type inBodyKey struct{}
+
+// closeAfter is a cover site's response body whose Close first closes the
+// incoming request's body, in.
+type closeAfter struct {
+	io.ReadCloser
+	in io.Closer
+}
+
+func (b closeAfter) Close() error {
+	b.in.Close()
+	return b.ReadCloser.Close()
 }
 
 // ServeBoth serves the TLS carrier on ln and the QUIC carrier on pc until

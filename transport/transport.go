@@ -61,7 +61,17 @@ type Session interface {
 // A Stream is one bidirectional byte stream inside a [Session]. Besides the
 // net.Conn methods it supports half-close: after CloseWrite the peer reads
 // io.EOF, and this side can still read until the peer closes its own write
-// side. Close ends both directions at once.
+// side. Close ends both directions at once and is abortive: the peer's
+// pending and later calls fail with an error other than io.EOF, unless
+// this side had already ended its writing with CloseWrite (that data still
+// arrives). A session or connection that dies under a stream is never
+// reported as io.EOF.
+//
+// Deadlines work as for net.Conn, with one allowance: a Write that times
+// out partway may leave the write side broken, as crypto/tls does, where
+// the carrier's framing cannot resume it. Later Writes then fail with an
+// error wrapping os.ErrDeadlineExceeded, and the peer sees the stream
+// abort; it never receives bytes the Write did not report.
 type Stream interface {
 	net.Conn
 	// CloseWrite half-closes the stream: no more bytes will be written.

@@ -839,6 +839,13 @@ func (s *Session) readFrames() error {
 			case errors.Is(err, http2.ErrFrameTooLarge):
 				return connError(http2.ErrCodeFrameSize, "frame larger than %d bytes", s.cfg.MaxFrameSize)
 			}
+			if errors.Is(err, io.EOF) {
+				// The connection ended under the session, without
+				// GOAWAY: for its streams that is a failure, not
+				// the clean end of stream io.EOF means to callers
+				// such as transport.Splice.
+				err = io.ErrUnexpectedEOF
+			}
 			return fmt.Errorf("h2mux: read frame: %w", err)
 		}
 		if first {

@@ -93,6 +93,7 @@ func startRelayWith(t testing.TB, mod func(*ListenConfig)) *testRelay {
 			panic("wrong key")
 		}
 		if _, err := transport.ReadOpenRequest(st); err != nil {
+			st.CloseWrite() // end cleanly, as the relay's refusals do
 			return
 		}
 		if _, err := (transport.OpenReply{Status: transport.StatusOK}).WriteTo(st); err != nil {

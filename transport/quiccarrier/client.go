@@ -11,7 +11,6 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -178,10 +177,12 @@ func (d *Dialer) Dial(ctx context.Context) (transport.Session, error) {
 		pc.Close()
 		return nil, fmt.Errorf("token: %w", err)
 	}
+	nonce, _, _ := ParseAuthorization(authz)
 	s := &session{
 		conn:  conn,
 		h3:    (&http3.Transport{}).NewClientConn(conn),
 		authz: authz,
+		tag:   takeoverTag(nonce),
 		url:   &url.URL{Scheme: "https", Host: d.cfg.ServerName, Path: "/"},
 	}
 	go func() {
@@ -198,6 +199,7 @@ type session struct {
 	conn  *quic.Conn
 	h3    *http3.ClientConn
 	authz string
+	tag   string // the relay's takeover tag for authz
 	url   *url.URL
 
 	// What Ping goes by: the count of packets received when the latest
@@ -237,6 +239,9 @@ func (s *session) RTT() time.Duration { return s.conn.ConnectionStats().Smoothed
 // could acknowledge. (QUIC's idle timeout still ends a session whose relay
 // went silent.)
 func (s *session) Ping(ctx context.Context) (time.Duration, error) {
+	if s.conn.Context().Err() != nil {
+		return 0, fmt.Errorf("ping: %w", net.ErrClosed)
+	}
 	mark := s.conn.ConnectionStats().PacketsReceived
 	if s.waiting.Load() > 0 || time.Since(time.Unix(0, s.openedAt.Load())) < openFresh {
 		mark = min(mark, s.opened.Load())
@@ -296,7 +301,36 @@ func (s *session) OpenStream(ctx context.Context) (transport.Stream, error) {
 		rs.CancelRead(errRequestCancelled)
 		return nil, fmt.Errorf("send request header: %w", err)
 	}
-	return &clientStream{rs: rs, conn: s.conn}, nil
+	st := newStream()
+	st.r, st.w, st.finish = rs, rs, rs.Close
+	st.cancelRead = func() { rs.CancelRead(errRequestCancelled) }
+	st.cancelWrite = func() { rs.CancelWrite(errRequestCancelled) }
+	st.setRD, st.setWD = rs.SetReadDeadline, rs.SetWriteDeadline
+	st.local, st.remote = s.conn.LocalAddr(), s.conn.RemoteAddr()
+	st.ready = make(chan struct{})
+	// The response header is read at once, apart from the stream's
+	// Reads, so that no read deadline cuts it in half. The goroutine
+	// ends with the response, or when the stream or connection closes.
+	go func() {
+		defer close(st.ready)
+		st.readyErr = readResponse(rs, s.tag)
+	}()
+	return st, nil
+}
+
+// readResponse reads the relay's answer to a stream's request: a 200 with
+// the takeover tag of the session's token means the relay took the stream
+// over; anything else came from the cover site, which is where the relay
+// sends a token it does not accept.
+func readResponse(rs *http3.RequestStream, tag string) error {
+	resp, err := rs.ReadResponse()
+	if err != nil {
+		return fmt.Errorf("read response header: %w", err)
+	}
+	if resp.StatusCode != http.StatusOK || resp.Header.Get(tagHeader) != tag {
+		return fmt.Errorf("%w: HTTP %d: %w", ErrRefused, resp.StatusCode, transport.ErrKeyRefused)
+	}
+	return nil
 }
 
 func (s *session) Done() <-chan struct{} { return s.conn.Context().Done() }
@@ -311,49 +345,3 @@ func (s *session) Err() error {
 func (s *session) Close() error {
 	return s.conn.CloseWithError(errNoError, "")
 }
-
-// clientStream is one request stream, read after the relay's response
-// header.
-type clientStream struct {
-	rs   *http3.RequestStream
-	conn *quic.Conn
-
-	respOnce sync.Once
-	respErr  error
-}
-
-func (c *clientStream) readResponse() {
-	resp, err := c.rs.ReadResponse()
-	if err != nil {
-		c.respErr = fmt.Errorf("read response header: %w", err)
-		return
-	}
-	if resp.StatusCode != http.StatusOK {
-		// The cover site answered: the relay did not take the token.
-		c.respErr = fmt.Errorf("%w: HTTP %d: %w", ErrRefused, resp.StatusCode, transport.ErrKeyRefused)
-	}
-}
-
-func (c *clientStream) Read(b []byte) (int, error) {
-	c.respOnce.Do(c.readResponse)
-	if c.respErr != nil {
-		return 0, c.respErr
-	}
-	return c.rs.Read(b)
-}
-
-func (c *clientStream) Write(b []byte) (int, error) { return c.rs.Write(b) }
-
-func (c *clientStream) CloseWrite() error { return c.rs.Close() }
-
-func (c *clientStream) Close() error {
-	err := c.rs.Close()
-	c.rs.CancelRead(errRequestCancelled)
-	return err
-}
-
-func (c *clientStream) LocalAddr() net.Addr                { return c.conn.LocalAddr() }
-func (c *clientStream) RemoteAddr() net.Addr               { return c.conn.RemoteAddr() }
-func (c *clientStream) SetDeadline(t time.Time) error      { return c.rs.SetDeadline(t) }
-func (c *clientStream) SetReadDeadline(t time.Time) error  { return c.rs.SetReadDeadline(t) }
-func (c *clientStream) SetWriteDeadline(t time.Time) error { return c.rs.SetWriteDeadline(t) }

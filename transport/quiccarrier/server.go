@@ -229,13 +229,22 @@ func (l *Listener) serveHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	w.Header().Set(tagHeader, sess.tag)
 	w.WriteHeader(http.StatusOK)
 	str, err := streamer.HTTPStream()
 	if err != nil {
 		l.log.Debug("take over stream", "err", err)
 		return
 	}
-	st := &serverStream{str: str, conn: cs.conn, closed: make(chan struct{})}
+	st := newStream()
+	st.r, st.w, st.finish = str, str, str.Close
+	st.cancelRead = func() { str.CancelRead(errRequestCancelled) }
+	st.cancelWrite = func() { str.CancelWrite(errRequestCancelled) }
+	st.setRD, st.setWD = str.SetReadDeadline, str.SetWriteDeadline
+	st.local, st.remote = cs.conn.LocalAddr(), cs.conn.RemoteAddr()
+	// Upstream quic-go's HTTP/3 finishes a DATA frame that a write
+	// deadline cut short.
+	st.resumable = true
 	select {
 	case sess.streams <- st:
 	case <-cs.ctx.Done():
@@ -277,7 +286,7 @@ func (l *Listener) authenticate(cs *connState, header string) (sess *serverSessi
 		return nil, false
 	}
 	cs.authz = raw
-	cs.sess = &serverSession{key: key, conn: cs.conn, ctx: cs.ctx, streams: make(chan *serverStream)}
+	cs.sess = &serverSession{key: key, conn: cs.conn, ctx: cs.ctx, tag: takeoverTag(nonce), streams: make(chan *stream)}
 	return cs.sess, true
 }
 
@@ -286,7 +295,8 @@ type serverSession struct {
 	key     transport.Key
 	conn    *quic.Conn
 	ctx     context.Context // done when the connection or the listener ends
-	streams chan *serverStream
+	tag     string          // the takeover tag of the connection's token
+	streams chan *stream
 }
 
 func (s *serverSession) AcceptStream(ctx context.Context) (transport.Stream, error) {
@@ -307,28 +317,3 @@ func (s *serverSession) Done() <-chan struct{} { return s.ctx.Done() }
 // Close closes the connection. Its request handlers, which the listener
 // owns, return as soon as they notice.
 func (s *serverSession) Close() error { return s.conn.CloseWithError(errNoError, "") }
-
-// serverStream is a taken-over request stream.
-type serverStream struct {
-	str       *http3.Stream
-	conn      *quic.Conn
-	closed    chan struct{} // closed by Close: the handler may return
-	closeOnce sync.Once
-}
-
-func (c *serverStream) Read(b []byte) (int, error)  { return c.str.Read(b) }
-func (c *serverStream) Write(b []byte) (int, error) { return c.str.Write(b) }
-func (c *serverStream) CloseWrite() error           { return c.str.Close() }
-
-func (c *serverStream) Close() error {
-	err := c.str.Close()
-	c.str.CancelRead(errRequestCancelled)
-	c.closeOnce.Do(func() { close(c.closed) })
-	return err
-}
-
-func (c *serverStream) LocalAddr() net.Addr                { return c.conn.LocalAddr() }
-func (c *serverStream) RemoteAddr() net.Addr               { return c.conn.RemoteAddr() }
-func (c *serverStream) SetDeadline(t time.Time) error      { return c.str.SetDeadline(t) }
-func (c *serverStream) SetReadDeadline(t time.Time) error  { return c.str.SetReadDeadline(t) }
-func (c *serverStream) SetWriteDeadline(t time.Time) error { return c.str.SetWriteDeadline(t) }

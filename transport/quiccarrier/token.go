@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
+	"encoding/hex"
 	"errors"
 	"strings"
 	"time"
@@ -61,4 +62,19 @@ func ParseAuthorization(v string) (nonce, token []byte, err error) {
 		return nil, nil, ErrToken
 	}
 	return raw[:NonceSize], raw[NonceSize:], nil
+}
+
+// tagHeader carries the relay's takeover tag in its response to a stream
+// it takes over. Only a client whose token the relay accepted ever sees
+// that response, inside QUIC's encryption; an entity tag is what a 200
+// response commonly carries.
+const tagHeader = "Etag"
+
+// takeoverTag is the tag the relay answers a taken-over stream with, for
+// the connection's nonce: it tells the relay's answer from a cover site's
+// "200 OK" to the same request, which the cover site cannot forge without
+// knowing this construction and the nonce, and has no reason to.
+func takeoverTag(nonce []byte) string {
+	h := sha256.Sum256(append([]byte("merpati quic takeover "), nonce...))
+	return `"` + hex.EncodeToString(h[:12]) + `"`
 }
