@@ -6,11 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"os"
 	"sync"
 	"time"
 
 	"github.com/merpati/merpati/transport"
+	"github.com/merpati/merpati/transport/gate"
 )
 
 // Carrier is the carrier name of sessions of stock Telegram apps admitted
@@ -35,13 +35,7 @@ type relayStream struct {
 	req     []byte // the open request, read first
 	pending []byte // the init, read once the reply has come
 
-	replyc    chan struct{} // closed once the reply is in, or on Close
-	replyOnce sync.Once
-	accepted  bool // set before replyc is closed: the reply was StatusOK
-
-	dmu       sync.Mutex
-	rdeadline time.Time
-	dlc       chan struct{} // closed (and replaced) when rdeadline changes
+	ready *gate.Gate // opens once the relay's reply is in, or on Close
 
 	wmu     sync.Mutex
 	reply   []byte // the relay's reply, while incomplete
@@ -69,7 +63,7 @@ func NewRelayStream(app *ObfsConn, in Init) (transport.Stream, error) {
 	}
 	return &relayStream{
 		app: app, dc: c, req: req, pending: init[:],
-		replyc: make(chan struct{}), dlc: make(chan struct{}),
+		ready: gate.New(),
 	}, nil
 }
 
@@ -81,7 +75,7 @@ func (s *relayStream) Read(p []byte) (int, error) {
 		s.req = s.req[n:]
 		return n, nil
 	}
-	if err := s.waitReply(); err != nil {
+	if err := s.ready.Wait(); err != nil {
 		return 0, err
 	}
 	if len(s.pending) > 0 {
@@ -96,48 +90,6 @@ func (s *relayStream) Read(p []byte) (int, error) {
 
 // errRefused is returned after the relay refused the stream.
 var errRefused = errors.New("mtproxy: relay refused the stream")
-
-// waitReply waits until the relay's reply is in, honouring the read
-// deadline.
-func (s *relayStream) waitReply() error {
-	for {
-		select {
-		case <-s.replyc:
-			if !s.accepted {
-				return errRefused
-			}
-			return nil
-		default:
-		}
-		s.dmu.Lock()
-		dl, dlc := s.rdeadline, s.dlc
-		s.dmu.Unlock()
-		var expire <-chan time.Time
-		if !dl.IsZero() {
-			d := time.Until(dl)
-			if d <= 0 {
-				return os.ErrDeadlineExceeded
-			}
-			t := time.NewTimer(d)
-			defer t.Stop()
-			expire = t.C
-		}
-		select {
-		case <-s.replyc:
-		case <-dlc:
-		case <-expire:
-			return os.ErrDeadlineExceeded
-		}
-	}
-}
-
-// endReply records the relay's verdict, once.
-func (s *relayStream) endReply(ok bool) {
-	s.replyOnce.Do(func() {
-		s.accepted = ok
-		close(s.replyc)
-	})
-}
 
 func (s *relayStream) Write(p []byte) (int, error) {
 	s.wmu.Lock()
@@ -155,12 +107,12 @@ func (s *relayStream) Write(p []byte) (int, error) {
 			return take, nil
 		}
 		if s.reply[0] != transport.Version || transport.Status(s.reply[1]) != transport.StatusOK {
-			s.endReply(false)
+			s.ready.Open(errRefused)
 			s.app.Close()
 			return 0, errRefused
 		}
 		s.replied = true
-		s.endReply(true)
+		s.ready.Open(nil)
 		rest := s.reply[want:]
 		n = take - len(rest)
 		p = rest
@@ -181,7 +133,7 @@ func (s *relayStream) Write(p []byte) (int, error) {
 func (s *relayStream) CloseWrite() error { return s.app.CloseWrite() }
 
 func (s *relayStream) Close() error {
-	s.endReply(false)
+	s.ready.Open(fmt.Errorf("mtproxy: read: %w", net.ErrClosed))
 	return s.app.Close()
 }
 
@@ -200,11 +152,5 @@ func (s *relayStream) SetReadDeadline(t time.Time) error {
 
 func (s *relayStream) SetWriteDeadline(t time.Time) error { return s.app.SetWriteDeadline(t) }
 
-// setReadDeadline records t for waitReply and wakes a waiting Read.
-func (s *relayStream) setReadDeadline(t time.Time) {
-	s.dmu.Lock()
-	s.rdeadline = t
-	close(s.dlc)
-	s.dlc = make(chan struct{})
-	s.dmu.Unlock()
-}
+// setReadDeadline passes t on to a Read waiting for the reply.
+func (s *relayStream) setReadDeadline(t time.Time) { s.ready.SetDeadline(t) }

@@ -19,6 +19,7 @@ import (
 
 	"github.com/merpati/merpati/transport"
 	"github.com/merpati/merpati/transport/auth"
+	"github.com/merpati/merpati/transport/gate"
 )
 
 // HTTP/3 error codes (RFC 9114 section 8.1).
@@ -307,14 +308,11 @@ func (s *session) OpenStream(ctx context.Context) (transport.Stream, error) {
 	st.cancelWrite = func() { rs.CancelWrite(errRequestCancelled) }
 	st.setRD, st.setWD = rs.SetReadDeadline, rs.SetWriteDeadline
 	st.local, st.remote = s.conn.LocalAddr(), s.conn.RemoteAddr()
-	st.ready = make(chan struct{})
+	st.ready = gate.New()
 	// The response header is read at once, apart from the stream's
 	// Reads, so that no read deadline cuts it in half. The goroutine
 	// ends with the response, or when the stream or connection closes.
-	go func() {
-		defer close(st.ready)
-		st.readyErr = readResponse(rs, s.tag)
-	}()
+	go func() { st.ready.Open(readResponse(rs, s.tag)) }()
 	return st, nil
 }
 

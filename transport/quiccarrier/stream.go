@@ -8,6 +8,8 @@ import (
 	"os"
 	"sync"
 	"time"
+
+	"github.com/merpati/merpati/transport/gate"
 )
 
 // A stream is one carrier stream over an HTTP/3 request stream, on either
@@ -42,17 +44,13 @@ type stream struct {
 	// deadline cannot be completed by the next Write.
 	resumable bool
 
-	// ready, if not nil, is closed once the stream may be read; readyErr
-	// is then set (nil: go ahead).
-	ready    chan struct{}
-	readyErr error
+	// ready, if not nil, opens once the stream may be read.
+	ready *gate.Gate
 
 	rmu sync.Mutex // serializes Reads
 	wmu sync.Mutex // serializes Writes
 
 	mu        sync.Mutex
-	rdl       time.Time
-	dlc       chan struct{} // closed (and replaced) when rdl changes
 	wdl       time.Time
 	finished  bool  // CloseWrite was called
 	broken    error // the write side is unusable
@@ -61,7 +59,7 @@ type stream struct {
 }
 
 func newStream() *stream {
-	return &stream{dlc: make(chan struct{}), closed: make(chan struct{})}
+	return &stream{closed: make(chan struct{})}
 }
 
 // errBroken is the error of Writes after a Write timed out partway
@@ -72,43 +70,11 @@ func (s *stream) Read(b []byte) (int, error) {
 	s.rmu.Lock()
 	defer s.rmu.Unlock()
 	if s.ready != nil {
-		if err := s.waitReady(); err != nil {
+		if err := s.ready.Wait(); err != nil {
 			return 0, err
 		}
 	}
 	return s.r.Read(b)
-}
-
-// waitReady waits until ready is closed, honouring the read deadline.
-func (s *stream) waitReady() error {
-	for {
-		select {
-		case <-s.ready:
-			return s.readyErr
-		default:
-		}
-		s.mu.Lock()
-		dl, dlc := s.rdl, s.dlc
-		s.mu.Unlock()
-		var expire <-chan time.Time
-		if !dl.IsZero() {
-			d := time.Until(dl)
-			if d <= 0 {
-				return os.ErrDeadlineExceeded
-			}
-			t := time.NewTimer(d)
-			defer t.Stop()
-			expire = t.C
-		}
-		select {
-		case <-s.ready:
-		case <-dlc:
-		case <-s.closed:
-			return fmt.Errorf("quiccarrier: read: %w", net.ErrClosed)
-		case <-expire:
-			return os.ErrDeadlineExceeded
-		}
-	}
 }
 
 func (s *stream) Write(b []byte) (int, error) {
@@ -144,6 +110,9 @@ func (s *stream) CloseWrite() error {
 // this side's write side had already ended with CloseWrite.
 func (s *stream) Close() error {
 	s.closeOnce.Do(func() {
+		if s.ready != nil {
+			s.ready.Open(fmt.Errorf("quiccarrier: read: %w", net.ErrClosed))
+		}
 		s.mu.Lock()
 		finished := s.finished
 		s.mu.Unlock()
@@ -175,13 +144,11 @@ func (s *stream) SetWriteDeadline(t time.Time) error {
 	return s.setWD(t)
 }
 
-// noteRead records the read deadline and wakes a Read waiting for ready.
+// noteRead passes the read deadline on to a Read waiting for ready.
 func (s *stream) noteRead(t time.Time) {
-	s.mu.Lock()
-	s.rdl = t
-	close(s.dlc)
-	s.dlc = make(chan struct{})
-	s.mu.Unlock()
+	if s.ready != nil {
+		s.ready.SetDeadline(t)
+	}
 }
 
 func (s *stream) noteWrite(t time.Time) {
