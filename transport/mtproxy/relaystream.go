@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/merpati/merpati/transport"
-	"github.com/merpati/merpati/transport/gate"
+	"github.com/merpati/merpati/transport/deadline"
 )
 
 // Carrier is the carrier name of sessions of stock Telegram apps admitted
@@ -35,7 +35,10 @@ type relayStream struct {
 	req     []byte // the open request, read first
 	pending []byte // the init, read once the reply has come
 
-	ready *gate.Gate // opens once the relay's reply is in, or on Close
+	ready     chan struct{} // closed once the relay's reply is in, or on Close
+	readyErr  error         // why reads may not go on, set before ready closes
+	readyOnce sync.Once
+	rdl       *deadline.Deadline
 
 	wmu     sync.Mutex
 	reply   []byte // the relay's reply, while incomplete
@@ -63,7 +66,7 @@ func NewRelayStream(app *ObfsConn, in Init) (transport.Stream, error) {
 	}
 	return &relayStream{
 		app: app, dc: c, req: req, pending: init[:],
-		ready: gate.New(),
+		ready: make(chan struct{}), rdl: deadline.New(),
 	}, nil
 }
 
@@ -75,8 +78,11 @@ func (s *relayStream) Read(p []byte) (int, error) {
 		s.req = s.req[n:]
 		return n, nil
 	}
-	if err := s.ready.Wait(); err != nil {
+	if _, err := deadline.Recv(s.rdl, s.ready, nil); err != nil {
 		return 0, err
+	}
+	if s.readyErr != nil {
+		return 0, s.readyErr
 	}
 	if len(s.pending) > 0 {
 		n := copy(p, s.pending)
@@ -107,12 +113,12 @@ func (s *relayStream) Write(p []byte) (int, error) {
 			return take, nil
 		}
 		if s.reply[0] != transport.Version || transport.Status(s.reply[1]) != transport.StatusOK {
-			s.ready.Open(errRefused)
+			s.open(errRefused)
 			s.app.Close()
 			return 0, errRefused
 		}
 		s.replied = true
-		s.ready.Open(nil)
+		s.open(nil)
 		rest := s.reply[want:]
 		n = take - len(rest)
 		p = rest
@@ -133,7 +139,7 @@ func (s *relayStream) Write(p []byte) (int, error) {
 func (s *relayStream) CloseWrite() error { return s.app.CloseWrite() }
 
 func (s *relayStream) Close() error {
-	s.ready.Open(fmt.Errorf("mtproxy: read: %w", net.ErrClosed))
+	s.open(fmt.Errorf("mtproxy: read: %w", net.ErrClosed))
 	return s.app.Close()
 }
 
@@ -153,4 +159,12 @@ func (s *relayStream) SetReadDeadline(t time.Time) error {
 func (s *relayStream) SetWriteDeadline(t time.Time) error { return s.app.SetWriteDeadline(t) }
 
 // setReadDeadline passes t on to a Read waiting for the reply.
-func (s *relayStream) setReadDeadline(t time.Time) { s.ready.SetDeadline(t) }
+func (s *relayStream) setReadDeadline(t time.Time) { s.rdl.Set(t) }
+
+// open lets Reads go on, or fail with err; only the first call counts.
+func (s *relayStream) open(err error) {
+	s.readyOnce.Do(func() {
+		s.readyErr = err
+		close(s.ready)
+	})
+}

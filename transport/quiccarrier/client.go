@@ -19,7 +19,6 @@ import (
 
 	"github.com/merpati/merpati/transport"
 	"github.com/merpati/merpati/transport/auth"
-	"github.com/merpati/merpati/transport/gate"
 )
 
 // HTTP/3 error codes (RFC 9114 section 8.1).
@@ -306,13 +305,12 @@ func (s *session) OpenStream(ctx context.Context) (transport.Stream, error) {
 	st.r, st.w, st.finish = rs, rs, rs.Close
 	st.cancelRead = func() { rs.CancelRead(errRequestCancelled) }
 	st.cancelWrite = func() { rs.CancelWrite(errRequestCancelled) }
-	st.setRD, st.setWD = rs.SetReadDeadline, rs.SetWriteDeadline
+	st.setWD = rs.SetWriteDeadline
 	st.local, st.remote = s.conn.LocalAddr(), s.conn.RemoteAddr()
-	st.ready = gate.New()
-	// The response header is read at once, apart from the stream's
-	// Reads, so that no read deadline cuts it in half. The goroutine
-	// ends with the response, or when the stream or connection closes.
-	go func() { st.ready.Open(readResponse(rs, s.tag)) }()
+	// The response header is read first, by the stream's reader, so
+	// that no read deadline cuts it in half.
+	st.first = func() error { return readResponse(rs, s.tag) }
+	st.start()
 	return st, nil
 }
 

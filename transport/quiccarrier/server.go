@@ -240,11 +240,12 @@ func (l *Listener) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	st.r, st.w, st.finish = str, str, str.Close
 	st.cancelRead = func() { str.CancelRead(errRequestCancelled) }
 	st.cancelWrite = func() { str.CancelWrite(errRequestCancelled) }
-	st.setRD, st.setWD = str.SetReadDeadline, str.SetWriteDeadline
+	st.setWD = str.SetWriteDeadline
 	st.local, st.remote = cs.conn.LocalAddr(), cs.conn.RemoteAddr()
 	// Upstream quic-go's HTTP/3 finishes a DATA frame that a write
 	// deadline cut short.
 	st.resumable = true
+	st.start()
 	select {
 	case sess.streams <- st:
 	case <-cs.ctx.Done():

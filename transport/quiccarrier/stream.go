@@ -9,7 +9,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/merpati/merpati/transport/gate"
+	"github.com/merpati/merpati/transport/deadline"
 )
 
 // A stream is one carrier stream over an HTTP/3 request stream, on either
@@ -23,9 +23,11 @@ import (
 //   - Close is abortive (RESET_STREAM and STOP_SENDING), unless the write
 //     side had already ended cleanly with CloseWrite, whose data then
 //     still arrives;
-//   - on the client, Read first waits for the relay's response header,
-//     which a goroutine reads as soon as the stream opens, so that a read
-//     deadline never interrupts the header halfway;
+//   - reads happen in a goroutine of the stream's own, and Read takes
+//     what it read, honouring the read deadline itself: HTTP/3 parses
+//     frames as it reads, and a deadline that interrupted a frame header
+//     halfway would leave the parser out of step with the stream. On the
+//     client that goroutine first reads the relay's response header;
 //   - a Write that times out partway through a DATA frame leaves the
 //     write side broken on a side whose HTTP/3 cannot resume the frame
 //     (the fork): later Writes fail and the peer sees the stream reset,
@@ -36,7 +38,6 @@ type stream struct {
 	finish      func() error // sends FIN
 	cancelRead  func()
 	cancelWrite func()
-	setRD       func(time.Time) error
 	setWD       func(time.Time) error
 	local       net.Addr
 	remote      net.Addr
@@ -44,8 +45,16 @@ type stream struct {
 	// deadline cannot be completed by the next Write.
 	resumable bool
 
-	// ready, if not nil, opens once the stream may be read.
-	ready *gate.Gate
+	// first, if not nil, runs in the reader goroutine before the first
+	// read (the client reads the response header); an error from it ends
+	// the stream's reads.
+	first func() error
+
+	chunks chan chunk // from the reader goroutine
+	rdl    *deadline.Deadline
+	cur    []byte // what is left of the chunk Read is taking from
+	curBuf *[]byte
+	rerr   error // the reader's final error, once cur is drained
 
 	rmu sync.Mutex // serializes Reads
 	wmu sync.Mutex // serializes Writes
@@ -59,7 +68,56 @@ type stream struct {
 }
 
 func newStream() *stream {
-	return &stream{closed: make(chan struct{})}
+	return &stream{closed: make(chan struct{}), chunks: make(chan chunk), rdl: deadline.New()}
+}
+
+// A chunk is what one read of the underlying stream gave.
+type chunk struct {
+	buf *[]byte // from chunkPool; nil with an error only
+	n   int
+	err error
+}
+
+// chunkSize is the most one underlying read takes: the reader goroutine
+// holds at most one chunk ahead of Read, so the relay's flow control still
+// sees a slow reader.
+const chunkSize = 32 << 10
+
+var chunkPool = sync.Pool{New: func() any { b := make([]byte, chunkSize); return &b }}
+
+// start starts the reader goroutine; call it once the fields are set. The
+// goroutine ends when the underlying stream fails or ends (Close cancels
+// its reading) or once the stream is closed.
+func (s *stream) start() { go s.pump() }
+
+func (s *stream) pump() {
+	if s.first != nil {
+		if err := s.first(); err != nil {
+			s.send(chunk{err: err})
+			return
+		}
+	}
+	for {
+		bp := chunkPool.Get().(*[]byte)
+		n, err := s.r.Read(*bp)
+		if !s.send(chunk{buf: bp, n: n, err: err}) {
+			chunkPool.Put(bp)
+			return
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// send hands c to Read, or reports false once the stream is closed.
+func (s *stream) send(c chunk) bool {
+	select {
+	case s.chunks <- c:
+		return true
+	case <-s.closed:
+		return false
+	}
 }
 
 // errBroken is the error of Writes after a Write timed out partway
@@ -69,12 +127,30 @@ var errBroken = fmt.Errorf("quiccarrier: stream write side broken by an earlier 
 func (s *stream) Read(b []byte) (int, error) {
 	s.rmu.Lock()
 	defer s.rmu.Unlock()
-	if s.ready != nil {
-		if err := s.ready.Wait(); err != nil {
-			return 0, err
+	for len(s.cur) == 0 {
+		if s.curBuf != nil {
+			chunkPool.Put(s.curBuf)
+			s.curBuf = nil
 		}
+		if s.rerr != nil {
+			return 0, s.rerr
+		}
+		c, err := deadline.Recv(s.rdl, s.chunks, s.closed)
+		if err != nil {
+			return 0, fmt.Errorf("quiccarrier: %w", err)
+		}
+		if c.buf == nil && c.err == nil {
+			// The channel cannot close; a zero chunk means nothing.
+			continue
+		}
+		if c.buf != nil {
+			s.curBuf, s.cur = c.buf, (*c.buf)[:c.n]
+		}
+		s.rerr = c.err
 	}
-	return s.r.Read(b)
+	n := copy(b, s.cur)
+	s.cur = s.cur[n:]
+	return n, nil
 }
 
 func (s *stream) Write(b []byte) (int, error) {
@@ -110,9 +186,6 @@ func (s *stream) CloseWrite() error {
 // this side's write side had already ended with CloseWrite.
 func (s *stream) Close() error {
 	s.closeOnce.Do(func() {
-		if s.ready != nil {
-			s.ready.Open(fmt.Errorf("quiccarrier: read: %w", net.ErrClosed))
-		}
 		s.mu.Lock()
 		finished := s.finished
 		s.mu.Unlock()
@@ -129,26 +202,21 @@ func (s *stream) LocalAddr() net.Addr  { return s.local }
 func (s *stream) RemoteAddr() net.Addr { return s.remote }
 
 func (s *stream) SetDeadline(t time.Time) error {
-	s.noteRead(t)
+	s.rdl.Set(t)
 	s.noteWrite(t)
-	return errors.Join(s.setRD(t), s.setWD(t))
+	return s.setWD(t)
 }
 
+// SetReadDeadline sets the deadline of Reads; the reader goroutine itself
+// reads without one.
 func (s *stream) SetReadDeadline(t time.Time) error {
-	s.noteRead(t)
-	return s.setRD(t)
+	s.rdl.Set(t)
+	return nil
 }
 
 func (s *stream) SetWriteDeadline(t time.Time) error {
 	s.noteWrite(t)
 	return s.setWD(t)
-}
-
-// noteRead passes the read deadline on to a Read waiting for ready.
-func (s *stream) noteRead(t time.Time) {
-	if s.ready != nil {
-		s.ready.SetDeadline(t)
-	}
 }
 
 func (s *stream) noteWrite(t time.Time) {
