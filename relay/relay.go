@@ -47,8 +47,9 @@ type Config struct {
 	// Resolver resolves domain-name targets; nil means the system's.
 	Resolver *net.Resolver
 	// HelloTimeout bounds the wait for a complete ClientHello; zero means
-	// 10 seconds. A connection still incomplete then goes to the cover
-	// site with what it sent, as a web server would keep waiting.
+	// [tlscarrier.DefaultHelloTimeout]. A connection still incomplete
+	// then goes to the cover site with what it sent, as a web server
+	// would keep waiting.
 	HelloTimeout time.Duration
 	// DialTimeout bounds each dial to a datacenter; zero means 10 seconds.
 	DialTimeout time.Duration
@@ -56,12 +57,13 @@ type Config struct {
 	NoQUIC bool
 	// MaxUnauthConns caps the TCP connections that have not
 	// authenticated: those still sending their hello and those spliced
-	// to the cover site. Zero means [DefaultMaxUnauthConns]. A connection
-	// over the cap is closed at once, without dialling the cover site.
+	// to the cover site. Zero means [tlscarrier.DefaultMaxUnauthConns].
+	// A connection over the cap is closed at once, without dialling the
+	// cover site.
 	MaxUnauthConns int
 	// MaxUnauthPerSource caps the same connections per source network
 	// (an IPv4 /24 or an IPv6 /64); zero means
-	// [DefaultMaxUnauthPerSource].
+	// [tlscarrier.DefaultMaxUnauthPerSource].
 	MaxUnauthPerSource int
 	// MaxDialsPerKey caps the streams of one access key dialling a
 	// datacenter at once; zero means [DefaultMaxDialsPerKey]. The others
@@ -73,21 +75,12 @@ type Config struct {
 	Logger *slog.Logger
 }
 
-// Defaults for [Config]'s limits.
-//
-// Each unauthenticated connection costs two file descriptors once spliced
-// to the cover site, and a relay is commonly given 20,000 or more, so 4096
-// leaves most of them to users while far exceeding what a cover site's
-// real visitors hold open. A browser keeps at most six connections to a
-// site, so 64 per source network serves a NAT full of them; one host
-// flooding the relay gets no further. 64 dials per key is more than a
-// family of Telegram apps starts at once, and bounds the sockets one key
-// can hold half-open towards an unresponsive datacenter.
-const (
-	DefaultMaxUnauthConns     = tlscarrier.DefaultMaxUnauthConns
-	DefaultMaxUnauthPerSource = tlscarrier.DefaultMaxUnauthPerSource
-	DefaultMaxDialsPerKey     = 64
-)
+// DefaultMaxDialsPerKey is the default [Config.MaxDialsPerKey]: more than
+// a family of Telegram apps starts at once, and a bound on the sockets one
+// key can hold half-open towards an unresponsive datacenter. The caps on
+// unauthenticated connections are the front door's
+// ([tlscarrier.DefaultMaxUnauthConns]).
+const DefaultMaxDialsPerKey = 64
 
 func (c *Config) fill() error {
 	switch {
@@ -104,12 +97,11 @@ func (c *Config) fill() error {
 	if c.Table == nil {
 		c.Table = dc.New()
 	}
-	if c.HelloTimeout <= 0 {
-		c.HelloTimeout = 10 * time.Second
-	}
 	if c.DialTimeout <= 0 {
 		c.DialTimeout = 10 * time.Second
 	}
+	// The front door fills its own defaults; negative caps are refused
+	// here already, so that New names the field.
 	switch {
 	case c.MaxUnauthConns < 0:
 		return errors.New("relay: Config.MaxUnauthConns: must not be negative")
@@ -117,12 +109,6 @@ func (c *Config) fill() error {
 		return errors.New("relay: Config.MaxUnauthPerSource: must not be negative")
 	case c.MaxDialsPerKey < 0:
 		return errors.New("relay: Config.MaxDialsPerKey: must not be negative")
-	}
-	if c.MaxUnauthConns == 0 {
-		c.MaxUnauthConns = DefaultMaxUnauthConns
-	}
-	if c.MaxUnauthPerSource == 0 {
-		c.MaxUnauthPerSource = DefaultMaxUnauthPerSource
 	}
 	if c.MaxDialsPerKey == 0 {
 		c.MaxDialsPerKey = DefaultMaxDialsPerKey
@@ -393,17 +379,6 @@ const maxEarlyData = 16 << 10
 
 // errEarlyData means a client sent more than maxEarlyData before the reply.
 var errEarlyData = errors.New("relay: more data than allowed before the reply")
-
-// serveStream serves a stream of u that has just opened: it counts it
-// against the key's stream limit, then serves it as serveCounted does.
-func (r *Relay) serveStream(ctx context.Context, st transport.Stream, u *access.User) {
-	defer st.Close()
-	if !r.countStream(st, u) {
-		return
-	}
-	defer u.ReleaseStream()
-	r.serveCounted(ctx, st, u)
-}
 
 // countStream counts a stream of u that has just opened against the key's
 // stream limit. A stream counts from the moment it opens, before its

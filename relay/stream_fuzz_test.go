@@ -3,7 +3,6 @@ package relay
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"crypto/tls"
 	"errors"
 	"io"
@@ -17,19 +16,19 @@ import (
 	"github.com/merpati/merpati/relay/access"
 	"github.com/merpati/merpati/relay/dc"
 	"github.com/merpati/merpati/transport"
-	"github.com/merpati/merpati/transport/auth"
-	"github.com/merpati/merpati/transport/h2mux"
+	"github.com/merpati/merpati/transport/transporttest"
 )
 
-// streamRig is a relay serving the streams of one authenticated h2mux
-// session held in memory, with an in-memory dialer in place of the
-// network: every "datacenter" is an echo server on the far side of a
-// net.Pipe. It drives whole open requests through the relay's stream
-// handling (limits, table lookup, dial, reply, splice), which is where a
-// lookup bug such as DC -2^31 recursing until the stack overflowed lives.
+// streamRig is a relay serving one session of the in-memory carrier
+// (transporttest), authenticated by the relay's own keys, with an
+// in-memory dialer in place of the network: every "datacenter" is an echo
+// server on the far side of a pipe. It drives whole open requests through
+// the relay's session loop and stream handling (admission, limits, table
+// lookup, dial, reply, splice), which is where a lookup bug such as DC
+// -2^31 recursing until the stack overflowed lives.
 type streamRig struct {
 	tab    *dc.Table
-	client *h2mux.Session
+	client transport.Session
 
 	mu     sync.Mutex
 	dialed []string // addresses the relay asked the dialer for
@@ -46,13 +45,6 @@ func newStreamRig(tb testing.TB) *streamRig {
 	keys, err := access.NewKeyring(keysPath, "", nil)
 	if err != nil {
 		tb.Fatal(err)
-	}
-	now := time.Now()
-	digest := sha256.Sum256([]byte("hello"))
-	tok := auth.Token(e.Key, auth.Slot(now), digest)
-	u := keys.Authenticate(digest, tok[:], now)
-	if u == nil {
-		tb.Fatal("key did not authenticate")
 	}
 
 	rig := &streamRig{tab: dc.New()}
@@ -81,40 +73,32 @@ func newStreamRig(tb testing.TB) *streamRig {
 		return a, nil
 	}
 
-	cc, sc := net.Pipe()
-	client, err := h2mux.Client(cc, h2mux.Config{})
-	if err != nil {
-		tb.Fatal(err)
-	}
-	server, err := h2mux.Server(sc, h2mux.Config{})
+	l, err := transporttest.Listen(transporttest.ListenConfig{Auth: authenticator{r}})
 	if err != nil {
 		tb.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		var streams sync.WaitGroup
-		defer streams.Wait()
-		for {
-			st, err := server.AcceptStream(ctx)
-			if err != nil {
-				return
-			}
-			streams.Add(1)
-			go func() {
-				defer streams.Done()
-				r.serveStream(ctx, st, u)
-			}()
+	wg.Go(func() {
+		if err := r.ServeListeners(ctx, l); err != nil {
+			tb.Errorf("relay: %v", err)
 		}
-	}()
+	})
 	tb.Cleanup(func() {
 		cancel()
-		client.Close()
-		server.Close()
 		wg.Wait()
 	})
+	d, err := transporttest.NewDialer(l, transporttest.DialConfig{Key: e.Key})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	dctx, dcancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer dcancel()
+	client, err := d.Dial(dctx)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { client.Close() })
 	rig.client = client
 	return rig
 }
