@@ -13,7 +13,6 @@ import (
 	"io"
 	"net"
 	"strconv"
-	"sync"
 	"testing"
 
 	"github.com/merpati/merpati/client"
@@ -166,18 +165,7 @@ func plainTLSServer(tb testing.TB, serve func(net.Conn)) string {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Go(func() { serve(c) })
-		}
-	})
-	tb.Cleanup(func() { ln.Close(); wg.Wait() })
-	return ln.Addr().String()
+	return relaytest.Serve(tb, ln, serve)
 }
 
 // plainTLSClient dials addr with crypto/tls and checks that the handshake

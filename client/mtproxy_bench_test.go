@@ -9,7 +9,6 @@ import (
 	"crypto/rand"
 	"io"
 	"net"
-	"sync"
 	"testing"
 	"time"
 
@@ -25,33 +24,18 @@ import (
 // connection's plaintext with serve.
 func startObfsDC(tb testing.TB, serve func(net.Conn)) string {
 	tb.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Go(func() {
-				defer c.Close()
-				var init [mtproxy.InitLen]byte
-				if _, err := io.ReadFull(c, init[:]); err != nil {
-					return
-				}
-				_, ciph, err := mtproxy.AcceptInit(init, nil)
-				if err != nil {
-					return
-				}
-				serve(mtproxy.NewObfsConn(c, ciph))
-			})
+	return relaytest.StartServer(tb, func(c net.Conn) {
+		defer c.Close()
+		var init [mtproxy.InitLen]byte
+		if _, err := io.ReadFull(c, init[:]); err != nil {
+			return
 		}
+		_, ciph, err := mtproxy.AcceptInit(init, nil)
+		if err != nil {
+			return
+		}
+		serve(mtproxy.NewObfsConn(c, ciph))
 	})
-	tb.Cleanup(func() { ln.Close(); wg.Wait() })
-	return ln.Addr().String()
 }
 
 func serveEcho(c net.Conn) { io.Copy(c, c) }

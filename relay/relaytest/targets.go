@@ -23,6 +23,12 @@ func StartServer(t testing.TB, serve func(net.Conn)) string {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return Serve(t, ln, serve)
+}
+
+// Serve is [StartServer] on a listener of the caller's (a TLS one, say),
+// which it then owns.
+func Serve(t testing.TB, ln net.Listener, serve func(net.Conn)) string {
 	var wg sync.WaitGroup
 	wg.Go(func() {
 		for {
