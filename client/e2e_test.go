@@ -23,6 +23,7 @@ import (
 	"github.com/merpati/merpati/relay/relaytest"
 	"github.com/merpati/merpati/transport"
 	"github.com/merpati/merpati/transport/link"
+	"github.com/merpati/merpati/transport/transporttest"
 )
 
 // The end-to-end behaviours below run once per carrier
@@ -260,12 +261,12 @@ func TestReplay(t *testing.T) {
 		l := addKey(t, r, "alice", carrier, access.Entry{})
 		var (
 			rec *recorder
-			fw  *udpForwarder
+			fw  *transporttest.UDPForwarder
 		)
 		if carrier == link.CarrierQUIC {
-			fw = startUDPForwarder(t, r.Addr)
-			fw.record.Store(true)
-			l.Relays = []string{fw.pc.LocalAddr().String()}
+			fw = transporttest.StartUDPForwarder(t, r.Addr)
+			fw.Record.Store(true)
+			l.Relays = []string{fw.Addr}
 		}
 		c, _ := startClient(t, l, func(cfg *client.Config) {
 			cfg.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
@@ -309,8 +310,8 @@ func TestReplay(t *testing.T) {
 				t.Fatal("a replayed hello did not go to the cover site")
 			}
 		case link.CarrierQUIC:
-			fw.record.Store(false)
-			sent := fw.recorded()
+			fw.Record.Store(false)
+			sent := fw.Recorded()
 			if len(sent) < 2 {
 				t.Fatalf("recorded %d datagrams from the client", len(sent))
 			}

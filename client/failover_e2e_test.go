@@ -1,19 +1,15 @@
 package client_test
 
 import (
-	"bytes"
 	"context"
 	"io"
-	"net"
-	"slices"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/merpati/merpati/relay/access"
 	"github.com/merpati/merpati/relay/relaytest"
 	"github.com/merpati/merpati/transport/link"
+	"github.com/merpati/merpati/transport/transporttest"
 )
 
 // TestRace checks which carrier wins when one of them is blocked.
@@ -111,72 +107,6 @@ func TestFailover(t *testing.T) {
 	}
 }
 
-// udpForwarder relays UDP datagrams between one client and to, and can be
-// told to drop everything, as a censor blackholing the relay would, or to
-// record what the client sends, as a censor capturing it would.
-type udpForwarder struct {
-	pc     net.PacketConn
-	drop   atomic.Bool
-	record atomic.Bool
-
-	mu   sync.Mutex
-	sent [][]byte // from the client, while record was set
-}
-
-// recorded returns the datagrams the client sent while record was set.
-func (f *udpForwarder) recorded() [][]byte {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return slices.Clone(f.sent)
-}
-
-func startUDPForwarder(t testing.TB, to string) *udpForwarder {
-	t.Helper()
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	up, err := net.Dial("udp", to)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f := &udpForwarder{pc: pc}
-	var client atomic.Pointer[net.Addr]
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		buf := make([]byte, 65536)
-		for {
-			n, from, err := pc.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			client.Store(&from)
-			if f.record.Load() {
-				f.mu.Lock()
-				f.sent = append(f.sent, bytes.Clone(buf[:n]))
-				f.mu.Unlock()
-			}
-			if !f.drop.Load() {
-				up.Write(buf[:n])
-			}
-		}
-	})
-	wg.Go(func() {
-		buf := make([]byte, 65536)
-		for {
-			n, err := up.Read(buf)
-			if err != nil {
-				return
-			}
-			if c := client.Load(); c != nil && !f.drop.Load() {
-				pc.WriteTo(buf[:n], *c)
-			}
-		}
-	})
-	t.Cleanup(func() { pc.Close(); up.Close(); wg.Wait() })
-	return f
-}
-
 // TestFailoverBlackhole blackholes the first relay mid-session (its
 // packets vanish, nothing tells the client) and checks that a new stream
 // lands on the second relay within 2 seconds.
@@ -186,10 +116,10 @@ func TestFailoverBlackhole(t *testing.T) {
 	cov := relaytest.StartCover(t)
 	r1 := relaytest.Start(t, cov, relaytest.Options{})
 	r2 := relaytest.Start(t, cov, relaytest.Options{CertFrom: r1})
-	fw := startUDPForwarder(t, r1.Addr)
+	fw := transporttest.StartUDPForwarder(t, r1.Addr)
 	l := relaytest.AddSharedKey(t, "alice", access.Entry{}, r1, r2)
 	l.Carriers = []string{link.CarrierQUIC}
-	l.Relays = []string{fw.pc.LocalAddr().String(), r2.Addr}
+	l.Relays = []string{fw.Addr, r2.Addr}
 	c, _ := startClient(t, l, nil)
 	target := relaytest.Target(t, echo)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
@@ -197,10 +127,10 @@ func TestFailoverBlackhole(t *testing.T) {
 	if err := echoOnce(ctx, c, target, 10_000); err != nil {
 		t.Fatal(err)
 	}
-	if a := c.Active(); a == nil || a.Relay != fw.pc.LocalAddr().String() {
+	if a := c.Active(); a == nil || a.Relay != fw.Addr {
 		t.Fatalf("active %+v, want the first relay", a)
 	}
-	fw.drop.Store(true)
+	fw.Drop.Store(true)
 	start := time.Now()
 	if err := echoOnce(ctx, c, target, 10_000); err != nil {
 		t.Fatalf("stream after the first relay went silent: %v", err)

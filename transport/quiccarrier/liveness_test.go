@@ -5,9 +5,10 @@ import (
 	"errors"
 	"net"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/merpati/merpati/transport/transporttest"
 )
 
 // TestPingAtStreamLimit fills the relay's stream limit, so that the next
@@ -58,62 +59,13 @@ func TestPingAtStreamLimit(t *testing.T) {
 	}
 }
 
-// dropper forwards UDP datagrams between one client and the relay at to,
-// and drops them all once told to, as a censor blackholing the relay.
-type dropper struct {
-	pc   net.PacketConn
-	drop atomic.Bool
-}
-
-func startDropper(t testing.TB, to string) *dropper {
-	t.Helper()
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	up, err := net.Dial("udp", to)
-	if err != nil {
-		t.Fatal(err)
-	}
-	d := &dropper{pc: pc}
-	var client atomic.Pointer[net.Addr]
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		buf := make([]byte, 65536)
-		for {
-			n, from, err := pc.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			client.Store(&from)
-			if !d.drop.Load() {
-				up.Write(buf[:n])
-			}
-		}
-	})
-	wg.Go(func() {
-		buf := make([]byte, 65536)
-		for {
-			n, err := up.Read(buf)
-			if err != nil {
-				return
-			}
-			if c := client.Load(); c != nil && !d.drop.Load() {
-				pc.WriteTo(buf[:n], *c)
-			}
-		}
-	})
-	t.Cleanup(func() { pc.Close(); up.Close(); wg.Wait() })
-	return d
-}
-
 // TestPingBlackholed checks that Ping tells a live relay from a silent
 // one: after a stream open it answers at once while the relay is there,
 // and fails once every packet is dropped.
 func TestPingBlackholed(t *testing.T) {
 	tr := startRelay(t)
-	d := startDropper(t, tr.addr)
-	tr.addr = d.pc.LocalAddr().String()
+	d := transporttest.StartUDPForwarder(t, tr.addr)
+	tr.addr = d.Addr
 	s := dial(t, tr)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
@@ -126,7 +78,7 @@ func TestPingBlackholed(t *testing.T) {
 	if err != nil || rtt <= 0 {
 		t.Fatalf("ping of a live relay: %v, %v", rtt, err)
 	}
-	d.drop.Store(true)
+	d.Drop.Store(true)
 	// As pick.Watch does: a stream open, then a ping.
 	st, err = s.OpenStream(ctx)
 	if err != nil {
