@@ -60,3 +60,5 @@ require (
 )
 
 tool honnef.co/go/tools/cmd/staticcheck
+
+replace github.com/apernet/quic-go => ./transport/third_party/apernet-quic-go

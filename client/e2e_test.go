@@ -399,7 +399,7 @@ func TestRevoke(t *testing.T) {
 		if err := roundTrip(bs, "b2"); err != nil {
 			t.Fatalf("bob's stream broke when alice was revoked: %v", err)
 		}
-		before := cov.Accepted()
+		before := cov.Reached(carrier)
 		start := time.Now()
 		if st, err := open(alice); err == nil {
 			st.Close()
@@ -412,7 +412,7 @@ func TestRevoke(t *testing.T) {
 		if took := time.Since(start); took > 10*time.Second {
 			t.Errorf("revoked key's open failed after %v, want well under the 20 s stream timeout", took)
 		}
-		if cov.Accepted() == before {
+		if cov.Reached(carrier) == before {
 			t.Error("revoked key's new connection did not go to the cover site")
 		}
 		if bs2, err := open(bob); err != nil {

@@ -349,6 +349,7 @@ func (d *Dir) Config(log *slog.Logger) (Config, error) {
 		Keys:        keys,
 		Cover:       cover,
 		Table:       table,
+		ServerName:  d.Settings.ServerName(),
 		NoQUIC:      d.Settings.NoQUIC,
 	}, nil
 }

@@ -3,6 +3,7 @@ package relay
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"io"
 	"log/slog"
@@ -15,6 +16,7 @@ import (
 	"time"
 
 	"github.com/merpati/merpati/relay/access"
+	"github.com/merpati/merpati/relay/relaytest/coversite"
 	"github.com/merpati/merpati/transport"
 	"github.com/merpati/merpati/transport/quiccarrier"
 	"github.com/merpati/merpati/transport/tlscarrier"
@@ -40,6 +42,7 @@ func startLimitsLab(t *testing.T, keys map[string]access.Entry, mod func(*Config
 	t.Helper()
 	echo := startHoldServer(t, func(c net.Conn) { io.Copy(c, c) })
 	cover := startHoldServer(t, func(c net.Conn) { io.Copy(io.Discard, c) })
+	serveHTTP3At(t, cover.addr) // the QUIC carrier runs only in front of HTTP/3
 	d, err := Init(filepath.Join(t.TempDir(), "relay"), Settings{
 		Listen: "127.0.0.1:0",
 		Public: []string{"127.0.0.1:443"},
@@ -572,6 +575,7 @@ func TestCoverTiming(t *testing.T) {
 		b, _ := io.ReadAll(c)
 		got <- b
 	})
+	serveHTTP3At(t, cover.addr)
 	lab := startLimitsLab(t, map[string]access.Entry{"k": {}}, func(c *Config) {
 		c.Cover = cover.addr
 		c.HelloTimeout = time.Minute
@@ -668,6 +672,30 @@ func TestRefusalLogsPerKey(t *testing.T) {
 type holdServer struct {
 	addr     string
 	accepted atomic.Int32
+}
+
+// serveHTTP3At serves an HTTP/3 page on UDP at addr until the test ends.
+func serveHTTP3At(t *testing.T, addr string) {
+	t.Helper()
+	pc, err := net.ListenPacket("udp", addr)
+	if err != nil {
+		t.Fatalf("HTTP/3 beside the cover site: %v", err)
+	}
+	certPEM, keyPEM, err := tlscarrier.NewCertificate("cover.example.org")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		coversite.ServeHTTP3(ctx, pc, cert, coversite.Handler("cover"))
+	}()
+	t.Cleanup(func() { cancel(); <-done })
 }
 
 func startHoldServer(t *testing.T, serve func(net.Conn)) *holdServer {

@@ -2,51 +2,46 @@ package relay
 
 import (
 	"context"
-	"crypto/tls"
 	"fmt"
-	"io"
-	"log"
 	"net"
-	"net/http"
-	"net/http/httputil"
-	"net/url"
 	"time"
 
 	"github.com/merpati/merpati/transport"
 	"github.com/merpati/merpati/transport/quiccarrier"
 )
 
-// ListenQUIC starts the QUIC carrier (an HTTP/3 server) on pc, which it
-// then owns. Requests with a valid, unreplayed token become streams of
-// their connection's session; every other request is reverse-proxied over
-// HTTPS to the cover site, so a prober sees the cover site over HTTP/3.
-// Serve its sessions with [Relay.ServeListeners].
+// coverCheckTimeout bounds the QUIC handshake with the cover site that
+// [Relay.ListenQUIC] makes first.
+const coverCheckTimeout = 10 * time.Second
+
+// ListenQUIC starts the QUIC carrier on pc, which it then owns. Its front
+// door relays every client whose first Initial carries no key holder's
+// token to the cover site's own UDP port (the cover's host and port
+// number), so a prober talks QUIC with the cover site itself; key holders'
+// connections become sessions. Serve them with [Relay.ServeListeners].
+//
+// It first checks, with one QUIC handshake, that the cover site serves
+// HTTP/3 there, and learns the length of its connection IDs, which the
+// relay's then have too. When the cover site does not answer, it closes pc
+// and returns an error wrapping [quiccarrier.ErrNoHTTP3]: a relay whose
+// UDP port answers where the cover site's does not gives itself away, so
+// the port must stay closed (the host then answers with ICMP port
+// unreachable, as the cover site's does).
 func (r *Relay) ListenQUIC(pc net.PacketConn) (transport.Listener, error) {
-	cover, coverTransport := r.coverProxy()
-	l, err := quiccarrier.Listen(pc, quiccarrier.ListenConfig{
-		Certificate: r.cfg.Certificate,
-		Auth:        authenticator{r},
-		Cover:       cover,
-		Logger:      r.log,
-	})
+	ctx, cancel := context.WithTimeout(context.Background(), coverCheckTimeout)
+	defer cancel()
+	info, err := quiccarrier.CheckCover(ctx, r.cfg.Cover, r.cfg.ServerName)
 	if err != nil {
-		coverTransport.CloseIdleConnections()
+		pc.Close()
 		return nil, err
 	}
-	return quicListener{l, coverTransport}, nil
-}
-
-// quicListener is the QUIC carrier's listener with the transport of its
-// cover proxy, whose idle connections end with it.
-type quicListener struct {
-	*quiccarrier.Listener
-	cover *http.Transport
-}
-
-func (l quicListener) Close() error {
-	err := l.Listener.Close()
-	l.cover.CloseIdleConnections()
-	return err
+	return quiccarrier.Listen(pc, quiccarrier.ListenConfig{
+		Certificate: r.cfg.Certificate,
+		Auth:        authenticator{r},
+		Cover:       r.cfg.Cover,
+		ConnIDLen:   info.ConnIDLen,
+		Logger:      r.log,
+	})
 }
 
 // ServeQUIC serves the QUIC carrier on pc (see [Relay.ListenQUIC]) until
@@ -54,75 +49,9 @@ func (l quicListener) Close() error {
 func (r *Relay) ServeQUIC(ctx context.Context, pc net.PacketConn) error {
 	l, err := r.ListenQUIC(pc)
 	if err != nil {
-		pc.Close()
 		return fmt.Errorf("relay: %w", err)
 	}
 	return r.ServeListeners(ctx, l)
-}
-
-// coverProxy returns the handler for unauthenticated HTTP/3 requests: a
-// reverse proxy to the cover site over HTTPS, keeping the request's Host.
-// The cover is the operator's own choice of address, reached by address,
-// so its certificate is not checked against a CA here: what matters is
-// that the prober gets what the cover site sends.
-//
-// Once the cover site's response has been copied, the request's body is
-// closed (STOP_SENDING), as an HTTP/3 server that answered without reading
-// it would. Without that, a request whose body is still open, such as a
-// refused client's stream, which waits for an answer before it sends
-// more, never got one: net/http's HTTP/2 transport, closing the response
-// body, waits for its copy of the request body, blocked in a Read, and the
-// handler, whose answer is sent when it returns, never returned.
-func (r *Relay) coverProxy() (http.Handler, *http.Transport) {
-	target := &url.URL{Scheme: "https", Host: r.cfg.Cover}
-	tr := &http.Transport{
-		DialContext:         (&net.Dialer{Timeout: 10 * time.Second}).DialContext,
-		TLSClientConfig:     &tls.Config{InsecureSkipVerify: true},
-		ForceAttemptHTTP2:   true,
-		MaxIdleConns:        16,
-		IdleConnTimeout:     90 * time.Second,
-		TLSHandshakeTimeout: 10 * time.Second,
-	}
-	proxy := &httputil.ReverseProxy{
-		Rewrite: func(pr *httputil.ProxyRequest) {
-			pr.SetURL(target)
-			pr.Out.Host = pr.In.Host
-			// The proxy is invisible: no X-Forwarded-* headers (Rewrite
-			// adds none unless SetXForwarded is called).
-			pr.Out.TLS = nil
-		},
-		Transport: tr,
-		ErrorLog:  log.New(io.Discard, "", 0),
-		ModifyResponse: func(resp *http.Response) error {
-			if in, ok := resp.Request.Context().Value(inBodyKey{}).(io.Closer); ok {
-				resp.Body = closeAfter{resp.Body, in}
-			}
-			return nil
-		},
-		ErrorHandler: func(w http.ResponseWriter, req *http.Request, err error) {
-			r.warns.Warn(r.log, "cover site unreachable", "transport", "quic", "err", err)
-			w.WriteHeader(http.StatusBadGateway)
-		},
-	}
-	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
-		proxy.ServeHTTP(w, req.WithContext(context.WithValue(req.Context(), inBodyKey{}, req.Body)))
-	}), tr
-}
-
-// inBodyKey keys the body of the request a cover proxy serves in the
-// context of its outgoing copy.
-type inBodyKey struct{}
-
-// closeAfter is a cover site's response body whose Close first closes the
-// incoming request's body, in.
-type closeAfter struct {
-	io.ReadCloser
-	in io.Closer
-}
-
-func (b closeAfter) Close() error {
-	b.in.Close()
-	return b.ReadCloser.Close()
 }
 
 // ServeBoth serves the TLS carrier on ln and the QUIC carrier on pc until
@@ -138,7 +67,6 @@ func (r *Relay) ServeBoth(ctx context.Context, ln net.Listener, pc net.PacketCon
 	ql, err := r.ListenQUIC(pc)
 	if err != nil {
 		tl.Close()
-		pc.Close()
 		return fmt.Errorf("relay: %w", err)
 	}
 	return r.ServeListeners(ctx, tl, ql)

@@ -26,6 +26,7 @@ import (
 	"github.com/merpati/merpati/transport"
 	"github.com/merpati/merpati/transport/antireplay"
 	"github.com/merpati/merpati/transport/mtproxy"
+	"github.com/merpati/merpati/transport/quiccarrier"
 	"github.com/merpati/merpati/transport/tlscarrier"
 	"github.com/merpati/merpati/transport/warnlimit"
 )
@@ -40,8 +41,12 @@ type Config struct {
 	// Keys is the live set of access keys. Required.
 	Keys *access.Keyring
 	// Cover is the "host:port" of the cover site, a real HTTPS server
-	// that gets every connection that does not authenticate. Required.
+	// that gets every connection that does not authenticate, on TCP and,
+	// for the QUIC carrier, on UDP at the same port number. Required.
 	Cover string
+	// ServerName is the name clients send in their hellos (the cover
+	// site's), for the relay's own checks of the cover site.
+	ServerName string
 	// Table is where streams may go; nil means dc.New(), Telegram only.
 	Table *dc.Table
 	// Resolver resolves domain-name targets; nil means the system's.
@@ -159,14 +164,34 @@ func Run(ctx context.Context, cfg Config) error {
 		return fmt.Errorf("relay: %w", err)
 	}
 	r.log.Info("relay listening", "addr", ln.Addr().String())
-	var pc net.PacketConn
+	tl, err := r.ListenTLS(ln)
+	if err != nil {
+		ln.Close()
+		return fmt.Errorf("relay: %w", err)
+	}
+	ls := []transport.Listener{tl}
 	if !cfg.NoQUIC {
-		// The QUIC carrier listens on UDP at the same port number.
-		if pc, err = net.ListenPacket("udp", ln.Addr().String()); err != nil {
-			ln.Close()
+		// The QUIC carrier listens on UDP at the same port number, in
+		// front of a cover site that serves HTTP/3.
+		pc, err := net.ListenPacket("udp", ln.Addr().String())
+		if err != nil {
+			tl.Close()
 			return fmt.Errorf("relay: %w", err)
 		}
-		r.log.Info("relay listening", "addr", pc.LocalAddr().String(), "transport", "quic")
+		ql, err := r.ListenQUIC(pc)
+		switch {
+		case errors.Is(err, quiccarrier.ErrNoHTTP3):
+			r.log.Error("QUIC carrier off: the cover site does not serve HTTP/3 on UDP, so neither does the relay "+
+				"(its UDP port stays closed, as the cover site's is); clients fall back to TLS. "+
+				"Set \"no_quic\": true in relay.json and share links again (link show) so that they skip QUIC, "+
+				"or give the cover site HTTP/3", "err", err)
+		case err != nil:
+			tl.Close()
+			return fmt.Errorf("relay: %w", err)
+		default:
+			r.log.Info("relay listening", "addr", pc.LocalAddr().String(), "transport", "quic")
+			ls = append(ls, ql)
+		}
 	}
 	// The watcher outlives ctx: it is stopped, and makes its last usage
 	// save, only after the serving has ended, so that the bytes of
@@ -174,11 +199,7 @@ func Run(ctx context.Context, cfg Config) error {
 	watchCtx, stopWatch := context.WithCancel(context.WithoutCancel(ctx))
 	var watch sync.WaitGroup
 	watch.Go(func() { cfg.Keys.Watch(watchCtx, time.Second) })
-	if pc == nil {
-		err = r.Serve(ctx, ln)
-	} else {
-		err = r.ServeBoth(ctx, ln, pc)
-	}
+	err = r.ServeListeners(ctx, ls...)
 	stopWatch()
 	watch.Wait()
 	return err

@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(curl openssl ca-certificates chromium tshark iproute2 nftables unbound knot-dnsutils)
+packages=(curl openssl ca-certificates chromium tshark iproute2 nftables unbound knot-dnsutils caddy)
 missing=()
 for p in "${packages[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -22,6 +22,11 @@ if ((${#missing[@]})); then
 		# tshark asks whether non-root users may capture; answer no.
 		echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections
 		apt-get install -y -qq "${missing[@]}" >/dev/null
+		# Debian's caddy package starts a system service on :80, on every
+		# address; the tests run their own Caddy on 127.0.0.1 only.
+		if [[ " ${missing[*]} " == *" caddy "* ]] && command -v systemctl >/dev/null; then
+			systemctl disable --now caddy.service >/dev/null 2>&1 || true
+		fi
 	else
 		echo "== not root: tests needing ${missing[*]} will skip"
 	fi
@@ -31,7 +36,9 @@ echo "== go $(go version | cut -d' ' -f3-)"
 go mod download
 
 echo "== gofmt"
-unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))
+# transport/third_party holds patched copies of dependencies, kept as
+# their upstream wrote them.
+unformatted=$(gofmt -l $(git ls-files '*.go' ':!transport/third_party' 2>/dev/null || find . -name '*.go' -not -path './transport/third_party/*'))
 if [ -n "$unformatted" ]; then
 	echo "gofmt would change:"; echo "$unformatted"; exit 1
 fi

@@ -2,6 +2,7 @@ package relaytest
 
 import (
 	"context"
+	"errors"
 	"net"
 	"os"
 	"path/filepath"
@@ -14,6 +15,7 @@ import (
 	"github.com/merpati/merpati/relay/access"
 	"github.com/merpati/merpati/transport"
 	"github.com/merpati/merpati/transport/link"
+	"github.com/merpati/merpati/transport/quiccarrier"
 )
 
 // Options configure a relay started by [Start]. The zero value is a relay
@@ -34,6 +36,11 @@ type Options struct {
 	// Config, if not nil, adjusts the relay's Config before the relay is
 	// made. The Config's Logger writes to [Relay].Logs.
 	Config func(*relay.Config)
+	// SamePort, if set, puts the relay on 127.0.0.2 at the cover site's
+	// port number, as a real relay shares 443 with its cover site: what
+	// the cover site says of its own port (Alt-Svc) then holds for the
+	// relay's too.
+	SamePort bool
 }
 
 // A Relay is a relay running in-process on 127.0.0.1, on one port number
@@ -55,15 +62,31 @@ type Relay struct {
 	stop func()
 }
 
+// A CoverSite is a cover site a relay stands in front of: a [Cover] or
+// [Caddy].
+type CoverSite interface {
+	// Addr returns its "host:port", on TCP and, with HTTP/3, on UDP.
+	Addr() string
+}
+
 // Start starts a relay whose cover site is cov, and returns it once it
-// accepts connections. It stops at the end of the test.
-func Start(t testing.TB, cov *Cover, opts Options) *Relay {
+// accepts connections. It stops at the end of the test. In front of a
+// cover site without HTTP/3 the relay runs no QUIC carrier, and its UDP
+// port is closed, as [relay.Run] leaves it.
+func Start(t testing.TB, cov CoverSite, opts Options) *Relay {
 	t.Helper()
 	answer := opts.Carriers
 	if answer == nil {
 		answer = Carriers
 	}
-	ln, pc := listenBoth(t)
+	var ln net.Listener
+	var pc net.PacketConn
+	if opts.SamePort {
+		_, port, _ := net.SplitHostPort(cov.Addr())
+		ln, pc = listenBothAt(t, net.JoinHostPort("127.0.0.2", port))
+	} else {
+		ln, pc = listenBoth(t)
+	}
 	addr := ln.Addr().String()
 	path := filepath.Join(t.TempDir(), "relay")
 	d, err := relay.Init(path, relay.Settings{
@@ -126,11 +149,15 @@ func Start(t testing.TB, cov *Cover, opts Options) *Relay {
 	var silent net.PacketConn
 	if slices.Contains(answer, link.CarrierQUIC) {
 		l, err := rl.ListenQUIC(pc)
-		if err != nil {
+		switch {
+		case errors.Is(err, quiccarrier.ErrNoHTTP3):
+			// pc is closed: the port is, as the cover site's.
+		case err != nil:
 			closeAll()
 			t.Fatal(err)
+		default:
+			ls = append(ls, l)
 		}
-		ls = append(ls, l)
 	} else {
 		// Bound but never read: packets vanish.
 		silent = pc
@@ -156,6 +183,21 @@ func Start(t testing.TB, cov *Cover, opts Options) *Relay {
 	}
 	t.Cleanup(stop)
 	return &Relay{Addr: addr, Dir: d, Keys: cfg.Keys, Relay: rl, Logs: logs, stop: stop}
+}
+
+// listenBothAt binds addr for TCP and UDP.
+func listenBothAt(t testing.TB, addr string) (net.Listener, net.PacketConn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pc, err := net.ListenPacket("udp", addr)
+	if err != nil {
+		ln.Close()
+		t.Fatal(err)
+	}
+	return ln, pc
 }
 
 // listenBoth binds 127.0.0.1 on one port number for TCP and UDP.

@@ -127,12 +127,19 @@ func Token(key Key, slot int64, digest [32]byte) [TokenSize]byte {
 	return t
 }
 
+// ShortTokenSize is the length of a short token: the first bytes of a
+// [Token], where a carrier has room for no more (the QUIC carrier's client
+// random holds a 16-byte nonce and a short token). 128 bits still make a
+// forgery as unlikely as guessing a key.
+const ShortTokenSize = 16
+
 // Match returns the index in keys of the key that made token for a hello
-// with the given digest at a slot within [Window] of now, or -1. It tries
+// with the given digest at a slot within [Window] of now, or -1. token is
+// a whole [Token] or its first [ShortTokenSize] bytes. It tries
 // every key and slot, so its cost grows with len(keys) (about 5 HMACs per
 // key); comparisons are constant-time.
 func Match(keys []Key, digest [32]byte, token []byte, now time.Time) int {
-	if len(token) != TokenSize {
+	if len(token) != TokenSize && len(token) != ShortTokenSize {
 		return -1
 	}
 	base := Slot(now)
@@ -140,7 +147,7 @@ func Match(keys []Key, digest [32]byte, token []byte, now time.Time) int {
 	for i := range keys {
 		for d := int64(-Window); d <= Window; d++ {
 			t := Token(keys[i], base+d, digest)
-			if hmac.Equal(t[:], token) && found < 0 {
+			if hmac.Equal(t[:len(token)], token) && found < 0 {
 				found = i
 			}
 		}

@@ -59,6 +59,15 @@ func TestMatch(t *testing.T) {
 		if got := Match(keys, dd, tok[:], now); got != tt.want {
 			t.Errorf("%s: Match = %d, want %d", tt.name, got, tt.want)
 		}
+		if got := Match(keys, dd, tok[:ShortTokenSize], now); got != tt.want {
+			t.Errorf("%s: Match of the short token = %d, want %d", tt.name, got, tt.want)
+		}
+	}
+	tok := Token(keys[1], Slot(now), d)
+	for _, n := range []int{0, 8, ShortTokenSize - 1, ShortTokenSize + 1, TokenSize - 1} {
+		if got := Match(keys, d, tok[:n], now); got != -1 {
+			t.Errorf("a %d-byte prefix of a token matched key %d", n, got)
+		}
 	}
 }
 

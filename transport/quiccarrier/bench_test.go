@@ -5,7 +5,6 @@ import (
 	"crypto/tls"
 	"io"
 	"net"
-	"net/http"
 	"testing"
 
 	upquic "github.com/quic-go/quic-go"
@@ -128,7 +127,7 @@ func benchQUICCarrier(b *testing.B) benchOpener {
 	}
 	l, err := Listen(pc, ListenConfig{
 		Certificate: tr.cert,
-		Cover:       http.NotFoundHandler(),
+		Cover:       startCover(b).addr,
 		Auth:        &testAuth{keys: []auth.Key{tr.key}},
 	})
 	if err != nil {

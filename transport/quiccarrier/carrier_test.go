@@ -23,6 +23,7 @@ import (
 	"github.com/merpati/merpati/transport/antireplay"
 	"github.com/merpati/merpati/transport/auth"
 	"github.com/merpati/merpati/transport/tlscarrier"
+	"github.com/merpati/merpati/transport/transporttest"
 )
 
 const testSNI = "cover.test"
@@ -32,12 +33,60 @@ const coverBody = "<!doctype html><title>cover</title><p>an ordinary site</p>"
 // testRelay is a Server on loopback whose streams echo after the open
 // exchange, with one access key.
 type testRelay struct {
-	addr   string
-	pin    [32]byte
-	key    auth.Key
-	cert   tls.Certificate
-	covers atomic.Int64 // requests served by the cover handler
-	auths  atomic.Int64 // connections authenticated
+	addr  string
+	pin   [32]byte
+	key   auth.Key
+	cert  tls.Certificate
+	cover *testCover
+	auths atomic.Int64 // tokens accepted: randoms and Authorization headers
+}
+
+// testCover is an HTTP/3 site on loopback standing in for the cover site,
+// with a certificate of its own.
+type testCover struct {
+	addr      string
+	cert      tls.Certificate
+	requests  atomic.Int64 // HTTP requests served
+	datagrams atomic.Int64 // datagrams received
+}
+
+// countingConn counts the datagrams read from it.
+type countingConn struct {
+	net.PacketConn
+	n *atomic.Int64
+}
+
+func (c countingConn) ReadFrom(b []byte) (int, net.Addr, error) {
+	n, addr, err := c.PacketConn.ReadFrom(b)
+	if err == nil {
+		c.n.Add(1)
+	}
+	return n, addr, err
+}
+
+func startCover(t testing.TB) *testCover {
+	t.Helper()
+	c := &testCover{cert: testCertFor(t, testSNI)}
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.addr = pc.LocalAddr().String()
+	srv := &uphttp3.Server{
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			c.requests.Add(1)
+			w.Header().Set("Content-Type", "text/html")
+			io.WriteString(w, coverBody)
+		}),
+		TLSConfig: uphttp3.ConfigureTLSConfig(serverTLS(c.cert)),
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		srv.Serve(countingConn{pc, &c.datagrams})
+	}()
+	t.Cleanup(func() { srv.Close(); pc.Close(); <-done })
+	return c
 }
 
 func testCert(t testing.TB) tls.Certificate { return testCertFor(t, testSNI) }
@@ -61,7 +110,7 @@ func startRelay(t testing.TB) *testRelay { return startRelayWith(t, nil) }
 // mod.
 func startRelayWith(t testing.TB, mod func(*ListenConfig)) *testRelay {
 	t.Helper()
-	tr := &testRelay{key: auth.NewKey(), cert: testCert(t)}
+	tr := &testRelay{key: auth.NewKey(), cert: testCert(t), cover: startCover(t)}
 	pin, err := tlscarrier.Pin(tr.cert)
 	if err != nil {
 		t.Fatal(err)
@@ -69,12 +118,8 @@ func startRelayWith(t testing.TB, mod func(*ListenConfig)) *testRelay {
 	tr.pin = pin
 	cfg := ListenConfig{
 		Certificate: tr.cert,
-		Cover: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			tr.covers.Add(1)
-			w.Header().Set("Content-Type", "text/html")
-			io.WriteString(w, coverBody)
-		}),
-		Auth: &testAuth{keys: []auth.Key{tr.key}, auths: &tr.auths},
+		Cover:       tr.cover.addr,
+		Auth:        &testAuth{keys: []auth.Key{tr.key}, auths: &tr.auths},
 	}
 	if mod != nil {
 		mod(&cfg)
@@ -248,11 +293,12 @@ func TestStreamBytesAndHalfClose(t *testing.T) {
 			}
 		})
 	}
-	if n := tr.covers.Load(); n != 0 {
-		t.Errorf("%d requests went to the cover site", n)
+	if n := tr.cover.datagrams.Load(); n != 0 {
+		t.Errorf("%d datagrams went to the cover site", n)
 	}
-	if n := tr.auths.Load(); n != 1 {
-		t.Errorf("%d authentications for one connection, want 1", n)
+	// One for the hello's random, one for the first request's token.
+	if n := tr.auths.Load(); n != 2 {
+		t.Errorf("%d tokens accepted for one connection, want 2", n)
 	}
 }
 
@@ -359,37 +405,28 @@ func h3Get(t *testing.T, addr string, hdr http.Header) (*http.Response, []byte) 
 	return resp, body
 }
 
+// TestProbesGetCover: a QUIC client without a key holder's token in its
+// hello's random talks with the cover site itself, whatever else it
+// sends: the cover's certificate, the cover's page, and the relay's
+// authenticator never hears of it.
 func TestProbesGetCover(t *testing.T) {
 	tr := startRelay(t)
 	good, err := newAuthorization(tr.key, time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
-	other, err := newAuthorization(auth.NewKey(), time.Now())
-	if err != nil {
-		t.Fatal(err)
-	}
-	tests := []struct {
+	for _, tt := range []struct {
 		name  string
 		authz string
 	}{
 		{"no token", ""},
 		{"garbage", "Bearer hello"},
 		{"basic auth", "Basic YWxpY2U6c2VjcmV0"},
-		{"other key", other},
-		{"stale", mustAuthorization(t, tr.key, time.Now().Add(-time.Hour))},
-		// The first use of a valid token authenticates (and the cover
-		// handler is not called); its replay must not.
-		{"replayed", good},
-	}
-	// Use the good token once, as the real client would.
-	resp, _ := h3Get(t, tr.addr, http.Header{"Authorization": {good}})
-	if resp.StatusCode != http.StatusOK || tr.auths.Load() != 1 {
-		t.Fatalf("valid token: status %d, %d authentications", resp.StatusCode, tr.auths.Load())
-	}
-	for _, tt := range tests {
+		// Even a valid Authorization token: the hello is a browser's.
+		{"valid header token", good},
+	} {
 		t.Run(tt.name, func(t *testing.T) {
-			before := tr.covers.Load()
+			before := tr.cover.requests.Load()
 			hdr := http.Header{}
 			if tt.authz != "" {
 				hdr.Set("Authorization", tt.authz)
@@ -398,23 +435,87 @@ func TestProbesGetCover(t *testing.T) {
 			if resp.StatusCode != http.StatusOK || string(body) != coverBody || resp.ProtoMajor != 3 {
 				t.Errorf("got %s %d %q, want the cover page over HTTP/3", resp.Proto, resp.StatusCode, body)
 			}
-			if tr.covers.Load() != before+1 {
-				t.Error("request did not reach the cover handler")
+			if tr.cover.requests.Load() != before+1 {
+				t.Error("request did not reach the cover site")
+			}
+			if leaf := resp.TLS.PeerCertificates[0].Raw; !bytes.Equal(leaf, tr.cover.cert.Certificate[0]) {
+				t.Error("the prober saw a certificate other than the cover site's")
 			}
 		})
 	}
-	if n := tr.auths.Load(); n != 1 {
-		t.Errorf("%d authentications, want 1", n)
+	if n := tr.auths.Load(); n != 0 {
+		t.Errorf("%d tokens accepted, want 0", n)
 	}
 }
 
-func mustAuthorization(t *testing.T, key auth.Key, now time.Time) string {
-	t.Helper()
-	a, err := newAuthorization(key, now)
+// TestReplayedInitialGetsCover: a client's first flight, captured and
+// replayed from another address, goes to the cover site; the client's own
+// session works.
+func TestReplayedInitialGetsCover(t *testing.T) {
+	tr := startRelay(t)
+	fwd := transporttest.StartUDPForwarder(t, tr.addr)
+	fwd.Record.Store(true)
+	d, err := NewDialer(ClientConfig{Addr: fwd.Addr, ServerName: testSNI, Pin: tr.pin, Key: tr.key})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return a
+	sess, err := d.Dial(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sess.Close()
+	echoOnce(t, sess)
+	first := fwd.Recorded()
+	if len(first) == 0 {
+		t.Fatal("nothing recorded")
+	}
+	auths, covered := tr.auths.Load(), tr.cover.datagrams.Load()
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	raddr, _ := net.ResolveUDPAddr("udp", tr.addr)
+	for _, dg := range first[:min(2, len(first))] {
+		if _, err := pc.WriteTo(dg, raddr); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The cover site answers the replayed hello (with its own Initial).
+	pc.SetReadDeadline(time.Now().Add(10 * time.Second))
+	buf := make([]byte, 2048)
+	if _, _, err := pc.ReadFrom(buf); err != nil {
+		t.Fatalf("no answer to the replayed Initial: %v", err)
+	}
+	if got := tr.cover.datagrams.Load(); got <= covered {
+		t.Error("the replayed Initial did not reach the cover site")
+	}
+	if got := tr.auths.Load(); got != auths {
+		t.Errorf("the replay was accepted: %d tokens accepted, were %d", got, auths)
+	}
+}
+
+// echoOnce opens a stream on sess and checks that the relay echoes.
+func echoOnce(t *testing.T, sess transport.Session) {
+	t.Helper()
+	st, err := sess.OpenStream(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if _, err := (transport.OpenRequest{Target: transport.DCTarget(2)}).WriteTo(st); err != nil {
+		t.Fatal(err)
+	}
+	if rep, err := transport.ReadOpenReply(st); err != nil || rep.Status != transport.StatusOK {
+		t.Fatalf("open reply %+v, %v", rep, err)
+	}
+	if _, err := st.Write([]byte("ping")); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 4)
+	if _, err := io.ReadFull(st, buf); err != nil || string(buf) != "ping" {
+		t.Fatalf("echo %q, %v", buf, err)
+	}
 }
 
 func TestConfigErrors(t *testing.T) {

@@ -1,11 +1,14 @@
 package quiccarrier
 
 import (
+	"bytes"
 	"context"
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -19,6 +22,7 @@ import (
 
 	"github.com/merpati/merpati/transport"
 	"github.com/merpati/merpati/transport/auth"
+	"github.com/merpati/merpati/transport/tlscarrier"
 )
 
 // HTTP/3 error codes (RFC 9114 section 8.1).
@@ -150,24 +154,45 @@ func (d *Dialer) Dial(ctx context.Context) (transport.Session, error) {
 	// Transport carries one connection, so each session has its own.
 	tr := &quic.Transport{Conn: pc, ConnectionIDGenerator: quic.ZeroLengthConnectionIDGenerator{}}
 	pin := d.cfg.Pin
+	var pinFailed atomic.Bool
+	// The hello's random proves the key to the relay's front door; the
+	// parrot's TLS stack reads it first of all its randomness.
+	random, err := NewRandom(d.cfg.Key, d.cfg.Now())
+	if err != nil {
+		tr.Close()
+		pc.Close()
+		return nil, fmt.Errorf("token: %w", err)
+	}
 	tlsConf := &tls.Config{
+		Rand:       io.MultiReader(bytes.NewReader(random[:]), rand.Reader),
 		ServerName: d.cfg.ServerName,
 		NextProtos: []string{http3.NextProtoH3},
 		// The relay's certificate is self-made; it is checked by its pin
 		// instead of by a CA.
 		InsecureSkipVerify: true,
 		VerifyPeerCertificate: func(rawCerts [][]byte, _ [][]*x509.Certificate) error {
-			return auth.CheckPin(rawCerts, pin)
+			err := auth.CheckPin(rawCerts, pin)
+			pinFailed.Store(err != nil)
+			return err
 		},
 	}
 	qconf := &quic.Config{
-		ChromeParrot:    true,
-		KeepAlivePeriod: d.cfg.KeepAlive,
+		ChromeParrot: true,
+		// Chromium's QUIC hello carries the same 0xca34 body as its TLS one.
+		ChromeTrustAnchorIDs: tlscarrier.ChromeTrustAnchorIDs(),
+		KeepAlivePeriod:      d.cfg.KeepAlive,
 	}
 	conn, err := tr.Dial(ctx, raddr, tlsConf, qconf)
 	if err != nil {
 		tr.Close()
 		pc.Close()
+		if pinFailed.Load() {
+			// The relay's front door sends a hello whose random it does
+			// not accept to its cover site, whose certificate is not the
+			// pinned one: to this client a refused key looks like a
+			// wrong certificate (and so does an interceptor's).
+			return nil, fmt.Errorf("quic handshake with relay %s: %w: %w: %w", d.cfg.Addr, transport.ErrKeyRefused, auth.ErrPin, err)
+		}
 		return nil, fmt.Errorf("quic handshake with relay %s: %w", d.cfg.Addr, err)
 	}
 	authz, err := newAuthorization(d.cfg.Key, d.cfg.Now())

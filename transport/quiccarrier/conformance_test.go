@@ -4,7 +4,6 @@ import (
 	"context"
 	"io"
 	"net"
-	"net/http"
 	"testing"
 	"time"
 
@@ -35,7 +34,7 @@ func TestConformance(t *testing.T) {
 		l, err := Listen(pc, ListenConfig{
 			Certificate: cert,
 			Auth:        transporttest.NewAuthenticator("alice", key),
-			Cover:       http.NotFoundHandler(),
+			Cover:       startCover(t).addr,
 		})
 		if err != nil {
 			t.Fatal(err)

@@ -3,39 +3,64 @@
 //
 // The client's QUIC Initial is Chromium's. Upstream quic-go cannot send a
 // custom ClientHello, so the client side uses Hysteria's Chrome-parrot fork
-// (github.com/apernet/quic-go, Config.ChromeParrot), pinned to an exact
-// version in go.mod; it is reached only through [Dialer], so it can be
-// swapped. The fork also parrots Chrome's transport parameters, packet
-// size, zero-length source connection ID and Initial "chaos protection".
-// The relay side is a real HTTP/3 server on upstream
+// (github.com/apernet/quic-go, Config.ChromeParrot) in a patched copy kept
+// in transport/third_party/apernet-quic-go (its README names the origin
+// version and each patch: Chromium's Trust Anchor IDs extension, honest
+// ACK delays, the Finished sent with the first 1-RTT data, 1230-byte
+// Initials over IPv6, the server's connection ID kept); it is reached only
+// through [Dialer], so it can be swapped. The fork also parrots Chrome's
+// transport parameters, packet size, zero-length source connection ID and
+// Initial "chaos protection". The relay side is upstream
 // github.com/quic-go/quic-go: two module paths, so both coexist.
 //
-// Authentication costs no round trip. The client picks a random 16-byte
-// nonce per connection and sends, in the Authorization header of every
-// request stream it opens,
+// The relay's UDP port belongs to the cover site until a client proves a
+// key, and the proof comes before the relay sends anything. The 32-byte
+// random of the client's ClientHello is
+//
+//	nonce(16) || first 16 bytes of auth.Token(key, slot, SHA-256("merpati quic initial v1" || nonce))
+//
+// (see [NewRandom]): uniformly random to anyone without a key. The
+// relay's front door decrypts each new client's Initial packets (their
+// keys derive from the public destination connection ID, RFC 9001 section
+// 5.2), reads the random, and checks it: a key holder's datagrams go to
+// the relay's HTTP/3 server (upstream github.com/quic-go/quic-go), every
+// other client's — a browser's, a prober's, a captured Initial replayed
+// from elsewhere (the relay remembers tokens), garbage — go unchanged to
+// the cover site's own UDP port from a socket of the relay's, and the
+// cover's answers come back from the relay's port. A prober therefore
+// holds a QUIC connection with the cover site itself: its certificate
+// chain, transport parameters, version negotiation, HTTP/3 SETTINGS,
+// headers, bodies and timing. The relay's connection IDs have the cover
+// site's length. A relay runs the carrier only in front of a cover site
+// that serves HTTP/3 ([CheckCover]); otherwise its UDP port stays closed,
+// as the cover site's is.
+//
+// Within a key holder's connection the client also sends, in the
+// Authorization header of every request stream it opens,
 //
 //	Bearer base64url(nonce || auth.Token(key, slot, SHA-256("merpati quic auth v1" || nonce)))
 //
-// (see [github.com/merpati/merpati/transport/auth]). The request travels
-// inside QUIC's 1-RTT encryption to the relay's pinned certificate, so no
-// observer sees it; the relay accepts a given token on one connection only
-// (its replay cache remembers tokens for their whole lifetime), so a token
-// replayed on another connection is refused. The data of a stream is
-// written right after its HEADERS frame without waiting for the response.
+// (see [github.com/merpati/merpati/transport/auth]), inside QUIC's 1-RTT
+// encryption to the relay's pinned certificate; the relay accepts a given
+// token on one connection only, and answers a request without it 403. The
+// data of a stream is written right after its HEADERS frame without
+// waiting for the response.
 //
 // A request with a valid token is answered "200" and its stream is taken
 // over (http3.HTTPStreamer): both ends then exchange the stream's bytes in
 // HTTP/3 DATA frames, with the open request/reply of
 // [github.com/merpati/merpati/transport] first, exactly as over the TLS
-// carrier. Every other request — a browser's, a prober's, one with a bad
-// or replayed token — goes to [ServerConfig.Cover], normally a reverse
-// proxy to the operator's cover site, so a prober sees an ordinary HTTP/3
-// web site.
+// carrier.
 //
 // Stream semantics equal the TLS carrier's: CloseWrite sends FIN (the peer
 // reads io.EOF) and reading goes on; Close ends both directions.
 //
-// What it does not hide: the relay's handshake and HTTP/3 SETTINGS are
-// quic-go's, not the cover site's own server's, and traffic timing and
-// volume are those of the carried Telegram traffic.
+// What it does not hide: the server flight a key holder's connection
+// gets is quic-go's with the relay's own certificate, readable in its
+// sizes (not its content) by an observer; an on-path attacker who holds
+// back a user's first Initial and sends one of its own with the same
+// client random first is taken for a key holder (the token binds the
+// nonce, not the rest of the hello, which the client's TLS stack builds
+// after the random) and completes a handshake with the relay; and traffic
+// timing and volume are those of the carried Telegram traffic.
 package quiccarrier

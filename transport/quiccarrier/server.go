@@ -23,14 +23,31 @@ type ListenConfig struct {
 	// Certificate is the relay's certificate, the one the TLS carrier
 	// uses; clients pin its key. Required.
 	Certificate tls.Certificate
-	// Auth judges the first token each connection presents, with
-	// digest = [Digest](nonce). Required.
+	// Auth judges the short token in each client's first Initial (see
+	// [RandomProof]) and the first token each connection presents in its
+	// requests, with digest = [Digest](nonce). Required.
 	Auth transport.Authenticator
-	// Cover serves every request that does not carry a valid token,
-	// normally a reverse proxy to the cover site. Required.
-	Cover http.Handler
+	// Cover is the cover site's UDP address, "host:port": every client
+	// whose first Initial does not carry a key holder's token talks QUIC
+	// with it, through the relay's port. Required. A cover site without
+	// HTTP/3 has no UDP service to show; then run no QUIC carrier at all
+	// (see [CheckCover]).
+	Cover string
+	// ConnIDLen is the length of the relay's connection IDs, which
+	// observers see in its long header packets: the cover site's, when
+	// known ([CoverInfo.ConnIDLen]); zero means [DefaultConnIDLen].
+	ConnIDLen int
+	// MaxUnauthFlows and MaxUnauthPerSource cap the client addresses the
+	// front door relays to the cover site or is still judging, in all
+	// and per source network; datagrams of new addresses over the caps
+	// are dropped. Zero means [DefaultMaxUnauthFlows] and
+	// [DefaultMaxUnauthPerSource].
+	MaxUnauthFlows, MaxUnauthPerSource int
+	// FlowIdle ends a client address's flow after this long without a
+	// datagram either way; zero means [DefaultFlowIdle].
+	FlowIdle time.Duration
 	// IdleTimeout closes connections idle this long; zero means 60
-	// seconds (clients keep theirs alive with PINGs).
+	// seconds.
 	IdleTimeout time.Duration
 	// MaxStreams is how many streams one connection may have open at
 	// once (QUIC's MAX_STREAMS for bidirectional streams, RFC 9000
@@ -50,12 +67,14 @@ type ListenConfig struct {
 // one key may hold in total is for the relay's per-key limits to bound.
 const DefaultMaxStreams = 4096
 
-// A Listener is the relay side of the carrier, an HTTP/3 server: a
-// connection whose first request carries a valid token becomes an
-// authenticated session (yielded by Accept), and each of its requests
-// that carries the same token becomes one of its streams. Every other
-// request goes to the cover handler, so a prober sees the cover site over
-// HTTP/3. It implements [transport.Listener]. Create one with [Listen].
+// A Listener is the relay side of the carrier: a front door on the UDP
+// socket that sends every client without a key holder's token in its
+// first Initial to the cover site's own UDP port, so that a prober talks
+// QUIC and HTTP/3 with the cover site itself, and behind it an HTTP/3
+// server for key holders, each of whose connections is a session (yielded
+// by Accept) and each of whose requests carrying the connection's token is
+// one of its streams. It implements [transport.Listener]. Create one with
+// [Listen].
 type Listener struct {
 	cfg ListenConfig
 	log *slog.Logger
@@ -77,8 +96,28 @@ func Listen(pc net.PacketConn, cfg ListenConfig) (*Listener, error) {
 		return nil, errors.New("quiccarrier: ListenConfig.Certificate: required")
 	case cfg.Auth == nil:
 		return nil, errors.New("quiccarrier: ListenConfig.Auth: required")
-	case cfg.Cover == nil:
+	case cfg.Cover == "":
 		return nil, errors.New("quiccarrier: ListenConfig.Cover: required")
+	}
+	cover, err := net.ResolveUDPAddr("udp", cfg.Cover)
+	if err != nil {
+		return nil, fmt.Errorf("quiccarrier: ListenConfig.Cover: %w", err)
+	}
+	if cfg.ConnIDLen == 0 {
+		cfg.ConnIDLen = DefaultConnIDLen
+	}
+	cids, err := newCIDGen(cfg.ConnIDLen)
+	if err != nil {
+		return nil, fmt.Errorf("quiccarrier: ListenConfig.ConnIDLen: %w", err)
+	}
+	if cfg.MaxUnauthFlows <= 0 {
+		cfg.MaxUnauthFlows = DefaultMaxUnauthFlows
+	}
+	if cfg.MaxUnauthPerSource <= 0 {
+		cfg.MaxUnauthPerSource = DefaultMaxUnauthPerSource
+	}
+	if cfg.FlowIdle <= 0 {
+		cfg.FlowIdle = DefaultFlowIdle
 	}
 	if cfg.IdleTimeout <= 0 {
 		cfg.IdleTimeout = 60 * time.Second
@@ -90,7 +129,9 @@ func Listen(pc net.PacketConn, cfg ListenConfig) (*Listener, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	tr := &quic.Transport{Conn: pc}
+	log = log.With("transport", "quic")
+	door := newFrontDoor(pc, cover, cfg.Auth, cids, cfg.MaxUnauthFlows, cfg.MaxUnauthPerSource, cfg.FlowIdle, log)
+	tr := &quic.Transport{Conn: door, ConnectionIDGenerator: cids}
 	tlsConf := http3.ConfigureTLSConfig(&tls.Config{
 		Certificates: []tls.Certificate{cfg.Certificate},
 		MinVersion:   tls.VersionTLS13,
@@ -102,12 +143,12 @@ func Listen(pc net.PacketConn, cfg ListenConfig) (*Listener, error) {
 	})
 	if err != nil {
 		tr.Close()
-		pc.Close()
+		door.Close()
 		return nil, fmt.Errorf("quiccarrier: listen: %w", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	l := &Listener{
-		cfg: cfg, log: log.With("transport", "quic"), pc: pc,
+		cfg: cfg, log: log, pc: door,
 		sessions: make(chan *serverSession),
 		ctx:      ctx, cancel: cancel,
 		done: make(chan struct{}),
@@ -207,19 +248,21 @@ type connState struct {
 	sess  *serverSession
 }
 
-// serveHTTP takes over a request with a valid token and hands every other
-// request to the cover site. A taken-over request is one stream of its
-// connection's session: the handler waits until the relay has closed it.
+// serveHTTP takes over a request with a valid token; a request without
+// one, which only a key holder's connection can send (the front door
+// sends everyone else to the cover site), is refused with 403. A
+// taken-over request is one stream of its connection's session: the
+// handler waits until the relay has closed it.
 func (l *Listener) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	cs, _ := r.Context().Value(connKey{}).(*connState)
 	streamer, ok := w.(http3.HTTPStreamer)
-	if cs == nil || !ok {
-		l.cfg.Cover.ServeHTTP(w, r)
-		return
+	var sess *serverSession
+	first := false
+	if cs != nil && ok {
+		sess, first = l.authenticate(cs, r.Header.Get("Authorization"))
 	}
-	sess, first := l.authenticate(cs, r.Header.Get("Authorization"))
 	if sess == nil {
-		l.cfg.Cover.ServeHTTP(w, r)
+		w.WriteHeader(http.StatusForbidden)
 		return
 	}
 	if first {
@@ -283,7 +326,7 @@ func (l *Listener) authenticate(cs *connState, header string) (sess *serverSessi
 	}
 	key, err := l.cfg.Auth.Authenticate(transport.Proof{Carrier: "quic", Digest: Digest(nonce), Token: token})
 	if err != nil {
-		l.log.Debug("request sent to cover site", "err", err)
+		l.log.Debug("request refused", "err", err)
 		return nil, false
 	}
 	cs.authz = raw

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/merpati/merpati/transport"
 	"github.com/merpati/merpati/transport/auth"
 )
 
@@ -77,4 +78,48 @@ const tagHeader = "Etag"
 func takeoverTag(nonce []byte) string {
 	h := sha256.Sum256(append([]byte("merpati quic takeover "), nonce...))
 	return `"` + hex.EncodeToString(h[:12]) + `"`
+}
+
+// initialLabel separates the digests of client randoms from those of
+// Authorization nonces and TLS hellos.
+const initialLabel = "merpati quic initial v1"
+
+// RandomNonceSize is the length of the nonce that starts a client random;
+// the rest, [auth.ShortTokenSize] bytes, is the short token.
+const RandomNonceSize = 32 - auth.ShortTokenSize
+
+// InitialDigest returns the value a client random's short token signs, for
+// the random's nonce.
+func InitialDigest(nonce []byte) [32]byte {
+	h := sha256.New()
+	h.Write([]byte(initialLabel))
+	h.Write(nonce)
+	var d [32]byte
+	h.Sum(d[:0])
+	return d
+}
+
+// NewRandom returns a ClientHello random that proves key at time now: a
+// fresh nonce, then the first [auth.ShortTokenSize] bytes of the token for
+// its [InitialDigest]. Both halves look uniformly random to anyone without
+// the key. The relay's front door reads it from the client's first
+// Initial, before any server packet is sent.
+func NewRandom(key auth.Key, now time.Time) ([32]byte, error) {
+	var r [32]byte
+	if _, err := rand.Read(r[:RandomNonceSize]); err != nil {
+		return r, err
+	}
+	tok := auth.Token(key, auth.Slot(now), InitialDigest(r[:RandomNonceSize]))
+	copy(r[RandomNonceSize:], tok[:auth.ShortTokenSize])
+	return r, nil
+}
+
+// RandomProof returns what a client random proves, for the relay's
+// [transport.Authenticator].
+func RandomProof(random [32]byte) transport.Proof {
+	return transport.Proof{
+		Carrier: "quic",
+		Digest:  InitialDigest(random[:RandomNonceSize]),
+		Token:   random[RandomNonceSize:],
+	}
 }

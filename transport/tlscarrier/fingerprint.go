@@ -45,6 +45,19 @@ const (
 		"04d679090c" + "04d679090d" + "04d679090f"
 )
 
+// ChromeTrustAnchorIDs returns the body of the Trust Anchor Identifiers
+// extension (0xca34) that Chromium 156 sends in its hellos over TCP and
+// over QUIC alike: a fresh copy on each call, which the caller may keep.
+// The QUIC carrier gives it to its Chrome-parrot QUIC stack, so that one
+// copy of the list serves both hellos.
+func ChromeTrustAnchorIDs() []byte {
+	b, err := hex.DecodeString(chromeTrustAnchorIDsHex)
+	if err != nil {
+		panic("tlscarrier: bad chromeTrustAnchorIDsHex: " + err.Error()) // a constant
+	}
+	return b
+}
+
 // chromeHelloSpec returns a fresh ClientHello spec that copies Chromium
 // 156's, for use with [utls.HelloCustom]:
 //
@@ -63,10 +76,7 @@ const (
 // ClientSessionCache: Chromium's resumed hellos differ, and this spec does
 // not copy them.
 func chromeHelloSpec() (*utls.ClientHelloSpec, error) {
-	tai, err := hex.DecodeString(chromeTrustAnchorIDsHex)
-	if err != nil {
-		return nil, fmt.Errorf("decode trust anchor ids: %w", err)
-	}
+	tai := ChromeTrustAnchorIDs()
 	sigGREASE, err := randomGREASE()
 	if err != nil {
 		return nil, fmt.Errorf("chrome hello spec: %w", err)

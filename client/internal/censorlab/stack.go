@@ -97,8 +97,18 @@ func (l *Lab) StartServices(ctx context.Context) (*Services, error) {
 		return nil, err
 	}
 
+	// The relay checks at start that the cover site serves HTTP/3.
+	if err := l.WaitListen(ctx, Relay, s.Cover, "tcp", 8443); err != nil {
+		return nil, err
+	}
+	if err := l.WaitListen(ctx, Relay, s.Cover, "udp", 8443); err != nil {
+		return nil, err
+	}
+
 	relayDir := filepath.Join(l.Dir, "relay")
-	out, err := exec.CommandContext(ctx, l.cfg.Bins.MerpatiRelay, "init", "--dir", relayDir,
+	// init runs outside the lab's namespaces, where the cover site is not
+	// to be reached: --quic on instead of a check.
+	out, err := exec.CommandContext(ctx, l.cfg.Bins.MerpatiRelay, "init", "--quic", "on", "--dir", relayDir,
 		"--public", net.JoinHostPort(Relay1Addr, strconv.Itoa(RelayPort)),
 		"--public", net.JoinHostPort(Relay2Addr, strconv.Itoa(RelayPort)),
 		"--listen", ":"+strconv.Itoa(RelayPort),
@@ -128,9 +138,6 @@ func (l *Lab) StartServices(ctx context.Context) (*Services, error) {
 		return nil, err
 	}
 	if err := l.WaitListen(ctx, DC, s.DC, "tcp", DCPort); err != nil {
-		return nil, err
-	}
-	if err := l.WaitListen(ctx, Relay, s.Cover, "tcp", 8443); err != nil {
 		return nil, err
 	}
 	if err := l.WaitListen(ctx, Relay, s.Relay, "tcp", RelayPort); err != nil {

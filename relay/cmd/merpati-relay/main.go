@@ -6,7 +6,7 @@
 // Usage:
 //
 //	merpati-relay init --dir DIR --public HOST:PORT [--listen ADDR] [--cover URL] [--sni NAME] [--name NAME]
-//	                   [--dc ID=HOST:PORT]... [--allow CIDR]...
+//	                   [--quic auto|on|off] [--dc ID=HOST:PORT]... [--allow CIDR]...
 //	merpati-relay run --dir DIR [--log-level LEVEL] [--log-format text|json]
 //	merpati-relay link add NAME --dir DIR [--quota BYTES] [--max-sessions N] [--max-streams N] [--expires DURATION] [--mtproxy-secret SECRET]
 //	merpati-relay link list --dir DIR
@@ -26,7 +26,12 @@
 // URL of the real web site that everyone without a key is shown (default
 // https://www.example.com; choose a site on your own server or one that is
 // plausible for your relay's address); --sni overrides the server name
-// clients send (default: the cover URL's host).
+// clients send (default: the cover URL's host). The QUIC carrier runs only
+// in front of a cover site that serves HTTP/3 on UDP (at its TCP port
+// number): a relay whose UDP port answers where the cover site's does not
+// stands out. --quic auto (the default) makes one QUIC handshake with the
+// cover site and turns the carrier off ("no_quic" in relay.json, links
+// offering TLS only) when it fails; run checks again at every start.
 //
 // run serves. It reloads keys.json when it changes, and on SIGHUP: a revoked
 // key's sessions end at once, and nobody else notices. A keys.json that is
@@ -68,6 +73,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -80,6 +86,7 @@ import (
 	"github.com/merpati/merpati/transport/cmdmain"
 	"github.com/merpati/merpati/transport/link"
 	"github.com/merpati/merpati/transport/mtproxy"
+	"github.com/merpati/merpati/transport/quiccarrier"
 )
 
 func main() { os.Exit(cmdmain.Main("merpati-relay", run)) }
@@ -160,15 +167,39 @@ func cmdInit(args []string, stdout, stderr io.Writer) error {
 	name := fs.String("name", "owner", "name of the first access key")
 	fs.Var(&dcs, "dc", "override a datacenter: ID=HOST:PORT (test labs only; repeatable)")
 	fs.Var(&allow, "allow", "allow an extra target range: CIDR (test labs only; repeatable)")
+	quicMode := fs.String("quic", "auto", "QUIC carrier: auto (on if the cover site serves HTTP/3 on UDP), on, or off")
 	if _, err := parse(fs, args); err != nil {
 		return err
 	}
 	if *dir == "" {
 		return errors.New("init: --dir is required")
 	}
-	d, err := relay.Init(*dir, relay.Settings{
-		Listen: *listen, Public: public, Cover: *cover, SNI: *sni, DC: dcs, Allow: allow,
-	})
+	s := relay.Settings{Listen: *listen, Public: public, Cover: *cover, SNI: *sni, DC: dcs, Allow: allow}
+	if err := s.Validate(); err != nil {
+		return fmt.Errorf("init: %w", err)
+	}
+	switch *quicMode {
+	case "on":
+	case "off":
+		s.NoQUIC = true
+	case "auto":
+		// Refuse an existing relay before contacting anyone.
+		if _, err := os.Stat(filepath.Join(*dir, relay.SettingsFile)); err == nil {
+			return fmt.Errorf("init: %s already exists; refusing to overwrite a relay", filepath.Join(*dir, relay.SettingsFile))
+		}
+		addr, _ := s.CoverAddr()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		_, err := quiccarrier.CheckCover(ctx, addr, s.ServerName())
+		cancel()
+		if err != nil {
+			s.NoQUIC = true
+			fmt.Fprintf(stdout, "The cover site does not serve HTTP/3 on UDP %s, so the relay will not either: "+
+				"the QUIC carrier is off (\"no_quic\" in %s) and links offer TLS only.\n(%v)\n\n", addr, relay.SettingsFile, err)
+		}
+	default:
+		return fmt.Errorf("init: --quic %q: want auto, on or off", *quicMode)
+	}
+	d, err := relay.Init(*dir, s)
 	if err != nil {
 		return err
 	}

@@ -5,7 +5,7 @@
 // Usage:
 //
 //	labnode dc --listen ADDR --key-file FILE [--id 2]
-//	labnode cover --listen ADDR [--name cover.merpati.test]
+//	labnode cover --listen ADDR [--name cover.merpati.test] [--no-http3]
 //	labnode tg --target ADDR --dc-key FILE [--socks ADDR] [--id 2] [--rpcs 1] [--timeout 20s]
 //	labnode lab --bins DIR [--block-udp] [--block-tcp ADDR:PORT]... [--blackhole ADDR]... [--drop-dc]
 //	            [--netem DELAY] [--loss PERCENT] [--client] [--check] [--log-level LEVEL] [--log-format text|json]
@@ -50,7 +50,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -61,6 +60,7 @@ import (
 
 	"github.com/merpati/merpati/client/internal/censorlab"
 	"github.com/merpati/merpati/client/internal/telegramtest"
+	"github.com/merpati/merpati/relay/relaytest/coversite"
 	"github.com/merpati/merpati/transport"
 	"github.com/merpati/merpati/transport/atomicfile"
 	"github.com/merpati/merpati/transport/cmdmain"
@@ -71,7 +71,7 @@ func main() { os.Exit(cmdmain.Main("labnode", run)) }
 
 const usage = `usage:
   labnode dc --listen ADDR --key-file FILE [--id 2]
-  labnode cover --listen ADDR [--name cover.merpati.test]
+  labnode cover --listen ADDR [--name cover.merpati.test] [--no-http3]
   labnode tg --target ADDR --dc-key FILE [--socks ADDR] [--id 2] [--rpcs 1] [--timeout 20s]
   labnode lab --bins DIR [--block-udp] [--block-tcp ADDR:PORT]... [--blackhole ADDR]... [--drop-dc]
               [--netem DELAY] [--loss PERCENT] [--client] [--check] [--log-level LEVEL] [--log-format text|json]
@@ -173,6 +173,7 @@ func cmdCover(ctx context.Context, args []string, stderr io.Writer) error {
 	fs := newFlagSet("cover", stderr)
 	listen := fs.String("listen", "", "address to serve HTTPS at (required)")
 	name := fs.String("name", censorlab.CoverName, "server name of the certificate")
+	noHTTP3 := fs.Bool("no-http3", false, "serve no HTTP/3 (leave the UDP port closed)")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -187,21 +188,13 @@ func cmdCover(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("cover: %w", err)
 	}
-	ln, err := net.Listen("tcp", *listen)
+	ln, pc, err := coversite.Listen(ctx, *listen, *noHTTP3)
 	if err != nil {
 		return fmt.Errorf("cover: %w", err)
 	}
-	srv := &http.Server{
-		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			w.Header().Set("Content-Type", "text/html; charset=utf-8")
-			fmt.Fprintf(w, "<!doctype html><title>%s</title><h1>Welcome to %s</h1>\n", *name, *name)
-		}),
-		TLSConfig:         &tls.Config{Certificates: []tls.Certificate{cert}},
-		ReadHeaderTimeout: 10 * time.Second,
-	}
-	context.AfterFunc(ctx, func() { srv.Close() })
-	fmt.Fprintf(stderr, "labnode cover: https://%s/ at %s\n", *name, ln.Addr())
-	if err := srv.ServeTLS(ln, "", ""); !errors.Is(err, http.ErrServerClosed) {
+	fmt.Fprintf(stderr, "labnode cover: https://%s/ at %s (HTTP/3: %v)\n", *name, ln.Addr(), pc != nil)
+	page := fmt.Sprintf("<!doctype html><title>%s</title><h1>Welcome to %s</h1>\n", *name, *name)
+	if err := coversite.Serve(ctx, ln, pc, cert, coversite.Handler(page)); err != nil {
 		return fmt.Errorf("cover: %w", err)
 	}
 	return nil

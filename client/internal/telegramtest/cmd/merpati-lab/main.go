@@ -5,7 +5,7 @@
 // Usage:
 //
 //	merpati-lab dc [--listen 127.0.0.1:0] [--id 2] [--addr-file FILE] --key-file FILE
-//	merpati-lab cover [--listen 127.0.0.1:0] [--name cover.merpati.test] [--addr-file FILE]
+//	merpati-lab cover [--listen 127.0.0.1:0] [--name cover.merpati.test] [--addr-file FILE] [--no-http3]
 //	merpati-lab mtproto --socks ADDR --dc-addr ADDR --dc-key FILE [--id 2] [--rpcs 100] [--timeout 30s]
 //	merpati-lab freeport
 //
@@ -41,10 +41,8 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log"
 	"math/big"
 	"net"
-	"net/http"
 	"net/netip"
 	"os"
 	"time"
@@ -52,6 +50,7 @@ import (
 	"golang.org/x/net/proxy"
 
 	"github.com/merpati/merpati/client/internal/telegramtest"
+	"github.com/merpati/merpati/relay/relaytest/coversite"
 	"github.com/merpati/merpati/transport/atomicfile"
 	"github.com/merpati/merpati/transport/cmdmain"
 )
@@ -60,7 +59,7 @@ func main() { os.Exit(cmdmain.Main("merpati-lab", run)) }
 
 const usage = `usage:
   merpati-lab dc [--listen 127.0.0.1:0] [--id 2] [--addr-file FILE] --key-file FILE
-  merpati-lab cover [--listen 127.0.0.1:0] [--name cover.merpati.test] [--addr-file FILE]
+  merpati-lab cover [--listen 127.0.0.1:0] [--name cover.merpati.test] [--addr-file FILE] [--no-http3]
   merpati-lab mtproto --socks ADDR --dc-addr ADDR --dc-key FILE [--id 2] [--rpcs 100]
   merpati-lab freeport`
 
@@ -148,6 +147,7 @@ func cmdCover(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	listen := fs.String("listen", "127.0.0.1:0", "loopback address to listen on")
 	name := fs.String("name", "cover.merpati.test", "server name in the site's certificate")
 	addrFile := fs.String("addr-file", "", "write the listening address here once serving")
+	noHTTP3 := fs.Bool("no-http3", false, "serve no HTTP/3 (leave the UDP port closed)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -158,38 +158,25 @@ func cmdCover(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
-	var lc net.ListenConfig
-	ln, err := lc.Listen(ctx, "tcp", *listen)
+	ln, pc, err := coversite.Listen(ctx, *listen, *noHTTP3)
 	if err != nil {
-		return err
+		return fmt.Errorf("cover: %w", err)
 	}
-	srv := &http.Server{
-		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			w.Header().Set("Content-Type", "text/html; charset=utf-8")
-			io.WriteString(w, coverPage)
-		}),
-		TLSConfig:         &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{"h2", "http/1.1"}},
-		ReadHeaderTimeout: 10 * time.Second,
-		// Probes that hang up mid-handshake are expected; keep quiet.
-		ErrorLog: log.New(io.Discard, "", 0),
-	}
-	served := make(chan error, 1)
-	go func() { served <- srv.ServeTLS(ln, "", "") }()
 	if *addrFile != "" {
 		if err := atomicfile.Write(*addrFile, []byte(ln.Addr().String()+"\n"), 0o600); err != nil {
-			srv.Close()
+			ln.Close()
+			if pc != nil {
+				pc.Close()
+			}
 			return fmt.Errorf("cover: write address: %w", err)
 		}
 	}
-	fmt.Fprintf(stdout, "cover site https://%s/ (certificate for %s)\n", ln.Addr(), *name)
-	select {
-	case err := <-served:
-		return err
-	case <-ctx.Done():
-		srv.Close()
-		<-served
-		return nil
+	h3 := "and HTTP/3 on UDP"
+	if pc == nil {
+		h3 = "without HTTP/3"
 	}
+	fmt.Fprintf(stdout, "cover site https://%s/ %s (certificate for %s)\n", ln.Addr(), h3, *name)
+	return coversite.Serve(ctx, ln, pc, cert, coversite.Handler(coverPage))
 }
 
 // selfSigned makes an ECDSA certificate for name, valid for a day.

@@ -1,0 +1,105 @@
+package relay_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/merpati/merpati/relay/access"
+	"github.com/merpati/merpati/relay/relaytest"
+	"github.com/merpati/merpati/transport/link"
+)
+
+// TestQUICProber plays a censor's QUIC prober against a relay in front of
+// a cover site that serves HTTP/3 — the lab's Go server, and Caddy, a
+// real web server — and against the cover site itself: the certificate
+// chain, ALPN, version negotiation, transport parameters, server
+// connection ID length, handshake datagram sizes, HTTP/3 SETTINGS and
+// control streams, response headers and body must be the same. A key
+// holder's session through the same port still works. The HTTP/3 to
+// HTTP/2 time ratios of both are logged (the timing run checks them).
+func TestQUICProber(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		start func(testing.TB) relaytest.CoverSite
+	}{
+		{"go", func(t testing.TB) relaytest.CoverSite { return relaytest.StartCover(t) }},
+		{"caddy", func(t testing.TB) relaytest.CoverSite { return relaytest.StartCaddy(t) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cov := tc.start(t)
+			r := relaytest.Start(t, cov, relaytest.Options{SamePort: true})
+			l := r.AddKey(t, "alice", access.Entry{})
+			var v probeViews
+			var diff []string
+			v.relay, v.cover, diff = relaytest.CompareQUIC(t, r.Addr, cov.Addr())
+			for _, d := range diff {
+				t.Errorf("relay and cover site differ: %s", d)
+			}
+			v.relayH2, v.coverH2 = probeH2Both(t, r.Addr, cov.Addr())
+			for _, d := range v.relayH2.Diff(&v.coverH2.HTTPView) {
+				t.Errorf("over TCP, relay and cover site differ: %s", d)
+			}
+			t.Logf("h3/h2 mean GET: relay %.2f (%v/%v), cover site %.2f (%v/%v)",
+				v.ratio(true), v.relay.MeanGET, v.relayH2.MeanGET, v.ratio(false), v.cover.MeanGET, v.coverH2.MeanGET)
+			s, err := relaytest.Session(t, l, link.CarrierQUIC)
+			if err != nil {
+				t.Fatal(err)
+			}
+			st, err := relaytest.Open(s, relaytest.Target(t, relaytest.StartEcho(t)))
+			if err != nil {
+				t.Fatalf("key holder's stream: %v", err)
+			}
+			st.Close()
+		})
+	}
+}
+
+// TestQUICProberNoHTTP3: in front of a cover site without HTTP/3 the
+// relay's UDP port is closed, as the cover site's is: the host answers
+// with ICMP port unreachable, and a prober's QUIC handshake fails at once.
+func TestQUICProberNoHTTP3(t *testing.T) {
+	cov := relaytest.StartCoverTCPOnly(t)
+	r := relaytest.Start(t, cov, relaytest.Options{})
+	for name, addr := range map[string]string{"relay": r.Addr, "cover site": cov.Addr()} {
+		if !relaytest.UDPClosed(addr) {
+			t.Errorf("%s: UDP port not closed", name)
+		}
+		ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+		_, err := relaytest.ProbeQUIC(ctx, addr)
+		cancel()
+		if !errors.Is(err, relaytest.ErrUDPClosed) {
+			t.Errorf("%s: QUIC probe: %v, want %v", name, err, relaytest.ErrUDPClosed)
+		}
+	}
+}
+
+// probeViews are a prober's views of a relay and of its cover site.
+type probeViews struct {
+	relay, cover     *relaytest.QUICView
+	relayH2, coverH2 *relaytest.H2View
+}
+
+func probeH2Both(t *testing.T, relayAddr, coverAddr string) (relay, cover *relaytest.H2View) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+	var err error
+	if relay, err = relaytest.ProbeH2(ctx, relayAddr); err != nil {
+		t.Fatalf("HTTP/2 probe of the relay: %v", err)
+	}
+	if cover, err = relaytest.ProbeH2(ctx, coverAddr); err != nil {
+		t.Fatalf("HTTP/2 probe of the cover site: %v", err)
+	}
+	return relay, cover
+}
+
+// ratio is the relay's (or the cover site's) mean HTTP/3 GET time over its
+// mean HTTP/2 GET time.
+func (v probeViews) ratio(relay bool) float64 {
+	if relay {
+		return float64(v.relay.MeanGET) / float64(v.relayH2.MeanGET)
+	}
+	return float64(v.cover.MeanGET) / float64(v.coverH2.MeanGET)
+}

@@ -1,0 +1,512 @@
+package quiccarrier
+
+import (
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/quic-go/quic-go"
+
+	"github.com/merpati/merpati/transport"
+	"github.com/merpati/merpati/transport/deadline"
+	"github.com/merpati/merpati/transport/hello/quicinitial"
+)
+
+// Defaults of the front door's limits (see [ListenConfig]).
+const (
+	// DefaultMaxUnauthFlows caps the client addresses whose datagrams
+	// are relayed to the cover site, or still being judged, at once.
+	DefaultMaxUnauthFlows = 4096
+	// DefaultMaxUnauthPerSource caps them per source network (/24 for
+	// IPv4, /56 for IPv6).
+	DefaultMaxUnauthPerSource = 64
+	// DefaultFlowIdle is how long a flow lives without a datagram
+	// either way: longer than the idle timeout of common QUIC servers
+	// (nginx 60 s, Caddy 30 s) and of the relay's own connections.
+	DefaultFlowIdle = 2 * time.Minute
+	// DefaultConnIDLen is the length of the relay's connection IDs when
+	// the cover site's is not known.
+	DefaultConnIDLen = 8
+)
+
+const (
+	// judgeDatagrams bounds the datagrams a client may send before its
+	// first Initial shows the hello's random; Chromium's fits in two.
+	judgeDatagrams = 8
+	// judgeBytes bounds the bytes kept of them (Chromium's two Initial
+	// datagrams are 2.5 KB).
+	judgeBytes = 8 << 10
+	// judgeTimeout bounds how long a flow may stay undecided.
+	judgeTimeout = 5 * time.Second
+	// minInitialSize is the least a client's first Initial datagram
+	// holds (RFC 9000 section 14.1); servers drop smaller ones.
+	minInitialSize = 1200
+	// maxDatagram bounds the datagrams read (an Ethernet jumbo frame's
+	// payload would be larger, but no QUIC stack sends one by default).
+	maxDatagram = 1 << 16
+	// inQueue is how many datagrams wait for quic-go; more are dropped,
+	// as a full socket buffer would.
+	inQueue = 1024
+)
+
+// flowState is what the front door does with a client's datagrams.
+type flowState int
+
+const (
+	flowJudging flowState = iota // reading its first Initials
+	flowRelay                    // a key holder's: to quic-go
+	flowCover                    // anyone else's: to the cover site
+)
+
+// A flow is one client address's datagrams.
+type flow struct {
+	addr  *net.UDPAddr
+	state flowState
+	src   netip.Prefix // its source network, counted while unauthenticated
+	born  time.Time
+	last  atomic.Int64 // Unix nanoseconds of its latest datagram, either way
+
+	// While judging: the Initials read so far, and the datagrams kept to
+	// be passed on once the flow is judged.
+	col     *quicinitial.Collector
+	queue   [][]byte
+	queued  int  // bytes in queue
+	judging bool // a check of its random is running
+
+	up net.Conn // to the cover site, for a cover flow
+}
+
+func (f *flow) touch() { f.last.Store(time.Now().UnixNano()) }
+
+// A frontDoor stands in front of the relay's QUIC server on its UDP
+// socket. It judges each client address by its first Initial packets:
+// when the ClientHello's random carries a key holder's token (see
+// [NewRandom]) the address's datagrams go to quic-go, which reads them
+// from the frontDoor as from a socket; every other client's datagrams —
+// a browser's, a prober's, a replayed Initial's, garbage — go unchanged
+// to the cover site's own UDP port from a socket of their own, and the
+// cover's answers go back to the client from the relay's port. A prober
+// therefore talks QUIC with the cover site itself: its certificate,
+// transport parameters, HTTP/3 SETTINGS, headers, bodies and timing.
+//
+// Datagrams from an address the door has not seen that are not a new
+// Initial go to the cover site too, except short header packets for one
+// of the relay's own connection IDs (a key holder whose NAT rebound):
+// those IDs carry a MAC under a per-listener secret (see cidGen).
+type frontDoor struct {
+	pc    net.PacketConn
+	cover *net.UDPAddr
+	// dialCover opens a flow's socket to the cover site; nil means a
+	// UDP socket connected to cover.
+	dialCover func() (net.Conn, error)
+	auth      transport.Authenticator
+	cids      *cidGen
+	log       *slog.Logger
+
+	maxFlows, maxPerSource int
+	idle                   time.Duration
+
+	in     chan datagram // a key holder's datagrams, for quic-go
+	rd     *deadline.Deadline
+	closed chan struct{}
+	once   sync.Once
+	wg     sync.WaitGroup
+
+	mu        sync.Mutex
+	flows     map[netip.AddrPort]*flow
+	unauth    int                  // flows not (yet) a key holder's
+	perSource map[netip.Prefix]int // the same, per source network
+}
+
+type datagram struct {
+	b    []byte
+	addr *net.UDPAddr
+}
+
+var _ net.PacketConn = (*frontDoor)(nil)
+
+func newFrontDoor(pc net.PacketConn, cover *net.UDPAddr, auth transport.Authenticator, cids *cidGen,
+	maxFlows, maxPerSource int, idle time.Duration, log *slog.Logger) *frontDoor {
+	f := &frontDoor{
+		pc: pc, cover: cover, auth: auth, cids: cids, log: log,
+		maxFlows: maxFlows, maxPerSource: maxPerSource, idle: idle,
+		in:        make(chan datagram, inQueue),
+		rd:        deadline.New(),
+		closed:    make(chan struct{}),
+		flows:     map[netip.AddrPort]*flow{},
+		perSource: map[netip.Prefix]int{},
+	}
+	f.wg.Go(f.readLoop)
+	f.wg.Go(f.sweepLoop)
+	return f
+}
+
+// ReadFrom gives quic-go the next datagram of a key holder.
+func (f *frontDoor) ReadFrom(b []byte) (int, net.Addr, error) {
+	d, err := deadline.Recv(f.rd, f.in, f.closed)
+	if err != nil {
+		return 0, nil, err
+	}
+	return copy(b, d.b), d.addr, nil
+}
+
+// WriteTo sends quic-go's datagrams from the relay's socket.
+func (f *frontDoor) WriteTo(b []byte, addr net.Addr) (int, error) { return f.pc.WriteTo(b, addr) }
+
+// Close closes the socket and every cover flow, and waits for the door's
+// goroutines.
+func (f *frontDoor) Close() error {
+	var err error
+	f.once.Do(func() {
+		close(f.closed)
+		err = f.pc.Close()
+		f.mu.Lock()
+		for _, fl := range f.flows {
+			if fl.up != nil {
+				fl.up.Close()
+			}
+		}
+		f.mu.Unlock()
+		f.wg.Wait()
+	})
+	return err
+}
+
+func (f *frontDoor) LocalAddr() net.Addr { return f.pc.LocalAddr() }
+
+func (f *frontDoor) SetDeadline(t time.Time) error {
+	f.rd.Set(t)
+	return f.pc.SetWriteDeadline(t)
+}
+
+func (f *frontDoor) SetReadDeadline(t time.Time) error {
+	f.rd.Set(t)
+	return nil
+}
+
+func (f *frontDoor) SetWriteDeadline(t time.Time) error { return f.pc.SetWriteDeadline(t) }
+
+// SetReadBuffer and SetWriteBuffer size the socket's buffers, which
+// quic-go raises (to 7 MB) as it would on a bare socket. The door has no
+// SyscallConn: quic-go must read through it, not around it.
+func (f *frontDoor) SetReadBuffer(n int) error {
+	if c, ok := f.pc.(interface{ SetReadBuffer(int) error }); ok {
+		return c.SetReadBuffer(n)
+	}
+	return errors.ErrUnsupported
+}
+
+func (f *frontDoor) SetWriteBuffer(n int) error {
+	if c, ok := f.pc.(interface{ SetWriteBuffer(int) error }); ok {
+		return c.SetWriteBuffer(n)
+	}
+	return errors.ErrUnsupported
+}
+
+// readLoop reads the socket until it closes.
+func (f *frontDoor) readLoop() {
+	buf := make([]byte, maxDatagram)
+	for {
+		n, addr, err := f.pc.ReadFrom(buf)
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			select {
+			case <-f.closed:
+				return
+			default:
+			}
+			f.log.Debug("quic front door: read", "err", err)
+			// A transient error (ICMP errors reported on the socket):
+			// go on, but do not spin.
+			time.Sleep(time.Millisecond)
+			continue
+		}
+		ua, ok := addr.(*net.UDPAddr)
+		if !ok {
+			continue
+		}
+		f.dispatch(buf[:n], ua)
+	}
+}
+
+// dispatch passes one datagram on according to its sender's flow,
+// starting one for a new sender.
+func (f *frontDoor) dispatch(d []byte, from *net.UDPAddr) {
+	ap := from.AddrPort()
+	ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	f.mu.Lock()
+	fl := f.flows[ap]
+	if fl == nil {
+		if fl = f.newFlow(d, from, ap); fl == nil {
+			f.mu.Unlock()
+			return // over the limits: dropped, as by a busy server
+		}
+	}
+	fl.touch()
+	switch fl.state {
+	case flowRelay:
+		f.mu.Unlock()
+		f.deliver(d, fl.addr)
+	case flowCover:
+		up := fl.up
+		f.mu.Unlock()
+		up.Write(d)
+	case flowJudging:
+		f.judge(fl, d)
+		f.mu.Unlock()
+	}
+}
+
+// newFlow starts the flow of a sender the door has not seen, or returns
+// nil if the limits on unauthenticated flows leave no room. f.mu is held.
+func (f *frontDoor) newFlow(d []byte, addr *net.UDPAddr, ap netip.AddrPort) *flow {
+	fl := &flow{addr: addr, born: time.Now()}
+	if dcid, ok := quicinitial.ShortDCID(d, f.cids.n); ok && f.cids.valid(dcid) {
+		// A key holder's connection from a new address.
+		if len(f.flows) >= 2*f.maxFlows {
+			return nil
+		}
+		fl.state = flowRelay
+		f.flows[ap] = fl
+		return fl
+	}
+	src := sourceNet(ap.Addr())
+	if f.unauth >= f.maxFlows || f.perSource[src] >= f.maxPerSource {
+		return nil
+	}
+	h, err := quicinitial.ParseLong(d)
+	if err == nil && h.Version == quicinitial.Version1 && h.Type == quicinitial.TypeInitial && len(d) >= minInitialSize {
+		fl.state = flowJudging
+		fl.col = &quicinitial.Collector{}
+	} else if !f.toCover(fl) {
+		return nil
+	}
+	fl.src = src
+	f.unauth++
+	f.perSource[src]++
+	f.flows[ap] = fl
+	return fl
+}
+
+// judge reads d, a datagram of a flow still being judged, and decides the
+// flow once the hello's random is there. f.mu is held.
+func (f *frontDoor) judge(fl *flow, d []byte) {
+	over := len(fl.queue) >= judgeDatagrams || fl.queued+len(d) > judgeBytes
+	if fl.judging {
+		if !over {
+			fl.queue = append(fl.queue, append([]byte(nil), d...))
+			fl.queued += len(d)
+		}
+		return // else dropped, as by a busy server
+	}
+	fl.queue = append(fl.queue, append([]byte(nil), d...))
+	fl.queued += len(d)
+	if over {
+		f.decide(fl, false) // not a QUIC client's first flight
+		return
+	}
+	if err := fl.col.Add(d); err != nil && !errors.Is(err, quicinitial.ErrNotInit) {
+		f.decide(fl, false)
+		return
+	}
+	random, ok := fl.col.Random()
+	if !ok {
+		return
+	}
+	// Checking a token costs HMACs per key; the read loop goes on
+	// meanwhile, and the flow's datagrams wait in its queue.
+	fl.judging = true
+	f.wg.Go(func() {
+		_, err := f.auth.Authenticate(RandomProof(random))
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		if fl.state != flowJudging {
+			return // swept meanwhile
+		}
+		f.decide(fl, err == nil)
+	})
+}
+
+// decide ends the judging of fl: a key holder's flow goes to quic-go,
+// anyone else's to the cover site, each with the datagrams kept so far.
+// f.mu is held.
+func (f *frontDoor) decide(fl *flow, keyHolder bool) {
+	queue := fl.queue
+	fl.queue, fl.queued, fl.col, fl.judging = nil, 0, nil, false
+	if keyHolder {
+		fl.state = flowRelay
+		f.release(fl)
+		for _, d := range queue {
+			f.deliver(d, fl.addr)
+		}
+		return
+	}
+	if !f.toCover(fl) {
+		f.remove(fl)
+		return
+	}
+	for _, d := range queue {
+		fl.up.Write(d)
+	}
+}
+
+// toCover makes fl a cover flow, with a socket of its own to the cover
+// site and a goroutine that sends the cover's answers back to the client.
+func (f *frontDoor) toCover(fl *flow) bool {
+	select {
+	case <-f.closed:
+		return false
+	default:
+	}
+	var up net.Conn
+	var err error
+	if f.dialCover != nil {
+		up, err = f.dialCover()
+	} else {
+		up, err = net.DialUDP("udp", nil, f.cover)
+	}
+	if err != nil {
+		f.log.Debug("quic front door: socket to the cover site", "err", err)
+		return false
+	}
+	fl.state, fl.up = flowCover, up
+	f.wg.Go(func() {
+		buf := make([]byte, maxDatagram)
+		for {
+			n, err := up.Read(buf)
+			if errors.Is(err, syscall.ECONNREFUSED) {
+				// An ICMP error from the cover site (its UDP port
+				// closed): the client, as from a host that drops, hears
+				// nothing.
+				continue
+			}
+			if err != nil {
+				return // closed
+			}
+			fl.touch()
+			f.pc.WriteTo(buf[:n], fl.addr)
+		}
+	})
+	return true
+}
+
+// deliver queues d for quic-go; a full queue drops it, as a full socket
+// buffer would.
+func (f *frontDoor) deliver(d []byte, addr *net.UDPAddr) {
+	select {
+	case f.in <- datagram{append([]byte(nil), d...), addr}:
+	default:
+	}
+}
+
+// release stops counting fl as unauthenticated. f.mu is held.
+func (f *frontDoor) release(fl *flow) {
+	if !fl.src.IsValid() {
+		return
+	}
+	f.unauth--
+	if f.perSource[fl.src]--; f.perSource[fl.src] <= 0 {
+		delete(f.perSource, fl.src)
+	}
+	fl.src = netip.Prefix{}
+}
+
+// remove forgets fl and closes its cover socket. f.mu is held.
+func (f *frontDoor) remove(fl *flow) {
+	f.release(fl)
+	ap := fl.addr.AddrPort()
+	delete(f.flows, netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()))
+	if fl.up != nil {
+		fl.up.Close()
+	}
+	fl.state = flowCover // a late judgement must not revive it
+}
+
+// sweepLoop ends idle flows, and judges the undecided after judgeTimeout.
+func (f *frontDoor) sweepLoop() {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-f.closed:
+			return
+		case now := <-t.C:
+			f.sweep(now)
+		}
+	}
+}
+
+func (f *frontDoor) sweep(now time.Time) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, fl := range f.flows {
+		switch {
+		case now.Sub(time.Unix(0, fl.last.Load())) > f.idle:
+			f.remove(fl)
+		case fl.state == flowJudging && !fl.judging && now.Sub(fl.born) > judgeTimeout:
+			f.decide(fl, false)
+		}
+	}
+}
+
+// sourceNet returns the network a source address is counted in: its /24
+// for IPv4, its /56 for IPv6.
+func sourceNet(a netip.Addr) netip.Prefix {
+	bits := 56
+	if a.Is4() {
+		bits = 24
+	}
+	p, _ := a.Prefix(bits)
+	return p
+}
+
+// cidGen makes the relay's connection IDs: n bytes, the first half random,
+// the rest a MAC of it under a secret of the listener's, so that the
+// front door recognises a key holder's connection arriving from a new
+// address (RFC 9000 section 9.3) without keeping a table of IDs. To anyone
+// else the IDs are random.
+type cidGen struct {
+	n      int
+	secret [32]byte
+}
+
+var _ quic.ConnectionIDGenerator = (*cidGen)(nil)
+
+func newCIDGen(n int) (*cidGen, error) {
+	if n < 4 || n > 20 {
+		return nil, fmt.Errorf("connection ID length %d: want 4 to 20", n)
+	}
+	g := &cidGen{n: n}
+	rand.Read(g.secret[:])
+	return g, nil
+}
+
+func (g *cidGen) mac(random []byte) []byte {
+	m := hmac.New(sha256.New, g.secret[:])
+	m.Write(random)
+	return m.Sum(nil)[:g.n-g.n/2]
+}
+
+func (g *cidGen) GenerateConnectionID() (quic.ConnectionID, error) {
+	b := make([]byte, g.n)
+	rand.Read(b[:g.n/2])
+	copy(b[g.n/2:], g.mac(b[:g.n/2]))
+	return quic.ConnectionIDFromBytes(b), nil
+}
+
+func (g *cidGen) ConnectionIDLen() int { return g.n }
+
+func (g *cidGen) valid(id []byte) bool {
+	return len(id) == g.n && hmac.Equal(id[g.n/2:], g.mac(id[:g.n/2]))
+}

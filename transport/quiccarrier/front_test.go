@@ -1,0 +1,308 @@
+package quiccarrier
+
+import (
+	"bytes"
+	"crypto/rand"
+	"errors"
+	"log/slog"
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/merpati/merpati/transport/auth"
+	"github.com/merpati/merpati/transport/hello/quicinitial"
+)
+
+// doorRig is a frontDoor on loopback in front of a UDP socket standing in
+// for the cover site.
+type doorRig struct {
+	door  *frontDoor
+	cover net.PacketConn
+	addr  *net.UDPAddr // the door's
+	key   auth.Key
+}
+
+func startDoor(t *testing.T, maxFlows, perSource int) *doorRig {
+	t.Helper()
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cover, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cover.Close() })
+	cids, err := newCIDGen(8)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := auth.NewKey()
+	door := newFrontDoor(pc, cover.LocalAddr().(*net.UDPAddr), &testAuth{keys: []auth.Key{key}}, cids,
+		maxFlows, perSource, DefaultFlowIdle, slog.New(slog.DiscardHandler))
+	t.Cleanup(func() { door.Close() })
+	return &doorRig{door: door, cover: cover, addr: pc.LocalAddr().(*net.UDPAddr), key: key}
+}
+
+// client returns a UDP socket on loopback address ip.
+func client(t *testing.T, ip string) net.PacketConn {
+	t.Helper()
+	c, err := net.ListenPacket("udp", ip+":0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// expect reads one datagram from pc within a generous time, or fails.
+func expect(t *testing.T, pc net.PacketConn, want []byte) net.Addr {
+	t.Helper()
+	pc.SetReadDeadline(time.Now().Add(10 * time.Second))
+	buf := make([]byte, 2048)
+	n, from, err := pc.ReadFrom(buf)
+	if err != nil {
+		t.Fatalf("nothing arrived: %v", err)
+	}
+	if !bytes.Equal(buf[:n], want) {
+		t.Fatalf("got %d bytes %x…, want %d bytes", n, buf[:min(n, 16)], len(want))
+	}
+	return from
+}
+
+// expectNone checks that nothing arrives at pc for a while.
+func expectNone(t *testing.T, pc net.PacketConn) {
+	t.Helper()
+	pc.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+	buf := make([]byte, 2048)
+	if n, _, err := pc.ReadFrom(buf); err == nil {
+		t.Fatalf("%d bytes arrived, want none", n)
+	}
+}
+
+var testDCID = []byte{1, 2, 3, 4, 5, 6, 7, 8}
+
+// fakeHello is a handshake message of n bytes that starts like a
+// ClientHello.
+func fakeHello(n int) []byte {
+	m := make([]byte, n)
+	rand.Read(m)
+	m[0] = 1
+	m[1], m[2], m[3] = byte((n-4)>>16), byte((n-4)>>8), byte(n-4)
+	return m
+}
+
+// initialWith returns a client Initial datagram whose ClientHello starts
+// with random.
+func initialWith(random [32]byte) []byte {
+	msg := fakeHello(600)
+	copy(msg[quicinitial.RandomOffset:], random[:])
+	return quicinitial.SealInitial(testDCID, 0, quicinitial.AppendCrypto(nil, 0, msg), 1250)
+}
+
+// TestFrontDoorRoutes: garbage and a stranger's Initial reach the cover
+// site unchanged and its answer returns from the door's port; a key
+// holder's Initial reaches quic-go's side instead, and nothing of it the
+// cover site; a short header packet for one of the relay's connection IDs
+// from a new address (a rebound NAT) reaches quic-go too.
+func TestFrontDoorRoutes(t *testing.T) {
+	r := startDoor(t, 16, 16)
+
+	stranger := client(t, "127.0.0.1")
+	garbage := []byte("GET / HTTP/1.1\r\n\r\n")
+	stranger.WriteTo(garbage, r.addr)
+	from := expect(t, r.cover, garbage)
+	r.cover.WriteTo([]byte("answer"), from)
+	expect(t, stranger, []byte("answer"))
+
+	browser := client(t, "127.0.0.1")
+	var random [32]byte
+	copy(random[:], bytes.Repeat([]byte{7}, 32))
+	d := initialWith(random)
+	browser.WriteTo(d, r.addr)
+	expect(t, r.cover, d)
+
+	holder := client(t, "127.0.0.1")
+	good, err := NewRandom(r.key, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	d = initialWith(good)
+	holder.WriteTo(d, r.addr)
+	r.door.SetReadDeadline(time.Now().Add(10 * time.Second))
+	buf := make([]byte, 2048)
+	n, addr, err := r.door.ReadFrom(buf)
+	if err != nil || !bytes.Equal(buf[:n], d) || addr.String() != holder.LocalAddr().String() {
+		t.Fatalf("quic-go side read %d bytes from %v, %v", n, addr, err)
+	}
+	expectNone(t, r.cover)
+
+	// The same Initial from another address: a replay, for the cover.
+	replayer := client(t, "127.0.0.1")
+	replayer.WriteTo(d, r.addr)
+	expect(t, r.cover, d)
+
+	cid, _ := r.door.cids.GenerateConnectionID()
+	short := append([]byte{0x41}, cid.Bytes()...)
+	short = append(short, bytes.Repeat([]byte{9}, 30)...)
+	rebound := client(t, "127.0.0.1")
+	rebound.WriteTo(short, r.addr)
+	n, _, err = r.door.ReadFrom(buf)
+	if err != nil || !bytes.Equal(buf[:n], short) {
+		t.Fatalf("rebound key holder's packet: %d bytes, %v", n, err)
+	}
+	// A short header packet for an ID the relay never made: the cover's.
+	forged := bytes.Clone(short)
+	forged[1] ^= 0xff
+	client(t, "127.0.0.1").WriteTo(forged, r.addr)
+	expect(t, r.cover, forged)
+}
+
+// TestFrontDoorLimits: past the per-source cap, datagrams from new
+// addresses of that network are dropped; another network is unaffected,
+// and a flow that ends frees its place.
+func TestFrontDoorLimits(t *testing.T) {
+	r := startDoor(t, 16, 2)
+	for i := range 2 {
+		c := client(t, "127.0.0.1")
+		msg := []byte{byte(i), 'x'}
+		c.WriteTo(msg, r.addr)
+		expect(t, r.cover, msg)
+	}
+	over := client(t, "127.0.0.1")
+	over.WriteTo([]byte("over"), r.addr)
+	expectNone(t, r.cover)
+
+	other := client(t, "127.0.1.1")
+	other.WriteTo([]byte("other net"), r.addr)
+	expect(t, r.cover, []byte("other net"))
+
+	// Sweep as if the flows had idled out.
+	r.door.sweep(time.Now().Add(2 * DefaultFlowIdle))
+	r.door.mu.Lock()
+	n, unauth := len(r.door.flows), r.door.unauth
+	r.door.mu.Unlock()
+	if n != 0 || unauth != 0 {
+		t.Fatalf("after the sweep: %d flows, %d unauthenticated", n, unauth)
+	}
+	over.WriteTo([]byte("again"), r.addr)
+	expect(t, r.cover, []byte("again"))
+}
+
+// TestFrontDoorJudgeTimeout: a first Initial whose hello never shows its
+// start is sent on to the cover site after the judging time.
+func TestFrontDoorJudgeTimeout(t *testing.T) {
+	r := startDoor(t, 16, 16)
+	msg := fakeHello(1800)
+	d := quicinitial.SealInitial(testDCID, 0, quicinitial.AppendCrypto(nil, 900, msg[900:1500]), 1250)
+	c := client(t, "127.0.0.1")
+	c.WriteTo(d, r.addr)
+	expectNone(t, r.cover)
+	r.door.sweep(time.Now().Add(2 * judgeTimeout))
+	expect(t, r.cover, d)
+}
+
+func TestCIDGen(t *testing.T) {
+	for _, n := range []int{4, 8, 20} {
+		g, err := newCIDGen(n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		id, _ := g.GenerateConnectionID()
+		if id.Len() != n || !g.valid(id.Bytes()) {
+			t.Errorf("%d: %x not valid", n, id.Bytes())
+		}
+		other, _ := newCIDGen(n)
+		if other.valid(id.Bytes()) && n >= 8 {
+			t.Errorf("%d: another listener's generator accepted %x", n, id.Bytes())
+		}
+	}
+	for _, n := range []int{0, 3, 21} {
+		if _, err := newCIDGen(n); err == nil {
+			t.Errorf("length %d accepted", n)
+		}
+	}
+}
+
+// FuzzQUICFrontDoor sends arbitrary datagrams from a few addresses through
+// the door's dispatch and checks its books.
+func FuzzQUICFrontDoor(f *testing.F) {
+	var random [32]byte
+	f.Add(initialWith(random), []byte{0x40, 1, 2, 3}, uint8(0))
+	f.Add([]byte("junk"), initialWith(random), uint8(3))
+	cids, _ := newCIDGen(8)
+	f.Fuzz(func(t *testing.T, a, b []byte, who uint8) {
+		door := &frontDoor{
+			auth: &testAuth{}, cids: cids,
+			// No socket to the cover site: such flows are dropped, as
+			// when the relay is out of sockets. (Cover flows, each with
+			// a goroutine, slow the fuzzer a hundredfold; the unit tests
+			// above cover them.)
+			dialCover: func() (net.Conn, error) { return nil, errors.New("no sockets") },
+			log:       slog.New(slog.DiscardHandler),
+			maxFlows:  4, maxPerSource: 2, idle: time.Minute,
+			in: make(chan datagram, inQueue), closed: make(chan struct{}),
+			flows: map[netip.AddrPort]*flow{}, perSource: map[netip.Prefix]int{},
+		}
+		for i, d := range [][]byte{a, b, a} {
+			from := &net.UDPAddr{IP: net.IPv4(127, 0, byte(who%3), 1), Port: 1000 + (i+int(who))%2}
+			door.dispatch(d, from)
+		}
+		// Wait for the judgements.
+		for judging := true; judging; {
+			door.mu.Lock()
+			judging = false
+			for _, fl := range door.flows {
+				judging = judging || fl.judging
+			}
+			door.mu.Unlock()
+			if judging {
+				time.Sleep(100 * time.Microsecond)
+			}
+		}
+		door.mu.Lock()
+		unauth := 0
+		for _, fl := range door.flows {
+			if fl.state != flowRelay {
+				unauth++
+			}
+		}
+		if unauth != door.unauth || door.unauth > door.maxFlows || len(door.in) > 3 {
+			t.Errorf("%d unauthenticated flows, counted %d (cap %d)", unauth, door.unauth, door.maxFlows)
+		}
+		for _, fl := range door.flows {
+			door.remove(fl)
+		}
+		door.mu.Unlock()
+		door.wg.Wait()
+	})
+}
+
+// TestCheckCover: a cover site with HTTP/3 answers, with its connection ID
+// length; a UDP port with nothing behind it fails at once (ICMP port
+// unreachable), not after a handshake timeout.
+func TestCheckCover(t *testing.T) {
+	cov := startCover(t)
+	info, err := CheckCover(t.Context(), cov.addr, testSNI)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.ConnIDLen != 4 { // upstream quic-go's
+		t.Errorf("connection ID length %d, want 4", info.ConnIDLen)
+	}
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := pc.LocalAddr().String()
+	pc.Close()
+	start := time.Now()
+	if _, err := CheckCover(t.Context(), closed, testSNI); !errors.Is(err, ErrNoHTTP3) {
+		t.Fatalf("closed port: %v, want ErrNoHTTP3", err)
+	}
+	// quic-go's handshake timeout is 10 s; the ICMP error comes at once.
+	if took := time.Since(start); took > 5*time.Second {
+		t.Errorf("a closed port took %v to tell", took)
+	}
+}
