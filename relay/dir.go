@@ -195,8 +195,14 @@ type Dir struct {
 }
 
 // Init creates a relay directory at dir with settings s, a new certificate
-// and an empty keys file. It refuses to overwrite an existing relay.json.
-func Init(dir string, s Settings) (*Dir, error) {
+// (an ECDSA P-256 key) and an empty keys file. It refuses to overwrite an
+// existing relay.json.
+func Init(dir string, s Settings) (*Dir, error) { return InitWithKey(dir, s, "ECDSA-P256") }
+
+// InitWithKey is [Init] with a key of the kind keyKind names (see
+// [tlscarrier.NewCertificateLike]): the cover site's, so that key holders'
+// CertificateVerify has the size of the cover's.
+func InitWithKey(dir string, s Settings, keyKind string) (*Dir, error) {
 	if err := s.Validate(); err != nil {
 		return nil, err
 	}
@@ -206,7 +212,7 @@ func Init(dir string, s Settings) (*Dir, error) {
 	if _, err := os.Stat(filepath.Join(dir, SettingsFile)); err == nil {
 		return nil, fmt.Errorf("init: %s already exists; refusing to overwrite a relay", filepath.Join(dir, SettingsFile))
 	}
-	certPEM, keyPEM, err := tlscarrier.NewCertificate(s.ServerName())
+	certPEM, keyPEM, err := tlscarrier.NewCertificateLike(s.ServerName(), keyKind)
 	if err != nil {
 		return nil, fmt.Errorf("init: %w", err)
 	}

@@ -60,6 +60,10 @@ type Config struct {
 	DialTimeout time.Duration
 	// NoQUIC turns off the QUIC carrier: [Run] then listens on TCP only.
 	NoQUIC bool
+	// NoMirror turns off the mirroring of the cover site's TLS flight
+	// (see [tlscarrier.Mirror]): key holders then get crypto/tls's own.
+	// Mirroring needs ServerName.
+	NoMirror bool
 	// MaxUnauthConns caps the TCP connections that have not
 	// authenticated: those still sending their hello and those spliced
 	// to the cover site. Zero means [tlscarrier.DefaultMaxUnauthConns].
@@ -136,6 +140,9 @@ type Relay struct {
 	// warns rate-limits the warnings a prober or a key holder can
 	// provoke.
 	warns warnlimit.Limiter
+	// mirror shapes key holders' TLS flight like the cover site's; nil
+	// when off.
+	mirror *tlscarrier.Mirror
 }
 
 // New checks cfg and returns a Relay.
@@ -143,11 +150,49 @@ func New(cfg Config) (*Relay, error) {
 	if err := cfg.fill(); err != nil {
 		return nil, err
 	}
-	return &Relay{
+	r := &Relay{
 		cfg:    cfg,
 		log:    cfg.Logger,
 		dialer: &dc.Dialer{Table: cfg.Table, Resolver: cfg.Resolver, Timeout: cfg.DialTimeout},
-	}, nil
+	}
+	if !cfg.NoMirror && cfg.ServerName != "" {
+		m, err := tlscarrier.NewMirror(tlscarrier.MirrorConfig{
+			Cover: cfg.Cover, ServerName: cfg.ServerName, Certificate: cfg.Certificate, Logger: cfg.Logger,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("relay: %w", err)
+		}
+		r.mirror = m
+	}
+	return r, nil
+}
+
+// LearnCover learns the cover site's TLS flight, which key holders' flight
+// then follows, and logs what cannot be mirrored. It does nothing when
+// mirroring is off. [Run] calls it at start, then keeps it fresh.
+func (r *Relay) LearnCover(ctx context.Context) error {
+	if r.mirror == nil {
+		return nil
+	}
+	gaps, err := r.mirror.Learn(ctx)
+	if err != nil {
+		r.log.Warn("cover site's TLS flight not learned: key holders get the relay's own, which a censor can tell from the cover site's", "err", err)
+		return err
+	}
+	r.log.Info("key holders' TLS flight follows the cover site's", "flight", r.mirror.Flight().String())
+	for _, g := range gaps {
+		r.log.Warn("TLS flight not mirrored: "+g)
+	}
+	return nil
+}
+
+// MirrorGaps returns what key holders' TLS flight still differs in from
+// the cover site's, as last learned.
+func (r *Relay) MirrorGaps() []string {
+	if r.mirror == nil {
+		return []string{"mirroring is off"}
+	}
+	return r.mirror.Gaps()
 }
 
 // Run listens on cfg.Listen and serves until ctx is done, watching the keys
@@ -164,6 +209,14 @@ func Run(ctx context.Context, cfg Config) error {
 		return fmt.Errorf("relay: %w", err)
 	}
 	r.log.Info("relay listening", "addr", ln.Addr().String())
+	r.LearnCover(ctx)
+	if r.mirror != nil {
+		mctx, stop := context.WithCancel(ctx)
+		var learning sync.WaitGroup
+		learning.Go(func() { r.mirror.Run(mctx) })
+		defer learning.Wait()
+		defer stop()
+	}
 	tl, err := r.ListenTLS(ln)
 	if err != nil {
 		ln.Close()
@@ -217,6 +270,7 @@ func (r *Relay) ListenTLS(ln net.Listener) (*tlscarrier.Listener, error) {
 		HelloTimeout:       r.cfg.HelloTimeout,
 		MaxUnauthConns:     r.cfg.MaxUnauthConns,
 		MaxUnauthPerSource: r.cfg.MaxUnauthPerSource,
+		Mirror:             r.mirror,
 		Logger:             r.log,
 	})
 }

@@ -66,6 +66,9 @@ type Cover struct {
 	accepted     atomic.Int64
 	acceptedQUIC atomic.Int64
 	datagrams    atomic.Int64
+	// relays counts the connections relays made themselves, to learn
+	// the cover site's TLS flight: Accepted leaves them out.
+	relays atomic.Int64
 }
 
 // StartCover starts a cover site on 127.0.0.1, HTTPS on TCP and HTTP/3
@@ -162,7 +165,8 @@ func (c *Cover) Addr() string { return c.srv.Listener.Addr().String() }
 func (c *Cover) HTTP3() bool { return c.h3 }
 
 // Accepted returns how many TCP connections the cover site has accepted.
-func (c *Cover) Accepted() int64 { return c.accepted.Load() }
+// Connections that relays made to learn its TLS flight are not counted.
+func (c *Cover) Accepted() int64 { return c.accepted.Load() - c.relays.Load() }
 
 // AcceptedQUIC returns how many QUIC connections the cover site has
 // accepted (completed handshakes); always 0 without HTTP/3.

@@ -128,6 +128,15 @@ func Start(t testing.TB, cov CoverSite, opts Options) *Relay {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// As relay.Run does: key holders' TLS flight follows the cover's.
+	// The relay's own connection for it is not a prober's or a client's.
+	if c, ok := cov.(*Cover); ok {
+		before := c.accepted.Load()
+		rl.LearnCover(t.Context())
+		c.relays.Add(c.accepted.Load() - before)
+	} else {
+		rl.LearnCover(t.Context())
+	}
 
 	var ls []transport.Listener
 	closeAll := func() {

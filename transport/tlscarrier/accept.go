@@ -22,6 +22,8 @@ type ServerConfig struct {
 	Mux h2mux.Config
 	// HandshakeTimeout bounds the TLS handshake; zero means 10 seconds.
 	HandshakeTimeout time.Duration
+	// Mirror, if not nil, shapes the flight like the cover site's.
+	Mirror *Mirror
 }
 
 // HelloToken returns the digest of h (with its session id zeroed) and the
@@ -52,11 +54,15 @@ func Accept(ctx context.Context, conn net.Conn, read []byte, cfg ServerConfig) (
 	if timeout <= 0 {
 		timeout = 10 * time.Second
 	}
-	tc := tls.Server(&prefixConn{Conn: conn, prefix: read}, &tls.Config{
+	conf := &tls.Config{
 		Certificates: []tls.Certificate{cfg.Certificate},
 		NextProtos:   []string{"h2", "http/1.1"},
 		MinVersion:   tls.VersionTLS13,
-	})
+	}
+	if cfg.Mirror != nil {
+		cfg.Mirror.serverConfig(conf)
+	}
+	tc := tls.Server(&prefixConn{Conn: conn, prefix: read}, conf)
 	hctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	if err := tc.HandshakeContext(hctx); err != nil {
@@ -64,6 +70,18 @@ func Accept(ctx context.Context, conn net.Conn, read []byte, cfg ServerConfig) (
 	}
 	if p := tc.ConnectionState().NegotiatedProtocol; p != "h2" {
 		return nil, fmt.Errorf("client negotiated ALPN %q, want h2", p)
+	}
+	if cfg.Mirror != nil {
+		// The cover site's session tickets after the client's Finished:
+		// records of their sizes, which the client's HTTP/2 layer
+		// ignores.
+		for _, n := range cfg.Mirror.lateTickets() {
+			if f, ok := fillerFrame(n); ok {
+				if _, err := tc.Write(f); err != nil {
+					return nil, fmt.Errorf("tls: %w", err)
+				}
+			}
+		}
 	}
 	s, err := h2mux.Server(tc, cfg.Mux)
 	if err != nil {

@@ -1,9 +1,12 @@
 package tlscarrier
 
 import (
+	"crypto"
 	"crypto/ecdsa"
+	"crypto/ed25519"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/rsa"
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
@@ -11,6 +14,8 @@ import (
 	"encoding/pem"
 	"fmt"
 	"math/big"
+	"strconv"
+	"strings"
 	"time"
 )
 
@@ -18,7 +23,29 @@ import (
 // cover name) with a fresh ECDSA P-256 key, valid for ten years, and
 // returns both in PEM. Clients trust it by its pin, never by its name.
 func NewCertificate(name string) (certPEM, keyPEM []byte, err error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	return NewCertificateLike(name, "ECDSA-P256")
+}
+
+// NewCertificateLike is [NewCertificate] with a key of the kind keyName
+// names, as [Flight.LeafKey] does: "ECDSA-P256", "ECDSA-P384",
+// "RSA-2048", "RSA-3072", "RSA-4096" or "Ed25519". A relay whose key is of
+// its cover site's kind signs its handshake with a CertificateVerify of
+// the cover's size.
+func NewCertificateLike(name, keyName string) (certPEM, keyPEM []byte, err error) {
+	var key crypto.Signer
+	switch keyName {
+	case "ECDSA-P256":
+		key, err = ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	case "ECDSA-P384":
+		key, err = ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
+	case "RSA-2048", "RSA-3072", "RSA-4096":
+		bits, _ := strconv.Atoi(strings.TrimPrefix(keyName, "RSA-"))
+		key, err = rsa.GenerateKey(rand.Reader, bits)
+	case "Ed25519":
+		_, key, err = ed25519.GenerateKey(rand.Reader)
+	default:
+		return nil, nil, fmt.Errorf("tlscarrier: no key of kind %q", keyName)
+	}
 	if err != nil {
 		return nil, nil, err
 	}
@@ -37,7 +64,7 @@ func NewCertificate(name string) (certPEM, keyPEM []byte, err error) {
 		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 		BasicConstraintsValid: true,
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
 	if err != nil {
 		return nil, nil, fmt.Errorf("create certificate: %w", err)
 	}

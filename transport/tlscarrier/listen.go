@@ -94,6 +94,9 @@ type ListenConfig struct {
 	MaxUnauthPerSource int
 	// Mux configures the HTTP/2 sessions.
 	Mux h2mux.Config
+	// Mirror, if not nil, shapes key holders' server flight like the
+	// cover site's (see [Mirror]).
+	Mirror *Mirror
 	// Logger receives debug lines and rate-limited warnings (cover site
 	// unreachable, caps reached); nil discards. It never gets client
 	// addresses.
@@ -301,7 +304,7 @@ func (c *admittedConn) CloseWrite() error {
 // serveCarrier completes an authenticated connection (TLS handshake, then
 // HTTP/2), hands the session to Accept, and waits for it to end.
 func (l *Listener) serveCarrier(ctx context.Context, c net.Conn, first []byte, key transport.Key) {
-	sess, err := Accept(ctx, c, first, ServerConfig{Certificate: l.cfg.Certificate, Mux: l.cfg.Mux})
+	sess, err := Accept(ctx, c, first, ServerConfig{Certificate: l.cfg.Certificate, Mux: l.cfg.Mux, Mirror: l.cfg.Mirror})
 	if err != nil {
 		l.log.Debug("carrier handshake failed", "key", key.Name(), "err", err)
 		return

@@ -107,8 +107,8 @@ func (l *Lab) StartServices(ctx context.Context) (*Services, error) {
 
 	relayDir := filepath.Join(l.Dir, "relay")
 	// init runs outside the lab's namespaces, where the cover site is not
-	// to be reached: --quic on instead of a check.
-	out, err := exec.CommandContext(ctx, l.cfg.Bins.MerpatiRelay, "init", "--quic", "on", "--dir", relayDir,
+	// to be reached: --offline (the relay run checks and learns it).
+	out, err := exec.CommandContext(ctx, l.cfg.Bins.MerpatiRelay, "init", "--offline", "--dir", relayDir,
 		"--public", net.JoinHostPort(Relay1Addr, strconv.Itoa(RelayPort)),
 		"--public", net.JoinHostPort(Relay2Addr, strconv.Itoa(RelayPort)),
 		"--listen", ":"+strconv.Itoa(RelayPort),

@@ -46,7 +46,7 @@ func command(args ...string) *exec.Cmd {
 // exits 0 must have its change kept.
 func TestConcurrentLinkCommands(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "relay")
-	if out, err := runCmd(t, "init", "--quic", "on", "--dir", dir, "--public", "relay.example.net:443", "--listen", "127.0.0.1:0"); err != nil {
+	if out, err := runCmd(t, "init", "--offline", "--dir", dir, "--public", "relay.example.net:443", "--listen", "127.0.0.1:0"); err != nil {
 		t.Fatalf("init: %v\n%s", err, out)
 	}
 	runAll := func(cmds []*exec.Cmd) {
@@ -98,7 +98,7 @@ func TestConcurrentLinkCommands(t *testing.T) {
 // access keys every user of the machine can read, and says how to fix it.
 func TestRunRefusesReadableSecrets(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "relay")
-	if out, err := runCmd(t, "init", "--quic", "on", "--dir", dir, "--public", "relay.example.net:443", "--listen", "127.0.0.1:0"); err != nil {
+	if out, err := runCmd(t, "init", "--offline", "--dir", dir, "--public", "relay.example.net:443", "--listen", "127.0.0.1:0"); err != nil {
 		t.Fatalf("init: %v\n%s", err, out)
 	}
 	for _, f := range []string{"key.pem", "keys.json"} {
@@ -143,7 +143,7 @@ func TestRunWarns(t *testing.T) {
 	cover := ln.Addr().String()
 	ln.Close() // nothing listens there now
 	dir := filepath.Join(t.TempDir(), "relay")
-	if out, err := runCmd(t, "init", "--quic", "on", "--dir", dir, "--public", "relay.example.net:443", "--listen", "127.0.0.1:0",
+	if out, err := runCmd(t, "init", "--offline", "--dir", dir, "--public", "relay.example.net:443", "--listen", "127.0.0.1:0",
 		"--cover", "https://"+cover, "--sni", "www.example.org", "--allow", "127.0.0.0/8"); err != nil {
 		t.Fatalf("init: %v\n%s", err, out)
 	}

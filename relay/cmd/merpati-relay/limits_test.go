@@ -13,7 +13,7 @@ import (
 // key's caps, defaults included.
 func TestLinkAddLimits(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "relay")
-	if out, err := runCmd(t, "init", "--quic", "on", "--dir", dir, "--public", "relay.example.net:443"); err != nil {
+	if out, err := runCmd(t, "init", "--offline", "--dir", dir, "--public", "relay.example.net:443"); err != nil {
 		t.Fatalf("init: %v\n%s", err, out)
 	}
 	for _, args := range [][]string{

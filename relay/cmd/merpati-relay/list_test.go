@@ -23,7 +23,7 @@ import (
 func TestListFlow(t *testing.T) {
 	tmp := t.TempDir()
 	dir := filepath.Join(tmp, "relay")
-	if out, err := runCmd(t, "init", "--quic", "on", "--dir", dir, "--public", "relay.example.net:443"); err != nil {
+	if out, err := runCmd(t, "init", "--offline", "--dir", dir, "--public", "relay.example.net:443"); err != nil {
 		t.Fatalf("init: %v\n%s", err, out)
 	}
 	if out, err := runCmd(t, "link", "add", "audience", "--dir", dir); err != nil {

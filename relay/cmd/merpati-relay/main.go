@@ -6,7 +6,7 @@
 // Usage:
 //
 //	merpati-relay init --dir DIR --public HOST:PORT [--listen ADDR] [--cover URL] [--sni NAME] [--name NAME]
-//	                   [--quic auto|on|off] [--dc ID=HOST:PORT]... [--allow CIDR]...
+//	                   [--quic auto|on|off] [--offline] [--dc ID=HOST:PORT]... [--allow CIDR]...
 //	merpati-relay run --dir DIR [--log-level LEVEL] [--log-format text|json]
 //	merpati-relay link add NAME --dir DIR [--quota BYTES] [--max-sessions N] [--max-streams N] [--expires DURATION] [--mtproxy-secret SECRET]
 //	merpati-relay link list --dir DIR
@@ -31,7 +31,12 @@
 // number): a relay whose UDP port answers where the cover site's does not
 // stands out. --quic auto (the default) makes one QUIC handshake with the
 // cover site and turns the carrier off ("no_quic" in relay.json, links
-// offering TLS only) when it fails; run checks again at every start.
+// offering TLS only) when it fails; run checks again at every start. init
+// also learns the cover site's TLS flight (which key holders' flight
+// follows, see run) and gives the relay a key of the cover's kind (RSA or
+// ECDSA), so that its signatures are the cover's size; it prints what
+// cannot be mirrored. --offline contacts nobody (--quic auto then means
+// on, and the key is ECDSA P-256).
 //
 // run serves. It reloads keys.json when it changes, and on SIGHUP: a revoked
 // key's sessions end at once, and nobody else notices. A keys.json that is
@@ -87,6 +92,7 @@ import (
 	"github.com/merpati/merpati/transport/link"
 	"github.com/merpati/merpati/transport/mtproxy"
 	"github.com/merpati/merpati/transport/quiccarrier"
+	"github.com/merpati/merpati/transport/tlscarrier"
 )
 
 func main() { os.Exit(cmdmain.Main("merpati-relay", run)) }
@@ -168,6 +174,7 @@ func cmdInit(args []string, stdout, stderr io.Writer) error {
 	fs.Var(&dcs, "dc", "override a datacenter: ID=HOST:PORT (test labs only; repeatable)")
 	fs.Var(&allow, "allow", "allow an extra target range: CIDR (test labs only; repeatable)")
 	quicMode := fs.String("quic", "auto", "QUIC carrier: auto (on if the cover site serves HTTP/3 on UDP), on, or off")
+	offline := fs.Bool("offline", false, "contact nobody: no check of the cover site (--quic auto means on) and an ECDSA P-256 key")
 	if _, err := parse(fs, args); err != nil {
 		return err
 	}
@@ -178,28 +185,19 @@ func cmdInit(args []string, stdout, stderr io.Writer) error {
 	if err := s.Validate(); err != nil {
 		return fmt.Errorf("init: %w", err)
 	}
-	switch *quicMode {
-	case "on":
-	case "off":
-		s.NoQUIC = true
-	case "auto":
+	if *quicMode != "auto" && *quicMode != "on" && *quicMode != "off" {
+		return fmt.Errorf("init: --quic %q: want auto, on or off", *quicMode)
+	}
+	s.NoQUIC = *quicMode == "off"
+	keyKind := "ECDSA-P256"
+	if !*offline {
 		// Refuse an existing relay before contacting anyone.
 		if _, err := os.Stat(filepath.Join(*dir, relay.SettingsFile)); err == nil {
 			return fmt.Errorf("init: %s already exists; refusing to overwrite a relay", filepath.Join(*dir, relay.SettingsFile))
 		}
-		addr, _ := s.CoverAddr()
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		_, err := quiccarrier.CheckCover(ctx, addr, s.ServerName())
-		cancel()
-		if err != nil {
-			s.NoQUIC = true
-			fmt.Fprintf(stdout, "The cover site does not serve HTTP/3 on UDP %s, so the relay will not either: "+
-				"the QUIC carrier is off (\"no_quic\" in %s) and links offer TLS only.\n(%v)\n\n", addr, relay.SettingsFile, err)
-		}
-	default:
-		return fmt.Errorf("init: --quic %q: want auto, on or off", *quicMode)
+		keyKind = learnCover(stdout, &s, *quicMode == "auto")
 	}
-	d, err := relay.Init(*dir, s)
+	d, err := relay.InitWithKey(*dir, s, keyKind)
 	if err != nil {
 		return err
 	}
@@ -209,6 +207,37 @@ func cmdInit(args []string, stdout, stderr io.Writer) error {
 	}
 	fmt.Fprintf(stdout, "Relay created in %s. Start it with: merpati-relay run --dir %s\n\n", *dir, *dir)
 	return printLink(stdout, d, e)
+}
+
+// learnCover contacts the cover site of s as init does: it learns its TLS
+// flight, returning the kind of key the relay should have to sign like
+// it, prints what key holders' flight cannot copy, and, if checkQUIC,
+// turns the QUIC carrier off when the cover site does not serve HTTP/3.
+func learnCover(w io.Writer, s *relay.Settings, checkQUIC bool) (keyKind string) {
+	keyKind = "ECDSA-P256"
+	addr, _ := s.CoverAddr()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if f, err := tlscarrier.LearnFlight(ctx, addr, s.ServerName()); err != nil {
+		fmt.Fprintf(w, "The cover site %s did not complete a TLS handshake (%v): bring it up before `run`; the relay's key is ECDSA P-256.\n\n", addr, err)
+	} else {
+		if _, _, err := tlscarrier.NewCertificateLike("x", f.LeafKey); err == nil {
+			keyKind = f.LeafKey
+		}
+		fmt.Fprintf(w, "Cover site's TLS flight: %s.\nKey holders' flight will follow it; the relay's key is %s.\n", f, keyKind)
+		for _, g := range f.Gaps() {
+			fmt.Fprintf(w, "Not mirrored: %s\n", g)
+		}
+		fmt.Fprintln(w)
+	}
+	if checkQUIC {
+		if _, err := quiccarrier.CheckCover(ctx, addr, s.ServerName()); err != nil {
+			s.NoQUIC = true
+			fmt.Fprintf(w, "The cover site does not serve HTTP/3 on UDP %s, so the relay will not either: "+
+				"the QUIC carrier is off (\"no_quic\" in %s) and links offer TLS only.\n(%v)\n\n", addr, relay.SettingsFile, err)
+		}
+	}
+	return keyKind
 }
 
 func printLink(w io.Writer, d *relay.Dir, e access.Entry) error {

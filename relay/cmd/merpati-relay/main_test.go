@@ -22,7 +22,7 @@ func runCmd(t *testing.T, args ...string) (string, error) {
 // list, show, revoke.
 func TestOperatorFlow(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "relay")
-	out, err := runCmd(t, "init", "--quic", "on", "--dir", dir, "--public", "relay.example.net:443", "--cover", "https://www.example.org")
+	out, err := runCmd(t, "init", "--offline", "--dir", dir, "--public", "relay.example.net:443", "--cover", "https://www.example.org")
 	if err != nil {
 		t.Fatalf("init: %v\n%s", err, out)
 	}
@@ -39,7 +39,7 @@ func TestOperatorFlow(t *testing.T) {
 			t.Errorf("%s: %v mode %v, want 0600", f, err, fi.Mode().Perm())
 		}
 	}
-	if _, err := runCmd(t, "init", "--quic", "on", "--dir", dir, "--public", "x:443"); err == nil {
+	if _, err := runCmd(t, "init", "--offline", "--dir", dir, "--public", "x:443"); err == nil {
 		t.Error("second init overwrote the relay")
 	}
 

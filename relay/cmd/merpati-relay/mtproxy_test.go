@@ -16,7 +16,7 @@ import (
 // relay's server name, and that --mtproxy-secret takes hex or base64url.
 func TestProxyLinks(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "relay")
-	if out, err := runCmd(t, "init", "--quic", "on", "--dir", dir, "--public", "relay.example.net:8443", "--cover", "https://www.example.org"); err != nil {
+	if out, err := runCmd(t, "init", "--offline", "--dir", dir, "--public", "relay.example.net:8443", "--cover", "https://www.example.org"); err != nil {
 		t.Fatalf("init: %v\n%s", err, out)
 	}
 	secretIn := func(out string) mtproxy.Secret {

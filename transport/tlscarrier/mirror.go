@@ -1,0 +1,304 @@
+package tlscarrier
+
+import (
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/asn1"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync/atomic"
+	"time"
+)
+
+// MirrorConfig configures a [Mirror].
+type MirrorConfig struct {
+	// Cover is the cover site's "host:port" and ServerName the name
+	// clients send it. Required.
+	Cover, ServerName string
+	// Certificate is the relay's own certificate, whose key clients pin.
+	// Required.
+	Certificate tls.Certificate
+	// Interval is how often the cover site's flight is learned again;
+	// zero means 6 hours (a certificate renewal, a server upgrade).
+	Interval time.Duration
+	// Logger receives what cannot be mirrored; nil discards.
+	Logger *slog.Logger
+}
+
+// A Mirror makes the relay's TLS server flight, which key holders get,
+// the shape of the cover site's, which probers get for the same hello:
+// it learns the cover's flight ([LearnFlight]) and gives the relay's TLS
+// server the cover's key share group, a certificate chain of the cover's
+// lengths (the relay's own leaf, of the cover leaf's length, then the
+// cover's intermediates, with the cover's OCSP staple and SCTs), and the
+// cover's session ticket records (see [Mirror.AfterHandshake]). What it
+// cannot copy it reports ([Mirror.Gaps]).
+type Mirror struct {
+	cfg MirrorConfig
+	log *slog.Logger
+	cur atomic.Pointer[mirrorState]
+}
+
+// mirrorState is one learned flight and what the relay serves for it.
+type mirrorState struct {
+	flight *Flight
+	cert   tls.Certificate // shaped like the cover's chain
+	gaps   []string
+}
+
+// NewMirror checks cfg and returns a Mirror that has learned nothing yet:
+// until [Mirror.Learn] succeeds, the relay serves its own flight.
+func NewMirror(cfg MirrorConfig) (*Mirror, error) {
+	switch {
+	case cfg.Cover == "" || cfg.ServerName == "":
+		return nil, errors.New("tlscarrier: MirrorConfig.Cover and ServerName: required")
+	case len(cfg.Certificate.Certificate) == 0:
+		return nil, errors.New("tlscarrier: MirrorConfig.Certificate: required")
+	}
+	if cfg.Interval <= 0 {
+		cfg.Interval = 6 * time.Hour
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Mirror{cfg: cfg, log: log}, nil
+}
+
+// Learn learns the cover site's flight now and makes the relay's answer
+// follow it. It returns the gaps: what the relay's flight still differs
+// in.
+func (m *Mirror) Learn(ctx context.Context) ([]string, error) {
+	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	f, err := LearnFlight(ctx, m.cfg.Cover, m.cfg.ServerName)
+	if err != nil {
+		return nil, err
+	}
+	st := &mirrorState{flight: f, cert: m.cfg.Certificate}
+	st.gaps = append(st.gaps, f.Gaps()...)
+	if cert, err := shapeCertificate(m.cfg.Certificate, f); err != nil {
+		st.gaps = append(st.gaps, fmt.Sprintf("certificate: %v", err))
+	} else {
+		st.cert = cert
+	}
+	leaf := m.cfg.Certificate.Leaf
+	if leaf == nil {
+		if leaf, err = x509.ParseCertificate(m.cfg.Certificate.Certificate[0]); err != nil {
+			return nil, fmt.Errorf("tlscarrier: relay certificate: %w", err)
+		}
+	}
+	if k := keyName(leaf); k != f.LeafKey {
+		st.gaps = append(st.gaps, fmt.Sprintf("the relay's key is %s, the cover site's %s: CertificateVerify sizes differ (make the relay with a %s key: init does when the cover site answers)", k, f.LeafKey, f.LeafKey))
+	}
+	m.cur.Store(st)
+	return st.gaps, nil
+}
+
+// Run learns the cover site's flight every [MirrorConfig.Interval] until
+// ctx is done, logging what changed and what cannot be mirrored.
+func (m *Mirror) Run(ctx context.Context) {
+	t := time.NewTicker(m.cfg.Interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		old := m.cur.Load()
+		gaps, err := m.Learn(ctx)
+		if err != nil {
+			if ctx.Err() == nil {
+				m.log.Warn("cover site's TLS flight not learned; keeping the last", "err", err)
+			}
+			continue
+		}
+		if old == nil || old.flight.String() != m.cur.Load().flight.String() {
+			m.log.Info("cover site's TLS flight changed", "flight", m.cur.Load().flight.String(), "gaps", gaps)
+		}
+	}
+}
+
+// Flight returns the cover site's flight last learned, or nil.
+func (m *Mirror) Flight() *Flight {
+	if st := m.cur.Load(); st != nil {
+		return st.flight
+	}
+	return nil
+}
+
+// Gaps returns what the relay's flight differs in from the cover site's
+// last learned one; nil before it was learned.
+func (m *Mirror) Gaps() []string {
+	if st := m.cur.Load(); st != nil {
+		return st.gaps
+	}
+	return nil
+}
+
+// serverConfig adjusts a relay TLS server config for the cover's flight.
+func (m *Mirror) serverConfig(c *tls.Config) {
+	st := m.cur.Load()
+	if st == nil {
+		return
+	}
+	c.Certificates = []tls.Certificate{st.cert}
+	if st.flight.Group != 0 {
+		c.CurvePreferences = []tls.CurveID{tls.CurveID(st.flight.Group)}
+	}
+	if len(st.flight.Tickets) == st.flight.EarlyTickets {
+		// The cover sends its tickets (if any) in its first flight, as
+		// crypto/tls does: one, in a record of the same size when the
+		// cover site is a Go server too.
+		c.SessionTicketsDisabled = len(st.flight.Tickets) == 0
+		return
+	}
+	// Tickets after the client's Finished: AfterHandshake sends records
+	// of their sizes instead.
+	c.SessionTicketsDisabled = true
+}
+
+// lateTickets returns the sizes of the ticket records the cover site
+// sends after the client's Finished, which the relay imitates.
+func (m *Mirror) lateTickets() []int {
+	st := m.cur.Load()
+	if st == nil || len(st.flight.Tickets) == st.flight.EarlyTickets {
+		return nil
+	}
+	return st.flight.Tickets[st.flight.EarlyTickets:]
+}
+
+// Gaps lists what of f a relay's crypto/tls server cannot reproduce,
+// whatever its key.
+func (f *Flight) Gaps() []string {
+	var g []string
+	if f.Version != tls.VersionTLS13 {
+		g = append(g, fmt.Sprintf("the cover site answers TLS %#04x, the relay only 1.3", f.Version))
+	}
+	if f.CipherSuite != tls.TLS_AES_128_GCM_SHA256 {
+		g = append(g, fmt.Sprintf("the cover site chose cipher %#04x, the relay's crypto/tls chooses 0x1301 for Chrome", f.CipherSuite))
+	}
+	if f.EarlyTickets > 1 {
+		g = append(g, fmt.Sprintf("the cover site sends %d tickets in its first flight, crypto/tls one", f.EarlyTickets))
+	}
+	return g
+}
+
+// oidPadding names the extension that pads the relay's leaf to the cover
+// leaf's length: a non-critical private extension, which TLS clients
+// ignore (and which only key holders, inside the encryption, ever see).
+var oidPadding = asn1.ObjectIdentifier{1, 3, 6, 1, 4, 1, 11129, 99, 1}
+
+// shapeCertificate returns cert with its leaf re-made (same key, same
+// names, so the same pin) at the length of f's leaf, followed by f's
+// intermediates, and f's OCSP staple and SCTs.
+func shapeCertificate(cert tls.Certificate, f *Flight) (tls.Certificate, error) {
+	if len(f.Chain) == 0 {
+		return cert, errors.New("the cover site sent no certificate")
+	}
+	leaf, err := x509.ParseCertificate(cert.Certificate[0])
+	if err != nil {
+		return cert, err
+	}
+	signer, ok := cert.PrivateKey.(crypto.Signer)
+	if !ok {
+		return cert, errors.New("the relay's key cannot sign")
+	}
+	want := len(f.Chain[0])
+	der, err := paddedLeaf(leaf, signer, want)
+	if err != nil {
+		return cert, err
+	}
+	out := tls.Certificate{
+		Certificate:                 append([][]byte{der}, f.Chain[1:]...),
+		PrivateKey:                  cert.PrivateKey,
+		OCSPStaple:                  f.OCSP,
+		SignedCertificateTimestamps: f.SCTs,
+	}
+	if out.Leaf, err = x509.ParseCertificate(der); err != nil {
+		return cert, err
+	}
+	return out, nil
+}
+
+// paddedLeaf re-signs leaf's template with a padding extension sized so
+// that the DER is want bytes long. ECDSA signatures vary by a byte or two
+// in DER, so it tries again until one fits.
+func paddedLeaf(leaf *x509.Certificate, key crypto.Signer, want int) ([]byte, error) {
+	tmpl := &x509.Certificate{
+		SerialNumber:          leaf.SerialNumber,
+		Subject:               leaf.Subject,
+		DNSNames:              leaf.DNSNames,
+		NotBefore:             leaf.NotBefore,
+		NotAfter:              leaf.NotAfter,
+		KeyUsage:              leaf.KeyUsage,
+		ExtKeyUsage:           leaf.ExtKeyUsage,
+		BasicConstraintsValid: true,
+	}
+	build := func(pad int) ([]byte, error) {
+		t := *tmpl
+		if pad >= 0 {
+			t.ExtraExtensions = []pkix.Extension{{Id: oidPadding, Value: make([]byte, pad)}}
+		}
+		return x509.CreateCertificate(rand.Reader, &t, &t, key.Public(), key)
+	}
+	base, err := build(-1)
+	if err != nil {
+		return nil, err
+	}
+	if len(base) > want {
+		return nil, fmt.Errorf("the cover site's leaf (%d bytes) is shorter than the relay's least (%d)", want, len(base))
+	}
+	if len(base) == want {
+		return base, nil
+	}
+	// An extension costs its OID and framing beyond the padding.
+	pad := max(0, want-len(base)-20)
+	_, ecdsaKey := key.Public().(*ecdsa.PublicKey)
+	for try := range 300 {
+		der, err := build(pad)
+		if err != nil {
+			return nil, err
+		}
+		d := want - len(der)
+		switch {
+		case d == 0:
+			return der, nil
+		case ecdsaKey && d >= -2 && d <= 2 && try%4 != 3:
+			// Within the jitter of an ECDSA signature's DER: sign
+			// again before moving.
+		default:
+			pad = max(0, pad+d)
+		}
+	}
+	return nil, fmt.Errorf("no leaf of %d bytes came out", want)
+}
+
+// frameTypeFiller is the HTTP/2 frame type of the records that stand in
+// for the cover site's late session tickets: a type no HTTP/2 version
+// defines (0x0b + 0x1f*N, reserved for greasing), which receivers ignore
+// (RFC 9113 section 5.5).
+const frameTypeFiller = 0x0b
+
+// fillerFrame returns an HTTP/2 frame on stream 0 that, written alone to
+// a TLS 1.3 connection, makes a record of n bytes: 5 of header, the frame,
+// a content type byte and a 16-byte tag. ok is false when n is too short
+// for a frame.
+func fillerFrame(n int) (frame []byte, ok bool) {
+	payload := n - 5 - 1 - 16 - 9
+	if payload < 0 || payload > 1<<14 {
+		return nil, false
+	}
+	frame = make([]byte, 9+payload)
+	frame[0], frame[1], frame[2] = byte(payload>>16), byte(payload>>8), byte(payload)
+	frame[3] = frameTypeFiller
+	rand.Read(frame[9:])
+	return frame, true
+}
