@@ -9,7 +9,10 @@
 //     the proxy answers with a ServerHello, ChangeCipherSpec and one
 //     ApplicationData record whose server random is an HMAC over the
 //     client random and the whole answer ([AcceptApp]); after that both
-//     sides wrap their bytes in ApplicationData records ([TLSConn]).
+//     sides wrap their bytes in ApplicationData records ([TLSConn]). A
+//     relay cuts a datacenter's bytes into records at MTProto transport
+//     packets, none shorter than a real TLS 1.3 record can be
+//     ([MinRecordLen], [NewRelayStream]).
 //   - Obfuscated2: a 64-byte init ([NewInit], [AcceptInit]) that sets up
 //     AES-256-CTR in each direction and names the MTProto transport
 //     ([Protocol]) and the datacenter; [ObfsConn] applies the ciphers.

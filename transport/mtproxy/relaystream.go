@@ -44,6 +44,7 @@ type relayStream struct {
 	reply   []byte // the relay's reply, while incomplete
 	replied bool
 	wbuf    []byte
+	shape   *shaper // cuts the datacenter's packets into the app's records
 }
 
 // NewRelayStream returns app (the decrypted stream of a connection that
@@ -52,6 +53,14 @@ type relayStream struct {
 // obfuscated2 init of its own and the app's bytes re-encrypted under it;
 // writing it takes the relay's open reply, then the datacenter's bytes,
 // which it decrypts and sends to the app. Closing it closes app.
+//
+// The datacenter's bytes reach the app in records no shorter than
+// [MinRecordLen], cut at its MTProto transport packets: whole packets go
+// out as soon as they have arrived, and the few last bytes of a packet
+// still arriving wait for the rest of it (see shaper). A write may thus
+// send less than it took, or more (NOP packets after a lone quick ack or
+// transport error, in padded intermediate framing); CloseWrite sends what
+// is held.
 func NewRelayStream(app *ObfsConn, in Init) (transport.Stream, error) {
 	if in.DC == 0 || !in.Protocol.Valid() {
 		return nil, fmt.Errorf("mtproxy: %w", ErrInit)
@@ -67,6 +76,7 @@ func NewRelayStream(app *ObfsConn, in Init) (transport.Stream, error) {
 	return &relayStream{
 		app: app, dc: c, req: req, pending: init[:],
 		ready: make(chan struct{}), rdl: deadline.New(),
+		shape: newShaper(in.Protocol),
 	}, nil
 }
 
@@ -132,11 +142,25 @@ func (s *relayStream) Write(p []byte) (int, error) {
 	}
 	b := s.wbuf[:len(p)]
 	s.dc.Dec.XORKeyStream(b, p)
-	w, err := s.app.Write(b)
-	return n + w, err
+	if out := s.shape.push(b); len(out) > 0 {
+		if _, err := s.app.Write(out); err != nil {
+			return n, err
+		}
+	}
+	return n + len(p), nil
 }
 
-func (s *relayStream) CloseWrite() error { return s.app.CloseWrite() }
+// CloseWrite sends the app what the shaper holds, then half-closes.
+func (s *relayStream) CloseWrite() error {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	if out := s.shape.end(); len(out) > 0 {
+		if _, err := s.app.Write(out); err != nil {
+			return err
+		}
+	}
+	return s.app.CloseWrite()
+}
 
 func (s *relayStream) Close() error {
 	s.open(fmt.Errorf("mtproxy: read: %w", net.ErrClosed))

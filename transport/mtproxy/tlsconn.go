@@ -12,8 +12,9 @@ import (
 // A TLSConn carries a byte stream in TLS ApplicationData records, as both
 // ends of a FakeTLS connection do once the hellos are exchanged. Reads
 // return record payloads, skipping ChangeCipherSpec records; an Alert
-// record reads as io.EOF. Writes are cut into records of at most 16 KiB
-// and sent in one write where they fit.
+// record reads as io.EOF. Writes are cut into records of at most 16 KiB,
+// none shorter than [MinRecordLen] unless the write is, and sent in one
+// write where they fit.
 //
 // Reads and writes may run concurrently with each other, but not with
 // themselves.
@@ -135,26 +136,43 @@ func noEOF(err error) error {
 // maxWriteBatch bounds the bytes Write buffers before writing to the conn.
 const maxWriteBatch = 4 * (maxPayload + recordHeaderLen)
 
-// Write sends p as ApplicationData records.
+// Write sends p as ApplicationData records of at most 16 KiB each, in as
+// few writes to the conn as fit in its batch. No record is shorter than
+// [MinRecordLen] unless p itself is. It returns how many bytes of p went
+// out in whole batches.
 func (t *TLSConn) Write(p []byte) (int, error) {
 	t.wmu.Lock()
 	defer t.wmu.Unlock()
-	written := 0
+	sent, batched := 0, 0
+	b := t.wbuf[:0]
+	defer func() { t.wbuf = b[:0] }()
 	for len(p) > 0 {
-		b := t.wbuf[:0]
-		for len(p) > 0 && len(b)+recordHeaderLen < maxWriteBatch {
-			n := min(len(p), maxPayload, maxWriteBatch-len(b)-recordHeaderLen)
-			b = append(b, recordApplication, version12[0], version12[1], byte(n>>8), byte(n))
-			b = append(b, p[:n]...)
-			p = p[n:]
-			written += n
-		}
-		t.wbuf = b
-		if _, err := t.Conn.Write(b); err != nil {
-			return 0, err
+		n := recordLen(len(p))
+		b = append(b, recordApplication, version12[0], version12[1], byte(n>>8), byte(n))
+		b = append(b, p[:n]...)
+		p = p[n:]
+		batched += n
+		if len(p) == 0 || len(b)+recordHeaderLen+recordLen(len(p)) > maxWriteBatch {
+			if _, err := t.Conn.Write(b); err != nil {
+				return sent, err
+			}
+			sent += batched
+			batched = 0
+			b = b[:0]
 		}
 	}
-	return written, nil
+	return sent, nil
+}
+
+// recordLen returns the payload length of the next record for m bytes:
+// all of them if they fit, else a full record, or a little less where the
+// rest would make a record shorter than MinRecordLen.
+func recordLen(m int) int {
+	n := min(m, maxPayload)
+	if rest := m - n; rest > 0 && rest < MinRecordLen {
+		n = m - MinRecordLen
+	}
+	return n
 }
 
 // CloseWrite half-closes the underlying conn, if it can.
