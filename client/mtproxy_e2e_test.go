@@ -138,7 +138,11 @@ func TestMTProxyProbes(t *testing.T) {
 	_, s := addMTKey(t, r, "alice", access.Entry{})
 	tmpl := mtproxytest.HelloRecord(t, s.Host)
 
-	// A genuine connection, recorded, works: the "DC" echoes.
+	// A genuine connection, recorded, works: the relay answers with the
+	// FakeTLS server hello the app checks (ClientHandshake verifies its
+	// HMAC), and the bytes the app sends reach the "DC". (Its echo is no
+	// MTProto framing, which the relay now reads, so it is not read back:
+	// the MTProto e2e tests carry real traffic.)
 	conn, err := net.Dial("tcp", r.Addr)
 	if err != nil {
 		t.Fatal(err)
@@ -148,11 +152,11 @@ func TestMTProxyProbes(t *testing.T) {
 	if err != nil {
 		t.Fatalf("genuine MTProxy handshake: %v", err)
 	}
-	app.Write([]byte("ping"))
-	got := make([]byte, 64+4) // the echo returns our DC init, then the ping
-	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
-	if _, err := io.ReadFull(app, got); err != nil {
+	if _, err := app.Write([]byte{4, 0, 0, 0, 'p', 'i', 'n', 'g'}); err != nil {
 		t.Fatalf("genuine connection: %v", err)
+	}
+	if !r.Logs.WaitFor("stream open", 10*time.Second) {
+		t.Fatalf("the genuine connection reached no DC:\n%s", r.Logs)
 	}
 	conn.Close()
 	if n := cov.Accepted(); n != 0 {
