@@ -19,6 +19,11 @@ const (
 	nopMax = 4 + 8 + 3
 )
 
+// maxPacket bounds the MTProto transport packets a shaper expects: far
+// above any message a datacenter sends (its limit is 1 MiB of payload).
+// A longer one means the stream is not MTProto framing at all.
+const maxPacket = 1 << 24
+
 // A shaper cuts the plaintext MTProto transport stream a datacenter sends
 // (abridged, intermediate or padded intermediate framing) into the chunks
 // a relay writes to an app, each of which [TLSConn.Write] sends as records,
@@ -42,11 +47,15 @@ const (
 // by them: what it holds is always under 2*MinRecordLen bytes.
 type shaper struct {
 	proto Protocol
-	buf   []byte // received bytes not yet sent; whole packet headers only
-	out   []byte // the last chunk returned
-	hdr   [4]byte
-	nhdr  int // bytes of the current packet's header so far, held in hdr
-	left  int // payload bytes of the current packet still to come
+	// raw is set once the stream turned out not to be MTProto framing
+	// (a length no datacenter sends): from then on bytes pass as they
+	// come.
+	raw  bool
+	buf  []byte // received bytes not yet sent; whole packet headers only
+	out  []byte // the last chunk returned
+	hdr  [4]byte
+	nhdr int // bytes of the current packet's header so far, held in hdr
+	left int // payload bytes of the current packet still to come
 	// start is where the packet being received starts in buf, 0 if it
 	// started in bytes already sent.
 	start int
@@ -58,6 +67,9 @@ func newShaper(p Protocol) *shaper { return &shaper{proto: p} }
 // may be sent to the app now, possibly nothing. The chunk is valid until
 // the next call.
 func (s *shaper) push(p []byte) []byte {
+	if s.raw {
+		return p
+	}
 	for len(p) > 0 {
 		if s.left > 0 {
 			n := min(s.left, len(p))
@@ -70,6 +82,16 @@ func (s *shaper) push(p []byte) []byte {
 		s.nhdr++
 		p = p[1:]
 		if payload, ok := s.header(); ok {
+			if payload > maxPacket {
+				// Not MTProto framing: pass everything on, held bytes
+				// first, rather than wait for a packet that never ends.
+				s.raw = true
+				out := append(append(s.out[:0], s.buf...), s.hdr[:s.nhdr]...)
+				out = append(out, p...)
+				s.buf, s.nhdr, s.left = s.buf[:0], 0, 0
+				s.out = out
+				return out
+			}
 			s.start = len(s.buf)
 			s.buf = append(s.buf, s.hdr[:s.nhdr]...)
 			s.nhdr = 0
@@ -143,6 +165,9 @@ func (s *shaper) ready() (n int, boundary bool) {
 // MinRecordLen bytes with them; a shorter cut-off packet is dropped, as
 // the app could not have used it.
 func (s *shaper) end() []byte {
+	if s.raw {
+		return nil
+	}
 	b := s.boundary()
 	s.buf = append(s.buf, s.hdr[:s.nhdr]...)
 	s.nhdr, s.left = 0, 0
