@@ -160,6 +160,7 @@ func dialerFor(l *link.Link, relay, carrier string, dial func(ctx context.Contex
 			ServerName:  l.SNI,
 			Pin:         l.Pin,
 			Key:         auth.Key(l.Key),
+			AuthKey:     l.AuthKey,
 			DialContext: dial,
 			Logger:      log,
 		})
@@ -315,8 +316,9 @@ func replyCode(err error) socks5.ReplyCode {
 // an error wrapping [transport.ErrKeyRefused] that no relay accepted the
 // link's key (the client then also logs, at most once a minute, that the
 // user needs a new link). If the session turns out to be dead, it is
-// replaced and the open retried once; any other failure leaves the
-// session alone.
+// replaced and the open retried once (once more if the relay had closed
+// it in an orderly way, as it closes an idle session); any other failure
+// leaves the session alone.
 func (c *Client) OpenStream(ctx context.Context, target transport.Target) (transport.Stream, error) {
 	st, err := c.openStream(ctx, target)
 	if err != nil && errors.Is(err, transport.ErrKeyRefused) {
@@ -343,7 +345,9 @@ func (c *Client) openStream(ctx context.Context, target transport.Target) (trans
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.OpenTimeout)
 	defer cancel()
 	var lastErr error
-	for range 2 {
+	retries := 1         // a session that died: replace it and try once more
+	orderlyRetry := true // and once more if the relay had closed it in an orderly way
+	for {
 		a, err := c.session(ctx)
 		if err != nil && c.rescue(ctx) {
 			// No known relay works, but the bootstrap list named new
@@ -361,7 +365,9 @@ func (c *Client) openStream(ctx context.Context, target transport.Target) (trans
 		if err == nil {
 			return st, nil
 		}
-		dead := sessionErr && ctx.Err() == nil
+		// A stream refused because the session is closing (an HTTP/2
+		// GOAWAY: the relay never saw it) fails with net.ErrClosed.
+		dead := (sessionErr || errors.Is(err, net.ErrClosed)) && ctx.Err() == nil
 		select {
 		case <-a.Session.Done():
 			dead = true
@@ -374,11 +380,21 @@ func (c *Client) openStream(ctx context.Context, target transport.Target) (trans
 		}
 		// The session died under us (it may not know yet: a stream
 		// that cannot even be opened or written is proof enough):
-		// replace it and try once more.
+		// replace it and try once more. If the relay closed it in an
+		// orderly way (an idle session's close crossing this open),
+		// Fail only drops it, quietly, and that costs no retry.
+		orderly := errors.Is(err, transport.ErrOrderlyClose) || errors.Is(a.Session.Err(), transport.ErrOrderlyClose)
 		c.picker.Fail(a, err)
 		lastErr = err
+		switch {
+		case orderly && orderlyRetry:
+			orderlyRetry = false
+		case retries > 0:
+			retries--
+		default:
+			return nil, lastErr
+		}
 	}
-	return nil, lastErr
 }
 
 // open opens one stream on s and waits for the relay's answer. sessionErr

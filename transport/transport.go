@@ -88,6 +88,15 @@ type Dialer interface {
 	Carrier() string
 }
 
+// ErrOrderlyClose is wrapped by a session's Err, and by the errors of
+// streams the peer never saw, when the peer ended the session in an
+// orderly way and no stream was cut short: an HTTP/2 server's GOAWAY
+// closing an idle connection, as web servers do after a minute or so. It
+// is not a failure: the client opens a new session, to the same relay,
+// when it next needs one, and retries those streams there. Carriers wrap
+// it; test with errors.Is.
+var ErrOrderlyClose = errors.New("session closed by the peer in an orderly way")
+
 // ErrKeyRefused means the relay did not accept the link's access key: the
 // key was revoked or has expired, the link is wrong, or this device's clock
 // is more than about two minutes off. A relay never says so in as many

@@ -36,6 +36,20 @@
 // [Config.ProbeTimeout] the session is failed, so the stream retries on
 // the next relay.
 //
+// A session the relay closed in an orderly way is not a failure: an idle
+// session that the relay closes after a minute or so without streams, as
+// a web server closes an idle HTTP/2 connection, ends with an error
+// wrapping [transport.ErrOrderlyClose]. The next [Picker.Session] then
+// opens a new session quietly, to the same relay and carrier, with no log
+// above Debug and no move to the next relay; a session that still carries
+// streams after such a close (an HTTP/2 GOAWAY) is left to finish them.
+//
+// The Picker sends no ping of its own on a timer: the status line uses the
+// last round trip measured, and a session is pinged only when a stream
+// open stalls (above), for [Picker.Status], and by the carrier itself
+// before it reuses a session that has been silent (the TLS carrier's
+// ping-before-reuse, as a browser does).
+//
 // The ping ([transport.Session.Ping]) never competes with the streams: it
 // opens no stream and does not wait behind their data, and anything the
 // relay sends counts as an answer. A session that is merely slow (a busy
@@ -128,6 +142,7 @@ type Active struct {
 	relay     int // index into Picker.relays
 	rank      int // carrier preference within the relay, 0 = best
 	sent, got atomic.Int64
+	rtt       atomic.Int64 // the latest round trip measured, in ns; 0 if none
 }
 
 // Bytes returns the application bytes sent and received through a's
@@ -138,12 +153,46 @@ func (a *Active) Bytes() (sent, received int64) { return a.sent.Load(), a.got.Lo
 // estimate where it keeps one without asking (QUIC's smoothed RTT), else a
 // ping. Zero means unknown.
 func (a *Active) RTT(ctx context.Context) (time.Duration, error) {
-	if r, ok := a.raw.(interface{ RTT() time.Duration }); ok {
-		if d := r.RTT(); d > 0 {
-			return d, nil
-		}
+	if d := a.carrierRTT(); d > 0 {
+		return d, nil
 	}
-	return a.raw.Ping(ctx)
+	d, err := a.raw.Ping(ctx)
+	a.noteRTT(d, err)
+	return d, err
+}
+
+// carrierRTT returns the carrier's own estimate of the round trip, or
+// zero if it keeps none.
+func (a *Active) carrierRTT() time.Duration {
+	if r, ok := a.raw.(interface{ RTT() time.Duration }); ok {
+		return r.RTT()
+	}
+	return 0
+}
+
+// lastRTT returns a round trip without asking the relay: the carrier's
+// estimate, else the latest one a ping measured, else zero.
+func (a *Active) lastRTT() time.Duration {
+	if d := a.carrierRTT(); d > 0 {
+		return d
+	}
+	return time.Duration(a.rtt.Load())
+}
+
+func (a *Active) noteRTT(d time.Duration, err error) {
+	if err == nil && d > 0 {
+		a.rtt.Store(int64(d))
+	}
+}
+
+// orderly reports whether s ended, or refused a stream with err, because
+// the relay closed it in an orderly way (see [transport.ErrOrderlyClose]).
+// A session that died otherwise is a failure even if err says orderly.
+func orderly(s transport.Session, err error) bool {
+	if e := s.Err(); e != nil {
+		return errors.Is(e, transport.ErrOrderlyClose)
+	}
+	return err != nil && errors.Is(err, transport.ErrOrderlyClose)
 }
 
 // A Status describes the session in use, for `merpati status` or logs.
@@ -175,6 +224,7 @@ type Picker struct {
 	next    int                     // relay to try first
 	memory  map[string]winner       // per network
 	drains  map[*Active]*time.Timer // sessions replaced by a re-race, closed when their timer fires
+	reopen  winner                  // the relay and carrier of the session last closed in an orderly way
 	closed  bool
 }
 
@@ -310,8 +360,16 @@ func (p *Picker) Session(ctx context.Context) (*Active, error) {
 		if a := p.cur; a != nil {
 			select {
 			case <-a.Session.Done():
-				p.log.Info("session lost", "relay", a.Relay, "transport", a.Carrier, "err", a.Session.Err())
 				p.cur = nil
+				if orderly(a.raw, nil) {
+					// An idle session the relay closed: open a new
+					// one, to the same relay, without a fuss.
+					p.log.Debug("session closed by the relay", "relay", a.Relay, "transport", a.Carrier, "err", a.raw.Err())
+					p.next = a.relay
+					p.reopen = winner{a.Relay, a.Carrier}
+					break
+				}
+				p.log.Info("session lost", "relay", a.Relay, "transport", a.Carrier, "err", a.Session.Err())
 				p.next = a.relay + 1
 				p.forgetLocked(a)
 			default:
@@ -496,7 +554,16 @@ func (p *Picker) race(list []entry, joins <-chan []entry) (*Active, error) {
 			if !p.spawn(closeLosers) {
 				closeLosers() // closing: the attempts end at once
 			}
-			p.log.Info("session up", "relay", r.e.c.Relay, "transport", r.e.c.Dialer.Carrier(), "handshake", r.took.Round(time.Millisecond))
+			level := slog.LevelInfo
+			p.mu.Lock()
+			if p.reopen == (winner{r.e.c.Relay, r.e.c.Dialer.Carrier()}) {
+				// The same session again after the relay closed
+				// an idle one: routine, as "closed" was.
+				level = slog.LevelDebug
+			}
+			p.reopen = winner{}
+			p.mu.Unlock()
+			p.log.Log(p.ctx, level, "session up", "relay", r.e.c.Relay, "transport", r.e.c.Dialer.Carrier(), "handshake", r.took.Round(time.Millisecond))
 			a := &Active{
 				Relay:   r.e.c.Relay,
 				Carrier: r.e.c.Dialer.Carrier(),
@@ -530,7 +597,18 @@ func (a *Active) markDone() { a.doneOnce.Do(func() { close(a.done) }) }
 // Fail reports that a's session is broken (a stream could not be opened
 // on it, or it stopped answering). The session is closed and the next call
 // to Session races the next relay.
+//
+// If the relay closed the session in an orderly way instead (the session
+// ended, or err refused a stream, with [transport.ErrOrderlyClose]), that
+// is no failure: the next call to Session opens a new session to the same
+// relay, nothing is logged above Debug, and a session still carrying
+// streams is left to finish them (it is closed after
+// [Config.DrainTimeout] at the latest).
 func (p *Picker) Fail(a *Active, err error) {
+	if orderly(a.raw, err) {
+		p.retire(a, err)
+		return
+	}
 	p.mu.Lock()
 	if p.cur == a {
 		p.log.Info("session failed", "relay", a.Relay, "transport", a.Carrier, "err", err)
@@ -544,6 +622,54 @@ func (p *Picker) Fail(a *Active, err error) {
 	a.failErr.CompareAndSwap(nil, &err)
 	a.markDone()
 	a.raw.Close()
+}
+
+// retire stops handing out a's session, which the relay closed or is
+// closing in an orderly way.
+func (p *Picker) retire(a *Active, err error) {
+	p.mu.Lock()
+	if p.cur == a {
+		p.log.Debug("session closed by the relay", "relay", a.Relay, "transport", a.Carrier, "err", err)
+		p.cur = nil
+		p.next = a.relay
+		p.reopen = winner{a.Relay, a.Carrier}
+	}
+	select {
+	case <-a.raw.Done():
+		p.mu.Unlock()
+		a.markDone()
+		return
+	default:
+	}
+	if _, ok := p.drains[a]; ok {
+		p.mu.Unlock()
+		return
+	}
+	closeNow := !p.drainLocked(a)
+	p.mu.Unlock()
+	if closeNow {
+		a.raw.Close()
+	}
+}
+
+// drainLocked closes a's session after [Config.DrainTimeout], or when p
+// closes, whichever comes first; its streams go on until then. It reports
+// false if p is already closed, when the caller must close it.
+func (p *Picker) drainLocked(a *Active) bool {
+	if p.closed {
+		return false
+	}
+	p.drains[a] = time.AfterFunc(p.cfg.DrainTimeout, func() {
+		if !p.enter() {
+			return // Close closes it
+		}
+		defer p.wg.Done()
+		p.mu.Lock()
+		delete(p.drains, a)
+		p.mu.Unlock()
+		a.raw.Close()
+	})
+	return true
 }
 
 // forgetLocked drops a's relay and carrier from the memory of every
@@ -571,7 +697,9 @@ func (p *Picker) Watch(a *Active) (stop func()) {
 		defer p.wg.Done()
 		pctx, pcancel := context.WithTimeout(ctx, p.cfg.ProbeTimeout)
 		defer pcancel()
-		if _, err := a.raw.Ping(pctx); err != nil && ctx.Err() == nil {
+		d, err := a.raw.Ping(pctx)
+		a.noteRTT(d, err)
+		if err != nil && ctx.Err() == nil {
 			p.Fail(a, fmt.Errorf("relay stopped answering: %w", err))
 		}
 	})
@@ -605,23 +733,45 @@ func (p *Picker) AddCandidates(cands ...Candidate) int {
 	return n
 }
 
-// Current returns the live session, or nil, without dialing.
+// Current returns the live session, or nil, without dialing. A session
+// that has ended is not live, even before [Picker.Session] replaces it.
 func (p *Picker) Current() *Active {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.cur
+	if a := p.cur; a != nil && !a.ended() {
+		return a
+	}
+	return nil
+}
+
+// ended reports whether a's session is done or has been failed.
+func (a *Active) ended() bool {
+	select {
+	case <-a.Session.Done():
+		return true
+	default:
+		return false
+	}
 }
 
 // Status describes the live session; ok is false when there is none. It
 // measures the RTT, waiting at most until ctx is done.
 func (p *Picker) Status(ctx context.Context) (st Status, ok bool) {
+	return p.status(ctx, true)
+}
+
+// status is [Picker.Status]; without measure it asks the relay nothing
+// and reports the latest round trip known.
+func (p *Picker) status(ctx context.Context, measure bool) (st Status, ok bool) {
 	a := p.Current()
 	if a == nil {
 		return st, false
 	}
 	st = Status{Relay: a.Relay, Carrier: a.Carrier, Since: a.Since, Network: p.cfg.NetworkID()}
 	st.Sent, st.Received = a.Bytes()
-	if rtt, err := a.RTT(ctx); err == nil {
+	if !measure {
+		st.RTT = a.lastRTT()
+	} else if rtt, err := a.RTT(ctx); err == nil {
 		st.RTT = rtt
 	}
 	return st, true
@@ -645,15 +795,15 @@ func (p *Picker) background() {
 		case <-p.ctx.Done():
 			return
 		case <-statusC:
-			ctx, cancel := context.WithTimeout(p.ctx, 2*time.Second)
-			if st, ok := p.Status(ctx); ok {
+			// No ping for a log line: a PING every minute would be a
+			// cadence on an otherwise idle session.
+			if st, ok := p.status(p.ctx, false); ok {
 				p.log.Info("status", "relay", st.Relay, "transport", st.Carrier,
 					"rtt", st.RTT.Round(100*time.Microsecond), "sent", st.Sent, "received", st.Received,
 					"up", time.Since(st.Since).Round(time.Second))
 			} else {
 				p.log.Info("status", "relay", "none")
 			}
-			cancel()
 		case <-reraceC:
 			p.Rerace()
 		}
@@ -668,7 +818,10 @@ func (p *Picker) background() {
 func (p *Picker) Rerace() {
 	p.mu.Lock()
 	a := p.cur
-	if a == nil || p.closed || p.dialing != nil {
+	if a == nil || p.closed || p.dialing != nil || a.ended() {
+		// Without a live session there is nothing to improve on: the
+		// next stream races anew (an idle session the relay closed
+		// is not replaced in the background).
 		p.mu.Unlock()
 		return
 	}
@@ -700,16 +853,7 @@ func (p *Picker) Rerace() {
 	}
 	p.cur = b
 	p.memory[network] = winner{b.Relay, b.Carrier}
-	p.drains[a] = time.AfterFunc(p.cfg.DrainTimeout, func() {
-		if !p.enter() {
-			return // Close closes it
-		}
-		defer p.wg.Done()
-		p.mu.Lock()
-		delete(p.drains, a)
-		p.mu.Unlock()
-		a.raw.Close()
-	})
+	p.drainLocked(a) // p is not closed: checked above
 	p.mu.Unlock()
 	p.log.Info("re-race: switched", "relay", b.Relay, "transport", b.Carrier, "from_relay", a.Relay, "from_transport", a.Carrier)
 }

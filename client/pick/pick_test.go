@@ -3,6 +3,8 @@ package pick
 import (
 	"context"
 	"errors"
+	"fmt"
+	"log/slog"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -21,7 +23,9 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 type fakeSession struct {
 	done    chan struct{}
 	once    sync.Once
-	silent  atomic.Bool // Ping never answers
+	silent  atomic.Bool  // Ping never answers
+	orderly atomic.Bool  // closed by the relay in an orderly way (idle)
+	pings   atomic.Int64 // Ping calls
 	relay   string
 	carrier string
 }
@@ -37,13 +41,23 @@ func (s *fakeSession) Done() <-chan struct{} { return s.done }
 func (s *fakeSession) Err() error {
 	select {
 	case <-s.done:
+		if s.orderly.Load() {
+			return fmt.Errorf("fake: closed idle session: %w", transport.ErrOrderlyClose)
+		}
 		return net.ErrClosed
 	default:
 		return nil
 	}
 }
+
+// closeOrderly ends s as a relay closing an idle session does.
+func (s *fakeSession) closeOrderly() {
+	s.orderly.Store(true)
+	s.Close()
+}
 func (s *fakeSession) Close() error { s.once.Do(func() { close(s.done) }); return nil }
 func (s *fakeSession) Ping(ctx context.Context) (time.Duration, error) {
+	s.pings.Add(1)
 	if s.silent.Load() {
 		<-ctx.Done()
 		return 0, ctx.Err()
@@ -433,4 +447,166 @@ func TestCloseWaits(t *testing.T) {
 	}
 	// Nothing the Picker started may run on; goleak retries only briefly.
 	goleak.VerifyNone(t, leaks)
+}
+
+// logRecorder is a slog handler that keeps the records it gets.
+type logRecorder struct {
+	mu   sync.Mutex
+	recs []slog.Record
+}
+
+func (h *logRecorder) Enabled(context.Context, slog.Level) bool { return true }
+func (h *logRecorder) Handle(_ context.Context, r slog.Record) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.recs = append(h.recs, r.Clone())
+	return nil
+}
+func (h *logRecorder) WithAttrs([]slog.Attr) slog.Handler { return h }
+func (h *logRecorder) WithGroup(string) slog.Handler      { return h }
+
+// loud returns the messages at Info or above logged after the first n
+// records, and how many records there are now.
+func (h *logRecorder) loud(n int) ([]string, int) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var out []string
+	for _, r := range h.recs[n:] {
+		if r.Level >= slog.LevelInfo {
+			out = append(out, r.Message)
+		}
+	}
+	return out, len(h.recs)
+}
+
+// TestOrderlyCloseReopens checks what happens after the relay closes the
+// session: closed in an orderly way (an idle close), the next session is
+// on the same relay and carrier, and nothing is logged at Info or above;
+// closed otherwise (the relay died), the next session is on the next
+// relay and the loss is logged.
+func TestOrderlyCloseReopens(t *testing.T) {
+	tests := []struct {
+		name      string
+		close     func(*fakeSession)
+		wantRelay string
+		wantLoud  bool
+	}{
+		{"idle close", (*fakeSession).closeOrderly, "r1", false},
+		{"relay died", func(s *fakeSession) { s.Close() }, "r2", true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			rs, cands := fakeRelays("r1", "r2")
+			logs := &logRecorder{}
+			p := newPicker(t, cands, func(c *Config) { c.Logger = slog.New(logs) })
+			a := session(t, p)
+			if a.Relay != "r1" || a.Carrier != "quic" {
+				t.Fatalf("first session %s/%s", a.Relay, a.Carrier)
+			}
+			_, mark := logs.loud(0)
+			tt.close(a.raw.(*fakeSession))
+			if p.Current() != nil {
+				t.Error("Current returns a session the relay closed")
+			}
+			b := session(t, p)
+			if b == a || b.Relay != tt.wantRelay || b.Carrier != "quic" {
+				t.Errorf("after the close: %s/%s, want a new session on %s/quic", b.Relay, b.Carrier, tt.wantRelay)
+			}
+			loud, _ := logs.loud(mark)
+			if tt.wantLoud != (len(loud) > 0) {
+				t.Errorf("logged at Info or above: %q, want loud=%v", loud, tt.wantLoud)
+			}
+			if n := rs[1].quic.dials.Load() + rs[1].tls.dials.Load(); !tt.wantLoud && n != 0 {
+				t.Errorf("%d dials to r2 after an idle close, want none", n)
+			}
+			p.mu.Lock()
+			w := p.memory["net1"]
+			p.mu.Unlock()
+			if w.relay != tt.wantRelay {
+				t.Errorf("memory %+v, want %s", w, tt.wantRelay)
+			}
+		})
+	}
+}
+
+// TestFailOrderly checks Fail with an error that says the relay is
+// closing the session in an orderly way (a stream refused by an HTTP/2
+// GOAWAY while other streams still run): the session is not closed under
+// those streams but no longer handed out, the next one is on the same
+// relay, quietly, and the old one is closed after DrainTimeout.
+func TestFailOrderly(t *testing.T) {
+	rs, cands := fakeRelays("r1", "r2")
+	logs := &logRecorder{}
+	p := newPicker(t, cands, func(c *Config) {
+		c.Logger = slog.New(logs)
+		c.DrainTimeout = 300 * time.Millisecond
+	})
+	a := session(t, p)
+	_, mark := logs.loud(0)
+	p.Fail(a, fmt.Errorf("stream refused by GOAWAY: %w", transport.ErrOrderlyClose))
+	if err := a.raw.Err(); err != nil {
+		t.Fatalf("session closed under its streams: %v", err)
+	}
+	if p.Current() == a {
+		t.Fatal("a session going away is still handed out")
+	}
+	b := session(t, p)
+	if b == a || b.Relay != "r1" {
+		t.Errorf("next session %s/%s, want a new one on r1", b.Relay, b.Carrier)
+	}
+	if n := rs[1].quic.dials.Load() + rs[1].tls.dials.Load(); n != 0 {
+		t.Errorf("%d dials to r2, want none", n)
+	}
+	if loud, _ := logs.loud(mark); len(loud) > 0 {
+		t.Errorf("logged %q at Info or above, want nothing", loud)
+	}
+	select {
+	case <-a.raw.Done():
+	case <-time.After(5 * time.Second):
+		t.Error("the session going away was not closed after DrainTimeout")
+	}
+	// An orderly-sounding error on a session that died otherwise is a
+	// failure all the same.
+	b.raw.Close()
+	p.Fail(b, fmt.Errorf("late: %w", transport.ErrOrderlyClose))
+	if c := session(t, p); c.Relay != "r2" {
+		t.Errorf("after a failed session: %s, want r2", c.Relay)
+	}
+}
+
+// TestStatusLineSendsNoPing checks that the status line logged every
+// StatusInterval asks the relay nothing (a ping a minute would be a
+// cadence on an idle session) and reports the latest round trip known.
+func TestStatusLineSendsNoPing(t *testing.T) {
+	_, cands := fakeRelays("r1")
+	logs := &logRecorder{}
+	p := newPicker(t, cands, func(c *Config) {
+		c.Logger = slog.New(logs)
+		c.StatusInterval = 10 * time.Millisecond
+	})
+	a := session(t, p)
+	time.Sleep(300 * time.Millisecond)
+	if n := a.raw.(*fakeSession).pings.Load(); n != 0 {
+		t.Errorf("%d pings in 300 ms of status lines, want none", n)
+	}
+	logs.mu.Lock()
+	lines := 0
+	for _, r := range logs.recs {
+		if r.Message == "status" {
+			lines++
+		}
+	}
+	logs.mu.Unlock()
+	if lines == 0 {
+		t.Fatal("no status line logged")
+	}
+	if st, ok := p.status(context.Background(), false); !ok || st.RTT != 0 {
+		t.Errorf("status before any ping: %+v, want RTT 0", st)
+	}
+	if _, err := a.RTT(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := p.status(context.Background(), false); st.RTT != time.Millisecond {
+		t.Errorf("status after a ping: RTT %v, want the ping's 1ms", st.RTT)
+	}
 }

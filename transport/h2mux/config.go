@@ -9,14 +9,30 @@ import (
 // Defaults for [Config]. The window sizes are the ones Chrome advertises
 // (SETTINGS_INITIAL_WINDOW_SIZE 6 MiB and a 15 MiB connection window), which
 // both look ordinary on the wire and keep a loopback or fast link busy.
+//
+// Liveness follows Chrome against nginx: no periodic PING on either side.
+// A client pings only when it reuses a session that has been silent for
+// DefaultReuseProbe (Chrome checks a connection idle for 10 s before
+// sending a request on it, and gives it 10 s, DefaultTimeout, to answer);
+// a server closes a session that has had no stream for DefaultIdleTimeout
+// (nginx, measured: about 66 s), with GOAWAY and then close_notify.
 const (
 	DefaultMaxStreamWindow = 6 << 20
 	DefaultMaxConnWindow   = 15 << 20
 	DefaultMaxFrameSize    = 16384
-	DefaultKeepAlive       = 15 * time.Second
 	DefaultTimeout         = 10 * time.Second
+	DefaultReuseProbe      = 10 * time.Second
+	DefaultIdleTimeout     = 64 * time.Second
 	DefaultMaxStreams      = 1024
 	DefaultPath            = "/"
+)
+
+// idleJitter is the fraction of IdleTimeout (1/idleJitter of it) added at
+// random to each idle period, and reuseJitter that of ReuseProbe: neither
+// clock ticks at a fixed cadence a censor could match.
+const (
+	idleJitter  = 16 // 64 s: closed after 64–68 s
+	reuseJitter = 2  // 10 s: probe after 10–15 s of silence
 )
 
 // Protocol limits from RFC 9113.
@@ -71,13 +87,36 @@ type Config struct {
 	// 2^24-1. Larger frames cost less CPU per byte.
 	MaxFrameSize int
 
-	// KeepAlive is the interval between keep-alive PINGs. Zero means
-	// DefaultKeepAlive; a negative value disables keep-alive.
+	// KeepAlive, if positive, is the interval between periodic
+	// keep-alive PINGs. Zero or negative means none, the default: a
+	// browser sends none, and a PING every few seconds for as long as a
+	// session lives is a cadence a censor can see. Liveness comes from
+	// the peer's traffic, from ReuseProbe and from [Session.Ping].
 	KeepAlive time.Duration
 
-	// Timeout is how long a keep-alive PING may go unanswered before the
-	// session is declared dead. Zero means DefaultTimeout.
+	// Timeout is how long a PING the session sends on its own account
+	// (ReuseProbe's or KeepAlive's) may go without any frame from the
+	// peer before the session is declared dead. Zero means
+	// DefaultTimeout.
 	Timeout time.Duration
+
+	// ReuseProbe is a client's ping-before-reuse: when a stream's HEADERS
+	// is queued on a session that has received nothing for longer than
+	// ReuseProbe (plus up to half of it, at random), a PING goes out
+	// ahead of it, and the session dies with [ErrKeepAliveTimeout] if
+	// the peer then sends nothing within Timeout. The stream does not
+	// wait for the answer. Zero means DefaultReuseProbe; negative
+	// disables it. A server ignores it.
+	ReuseProbe time.Duration
+
+	// IdleTimeout is how long a server session may go without an open
+	// stream (plus up to a sixteenth of it, at random) before it closes
+	// itself as an HTTP/2 web server does: GOAWAY with NO_ERROR naming
+	// the last stream, then the connection is closed (with close_notify
+	// on TLS). The client opens a new session when it next needs one.
+	// Zero means DefaultIdleTimeout; negative never closes. A client
+	// ignores it.
+	IdleTimeout time.Duration
 
 	// MaxStreams is how many concurrent streams a server session allows,
 	// advertised as SETTINGS_MAX_CONCURRENT_STREAMS; streams beyond it are
@@ -120,8 +159,11 @@ func (c Config) fill() (Config, error) {
 	if c.MaxFrameSize < minFrameSize || c.MaxFrameSize > maxFrameSize {
 		return c, fmt.Errorf("h2mux: Config.MaxFrameSize: must be between %d and %d, got %d", minFrameSize, maxFrameSize, c.MaxFrameSize)
 	}
-	if c.KeepAlive == 0 {
-		c.KeepAlive = DefaultKeepAlive
+	if c.ReuseProbe == 0 {
+		c.ReuseProbe = DefaultReuseProbe
+	}
+	if c.IdleTimeout == 0 {
+		c.IdleTimeout = DefaultIdleTimeout
 	}
 	if c.Timeout == 0 {
 		c.Timeout = DefaultTimeout

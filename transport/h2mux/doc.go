@@ -23,6 +23,15 @@
 // [ErrProtocol]; a GOAWAY frame carrying the error code is sent first when
 // the connection still allows it.
 //
+// Liveness follows a browser against a web server: neither side sends
+// PING on a timer. A client pings only when asked ([Session.Ping]) and
+// before reusing a session that has been silent for a while
+// ([Config.ReuseProbe]); a server closes a session left without streams
+// for [Config.IdleTimeout] with GOAWAY (NO_ERROR), and the client treats
+// that, and any GOAWAY with NO_ERROR after which no stream was cut short,
+// as an orderly end ([github.com/merpati/merpati/transport.ErrOrderlyClose]):
+// streams the server had not seen may be retried on a new session.
+//
 // One goroutine reads frames and one writes them; stream reads and writes
 // never block the reading goroutine, so a slow stream does not stall the
 // others beyond what the connection window allows.

@@ -25,13 +25,24 @@ var (
 	ErrProtocol = errors.New("h2mux: protocol error")
 
 	// ErrKeepAliveTimeout is wrapped by the error a session dies with when
-	// a keep-alive PING was not acknowledged within [Config.Timeout].
+	// the peer sent nothing within [Config.Timeout] of a PING the session
+	// sent on its own account ([Config.ReuseProbe] or
+	// [Config.KeepAlive]).
 	ErrKeepAliveTimeout = errors.New("h2mux: keep-alive timeout")
 
-	// ErrGoAway is returned by [Session.OpenStream] after the peer sent
-	// GOAWAY: the session still carries its existing streams but accepts
-	// no new ones. It wraps [net.ErrClosed].
+	// ErrGoAway is wrapped by the error of [Session.OpenStream] after the
+	// peer sent GOAWAY (the session still carries its existing streams
+	// but accepts no new ones), by that of streams the GOAWAY refused,
+	// and by a client session's Err once it has closed itself with no
+	// stream left after the GOAWAY. It wraps [net.ErrClosed]. After a
+	// GOAWAY with NO_ERROR, such as an idle close, these errors also wrap
+	// [github.com/merpati/merpati/transport.ErrOrderlyClose].
 	ErrGoAway = fmt.Errorf("h2mux: peer sent GOAWAY: %w", net.ErrClosed)
+
+	// ErrIdleClosed is the Err of a server session that closed itself
+	// after [Config.IdleTimeout] without streams. It wraps
+	// [ErrSessionClosed].
+	ErrIdleClosed = fmt.Errorf("h2mux: idle: %w", ErrSessionClosed)
 
 	// ErrWrongSide is returned by [Session.OpenStream] on a server
 	// session and by [Session.AcceptStream] on a client session: only

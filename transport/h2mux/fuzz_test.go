@@ -36,7 +36,7 @@ func FuzzServer(f *testing.F) {
 	f.Add(true, []byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff})
 	f.Fuzz(func(t *testing.T, preface bool, in []byte) {
 		c, s := net.Pipe()
-		ss, err := Server(s, Config{MaxStreamWindow: 65535, MaxConnWindow: 1 << 20, MaxStreams: 8, KeepAlive: -1})
+		ss, err := Server(s, Config{MaxStreamWindow: 65535, MaxConnWindow: 1 << 20, MaxStreams: 8})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -123,7 +123,8 @@ func TestConfig(t *testing.T) {
 		t.Fatal(err)
 	}
 	if got.MaxStreamWindow != DefaultMaxStreamWindow || got.MaxConnWindow != DefaultMaxConnWindow ||
-		got.MaxFrameSize != DefaultMaxFrameSize || got.KeepAlive != DefaultKeepAlive ||
+		got.MaxFrameSize != DefaultMaxFrameSize || got.KeepAlive != 0 ||
+		got.ReuseProbe != DefaultReuseProbe || got.IdleTimeout != DefaultIdleTimeout ||
 		got.Timeout != DefaultTimeout || got.MaxStreams != DefaultMaxStreams || got.Path != "/" || got.Logger == nil {
 		t.Errorf("defaults not filled: %+v", got)
 	}
@@ -616,7 +617,8 @@ func TestPing(t *testing.T) {
 }
 
 func TestKeepAliveTimeout(t *testing.T) {
-	// The "server" reads and never answers, so keep-alive must give up.
+	// The "server" reads and never answers, so the (optional, off by
+	// default) keep-alive must give up.
 	c, s := net.Pipe()
 	defer s.Close()
 	go io.Copy(io.Discard, s)

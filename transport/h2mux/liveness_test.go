@@ -51,11 +51,11 @@ func (c *slowConn) Write(p []byte) (int, error) {
 // ahead of the queued DATA, which is up to 256 KiB per stream.
 func TestPingAheadOfData(t *testing.T) {
 	c, s := tcpPair(t)
-	cs, err := Client(&slowConn{Conn: c, rate: 1 << 20}, Config{KeepAlive: -1})
+	cs, err := Client(&slowConn{Conn: c, rate: 1 << 20}, Config{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	ss, err := Server(s, Config{KeepAlive: -1})
+	ss, err := Server(s, Config{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -132,7 +132,7 @@ func newRawServer(t *testing.T, ccfg Config) (*rawServer, *Session) {
 // PING; it sends a WINDOW_UPDATE instead, and Ping, having waited for the
 // ACK until its deadline, succeeds.
 func TestPingAnsweredByTraffic(t *testing.T) {
-	rs, cs := newRawServer(t, Config{KeepAlive: -1})
+	rs, cs := newRawServer(t, Config{})
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	defer rs.conn.Close()
@@ -180,7 +180,7 @@ func TestPingAnsweredByTraffic(t *testing.T) {
 // window every serverWindowStep bytes its application reads, long before
 // half the window, so that a client on a slow uplink hears from it.
 func TestServerAcksUpload(t *testing.T) {
-	rc, ss := newRawClient(t, Config{KeepAlive: -1})
+	rc, ss := newRawClient(t, Config{})
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	defer rc.conn.Close()

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -54,10 +55,11 @@ type Session struct {
 	wg         sync.WaitGroup
 
 	mu         sync.Mutex
-	err        error // why the session died; set before done is closed
-	closeErr   error // the reason given to the first shutdown call
-	closing    bool  // final GOAWAY queued; no new streams
-	goaway     bool  // peer sent GOAWAY
+	err        error         // why the session died; set before done is closed
+	closeErr   error         // the reason given to the first shutdown call
+	closing    bool          // final GOAWAY queued; no new streams
+	goaway     bool          // peer sent GOAWAY
+	goawayCode http2.ErrCode // the error code of the peer's GOAWAY (the first error one, if several)
 	streams    map[uint32]*Stream
 	nextID     uint32 // client: next stream ID to assign
 	lastPeerID uint32 // server: highest stream ID the peer opened
@@ -71,6 +73,9 @@ type Session struct {
 	pingSeq    uint64
 	rtt        time.Duration // round trip of the latest acknowledged PING; 0 before the first
 	heard      chan struct{} // closed (and cleared) when the next frame arrives; nil if nobody waits
+	heardAt    time.Time     // client: when the last frame arrived, for ReuseProbe
+	probing    bool          // client: a ReuseProbe PING awaits its answer
+	idleAt     time.Time     // server: when an idle session closes, if numStreams stays 0
 
 	// ncq mirrors len(cq), so that the writer can check for control
 	// frames between two items of a batch without taking mu.
@@ -105,6 +110,7 @@ func (k itemKind) urgent() bool {
 
 // A pingState is a PING waiting for its acknowledgement.
 type pingState struct {
+	data   [8]byte
 	sent   time.Time
 	done   chan struct{} // closed when the ACK arrives
 	orphan bool          // Ping returned without the ACK; keep only for the RTT
@@ -182,6 +188,7 @@ func newSession(conn net.Conn, cfg Config, client bool) (*Session, error) {
 		// flight; until the peer sees that it may send at most 65535,
 		// which is less, so counting from the full window is safe.
 		connRecv: int64(cfg.MaxConnWindow),
+		heardAt:  time.Now(),
 	}
 	s.fr = http2.NewFramer(io.Discard, s.br)
 	s.fr.SetMaxReadFrameSize(uint32(cfg.MaxFrameSize))
@@ -201,6 +208,11 @@ func newSession(conn net.Conn, cfg Config, client bool) (*Session, error) {
 	if cfg.KeepAlive > 0 {
 		s.wg.Add(1)
 		go s.keepAlive()
+	}
+	if !client && cfg.IdleTimeout > 0 {
+		s.idleAt = time.Now().Add(s.idleDelay())
+		s.wg.Add(1)
+		go s.idleLoop()
 	}
 	return s, nil
 }
@@ -251,10 +263,25 @@ func (s *Session) openErrLocked() error {
 	case s.closing:
 		return fmt.Errorf("h2mux: open stream: %w", ErrSessionClosed)
 	case s.goaway:
-		return fmt.Errorf("h2mux: open stream: %w", ErrGoAway)
+		return fmt.Errorf("h2mux: open stream: %w", s.goawayErrLocked())
 	}
 	return nil
 }
+
+// goawayErrLocked returns the error for what the peer's GOAWAY refuses:
+// new streams, and streams above its last stream ID. After a GOAWAY with
+// NO_ERROR it wraps [transport.ErrOrderlyClose]: the peer is closing the
+// session in an orderly way (an idle close), not failing.
+func (s *Session) goawayErrLocked() error {
+	if s.goawayCode == http2.ErrCodeNo {
+		return errGoneAway
+	}
+	return fmt.Errorf("%w (%v)", ErrGoAway, s.goawayCode)
+}
+
+// errGoneAway is why a session ends when the peer sent GOAWAY with
+// NO_ERROR and no stream was left (see [Session.die]).
+var errGoneAway = fmt.Errorf("%w: %w", ErrGoAway, transport.ErrOrderlyClose)
 
 // AcceptStream waits for the client to open a stream and returns it. It is
 // valid only on a server session. Streams the client resets before they
@@ -311,18 +338,31 @@ func (s *Session) Ping(ctx context.Context) (time.Duration, error) {
 		s.mu.Unlock()
 		return 0, fmt.Errorf("h2mux: ping: %w", ErrSessionClosed)
 	}
+	p, heard := s.sendPingLocked()
+	s.mu.Unlock()
+	return s.waitPing(ctx, p, heard)
+}
+
+// sendPingLocked queues a PING and returns its state and the channel
+// closed when the next frame from the peer arrives.
+func (s *Session) sendPingLocked() (*pingState, chan struct{}) {
 	s.pingSeq++
 	var data [8]byte
 	binary.BigEndian.PutUint64(data[:], s.pingSeq)
-	p := &pingState{sent: time.Now(), done: make(chan struct{})}
+	p := &pingState{sent: time.Now(), done: make(chan struct{}), data: data}
 	s.dropOrphanPingsLocked()
 	s.pings[data] = p
 	if s.heard == nil {
 		s.heard = make(chan struct{})
 	}
-	heard := s.heard
 	s.enqueueLocked(writeItem{kind: itemPing, ping: data})
-	s.mu.Unlock()
+	return p, s.heard
+}
+
+// waitPing waits for the answer to the PING p, as [Session.Ping]
+// describes.
+func (s *Session) waitPing(ctx context.Context, p *pingState, heard chan struct{}) (time.Duration, error) {
+	data := p.data
 	alive := false
 	for {
 		select {
@@ -400,13 +440,26 @@ func (s *Session) RemoteAddr() net.Addr { return s.conn.RemoteAddr() }
 // the writer to flush it, then kills the session with err.
 func (s *Session) shutdown(err error, code http2.ErrCode) {
 	s.mu.Lock()
+	s.goAwayLocked(err, code)
+	s.mu.Unlock()
+	s.finishShutdown(err)
+}
+
+// goAwayLocked queues the final GOAWAY with code, unless the session is
+// already closing or dead, and marks it closing: streams the peer opens
+// from now on are refused.
+func (s *Session) goAwayLocked(err error, code http2.ErrCode) {
 	if s.err == nil && !s.closing {
 		s.closing = true
 		s.closeErr = err
 		last := s.lastPeerID
 		s.enqueueLocked(writeItem{kind: itemGoAway, id: last, val: uint32(code)})
 	}
-	s.mu.Unlock()
+}
+
+// finishShutdown waits up to closeTimeout for the writer to flush the
+// final GOAWAY, then kills the session with err.
+func (s *Session) finishShutdown(err error) {
 	t := time.NewTimer(closeTimeout)
 	select {
 	case <-s.writerDone:
@@ -422,8 +475,14 @@ func (s *Session) shutdown(err error, code http2.ErrCode) {
 func (s *Session) die(err error) {
 	s.dieOnce.Do(func() {
 		s.mu.Lock()
-		if s.closeErr != nil {
+		switch {
+		case s.closeErr != nil:
 			err = s.closeErr
+		case s.goaway && s.goawayCode == http2.ErrCodeNo && s.numStreams == 0:
+			// The peer said it was closing and no stream was left
+			// to cut short: whatever ended the connection (its
+			// close, or ours once drained), this is an orderly end.
+			err = errGoneAway
 		}
 		s.err = err
 		for _, st := range s.streams {
@@ -448,6 +507,8 @@ func (s *Session) deadErr(op string) error {
 	return fmt.Errorf("h2mux: %s: %w: %w", op, ErrSessionClosed, s.err)
 }
 
+// keepAlive sends a PING every KeepAlive, when that option is on (it is
+// off by default).
 func (s *Session) keepAlive() {
 	defer s.wg.Done()
 	t := time.NewTicker(s.cfg.KeepAlive)
@@ -462,9 +523,83 @@ func (s *Session) keepAlive() {
 		_, err := s.Ping(ctx)
 		cancel()
 		if err != nil && errors.Is(err, context.DeadlineExceeded) {
-			s.die(fmt.Errorf("h2mux: no PING answer within %v: %w", s.cfg.Timeout, ErrKeepAliveTimeout))
+			s.die(s.pingTimeoutErr())
 			return
 		}
+	}
+}
+
+func (s *Session) pingTimeoutErr() error {
+	return fmt.Errorf("h2mux: no answer to a PING within %v: %w", s.cfg.Timeout, ErrKeepAliveTimeout)
+}
+
+// probeLocked is a client's ping-before-reuse (see [Config.ReuseProbe]),
+// called as a stream's HEADERS is queued: if nothing has arrived from the
+// server for longer than ReuseProbe plus jitter, a PING goes out ahead of
+// the HEADERS, and the session dies if the server then stays silent for
+// Timeout. The stream does not wait.
+func (s *Session) probeLocked() {
+	if s.cfg.ReuseProbe <= 0 || s.probing || s.err != nil || s.closing {
+		return
+	}
+	limit := s.cfg.ReuseProbe + rand.N(s.cfg.ReuseProbe/reuseJitter+1)
+	if time.Since(s.heardAt) <= limit {
+		return
+	}
+	p, heard := s.sendPingLocked()
+	s.probing = true
+	// Close waits for s.wg only after marking the session closing or
+	// dead under s.mu, which was checked above: this Add comes first.
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		ctx, cancel := context.WithTimeout(context.Background(), s.cfg.Timeout)
+		_, err := s.waitPing(ctx, p, heard)
+		cancel()
+		s.mu.Lock()
+		s.probing = false
+		s.mu.Unlock()
+		if err != nil && errors.Is(err, context.DeadlineExceeded) {
+			s.die(s.pingTimeoutErr())
+		}
+	}()
+}
+
+// idleDelay returns how long a server session may stay without streams:
+// IdleTimeout plus up to 1/idleJitter of it.
+func (s *Session) idleDelay() time.Duration {
+	return s.cfg.IdleTimeout + rand.N(s.cfg.IdleTimeout/idleJitter+1)
+}
+
+// idleLoop closes a server session that has had no open stream for its
+// idle delay, as a web server closes an idle HTTP/2 connection: GOAWAY
+// with NO_ERROR and the last stream ID, then the connection (see
+// [Config.IdleTimeout]). Streams the client opens after the GOAWAY are
+// refused, which tells it they were never seen.
+func (s *Session) idleLoop() {
+	defer s.wg.Done()
+	t := time.NewTimer(s.cfg.IdleTimeout)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.done:
+			return
+		case <-t.C:
+		}
+		s.mu.Lock()
+		wait := s.cfg.IdleTimeout // streams open: look again later
+		if s.numStreams == 0 {
+			wait = time.Until(s.idleAt)
+		}
+		if wait <= 0 {
+			s.goAwayLocked(ErrIdleClosed, http2.ErrCodeNo)
+			s.mu.Unlock()
+			s.log.Debug("closing idle session")
+			s.finishShutdown(ErrIdleClosed)
+			return
+		}
+		s.mu.Unlock()
+		t.Reset(wait)
 	}
 }
 
@@ -521,6 +656,15 @@ func (s *Session) releaseSlotLocked(st *Stream) {
 		st.slot = false
 		s.numStreams--
 		signal(s.slotCh)
+		if s.numStreams == 0 {
+			if s.client {
+				if s.goaway {
+					signal(s.wake) // the writer closes the drained session
+				}
+			} else {
+				s.idleAt = time.Now().Add(s.idleDelay())
+			}
+		}
 	}
 }
 
@@ -559,9 +703,20 @@ func (s *Session) writeLoop() {
 	defer s.wg.Done()
 	defer close(s.writerDone)
 	if err := s.writeFrames(); err != nil {
+		var de *drainedError
+		if errors.As(err, &de) {
+			s.die(de.err)
+			return
+		}
 		s.die(fmt.Errorf("h2mux: write: %w", err))
 	}
 }
+
+// drainedError ends the writer of a client session that the server sent
+// GOAWAY and that has no stream left; err is the GOAWAY's.
+type drainedError struct{ err error }
+
+func (e *drainedError) Error() string { return e.err.Error() }
 
 func (s *Session) writeFrames() error {
 	if err := s.writePreface(); err != nil {
@@ -580,6 +735,13 @@ func (s *Session) writeFrames() error {
 				}
 				s.mu.Lock()
 				continue
+			}
+			if s.client && s.goaway && s.numStreams == 0 {
+				// The server sent GOAWAY and the last stream has
+				// ended: close the session, as a browser does.
+				err := s.goawayErrLocked()
+				s.mu.Unlock()
+				return &drainedError{err}
 			}
 			s.mu.Unlock()
 			select {
@@ -850,6 +1012,12 @@ func (s *Session) readFrames() error {
 		}
 		if first {
 			// Section 3.4: the first frame from either side is SETTINGS.
+			// Frames of unknown types before it are ignored, as they are
+			// anywhere (section 5.5): a relay mirroring its cover site's
+			// flight sends some where the cover sends session tickets.
+			if _, ok := f.(*http2.UnknownFrame); ok {
+				continue
+			}
 			if sf, ok := f.(*http2.SettingsFrame); !ok || sf.IsAck() {
 				return connError(http2.ErrCodeProtocol, "first frame is %v, not SETTINGS", f.Header().Type)
 			}
@@ -900,6 +1068,9 @@ func (s *Session) handleFrame(f http2.Frame) error {
 		// Any frame proves the peer alive to a waiting Ping.
 		close(s.heard)
 		s.heard = nil
+	}
+	if s.client {
+		s.heardAt = time.Now()
 	}
 	switch f := f.(type) {
 	case *http2.DataFrame:
@@ -1237,16 +1408,24 @@ func (s *Session) onRSTStream(f *http2.RSTStreamFrame) error {
 }
 
 func (s *Session) onGoAway(f *http2.GoAwayFrame) error {
+	if !s.goaway || f.ErrCode != http2.ErrCodeNo {
+		s.goawayCode = f.ErrCode // a later GOAWAY may report an error, not take one back
+	}
 	s.goaway = true
 	s.log.Debug("peer sent GOAWAY", "last_stream", f.LastStreamID, "code", f.ErrCode)
 	// Section 6.8: streams above the last one the peer processed were
-	// never seen by it; fail them.
+	// never seen by it; fail them, with an error that says they may be
+	// retried on another session (it wraps net.ErrClosed).
+	gerr := s.goawayErrLocked()
 	for id, st := range s.streams {
 		if id > f.LastStreamID && id%2 == boolBit(s.client) {
-			s.failStreamLocked(st, fmt.Errorf("h2mux: stream %d refused by GOAWAY: %w", id, ErrStreamReset))
+			s.failStreamLocked(st, fmt.Errorf("h2mux: stream %d refused by GOAWAY: %w: %w", id, ErrStreamReset, gerr))
 		}
 	}
 	signal(s.slotCh)
+	if s.client {
+		signal(s.wake) // with no stream left, the writer closes the session
+	}
 	return nil
 }
 

@@ -102,11 +102,12 @@ func (st *Stream) stopTimersLocked() {
 func (s *Session) activateLocked(st *Stream, end bool) error {
 	if s.client {
 		if s.goaway {
-			return fmt.Errorf("h2mux: open stream: %w", ErrGoAway)
+			return fmt.Errorf("h2mux: open stream: %w", s.goawayErrLocked())
 		}
 		if s.nextID > maxStreamID {
 			return fmt.Errorf("h2mux: open stream: stream IDs exhausted: %w", ErrSessionClosed)
 		}
+		s.probeLocked()
 		st.id = s.nextID
 		s.nextID += 2
 		st.sendWin = s.peerInitWindow
