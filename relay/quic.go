@@ -40,6 +40,7 @@ func (r *Relay) ListenQUIC(pc net.PacketConn) (transport.Listener, error) {
 		Auth:        authenticator{r},
 		Cover:       r.cfg.Cover,
 		ConnIDLen:   info.ConnIDLen,
+		Mirror:      r.mirror,
 		Logger:      r.log,
 	})
 }

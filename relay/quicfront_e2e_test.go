@@ -3,12 +3,17 @@ package relay_test
 import (
 	"context"
 	"errors"
+	"net"
+	"slices"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/merpati/merpati/relay/access"
 	"github.com/merpati/merpati/relay/relaytest"
+	"github.com/merpati/merpati/transport/auth"
 	"github.com/merpati/merpati/transport/link"
+	"github.com/merpati/merpati/transport/quiccarrier"
 )
 
 // TestQUICProber plays a censor's QUIC prober against a relay in front of
@@ -102,4 +107,96 @@ func (v probeViews) ratio(relay bool) float64 {
 		return float64(v.relay.MeanGET) / float64(v.relayH2.MeanGET)
 	}
 	return float64(v.cover.MeanGET) / float64(v.coverH2.MeanGET)
+}
+
+// TestQUICHandshakeShape: what an on-path observer sees of the relay's
+// handshake with a key holder — the sizes of the datagrams carrying its
+// Initial and Handshake packets — equals what the cover site sends the
+// same client (a Chrome-parrot client whose key the relay does not know,
+// which the front door hands to the cover site): the relay's certificate
+// chain has the cover's lengths and its key the cover's kind.
+func TestQUICHandshakeShape(t *testing.T) {
+	cov := relaytest.StartCover(t)
+	r := relaytest.Start(t, cov, relaytest.Options{KeyKind: "RSA-2048"})
+	l := r.AddKey(t, "alice", access.Entry{})
+	// quic-go coalesces the 1-RTT packets that follow the handshake (its
+	// SETTINGS, a session ticket) as they happen to be ready: the last
+	// datagram's size varies by a few bytes from one connection to the
+	// next, the cover site's too (98-116 bytes here).
+	const slack = 24
+	same := func(a, b []int) bool {
+		if len(a) != len(b) {
+			return false
+		}
+		for i := range a {
+			if a[i]-b[i] > slack || b[i]-a[i] > slack {
+				return false
+			}
+		}
+		return true
+	}
+	var got, want []int
+	for range 3 {
+		want = handshakeDatagrams(t, l, auth.NewKey())
+		got = handshakeDatagrams(t, l, auth.Key(l.Key))
+		if same(got, want) {
+			break
+		}
+		t.Logf("handshake datagrams differ, trying again: relay %v, cover site %v", got, want)
+	}
+	t.Logf("server handshake datagrams: relay %v, cover site %v", got, want)
+	if !same(got, want) {
+		t.Errorf("a key holder's handshake datagrams %v, the cover site's %v", got, want)
+	}
+	if len(want) == 0 {
+		t.Fatal("no handshake datagrams recorded")
+	}
+}
+
+// handshakeDatagrams dials l's relay over QUIC with key and returns the
+// sizes of the datagrams carrying long header packets that the client
+// received.
+func handshakeDatagrams(t *testing.T, l *link.Link, key auth.Key) []int {
+	t.Helper()
+	rec := &sizeRecorder{}
+	d, err := quiccarrier.NewDialer(quiccarrier.ClientConfig{
+		Addr: l.Relays[0], ServerName: l.SNI, Pin: l.Pin, Key: key,
+		ListenPacket: func(ctx context.Context) (net.PacketConn, error) {
+			pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+			rec.PacketConn = pc
+			return rec, err
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	if s, err := d.Dial(ctx); err == nil {
+		s.Close()
+	}
+	return rec.sizes()
+}
+
+// sizeRecorder records the sizes of long header datagrams read.
+type sizeRecorder struct {
+	net.PacketConn
+	mu sync.Mutex
+	n  []int
+}
+
+func (r *sizeRecorder) ReadFrom(b []byte) (int, net.Addr, error) {
+	n, addr, err := r.PacketConn.ReadFrom(b)
+	if err == nil && n > 0 && b[0]&0x80 != 0 {
+		r.mu.Lock()
+		r.n = append(r.n, n)
+		r.mu.Unlock()
+	}
+	return n, addr, err
+}
+
+func (r *sizeRecorder) sizes() []int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.n)
 }

@@ -55,7 +55,10 @@ type ClientConfig struct {
 	// system's.
 	Resolver *net.Resolver
 	// KeepAlive is the interval of QUIC PINGs that keep NAT bindings and
-	// the relay's idle timer alive; zero means 15 seconds.
+	// the relay's idle timer alive while streams are open, as Chromium's
+	// do; zero means 15 seconds. A session with no stream open sends none
+	// and ends at its idle timeout (Chromium's 30 s, or the relay's if
+	// shorter); the next stream opens a new one.
 	KeepAlive time.Duration
 	// Now returns the current time for the token; nil means time.Now.
 	Now func() time.Time
@@ -233,6 +236,9 @@ type session struct {
 	opened   atomic.Uint64
 	openedAt atomic.Int64
 	waiting  atomic.Int32
+	// open counts the streams open now: a session that ends with none
+	// open ended as Chromium's idle connections do.
+	open atomic.Int32
 }
 
 const (
@@ -335,6 +341,8 @@ func (s *session) OpenStream(ctx context.Context) (transport.Stream, error) {
 	// The response header is read first, by the stream's reader, so
 	// that no read deadline cuts it in half.
 	st.first = func() error { return readResponse(rs, s.tag) }
+	s.open.Add(1)
+	st.onClose = func() { s.open.Add(-1) }
 	st.start()
 	return st, nil
 }
@@ -356,11 +364,27 @@ func readResponse(rs *http3.RequestStream, tag string) error {
 
 func (s *session) Done() <-chan struct{} { return s.conn.Context().Done() }
 
+// Err returns why the session ended, nil while it is up. A session that
+// ended with no stream open, at its idle timeout or closed by the relay
+// without error, ended as Chromium's idle connections do (the client
+// pings only while streams are open): that wraps
+// [transport.ErrOrderlyClose].
 func (s *session) Err() error {
 	if s.conn.Context().Err() == nil {
 		return nil
 	}
-	return context.Cause(s.conn.Context())
+	err := context.Cause(s.conn.Context())
+	if s.open.Load() > 0 {
+		return err
+	}
+	var idle *quic.IdleTimeoutError
+	var app *quic.ApplicationError
+	if errors.As(err, &idle) || errors.As(err, &app) && app.Remote && app.ErrorCode == errNoError {
+		// Silent, or closed by the relay (H3_NO_ERROR) as an HTTP/3
+		// server closes an idle connection.
+		return fmt.Errorf("%w: %w", transport.ErrOrderlyClose, err)
+	}
+	return err
 }
 
 func (s *session) Close() error {

@@ -55,9 +55,14 @@
 // Stream semantics equal the TLS carrier's: CloseWrite sends FIN (the peer
 // reads io.EOF) and reading goes on; Close ends both directions.
 //
-// What it does not hide: the server flight a key holder's connection
-// gets is quic-go's with the relay's own certificate, readable in its
-// sizes (not its content) by an observer; an on-path attacker who holds
+// A key holder's handshake is quic-go's with the relay's own key, but with
+// a certificate chain of the cover site's lengths and its key share group
+// ([ListenConfig.Mirror]): an observer sees datagrams of the sizes the
+// cover site sends the same client (TestQUICHandshakeShape, in front of a
+// quic-go cover; a cover on another QUIC stack packs its flight its own
+// way).
+//
+// What it does not hide: an on-path attacker who holds
 // back a user's first Initial and sends one of its own with the same
 // client random first is taken for a key holder (the token binds the
 // nonce, not the rest of the hello, which the client's TLS stack builds

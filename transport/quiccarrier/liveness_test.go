@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/merpati/merpati/transport"
 	"github.com/merpati/merpati/transport/transporttest"
 )
 
@@ -90,5 +91,54 @@ func TestPingBlackholed(t *testing.T) {
 	defer pcancel()
 	if _, err := s.Ping(pctx); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("ping of a blackholed relay: %v, want deadline exceeded", err)
+	}
+}
+
+// TestIdleSessionEnds: as Chromium's, a session pings the relay only
+// while a stream is open. With one open it outlives the idle timeout
+// many times over; with none it ends at the idle timeout, and says it
+// ended in an orderly way (the client then opens a new one when it needs
+// one, without counting it a failure).
+func TestIdleSessionEnds(t *testing.T) {
+	const idle = 2 * time.Second
+	tr := startRelayWith(t, func(c *ListenConfig) { c.IdleTimeout = idle })
+	d, err := NewDialer(ClientConfig{Addr: tr.addr, ServerName: testSNI, Pin: tr.pin, Key: tr.key, KeepAlive: idle / 8})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := d.Dial(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	st, err := openEcho(t.Context(), s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-s.Done():
+		t.Fatalf("a session with an open stream ended: %v", s.Err())
+	case <-time.After(5 * idle):
+	}
+	if err := echo(st, []byte("still there")); err != nil {
+		t.Fatalf("the open stream after %v idle: %v", 5*idle, err)
+	}
+	st.Close()
+	// No stream open: no more keep-alive PINGs (at most the packets
+	// that end the stream).
+	time.Sleep(idle / 4)
+	conn := s.(*session).conn
+	sent := conn.ConnectionStats().PacketsSent
+	time.Sleep(idle / 2)
+	if n := conn.ConnectionStats().PacketsSent - sent; n > 0 && s.Err() == nil {
+		t.Errorf("%d packets sent in %v with no stream open (keep-alive every %v)", n, idle/2, idle/8)
+	}
+	select {
+	case <-s.Done():
+	case <-time.After(30 * idle):
+		t.Fatal("a session with no stream open did not end at its idle timeout")
+	}
+	if err := s.Err(); !errors.Is(err, transport.ErrOrderlyClose) {
+		t.Errorf("idle session ended with %v, want ErrOrderlyClose", err)
 	}
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/quic-go/quic-go/http3"
 
 	"github.com/merpati/merpati/transport"
+	"github.com/merpati/merpati/transport/tlscarrier"
 )
 
 // ListenConfig configures the relay side of the carrier.
@@ -54,6 +55,10 @@ type ListenConfig struct {
 	// section 4.6); zero means [DefaultMaxStreams]. A client at the limit
 	// waits for a stream to end.
 	MaxStreams int
+	// Mirror, if not nil, gives key holders' handshakes the cover site's
+	// certificate chain shape and key share group, so that the sizes of
+	// the relay's handshake datagrams follow the cover's.
+	Mirror *tlscarrier.Mirror
 	// Logger receives debug messages; nil discards.
 	Logger *slog.Logger
 }
@@ -136,6 +141,25 @@ func Listen(pc net.PacketConn, cfg ListenConfig) (*Listener, error) {
 		Certificates: []tls.Certificate{cfg.Certificate},
 		MinVersion:   tls.VersionTLS13,
 	})
+	if m := cfg.Mirror; m != nil {
+		base := tlsConf
+		tlsConf = base.Clone()
+		tlsConf.GetConfigForClient = func(chi *tls.ClientHelloInfo) (*tls.Config, error) {
+			// http3's own, if it has one, then the cover's shape.
+			c := base.Clone()
+			if base.GetConfigForClient != nil {
+				inner, err := base.GetConfigForClient(chi)
+				if err != nil {
+					return nil, err
+				}
+				if inner != nil {
+					c = inner
+				}
+			}
+			m.ApplyHandshake(c)
+			return c, nil
+		}
+	}
 	ln, err := tr.ListenEarly(tlsConf, &quic.Config{
 		MaxIdleTimeout:     cfg.IdleTimeout,
 		MaxIncomingStreams: int64(cfg.MaxStreams),

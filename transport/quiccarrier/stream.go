@@ -65,6 +65,8 @@ type stream struct {
 	broken    error // the write side is unusable
 	closed    chan struct{}
 	closeOnce sync.Once
+	// onClose, if not nil, runs once when the stream is closed.
+	onClose func()
 }
 
 func newStream() *stream {
@@ -194,6 +196,9 @@ func (s *stream) Close() error {
 		}
 		s.cancelRead()
 		close(s.closed)
+		if s.onClose != nil {
+			s.onClose()
+		}
 	})
 	return nil
 }

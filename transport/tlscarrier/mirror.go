@@ -3,7 +3,6 @@ package tlscarrier
 import (
 	"context"
 	"crypto"
-	"crypto/ecdsa"
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
@@ -12,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/big"
 	"sync/atomic"
 	"time"
 )
@@ -143,8 +143,11 @@ func (m *Mirror) Gaps() []string {
 	return nil
 }
 
-// serverConfig adjusts a relay TLS server config for the cover's flight.
-func (m *Mirror) serverConfig(c *tls.Config) {
+// ApplyHandshake gives a relay TLS server config the cover site's
+// certificate chain shape and key share group, as last learned; before it
+// was learned it leaves c alone. The QUIC carrier uses it for key
+// holders' handshakes, whose datagram sizes follow the chain.
+func (m *Mirror) ApplyHandshake(c *tls.Config) {
 	st := m.cur.Load()
 	if st == nil {
 		return
@@ -153,6 +156,15 @@ func (m *Mirror) serverConfig(c *tls.Config) {
 	if st.flight.Group != 0 {
 		c.CurvePreferences = []tls.CurveID{tls.CurveID(st.flight.Group)}
 	}
+}
+
+// serverConfig adjusts a relay TLS server config for the cover's flight.
+func (m *Mirror) serverConfig(c *tls.Config) {
+	st := m.cur.Load()
+	if st == nil {
+		return
+	}
+	m.ApplyHandshake(c)
 	if len(st.flight.Tickets) == st.flight.EarlyTickets {
 		// The cover sends its tickets (if any) in its first flight, as
 		// crypto/tls does: one, in a record of the same size when the
@@ -187,6 +199,12 @@ func (f *Flight) Gaps() []string {
 	}
 	if f.EarlyTickets > 1 {
 		g = append(g, fmt.Sprintf("the cover site sends %d tickets in its first flight, crypto/tls one", f.EarlyTickets))
+	}
+	if f.Version == tls.VersionTLS13 && len(f.Handshake) != 4 {
+		// BoringSSL packs handshake messages into as few records as
+		// fit; crypto/tls seals each of EncryptedExtensions,
+		// Certificate, CertificateVerify and Finished alone.
+		g = append(g, fmt.Sprintf("the cover site sends its encrypted handshake in %d records %v, crypto/tls in 4, one per message", len(f.Handshake), f.Handshake))
 	}
 	return g
 }
@@ -228,12 +246,20 @@ func shapeCertificate(cert tls.Certificate, f *Flight) (tls.Certificate, error) 
 	return out, nil
 }
 
-// paddedLeaf re-signs leaf's template with a padding extension sized so
-// that the DER is want bytes long. ECDSA signatures vary by a byte or two
-// in DER, so it tries again until one fits.
+// paddedLeaf re-signs leaf's template so that its DER is want bytes
+// long. It has two knobs: the serial number's length, 1 to 20 bytes (RFC
+// 5280 section 4.1.2.2), which moves the length a byte at a time, and a
+// padding extension, which costs 15 bytes of framing and OID besides its
+// padding. The padding alone cannot reach every length: the first 14
+// bytes past the unpadded leaf, and the lengths skipped where a DER length
+// field inside the extensions grows a byte (at 128 and 256); the serial
+// number's length reaches those. Where the length of the signed part
+// itself grows a byte (at 256: a small Ed25519 leaf's), one total is
+// out of reach but for a signature of another length, which only ECDSA's
+// give: ECDSA signatures vary by a byte or two in DER, so each try signs
+// anew and corrects by what came out.
 func paddedLeaf(leaf *x509.Certificate, key crypto.Signer, want int) ([]byte, error) {
 	tmpl := &x509.Certificate{
-		SerialNumber:          leaf.SerialNumber,
 		Subject:               leaf.Subject,
 		DNSNames:              leaf.DNSNames,
 		NotBefore:             leaf.NotBefore,
@@ -242,28 +268,27 @@ func paddedLeaf(leaf *x509.Certificate, key crypto.Signer, want int) ([]byte, er
 		ExtKeyUsage:           leaf.ExtKeyUsage,
 		BasicConstraintsValid: true,
 	}
-	build := func(pad int) ([]byte, error) {
+	build := func(serialLen, pad int) ([]byte, error) {
 		t := *tmpl
+		sn := make([]byte, serialLen)
+		rand.Read(sn)
+		// Positive and of serialLen bytes in DER: the top bit clear,
+		// the next one set.
+		sn[0] = sn[0]&0x3f | 0x40
+		t.SerialNumber = new(big.Int).SetBytes(sn)
 		if pad >= 0 {
 			t.ExtraExtensions = []pkix.Extension{{Id: oidPadding, Value: make([]byte, pad)}}
 		}
 		return x509.CreateCertificate(rand.Reader, &t, &t, key.Public(), key)
 	}
-	base, err := build(-1)
-	if err != nil {
-		return nil, err
-	}
-	if len(base) > want {
-		return nil, fmt.Errorf("the cover site's leaf (%d bytes) is shorter than the relay's least (%d)", want, len(base))
-	}
-	if len(base) == want {
-		return base, nil
-	}
-	// An extension costs its OID and framing beyond the padding.
-	pad := max(0, want-len(base)-20)
-	_, ecdsaKey := key.Public().(*ecdsa.PublicKey)
-	for try := range 300 {
-		der, err := build(pad)
+	const (
+		serial0   = 16 // NewCertificateLike's: 127 random bits
+		maxSerial = 20
+		extCost   = 15 // a padding extension's bytes besides its padding
+	)
+	serial, pad := serial0, -1 // -1: no padding extension
+	for range 300 {
+		der, err := build(serial, pad)
 		if err != nil {
 			return nil, err
 		}
@@ -271,11 +296,17 @@ func paddedLeaf(leaf *x509.Certificate, key crypto.Signer, want int) ([]byte, er
 		switch {
 		case d == 0:
 			return der, nil
-		case ecdsaKey && d >= -2 && d <= 2 && try%4 != 3:
-			// Within the jitter of an ECDSA signature's DER: sign
-			// again before moving.
+		case serial+d >= 1 && serial+d <= maxSerial:
+			serial += d
+		case pad < 0 && d < 0:
+			return nil, fmt.Errorf("the cover site's leaf (%d bytes) is shorter than the relay's least (%d)", want, len(der)-(serial-1))
+		case pad < 0:
+			pad, serial = max(0, d+serial-serial0-extCost), serial0
+		case pad+d+serial-serial0 < 0:
+			// Shorter than the extension's least: do without it.
+			pad, serial = -1, serial0
 		default:
-			pad = max(0, pad+d)
+			pad, serial = pad+d+serial-serial0, serial0
 		}
 	}
 	return nil, fmt.Errorf("no leaf of %d bytes came out", want)

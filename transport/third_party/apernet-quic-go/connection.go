@@ -886,6 +886,13 @@ func (c *Conn) nextKeepAliveTime() monotime.Time {
 	if c.config.KeepAlivePeriod == 0 || c.keepAlivePingSent {
 		return 0
 	}
+	// merpati: Chromium pings an idle connection only while requests are
+	// open on it (QuicConnection's ping alarm, "ShouldKeepConnectionAlive");
+	// a connection without open request streams goes silent and ends at
+	// its idle timeout.
+	if c.config.ChromeParrot && !c.streamsMap.hasOpenBidiStreams() {
+		return 0
+	}
 	keepAliveInterval := max(c.keepAliveInterval, c.rttStats.PTO(true)*3/2)
 	return c.lastPacketReceivedTime.Add(keepAliveInterval)
 }

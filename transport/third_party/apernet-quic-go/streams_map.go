@@ -97,6 +97,16 @@ func (m *streamsMap) initMaps() {
 	)
 }
 
+// hasOpenBidiStreams reports whether any bidirectional stream is open,
+// opened by either side.
+// merpati: for ChromeParrot's keep-alive (see nextKeepAliveTime).
+func (m *streamsMap) hasOpenBidiStreams() bool {
+	m.mutex.Lock()
+	out, in := m.outgoingBidiStreams, m.incomingBidiStreams
+	m.mutex.Unlock()
+	return (out != nil && out.len() > 0) || (in != nil && in.len() > 0)
+}
+
 func (m *streamsMap) OpenStream() (*Stream, error) {
 	m.mutex.Lock()
 	reset := m.reset

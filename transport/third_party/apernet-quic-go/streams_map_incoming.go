@@ -207,3 +207,11 @@ func (m *incomingStreamsMap[T]) CloseWithError(err error) {
 	m.mutex.Unlock()
 	close(m.newStreamChan)
 }
+
+// len returns the number of open streams.
+// merpati: for streamsMap.hasOpenBidiStreams.
+func (m *incomingStreamsMap[T]) len() int {
+	m.mutex.RLock()
+	defer m.mutex.RUnlock()
+	return len(m.streams)
+}

@@ -251,3 +251,11 @@ func (m *outgoingStreamsMap[T]) CloseWithError(err error) {
 	}
 	m.openQueue = nil
 }
+
+// len returns the number of open streams.
+// merpati: for streamsMap.hasOpenBidiStreams.
+func (m *outgoingStreamsMap[T]) len() int {
+	m.mutex.RLock()
+	defer m.mutex.RUnlock()
+	return len(m.streams)
+}
