@@ -18,6 +18,7 @@ import (
 	"github.com/merpati/merpati/relay/access"
 	"github.com/merpati/merpati/relay/dc"
 	"github.com/merpati/merpati/transport/atomicfile"
+	"github.com/merpati/merpati/transport/auth"
 	"github.com/merpati/merpati/transport/link"
 	"github.com/merpati/merpati/transport/tlscarrier"
 )
@@ -52,6 +53,11 @@ type Settings struct {
 	// NoQUIC turns off the QUIC carrier (HTTP/3 on UDP at the Listen
 	// port); links then offer the TLS carrier only.
 	NoQUIC bool `json:"no_quic,omitempty"`
+	// LegacyTokens lets in TLS-carrier clients whose links predate
+	// sealed tokens (see [Config.LegacyTokens]); absent means true, for
+	// relays made before them, whose links lack "ak": once every person
+	// has a new link (link show), set it false. init writes false.
+	LegacyTokens *bool `json:"legacy_tokens,omitempty"`
 }
 
 // CoverAddr returns the host:port of the cover site.
@@ -192,6 +198,9 @@ type Dir struct {
 	Certificate tls.Certificate
 	// Pin is the SHA-256 of the certificate's public key.
 	Pin [32]byte
+	// AuthKey is the relay's static X25519 public key, derived from its
+	// private key, which links carry for sealed tokens.
+	AuthKey []byte
 }
 
 // Init creates a relay directory at dir with settings s, a new certificate
@@ -225,6 +234,10 @@ func InitWithKey(dir string, s Settings, keyKind string) (*Dir, error) {
 	if err := access.Save(filepath.Join(dir, KeysFile), nil); err != nil {
 		return nil, err
 	}
+	if s.LegacyTokens == nil {
+		// A new relay's links all carry "ak".
+		s.LegacyTokens = new(bool)
+	}
 	b, _ := json.MarshalIndent(s, "", "  ")
 	if err := atomicfile.Write(filepath.Join(dir, SettingsFile), append(b, '\n'), 0o600); err != nil {
 		return nil, err
@@ -251,6 +264,11 @@ func LoadDir(dir string) (*Dir, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load relay certificate: %w", err)
 	}
+	ak, err := auth.RelayAuthKey(d.Certificate.PrivateKey)
+	if err != nil {
+		return nil, err
+	}
+	d.AuthKey = ak.PublicKey().Bytes()
 	d.Pin, err = tlscarrier.Pin(d.Certificate)
 	if err != nil {
 		return nil, err
@@ -318,6 +336,7 @@ func (d *Dir) Link(e access.Entry) *link.Link {
 	return &link.Link{
 		Relays:   append([]string(nil), d.Settings.Public...),
 		Pin:      d.Pin,
+		AuthKey:  d.AuthKey,
 		SNI:      d.Settings.ServerName(),
 		Carriers: d.Settings.carriers(),
 		Key:      e.Key,
@@ -350,12 +369,13 @@ func (d *Dir) Config(log *slog.Logger) (Config, error) {
 		return Config{}, err
 	}
 	return Config{
-		Listen:      d.Settings.Listen,
-		Certificate: d.Certificate,
-		Keys:        keys,
-		Cover:       cover,
-		Table:       table,
-		ServerName:  d.Settings.ServerName(),
-		NoQUIC:      d.Settings.NoQUIC,
+		Listen:       d.Settings.Listen,
+		Certificate:  d.Certificate,
+		Keys:         keys,
+		Cover:        cover,
+		Table:        table,
+		ServerName:   d.Settings.ServerName(),
+		NoQUIC:       d.Settings.NoQUIC,
+		LegacyTokens: d.Settings.LegacyTokens == nil || *d.Settings.LegacyTokens,
 	}, nil
 }

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/merpati/merpati/relay"
 	"github.com/merpati/merpati/relay/access"
 	"github.com/merpati/merpati/relay/relaytest"
 	"github.com/merpati/merpati/transport"
@@ -223,7 +224,7 @@ func TestReplay(t *testing.T) {
 		case link.CarrierTLS:
 			first := make(chan []byte, 1)
 			d, err := tlscarrier.NewDialer(tlscarrier.ClientConfig{
-				Addr: r.Addr, ServerName: l.SNI, Pin: l.Pin, Key: auth.Key(l.Key),
+				Addr: r.Addr, ServerName: l.SNI, Pin: l.Pin, Key: auth.Key(l.Key), AuthKey: l.AuthKey,
 				DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 					var d net.Dialer
 					c, err := d.DialContext(ctx, network, addr)
@@ -337,4 +338,30 @@ func TestProbes(t *testing.T) {
 			t.Errorf("the key holder's stream after the probes: %v", err)
 		}
 	})
+}
+
+// TestLegacyLinks: a link from before sealed tokens (no "ak") is refused
+// by a relay that allows none, and served by one that allows legacy
+// tokens, as relays made before them do.
+func TestLegacyLinks(t *testing.T) {
+	echo := relaytest.Target(t, relaytest.StartEcho(t))
+	cov := relaytest.StartCover(t)
+	for _, legacy := range []bool{false, true} {
+		r := relaytest.Start(t, cov, relaytest.Options{Config: func(c *relay.Config) { c.LegacyTokens = legacy }})
+		l := r.AddKey(t, "old", access.Entry{})
+		l.AuthKey = nil
+		s, err := relaytest.Session(t, l, link.CarrierTLS)
+		if err == nil {
+			var st transport.Stream
+			if st, err = relaytest.Open(s, echo); err == nil {
+				st.Close()
+			}
+		}
+		if legacy && err != nil {
+			t.Errorf("legacy tokens allowed: an old link's session: %v", err)
+		}
+		if !legacy && !errors.Is(err, transport.ErrKeyRefused) {
+			t.Errorf("legacy tokens refused: an old link's session: %v, want ErrKeyRefused", err)
+		}
+	}
 }

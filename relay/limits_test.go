@@ -110,6 +110,7 @@ func (l *limitsLab) session(t *testing.T, name, local string) (transport.Session
 		ServerName:  l.dir.Settings.ServerName(),
 		Pin:         l.dir.Pin,
 		Key:         l.keys[name].Key,
+		AuthKey:     l.dir.AuthKey,
 		DialContext: nd.DialContext,
 	})
 	if err != nil {

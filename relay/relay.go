@@ -11,6 +11,7 @@ package relay
 
 import (
 	"context"
+	"crypto/ecdh"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -25,6 +26,7 @@ import (
 	"github.com/merpati/merpati/relay/dc"
 	"github.com/merpati/merpati/transport"
 	"github.com/merpati/merpati/transport/antireplay"
+	"github.com/merpati/merpati/transport/auth"
 	"github.com/merpati/merpati/transport/mtproxy"
 	"github.com/merpati/merpati/transport/quiccarrier"
 	"github.com/merpati/merpati/transport/tlscarrier"
@@ -60,6 +62,13 @@ type Config struct {
 	DialTimeout time.Duration
 	// NoQUIC turns off the QUIC carrier: [Run] then listens on TCP only.
 	NoQUIC bool
+	// LegacyTokens lets TLS-carrier clients whose links predate sealed
+	// tokens (links without "ak") in: their plain tokens are checked
+	// against every key, which costs time that grows with the number of
+	// keys, and shows (see [auth.Seal]). Sealed tokens are checked at once
+	// either way. QUIC tokens are plain, and always checked against every
+	// key.
+	LegacyTokens bool
 	// NoMirror turns off the mirroring of the cover site's TLS flight
 	// (see [tlscarrier.Mirror]): key holders then get crypto/tls's own.
 	// Mirroring needs ServerName.
@@ -143,6 +152,9 @@ type Relay struct {
 	// mirror shapes key holders' TLS flight like the cover site's; nil
 	// when off.
 	mirror *tlscarrier.Mirror
+	// authKey is the relay's static X25519 key, which opens sealed
+	// tokens.
+	authKey *ecdh.PrivateKey
 }
 
 // New checks cfg and returns a Relay.
@@ -154,6 +166,13 @@ func New(cfg Config) (*Relay, error) {
 		cfg:    cfg,
 		log:    cfg.Logger,
 		dialer: &dc.Dialer{Table: cfg.Table, Resolver: cfg.Resolver, Timeout: cfg.DialTimeout},
+	}
+	if cfg.Certificate.PrivateKey != nil {
+		ak, err := auth.RelayAuthKey(cfg.Certificate.PrivateKey)
+		if err != nil {
+			return nil, fmt.Errorf("relay: %w", err)
+		}
+		r.authKey = ak
 	}
 	if !cfg.NoMirror && cfg.ServerName != "" {
 		m, err := tlscarrier.NewMirror(tlscarrier.MirrorConfig{
@@ -181,7 +200,7 @@ func (r *Relay) LearnCover(ctx context.Context) error {
 	}
 	r.log.Info("key holders' TLS flight follows the cover site's", "flight", r.mirror.Flight().String())
 	for _, g := range gaps {
-		r.log.Warn("TLS flight not mirrored: "+g)
+		r.log.Warn("TLS flight not mirrored: " + g)
 	}
 	return nil
 }
@@ -394,7 +413,18 @@ var errReplay = errors.New("relay: replayed")
 // Authenticate returns the *access.User whose key made p.
 func (a authenticator) Authenticate(p transport.Proof) (transport.Key, error) {
 	r := a.r
-	u := r.cfg.Keys.Authenticate(p.Digest, p.Token, time.Now())
+	now := time.Now()
+	var u *access.User
+	// A sealed token names its key: one X25519, one AES-GCM and a few
+	// HMACs whatever the number of keys.
+	if p.KeyShare != nil && r.authKey != nil {
+		if id, tok, err := auth.Open(r.authKey, p.KeyShare, p.Random, p.Token); err == nil {
+			u = r.cfg.Keys.AuthenticateID(id, p.Digest, tok, now)
+		}
+	}
+	if u == nil && (p.Carrier != "tls" || r.cfg.LegacyTokens) {
+		u = r.cfg.Keys.Authenticate(p.Digest, p.Token, now)
+	}
 	if u == nil {
 		return nil, transport.ErrUnauthenticated
 	}

@@ -32,6 +32,10 @@ type Proof struct {
 	Digest [32]byte
 	// Token is the client's token (see package auth).
 	Token []byte
+	// Random and KeyShare are the hello's client random and X25519 key
+	// share, for a sealed token ([github.com/merpati/merpati/transport/auth.Open]);
+	// nil where the carrier has none.
+	Random, KeyShare []byte
 }
 
 // ErrUnauthenticated is what an [Authenticator] returns (wrapped) when no

@@ -38,6 +38,8 @@ type Keyring struct {
 type snapshot struct {
 	users []*User
 	keys  []auth.Key // keys[i] belongs to users[i]
+	// byID indexes keys by [auth.KeyID], for sealed tokens.
+	byID map[uint32][]int
 	// mt holds the MTProxy secrets, mtUsers[i] owning mt[i]; keys
 	// without one are left out.
 	mt      []mtproxy.Key
@@ -122,7 +124,7 @@ func (k *Keyring) reload(initial bool) (int, error) {
 		// lock everyone out.
 		return 0, fmt.Errorf("%w; keeping the %d keys loaded", err, k.active())
 	}
-	snap := &snapshot{}
+	snap := &snapshot{byID: make(map[uint32][]int, len(entries))}
 	keep := make(map[string]bool)
 	for i := range entries {
 		e := entries[i]
@@ -140,6 +142,8 @@ func (k *Keyring) reload(initial bool) (int, error) {
 		}
 		u.entry.Store(&e)
 		keep[e.Name] = true
+		id := auth.KeyID(e.Key)
+		snap.byID[id] = append(snap.byID[id], len(snap.keys))
 		snap.users = append(snap.users, u)
 		snap.keys = append(snap.keys, e.Key)
 		if !e.MTProxySecret.IsZero() {
@@ -282,6 +286,24 @@ func (k *Keyring) Authenticate(digest [32]byte, token []byte, now time.Time) *Us
 		return nil
 	}
 	return u
+}
+
+// AuthenticateID is [Keyring.Authenticate] for a sealed token, whose key
+// id names the key (see [auth.Open]): it checks only the keys with that
+// id, so that its cost does not grow with the number of keys.
+func (k *Keyring) AuthenticateID(id uint32, digest [32]byte, token []byte, now time.Time) *User {
+	s := k.snap.Load()
+	for _, i := range s.byID[id] {
+		if auth.Match(s.keys[i:i+1], digest, token, now) < 0 {
+			continue
+		}
+		u := s.users[i]
+		if u.Entry().Expired(now) {
+			return nil
+		}
+		return u
+	}
+	return nil
 }
 
 // MatchMTProxy returns the user whose MTProxy secret signed the FakeTLS

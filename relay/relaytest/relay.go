@@ -36,6 +36,10 @@ type Options struct {
 	// Config, if not nil, adjusts the relay's Config before the relay is
 	// made. The Config's Logger writes to [Relay].Logs.
 	Config func(*relay.Config)
+	// KeyKind, if set, gives the relay a key of this kind (see
+	// [relay.InitWithKey]), as init does when the cover site's leaf has
+	// one; empty means ECDSA P-256. CertFrom overrides it.
+	KeyKind string
 	// SamePort, if set, puts the relay on 127.0.0.2 at the cover site's
 	// port number, as a real relay shares 443 with its cover site: what
 	// the cover site says of its own port (Alt-Svc) then holds for the
@@ -89,14 +93,18 @@ func Start(t testing.TB, cov CoverSite, opts Options) *Relay {
 	}
 	addr := ln.Addr().String()
 	path := filepath.Join(t.TempDir(), "relay")
-	d, err := relay.Init(path, relay.Settings{
+	keyKind := opts.KeyKind
+	if keyKind == "" {
+		keyKind = "ECDSA-P256"
+	}
+	d, err := relay.InitWithKey(path, relay.Settings{
 		Listen: addr,
 		Public: []string{addr},
 		Cover:  "https://" + cov.Addr(),
 		SNI:    CoverName,
 		DC:     opts.DC,
 		Allow:  []string{"127.0.0.0/8"},
-	})
+	}, keyKind)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -50,6 +50,8 @@ const (
 	ExtALPN                uint16 = 16
 	ExtSupportedVersions   uint16 = 43
 	ExtKeyShare            uint16 = 51
+
+	groupX25519 = 29
 )
 
 // Errors returned by [Parse] and [ReadRecord], wrapped with detail; test
@@ -118,6 +120,9 @@ type ClientHello struct {
 	SupportedGroups []uint16
 	// KeyShareGroups lists the group of each key_share entry.
 	KeyShareGroups []uint16
+	// X25519Share is the key exchange of the X25519 key_share entry (32
+	// bytes), nil without one.
+	X25519Share []byte
 
 	// extData[i] is the body of extension Extensions[i].
 	extData [][]byte
@@ -365,8 +370,12 @@ func (h *ClientHello) parseKeyShare(list cursor) error {
 		if !ok {
 			return ErrTruncated
 		}
-		if _, ok := list.vec16(); !ok {
+		kx, ok := list.vec16()
+		if !ok {
 			return ErrTruncated
+		}
+		if group == groupX25519 && len(kx) == 32 && h.X25519Share == nil {
+			h.X25519Share = kx
 		}
 		h.KeyShareGroups = append(h.KeyShareGroups, group)
 	}

@@ -12,8 +12,10 @@
 // of the relay certificate's SubjectPublicKeyInfo, sni the cover server
 // name sent in the hello, c the carriers to use in the order given (absent
 // means all of them), dns the bootstrap domain(s) and lk the ed25519 key
-// that signs the relay list published there. The fragment is a label for
-// people. Parameters are written in this order and only when set.
+// that signs the relay list published there, bk the bootstrap key(s)
+// (comma-separated audience secrets from which the client derives the DNS
+// names it asks and the key that decrypts the list), ak the relays' X25519 key
+// for sealed tokens (after lk). The fragment is a label for people. Parameters are written in this order and only when set.
 //
 // [Parse] is strict: it rejects unknown or repeated parameters, wrong
 // lengths and malformed addresses, so that a mistyped link fails loudly
@@ -64,6 +66,8 @@ const (
 	paramCarriers  = "c"
 	paramBootstrap = "dns"
 	paramListKey   = "lk"
+	paramAuthKey   = "ak"
+	paramBootKeys  = "bk"
 )
 
 // Errors returned by [Parse] and [Link.Validate], wrapped with details.
@@ -116,6 +120,51 @@ type Link struct {
 	// ListKey is the ed25519 public key that signs the bootstrap relay
 	// list: nil (or empty) or [ListKeySize] bytes.
 	ListKey []byte
+	// BootstrapKeys are the audience secrets of the bootstrap relay
+	// lists this link may fetch, each [BootstrapKeySize] bytes: the client
+	// derives from one the DNS names it asks for and the key that decrypts
+	// the list published there (see package transport/relaylist). Whoever
+	// holds the link can read its audiences' lists, nobody else can.
+	// Setting BootstrapKeys requires Bootstrap; Bootstrap without
+	// BootstrapKeys is the old public list format, which clients no longer
+	// fetch (see [ErrOldBootstrap]).
+	BootstrapKeys [][BootstrapKeySize]byte
+	// AuthKey is the relays' static X25519 public key, with which the TLS
+	// carrier seals its token so that a relay finds the key at once: nil
+	// (or empty) or [AuthKeySize] bytes. Without it the client sends a
+	// plain token, which relays check against every key.
+	AuthKey []byte
+}
+
+// AuthKeySize is the length of [Link.AuthKey].
+const AuthKeySize = 32
+
+// BootstrapKeySize is the length of each of [Link.BootstrapKeys].
+const BootstrapKeySize = 32
+
+// MaxBootstrapKeys is the most bootstrap keys a link may carry.
+const MaxBootstrapKeys = 8
+
+// ErrOldBootstrap is returned by [Link.CheckBootstrap] for a link with
+// bootstrap domains and a list key but no bootstrap key (bk=): such links
+// point at the old, unencrypted DNS list, which relays no longer publish
+// and clients no longer fetch. The link's relays still work; only the
+// bootstrap is off until the user imports a new link.
+var ErrOldBootstrap = errors.New("link: the link's DNS bootstrap (dns= and lk= without bk=) uses the old unencrypted relay list, " +
+	"which is no longer fetched: ask the relay operator for a new link (one with bk=, made by \"merpati-relay list share\")")
+
+// CheckBootstrap reports whether l can fetch a bootstrap relay list: nil
+// if it has bootstrap domains, a list key and at least one bootstrap key,
+// [ErrOldBootstrap] if it has domains and a list key but no bootstrap key,
+// and [ErrMissing] if it has no bootstrap domains.
+func (l Link) CheckBootstrap() error {
+	switch {
+	case len(l.Bootstrap) == 0 || len(l.ListKey) == 0:
+		return fmt.Errorf("%w: %s and %s (no DNS bootstrap)", ErrMissing, paramBootstrap, paramListKey)
+	case len(l.BootstrapKeys) == 0:
+		return ErrOldBootstrap
+	}
+	return nil
 }
 
 // Parse parses and validates a share link. The scheme is matched without
@@ -166,7 +215,7 @@ func Parse(s string) (*Link, error) {
 	var unknown, repeated []string
 	for k, v := range q {
 		switch k {
-		case paramRelays, paramPin, paramSNI, paramCarriers, paramBootstrap, paramListKey:
+		case paramRelays, paramPin, paramSNI, paramCarriers, paramBootstrap, paramListKey, paramAuthKey, paramBootKeys:
 		default:
 			unknown = append(unknown, strconv.Quote(k))
 		}
@@ -208,6 +257,24 @@ func Parse(s string) (*Link, error) {
 		l.ListKey = make([]byte, ListKeySize)
 		if err := decodeFixed(l.ListKey, v[0]); err != nil {
 			return nil, fmt.Errorf("%w: %s: %v", ErrInvalid, paramListKey, err)
+		}
+	}
+	if v, ok := q[paramBootKeys]; ok {
+		for i, k := range strings.Split(v[0], ",") {
+			if i >= MaxBootstrapKeys {
+				return nil, fmt.Errorf("%w: %s: more than %d keys", ErrInvalid, paramBootKeys, MaxBootstrapKeys)
+			}
+			var bk [BootstrapKeySize]byte
+			if err := decodeFixed(bk[:], k); err != nil {
+				return nil, fmt.Errorf("%w: %s: %v", ErrInvalid, paramBootKeys, err)
+			}
+			l.BootstrapKeys = append(l.BootstrapKeys, bk)
+		}
+	}
+	if v, ok := q[paramAuthKey]; ok {
+		l.AuthKey = make([]byte, AuthKeySize)
+		if err := decodeFixed(l.AuthKey, v[0]); err != nil {
+			return nil, fmt.Errorf("%w: %s: %v", ErrInvalid, paramAuthKey, err)
 		}
 	}
 	l.Name = u.Fragment
@@ -279,8 +346,25 @@ func (l Link) Validate() error {
 	if n := len(l.ListKey); n != 0 && n != ListKeySize {
 		return fmt.Errorf("%w: list key: %d bytes, want %d", ErrInvalid, n, ListKeySize)
 	}
+	if n := len(l.AuthKey); n != 0 && n != AuthKeySize {
+		return fmt.Errorf("%w: auth key: %d bytes, want %d", ErrInvalid, n, AuthKeySize)
+	}
 	if len(l.Bootstrap) > 0 && len(l.ListKey) == 0 {
 		return fmt.Errorf("%w: list key, needed for bootstrap domains", ErrMissing)
+	}
+	if len(l.BootstrapKeys) > MaxBootstrapKeys {
+		return fmt.Errorf("%w: %d bootstrap keys, at most %d", ErrInvalid, len(l.BootstrapKeys), MaxBootstrapKeys)
+	}
+	for i, k := range l.BootstrapKeys {
+		if k == [BootstrapKeySize]byte{} {
+			return fmt.Errorf("%w: bootstrap key %d is all zero", ErrInvalid, i)
+		}
+		if slices.Contains(l.BootstrapKeys[:i], k) {
+			return fmt.Errorf("%w: bootstrap key %d listed twice", ErrInvalid, i)
+		}
+	}
+	if len(l.BootstrapKeys) > 0 && len(l.Bootstrap) == 0 {
+		return fmt.Errorf("%w: bootstrap domain, needed for bootstrap keys", ErrMissing)
 	}
 	return nil
 }
@@ -407,6 +491,16 @@ func (l Link) String() string {
 	}
 	if len(l.ListKey) > 0 {
 		add(paramListKey, b64.EncodeToString(l.ListKey))
+	}
+	if len(l.BootstrapKeys) > 0 {
+		ks := make([]string, len(l.BootstrapKeys))
+		for i, k := range l.BootstrapKeys {
+			ks[i] = b64.EncodeToString(k[:])
+		}
+		add(paramBootKeys, strings.Join(ks, ","))
+	}
+	if len(l.AuthKey) > 0 {
+		add(paramAuthKey, b64.EncodeToString(l.AuthKey))
 	}
 	u := url.URL{
 		Scheme:   Scheme,

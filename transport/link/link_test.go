@@ -23,7 +23,8 @@ func equal(a, b *link.Link) bool {
 		a.Key == b.Key &&
 		a.Name == b.Name &&
 		slices.Equal(a.Bootstrap, b.Bootstrap) &&
-		bytes.Equal(a.ListKey, b.ListKey)
+		bytes.Equal(a.ListKey, b.ListKey) &&
+		slices.Equal(a.BootstrapKeys, b.BootstrapKeys)
 }
 
 func fill(n int, b byte) []byte { return bytes.Repeat([]byte{b}, n) }
@@ -36,19 +37,22 @@ var (
 	keyB64  = b64(key32[:])
 	pinB64  = b64(pin32[:])
 	listB64 = b64(fill(32, 0x33))
+	bk1     = [32]byte(fill(32, 0x44))
+	bk2     = [32]byte(fill(32, 0x55))
 )
 
 // valid returns a fully populated valid link.
 func valid() *link.Link {
 	return &link.Link{
-		Relays:    []string{"relay1.example:443", "[2001:db8::1]:8443", "192.0.2.7:443"},
-		Pin:       pin32,
-		SNI:       "www.example.com",
-		Carriers:  []string{"quic", "tls"},
-		Key:       key32,
-		Name:      "Alice's phone",
-		Bootstrap: []string{"b.example.net", "_m.example.org"},
-		ListKey:   fill(32, 0x33),
+		Relays:        []string{"relay1.example:443", "[2001:db8::1]:8443", "192.0.2.7:443"},
+		Pin:           pin32,
+		SNI:           "www.example.com",
+		Carriers:      []string{"quic", "tls"},
+		Key:           key32,
+		Name:          "Alice's phone",
+		Bootstrap:     []string{"b.example.net", "_m.example.org"},
+		ListKey:       fill(32, 0x33),
+		BootstrapKeys: [][32]byte{bk1, bk2},
 	}
 }
 
@@ -58,7 +62,7 @@ func TestStringFormat(t *testing.T) {
 		"?r=%5B2001:db8::1%5D:8443,192.0.2.7:443" +
 		"&pin=" + pinB64 +
 		"&sni=www.example.com&c=quic,tls&dns=b.example.net,_m.example.org" +
-		"&lk=" + listB64 + "#Alice%27s%20phone"
+		"&lk=" + listB64 + "&bk=" + b64(bk1[:]) + "," + b64(bk2[:]) + "#Alice%27s%20phone"
 	if got != want {
 		t.Errorf("String() =\n%s\nwant\n%s", got, want)
 	}
@@ -93,6 +97,11 @@ func TestParseValid(t *testing.T) {
 		{"bootstrap", base + "&dns=_boot.example.net&lk=" + listB64, func(l *link.Link) {
 			l.Bootstrap = []string{"_boot.example.net"}
 			l.ListKey = fill(32, 0x33)
+		}},
+		{"bootstrap keys", base + "&dns=b.example.net&lk=" + listB64 + "&bk=" + b64(bk2[:]) + "," + b64(bk1[:]), func(l *link.Link) {
+			l.Bootstrap = []string{"b.example.net"}
+			l.ListKey = fill(32, 0x33)
+			l.BootstrapKeys = [][32]byte{bk2, bk1}
 		}},
 		{"list key alone", base + "&lk=" + listB64, func(l *link.Link) { l.ListKey = fill(32, 0x33) }},
 		{"unicode name", base + "#%D0%9C%D0%B0%D1%88%D0%B0 🕊", func(l *link.Link) { l.Name = "Маша 🕊" }},
@@ -173,6 +182,12 @@ func TestParseInvalid(t *testing.T) {
 		{"bootstrap twice", base + "&dns=b.example,b.example&lk=" + listB64, link.ErrInvalid, "twice"},
 		{"short list key", base + "&lk=" + listB64[2:], link.ErrInvalid, "lk"},
 		{"empty list key", base + "&lk=", link.ErrInvalid, "lk"},
+		{"bootstrap key without domain", base + "&lk=" + listB64 + "&bk=" + b64(bk1[:]), link.ErrMissing, "bootstrap domain"},
+		{"short bootstrap key", base + "&dns=b.example&lk=" + listB64 + "&bk=" + b64(bk1[:31]), link.ErrInvalid, "bk"},
+		{"empty bootstrap key", base + "&dns=b.example&lk=" + listB64 + "&bk=" + b64(bk1[:]) + ",", link.ErrInvalid, "bk"},
+		{"zero bootstrap key", base + "&dns=b.example&lk=" + listB64 + "&bk=" + b64(make([]byte, 32)), link.ErrInvalid, "zero"},
+		{"bootstrap key twice", base + "&dns=b.example&lk=" + listB64 + "&bk=" + b64(bk1[:]) + "," + b64(bk1[:]), link.ErrInvalid, "twice"},
+		{"too many bootstrap keys", base + "&dns=b.example&lk=" + listB64 + "&bk=" + strings.Repeat(b64(bk1[:])+",", 8) + b64(bk1[:]), link.ErrInvalid, "more than 8"},
 		{"name too long", base + "#" + strings.Repeat("x", 65), link.ErrInvalid, "name"},
 		{"name control", base + "#a%0Ab", link.ErrInvalid, "name"},
 		{"name not utf8", base + "#%FF", link.ErrInvalid, "name"},
@@ -263,8 +278,39 @@ func randomLink(r *rand.Rand) *link.Link {
 				l.Bootstrap = append(l.Bootstrap, d)
 			}
 		}
+		if len(l.Bootstrap) > 0 {
+			for range r.IntN(4) {
+				var k [32]byte
+				for i := range k {
+					k[i] = byte(r.Uint32())
+				}
+				l.BootstrapKeys = append(l.BootstrapKeys, k)
+			}
+		}
 	}
 	return &l
+}
+
+// TestCheckBootstrap: a link of the old bootstrap format (dns= and lk=
+// without bk=) still parses, but its bootstrap is refused with an error
+// that says what to do.
+func TestCheckBootstrap(t *testing.T) {
+	l := valid()
+	if err := l.CheckBootstrap(); err != nil {
+		t.Errorf("new-format link: %v", err)
+	}
+	l.BootstrapKeys = nil
+	old, err := link.Parse(l.String())
+	if err != nil {
+		t.Fatalf("old-format link does not parse: %v", err)
+	}
+	if err := old.CheckBootstrap(); !errors.Is(err, link.ErrOldBootstrap) || !strings.Contains(err.Error(), "new link") {
+		t.Errorf("old-format link: %v, want ErrOldBootstrap naming what to do", err)
+	}
+	l.Bootstrap, l.ListKey = nil, nil
+	if err := l.CheckBootstrap(); !errors.Is(err, link.ErrMissing) {
+		t.Errorf("link without bootstrap: %v", err)
+	}
 }
 
 func TestRoundTrip(t *testing.T) {
@@ -341,7 +387,7 @@ func TestValidate(t *testing.T) {
 	}{
 		{"valid", func(l *link.Link) {}, nil},
 		{"no carriers", func(l *link.Link) { l.Carriers = nil }, nil},
-		{"no bootstrap", func(l *link.Link) { l.Bootstrap, l.ListKey = nil, nil }, nil},
+		{"no bootstrap", func(l *link.Link) { l.Bootstrap, l.ListKey, l.BootstrapKeys = nil, nil, nil }, nil},
 		{"no relays", func(l *link.Link) { l.Relays = nil }, link.ErrMissing},
 		{"list key 31 bytes", func(l *link.Link) { l.ListKey = l.ListKey[:31] }, link.ErrInvalid},
 		{"list key empty with bootstrap", func(l *link.Link) { l.ListKey = []byte{} }, link.ErrMissing},

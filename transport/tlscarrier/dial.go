@@ -2,6 +2,7 @@ package tlscarrier
 
 import (
 	"context"
+	"crypto/ecdh"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -33,6 +34,11 @@ type ClientConfig struct {
 	Pin [32]byte
 	// Key is the person's access key. Required.
 	Key auth.Key
+	// AuthKey is the relay's static X25519 public key (the link's "ak"),
+	// with which the token is sealed so that the relay finds the key at
+	// once (see [auth.Seal]); nil sends a plain token, which the relay
+	// checks against every key it has.
+	AuthKey []byte
 	// DialContext opens the TCP connection; nil means a net.Dialer.
 	DialContext func(ctx context.Context, network, addr string) (net.Conn, error)
 	// Mux configures the HTTP/2 session.
@@ -63,8 +69,9 @@ func (c *ClientConfig) check() error {
 // A Dialer opens TLS-carrier sessions to one relay. It is safe for
 // concurrent use.
 type Dialer struct {
-	cfg ClientConfig
-	log *slog.Logger
+	cfg     ClientConfig
+	log     *slog.Logger
+	authKey *ecdh.PublicKey // nil: plain tokens
 }
 
 var _ transport.Dialer = (*Dialer)(nil)
@@ -88,7 +95,15 @@ func NewDialer(cfg ClientConfig) (*Dialer, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Dialer{cfg: cfg, log: log}, nil
+	d := &Dialer{cfg: cfg, log: log}
+	if cfg.AuthKey != nil {
+		k, err := ecdh.X25519().NewPublicKey(cfg.AuthKey)
+		if err != nil {
+			return nil, fmt.Errorf("tlscarrier: ClientConfig.AuthKey: %w", err)
+		}
+		d.authKey = k
+	}
+	return d, nil
 }
 
 // Carrier returns "tls".
@@ -155,6 +170,16 @@ func (d *Dialer) handshake(ctx context.Context, raw net.Conn) (net.Conn, error) 
 		return nil, err
 	}
 	token := auth.Token(d.cfg.Key, auth.Slot(d.cfg.Now()), digest)
+	if d.authKey != nil {
+		// The relay finds the key at once: a sealed token.
+		ks := uc.HandshakeState.State13.KeyShareKeys
+		if ks == nil || ks.Ecdhe == nil {
+			return nil, errors.New("hello has no X25519 key share to seal the token with")
+		}
+		if token, err = auth.Seal(d.cfg.Key, d.cfg.Now(), digest, hello.Random, ks.Ecdhe, d.authKey); err != nil {
+			return nil, err
+		}
+	}
 	hello.SessionId = token[:]
 	copy(hello.Raw[sessionIDOffset:], token[:])
 	if err := uc.HandshakeContext(ctx); err != nil {

@@ -238,7 +238,7 @@ func (l *Listener) handle(ctx context.Context, c net.Conn) {
 		return
 	}
 	if digest, token, ok := HelloToken(h); ok {
-		key, err := l.cfg.Auth.Authenticate(transport.Proof{Carrier: "tls", Digest: digest, Token: token})
+		key, err := l.cfg.Auth.Authenticate(transport.Proof{Carrier: "tls", Digest: digest, Token: token, Random: h.Random, KeyShare: h.X25519Share})
 		if err == nil {
 			release()
 			early.drop()
@@ -247,6 +247,11 @@ func (l *Listener) handle(ctx context.Context, c net.Conn) {
 		}
 		l.log.Debug("token refused", "err", err)
 	}
+	// Not a key holder's hello (a sealed token costs the same to check
+	// whatever the number of keys). The cover site gets it now, and
+	// answers while the relay checks it for an MTProxy secret, which
+	// costs an HMAC per secret.
+	early.sendNow(first)
 	if l.cfg.MTProxy != nil {
 		// Not our carrier: maybe a stock Telegram app with an MTProxy
 		// (FakeTLS) secret, told apart by the hello alone.
@@ -355,15 +360,15 @@ func (l *Listener) deliver(ctx context.Context, s transport.ServerSession) {
 // over early's connection if it made one.
 func (l *Listener) cover(ctx context.Context, c net.Conn, read []byte, why string, early *earlyCover) {
 	l.log.Debug("connection sent to cover site", "why", why)
-	cc, err := early.take(ctx)
+	cc, sent, err := early.take(ctx)
 	if err != nil {
 		l.warns.Warn(l.log, "cover site unreachable", "err", err)
 		return
 	}
 	stop := context.AfterFunc(ctx, func() { cc.Close() })
 	defer stop()
-	if len(read) > 0 {
-		if _, err := cc.Write(read); err != nil {
+	if len(read) > sent {
+		if _, err := cc.Write(read[sent:]); err != nil {
 			cc.Close()
 			return
 		}
@@ -382,18 +387,21 @@ func (l *Listener) dialCover(ctx context.Context) (net.Conn, error) {
 // one goroutine.
 type earlyCover struct {
 	l      *Listener
+	ctx    context.Context
 	cancel context.CancelFunc
 	timer  *time.Timer
 	state  int           // 0: undecided; 1: the dial never started; 2: it started
 	done   chan struct{} // closed when a started dial has returned
 	conn   net.Conn
 	err    error
+	// sent is what sendNow wrote to conn.
+	sent int
 }
 
 // dialCoverAfter starts an earlyCover that dials after d.
 func (l *Listener) dialCoverAfter(ctx context.Context, d time.Duration) *earlyCover {
 	ctx, cancel := context.WithCancel(ctx)
-	e := &earlyCover{l: l, cancel: cancel, done: make(chan struct{})}
+	e := &earlyCover{l: l, ctx: ctx, cancel: cancel, done: make(chan struct{})}
 	e.timer = time.AfterFunc(d, func() {
 		defer close(e.done)
 		e.conn, e.err = l.dialCover(ctx)
@@ -413,16 +421,45 @@ func (e *earlyCover) started() bool {
 	return e.state == 2
 }
 
-// take returns the cover connection: the early one if it was dialled,
-// else a new one. It hands the connection over to the caller.
-func (e *earlyCover) take(ctx context.Context) (net.Conn, error) {
+// sendNow dials the cover site at once, unless the dial has started, and
+// sends it first, the client's hello: while the hello is checked, the
+// cover site is already answering it, so that a prober's time to the
+// cover's first byte does not depend on how long the check takes (REALITY
+// does the same). If the hello turns out to be a key holder's, drop
+// closes the connection and the cover's answer is never read.
+func (e *earlyCover) sendNow(first []byte) {
+	if e.state != 0 || !e.timer.Stop() {
+		return // dialling already
+	}
+	e.state = 2
+	first = append([]byte(nil), first...)
+	go func() {
+		defer close(e.done)
+		e.conn, e.err = e.l.dialCover(e.ctx)
+		if e.err != nil {
+			return
+		}
+		if _, e.err = e.conn.Write(first); e.err != nil {
+			e.conn.Close()
+			e.conn = nil
+			return
+		}
+		e.sent = len(first)
+	}()
+}
+
+// take returns the cover connection, the early one if it was dialled
+// (else a new one), and how many bytes of the client's were already sent
+// on it. It hands the connection over to the caller.
+func (e *earlyCover) take(ctx context.Context) (net.Conn, int, error) {
 	if !e.started() {
-		return e.l.dialCover(ctx)
+		c, err := e.l.dialCover(ctx)
+		return c, 0, err
 	}
 	<-e.done
-	c, err := e.conn, e.err
+	c, sent, err := e.conn, e.sent, e.err
 	e.conn, e.err = nil, errors.New("tlscarrier: cover connection already taken")
-	return c, err
+	return c, sent, err
 }
 
 // drop cancels the dial, waits for it and closes the connection it made,
