@@ -10,26 +10,27 @@ import (
 
 	"github.com/merpati/merpati/client/bootstrap"
 	"github.com/merpati/merpati/client/pick"
+	"github.com/merpati/merpati/transport/link"
 	"github.com/merpati/merpati/transport/relaylist"
 )
 
-// BootstrapInterval is the least time between two automatic bootstrap
-// fetches, so that a client whose relays are all down does not hammer the
-// resolvers on every Telegram connection.
-const BootstrapInterval = time.Minute
-
 // ErrNoBootstrap is returned by [Client.Refresh] when the link has no
-// bootstrap domains or list key, or the Config no resolvers.
-var ErrNoBootstrap = errors.New("client: bootstrap not configured (link dns= and lk=, and resolvers, are needed)")
+// bootstrap domains, list key or bootstrap key, or the Config no
+// resolvers. A link of the old format (dns= and lk= without bk=) also
+// wraps [link.ErrOldBootstrap].
+var ErrNoBootstrap = errors.New("client: bootstrap not configured (link dns=, lk= and bk=, and resolvers, are needed)")
 
 // booter runs the bootstrap for a client: at most one fetch at a time,
-// and automatic fetches at most once per BootstrapInterval.
+// and automatic fetches spaced by a jittered exponential backoff
+// (bootstrap.Backoff: 30 s doubling up to 30 min) while they find
+// nothing new, so that a client whose relays are all down neither hammers
+// the resolvers nor repeats its queries at a fixed interval.
 type booter struct {
-	f *bootstrap.Fetcher
+	f       *bootstrap.Fetcher
+	backoff bootstrap.Backoff
 
 	mu      sync.Mutex
 	running chan struct{} // closed when the fetch in progress ends
-	last    time.Time     // start of the last automatic fetch
 	added   int           // candidates added by the last fetch
 }
 
@@ -37,12 +38,19 @@ type booter struct {
 // bootstrap, and adds the relays of a valid cached list to the picker.
 func (c *Client) initBootstrap() error {
 	l := c.cfg.Link
-	if len(l.Bootstrap) == 0 || len(l.ListKey) != ed25519.PublicKeySize || len(c.cfg.Resolvers) == 0 {
+	if err := l.CheckBootstrap(); err != nil {
+		if errors.Is(err, link.ErrOldBootstrap) {
+			c.log.Warn("DNS bootstrap off", "err", err)
+		}
+		return nil
+	}
+	if len(c.cfg.Resolvers) == 0 {
 		return nil
 	}
 	f, err := bootstrap.New(bootstrap.Config{
 		Domains:     l.Bootstrap,
 		ListKey:     ed25519.PublicKey(l.ListKey),
+		Keys:        l.BootstrapKeys,
 		Resolvers:   c.cfg.Resolvers,
 		CachePath:   c.cfg.ListCache,
 		DialContext: c.cfg.DialContext,
@@ -63,6 +71,9 @@ func (c *Client) initBootstrap() error {
 // ones the client tries. It reports how many relay/carrier pairs were new.
 func (c *Client) Refresh(ctx context.Context) (*relaylist.List, int, error) {
 	if c.boot == nil {
+		if err := c.cfg.Link.CheckBootstrap(); errors.Is(err, link.ErrOldBootstrap) {
+			return nil, 0, fmt.Errorf("%w: %w", ErrNoBootstrap, err)
+		}
 		return nil, 0, ErrNoBootstrap
 	}
 	return c.fetchList(ctx)
@@ -96,9 +107,9 @@ func (c *Client) session(ctx context.Context) (*pick.Active, error) {
 }
 
 // rescue is called when no known relay works. It runs the bootstrap
-// unless one ran less than BootstrapInterval ago (concurrent callers
-// share one fetch), and reports whether new relays were added, so the
-// caller should try again.
+// unless the backoff says to wait (concurrent callers share one fetch),
+// and reports whether new relays were added, so the caller should try
+// again.
 func (c *Client) rescue(ctx context.Context) bool {
 	b := c.boot
 	if b == nil {
@@ -107,11 +118,11 @@ func (c *Client) rescue(ctx context.Context) bool {
 	b.mu.Lock()
 	wait := b.running
 	if wait == nil {
-		if !b.last.IsZero() && time.Since(b.last) < BootstrapInterval {
+		start := time.Now()
+		if !b.backoff.Allow(start) {
 			b.mu.Unlock()
 			return false
 		}
-		b.last = time.Now()
 		b.running = make(chan struct{})
 		wait = b.running
 		b.mu.Unlock()
@@ -120,11 +131,14 @@ func (c *Client) rescue(ctx context.Context) bool {
 		go func() {
 			fctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
-			start := time.Now()
 			_, n, err := c.fetchList(fctx)
 			if err != nil {
-				c.log.Warn("bootstrap failed", "err", err)
+				c.log.Warn("bootstrap failed", "err", err, "next_after", b.backoff.Failed(start).Round(time.Second))
+			} else if n == 0 {
+				c.log.Info("bootstrap found no new relay", "took", time.Since(start).Round(time.Millisecond),
+					"next_after", b.backoff.Failed(start).Round(time.Second))
 			} else {
+				b.backoff.Succeeded(start)
 				c.log.Info("bootstrap done", "added", n, "took", time.Since(start).Round(time.Millisecond))
 			}
 			b.mu.Lock()

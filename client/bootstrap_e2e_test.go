@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/ed25519"
+	"errors"
 	"io"
 	"net"
 	"os"
@@ -22,12 +23,16 @@ import (
 	"github.com/merpati/merpati/transport/relaylist"
 )
 
-// startListDNS serves list for zone on a loopback port (UDP and TCP) with
-// the relay's DNS server, as `merpati-relay dns` would, and returns the
-// address.
+// testBootKey is the audience bootstrap key of the tests' lists.
+var testBootKey = [link.BootstrapKeySize]byte{1, 2, 3, 4, 5, 6, 7, 8, 9}
+
+// startListDNS serves list for zone, sealed for testBootKey's audience,
+// on a loopback port (UDP and TCP) with the relay's DNS server, as
+// `merpati-relay dns` would, and returns the address.
 func startListDNS(t testing.TB, zone string, list []byte) string {
 	t.Helper()
-	s, err := dnsserver.New(dnsserver.Config{Zone: zone, Lists: [][]byte{list}, Logger: relaytest.Logger(t, "dns")})
+	s, err := dnsserver.New(dnsserver.Config{Zone: zone, Audiences: []dnsserver.Audience{{Key: testBootKey, Lists: [][]byte{list}}},
+		Logger: relaytest.Logger(t, "dns")})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -86,6 +91,7 @@ func TestBootstrapE2E(t *testing.T) {
 	l.Carriers = []string{link.CarrierTLS}
 	l.Bootstrap = []string{zone}
 	l.ListKey = pub
+	l.BootstrapKeys = [][link.BootstrapKeySize]byte{testBootKey}
 	cache := filepath.Join(t.TempDir(), "relays.bin")
 	c, _ := startClient(t, &l, func(cfg *client.Config) {
 		cfg.Resolvers = []string{"udp://" + dnsAddr}
@@ -147,10 +153,18 @@ func TestRefresh(t *testing.T) {
 	l := *good
 	l.Bootstrap, l.ListKey = []string{"r.merpati.test"}, pub
 	l.Relays = []string{"127.0.0.1:1"}
+	l.BootstrapKeys = [][link.BootstrapKeySize]byte{{9, 9, 9}, testBootKey} // the first is another audience's
 	c, _ := startClient(t, &l, func(cfg *client.Config) { cfg.Resolvers = []string{addr} })
 	got, n, err := c.Refresh(context.Background())
 	if err != nil || got.Seq != 4 || n == 0 {
 		t.Fatalf("Refresh: %+v, %d, %v", got, n, err)
+	}
+	// A link of the old format (no bk=) is told what to do.
+	old := l
+	old.BootstrapKeys = nil
+	c3, _ := startClient(t, &old, func(cfg *client.Config) { cfg.Resolvers = []string{addr} })
+	if _, _, err := c3.Refresh(context.Background()); !errors.Is(err, client.ErrNoBootstrap) || !errors.Is(err, link.ErrOldBootstrap) {
+		t.Fatalf("Refresh with an old-format link: %v", err)
 	}
 	c2, _ := startClient(t, good, nil)
 	if _, _, err := c2.Refresh(context.Background()); err != client.ErrNoBootstrap {

@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(curl openssl ca-certificates chromium tshark iproute2 nftables unbound knot-dnsutils caddy)
+packages=(curl openssl ca-certificates chromium tshark iproute2 nftables unbound knot-dnsutils caddy libndpi-bin nginx-light)
 missing=()
 for p in "${packages[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -26,6 +26,16 @@ if ((${#missing[@]})); then
 		# address; the tests run their own Caddy on 127.0.0.1 only.
 		if [[ " ${missing[*]} " == *" caddy "* ]] && command -v systemctl >/dev/null; then
 			systemctl disable --now caddy.service >/dev/null 2>&1 || true
+		fi
+		# So does Debian's nginx (where the machine runs services); the
+		# tests run their own nginx on 127.0.0.1 only.
+		if [[ " ${missing[*]} " == *" nginx-light "* ]]; then
+			if command -v systemctl >/dev/null; then
+				systemctl disable --now nginx.service >/dev/null 2>&1 || true
+			fi
+			if [ -s /run/nginx.pid ]; then
+				/usr/sbin/nginx -s stop >/dev/null 2>&1 || true
+			fi
 		fi
 	else
 		echo "== not root: tests needing ${missing[*]} will skip"

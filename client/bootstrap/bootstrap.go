@@ -2,28 +2,44 @@
 // the client knows is blocked.
 //
 // The list is published by `merpati-relay dns` (package relay/dnsserver)
-// as TXT records under the link's bootstrap domains: an index record at
-// _n.DOMAIN and base64 chunks at <i>.<hash>.DOMAIN. A [Fetcher] asks
-// several resolvers at once, staggered (the first at once, the next after
-// [Config.Stagger] or as soon as an earlier one fails), over the
-// transports a censor is least likely to block all of:
+// sealed for an audience: the link carries the audience's bootstrap key
+// (bk=), from which the client derives the names of the day's chunks
+// under the bootstrap domain and the key that opens them (see package
+// transport/relaylist, "DNS publication"). A fetch asks for chunk 0 of
+// today's names (and, when that name does not exist, of yesterday's and
+// tomorrow's, for clocks that are off), learns from it how many chunks
+// there are, asks for the others (at most four at a time) and opens the
+// whole. Nothing the resolver or an observer sees is fixed: the names
+// change daily and differ per audience, the TXT content is ciphertext of
+// a few common lengths, and DoT and DoH queries are padded to blocks of
+// 128 bytes (RFC 8467).
 //
-//	udp://HOST:PORT     plain DNS over UDP, retried over TCP when truncated
-//	                    (also the meaning of a bare "HOST" or "HOST:PORT")
-//	tcp://HOST:PORT     plain DNS over TCP
-//	tls://HOST:PORT     DNS over TLS (RFC 7858), default port 853
+// A [Fetcher] asks several resolvers, staggered (the first at once, the
+// next after [Config.Stagger] or as soon as an earlier one fails), over
+// these transports:
+//
 //	https://HOST/PATH   DNS over HTTPS (RFC 8484): GET with the wire-format
 //	                    query, HTTP/2 over a TLS connection whose hello
 //	                    copies Chromium's (transport/tlscarrier)
+//	tls://HOST:PORT     DNS over TLS (RFC 7858), default port 853
+//	udp://HOST:PORT     plain DNS over UDP, retried over TCP when truncated
+//	                    (also the meaning of a bare "HOST" or "HOST:PORT")
+//	tcp://HOST:PORT     plain DNS over TCP
 //
-// The first list that arrives whole, matches its index hash, verifies with
-// the link's list key, has not expired and does not roll back the
-// sequence number of the cached list wins. It is cached (when
-// [Config.CachePath] is set), so later fetches reject anything older.
+// Encrypted resolvers (https, then tls) are always tried before plain
+// ones, whatever the order given, and plain ones only if the caller lists
+// them: the client's defaults have none, so plain DNS is used only when
+// the user asks for it. A censor who watches plain DNS still sees only
+// random-looking names under the bootstrap domain.
 //
-// Resolvers see the bootstrap domain; the list itself is public to anyone
-// who asks from the same network (see relay/dnsserver for buckets). The
-// resolver cannot forge or alter a list, only withhold it.
+// The first list that opens with the audience key, verifies with the
+// link's list key, has not expired and does not roll back the sequence
+// number of the cached list wins. It is cached (when [Config.CachePath]
+// is set), so later fetches reject anything older. A resolver cannot
+// read, forge or alter a list, only withhold it.
+//
+// [Backoff] spaces automatic fetches while every relay stays blocked:
+// exponential, jittered, capped.
 package bootstrap
 
 import (
@@ -40,6 +56,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -49,6 +66,7 @@ import (
 	"golang.org/x/net/http2"
 
 	"github.com/merpati/merpati/transport/atomicfile"
+	"github.com/merpati/merpati/transport/link"
 	"github.com/merpati/merpati/transport/relaylist"
 	"github.com/merpati/merpati/transport/tlscarrier"
 )
@@ -70,8 +88,12 @@ type Config struct {
 	// ListKey is the ed25519 key that signs the list (the link's
 	// ListKey). Required.
 	ListKey ed25519.PublicKey
-	// Resolvers to ask, in order of preference, in the forms listed in
-	// the package documentation. Required.
+	// Keys are the audiences' bootstrap keys (the link's BootstrapKeys).
+	// At least one is required.
+	Keys [][link.BootstrapKeySize]byte
+	// Resolvers to ask, in the forms listed in the package documentation.
+	// Encrypted ones are asked first (https, then tls, each in the order
+	// given), plain ones last. Required.
 	Resolvers []string
 	// CachePath is the file that keeps the last accepted list; empty
 	// means no cache (rollback protection then lasts only as long as the
@@ -93,8 +115,8 @@ type Config struct {
 	// DialContext opens connections to resolvers; nil means a
 	// net.Dialer.
 	DialContext func(ctx context.Context, network, addr string) (net.Conn, error)
-	// Now returns the current time for the expiry check; nil means
-	// time.Now.
+	// Now returns the current time, for the day's names and the expiry
+	// check; nil means time.Now.
 	Now func() time.Time
 	// Logger receives the fetcher's logs; nil discards.
 	Logger *slog.Logger
@@ -106,6 +128,7 @@ type Fetcher struct {
 	cfg       Config
 	log       *slog.Logger
 	resolvers []resolver
+	auds      []*relaylist.Audience
 
 	mu     sync.Mutex
 	minSeq uint64
@@ -120,6 +143,9 @@ func New(cfg Config) (*Fetcher, error) {
 	}
 	if len(cfg.ListKey) != ed25519.PublicKeySize {
 		return nil, errors.New("bootstrap: Config.ListKey: required (32 bytes)")
+	}
+	if len(cfg.Keys) == 0 {
+		return nil, errors.New("bootstrap: Config.Keys: at least one bootstrap key required")
 	}
 	if len(cfg.Resolvers) == 0 {
 		return nil, errors.New("bootstrap: Config.Resolvers: at least one required")
@@ -150,6 +176,12 @@ func New(cfg Config) (*Fetcher, error) {
 			return nil, fmt.Errorf("bootstrap: Config.Resolvers: %w", err)
 		}
 		f.resolvers = append(f.resolvers, r)
+	}
+	// Encrypted transports first: a censor learns nothing from them, not
+	// even that a bootstrap domain is asked.
+	slices.SortStableFunc(f.resolvers, func(a, b resolver) int { return a.rank() - b.rank() })
+	for _, k := range cfg.Keys {
+		f.auds = append(f.auds, relaylist.NewAudience(k))
 	}
 	if cfg.CachePath != "" {
 		data, err := os.ReadFile(cfg.CachePath)
@@ -195,11 +227,14 @@ func (f *Fetcher) Fetch(ctx context.Context) (*relaylist.List, error) {
 	type attempt struct {
 		r      resolver
 		domain string
+		aud    *relaylist.Audience
 	}
 	var attempts []attempt
 	for _, r := range f.resolvers {
 		for _, d := range f.cfg.Domains {
-			attempts = append(attempts, attempt{r, dns.Fqdn(strings.ToLower(d))})
+			for _, a := range f.auds {
+				attempts = append(attempts, attempt{r, dns.Fqdn(strings.ToLower(d)), a})
+			}
 		}
 	}
 	type result struct {
@@ -263,7 +298,7 @@ func (f *Fetcher) Fetch(ctx context.Context) (*relaylist.List, error) {
 		wg.Go(func() {
 			actx, cancel := context.WithTimeout(ctx, f.cfg.Timeout)
 			defer cancel()
-			data, l, err := f.fetchFrom(actx, a.r, a.domain, minSeq)
+			data, l, err := f.fetchFrom(actx, a.r, a.domain, a.aud, minSeq)
 			if err != nil {
 				err = fmt.Errorf("%s via %s: %w", strings.TrimSuffix(a.domain, "."), a.r.name(), err)
 				f.log.Debug("bootstrap attempt failed", "err", err)
@@ -274,33 +309,52 @@ func (f *Fetcher) Fetch(ctx context.Context) (*relaylist.List, error) {
 	return nil, fmt.Errorf("%w: %w", ErrNoList, errors.Join(errs...))
 }
 
-// fetchFrom fetches the list of zone from one resolver.
-func (f *Fetcher) fetchFrom(ctx context.Context, r resolver, zone string, minSeq uint64) ([]byte, *relaylist.List, error) {
-	txt, err := f.txt(ctx, r, relaylist.IndexLabel+"."+zone)
-	if err != nil {
-		return nil, nil, fmt.Errorf("index: %w", err)
+// errNoName means a chunk name does not exist (NXDOMAIN): the list is
+// not published under that period's names.
+var errNoName = errors.New("no such name")
+
+// periods returns the periods whose names a fetch at now tries, in
+// order: the current one, then the neighbour nearer in time, then the
+// other.
+func periods(now time.Time) []int64 {
+	p := relaylist.PeriodOf(now)
+	if now.Sub(relaylist.PeriodStart(p)) < relaylist.Period/2 {
+		return []int64{p, p - 1, p + 1}
 	}
-	ix, err := relaylist.ParseIndex(txt)
+	return []int64{p, p + 1, p - 1}
+}
+
+// fetchFrom fetches aud's list under zone from one resolver.
+func (f *Fetcher) fetchFrom(ctx context.Context, r resolver, zone string, aud *relaylist.Audience, minSeq uint64) ([]byte, *relaylist.List, error) {
+	var (
+		p      int64
+		chunk0 []byte
+		err    error
+	)
+	for _, p = range periods(f.cfg.Now()) {
+		chunk0, err = f.chunk(ctx, r, aud.Name(p, 0, zone))
+		if !errors.Is(err, errNoName) {
+			break
+		}
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("chunk 0: %w", err)
+	}
+	n, err := aud.Count(p, chunk0)
 	if err != nil {
 		return nil, nil, err
 	}
-	chunks := make([][]byte, ix.Chunks)
-	errc := make(chan error, ix.Chunks)
+	chunks := make([][]byte, n)
+	chunks[0] = chunk0
+	errc := make(chan error, n)
 	sem := make(chan struct{}, 4)
 	var wg sync.WaitGroup
-	for i := range ix.Chunks {
+	for i := 1; i < n; i++ {
 		wg.Go(func() {
 			sem <- struct{}{}
 			defer func() { <-sem }()
-			name := ix.ChunkName(i, zone)
-			txt, err := f.txt(ctx, r, name)
-			if err == nil {
-				chunks[i], err = base64.StdEncoding.DecodeString(txt)
-				if err != nil {
-					err = fmt.Errorf("%w: %s: chunk is not base64", ErrAnswer, name)
-				}
-			}
-			if err != nil {
+			var err error
+			if chunks[i], err = f.chunk(ctx, r, aud.Name(p, i, zone)); err != nil {
 				errc <- fmt.Errorf("chunk %d: %w", i, err)
 			}
 		})
@@ -310,11 +364,8 @@ func (f *Fetcher) fetchFrom(ctx context.Context, r resolver, zone string, minSeq
 	if err := <-errc; err != nil {
 		return nil, nil, err
 	}
-	data := make([]byte, 0, ix.Size)
-	for _, c := range chunks {
-		data = append(data, c...)
-	}
-	if err := ix.Check(data); err != nil {
+	data, err := aud.Open(p, chunks)
+	if err != nil {
 		return nil, nil, err
 	}
 	l, err := relaylist.Decode(data, relaylist.Verify{Key: f.cfg.ListKey, Now: f.cfg.Now(), MinSeq: minSeq})
@@ -324,24 +375,32 @@ func (f *Fetcher) fetchFrom(ctx context.Context, r resolver, zone string, minSeq
 	return data, l, nil
 }
 
-// txt queries name's TXT record through r and returns its strings joined.
-func (f *Fetcher) txt(ctx context.Context, r resolver, name string) (string, error) {
+// chunk queries name's TXT record through r and decodes it.
+func (f *Fetcher) chunk(ctx context.Context, r resolver, name string) ([]byte, error) {
 	q := new(dns.Msg)
 	q.SetQuestion(name, dns.TypeTXT)
 	q.RecursionDesired = true
 	resp, err := r.exchange(ctx, q)
 	if err != nil {
-		return "", err
+		return nil, err
 	}
-	if resp.Rcode != dns.RcodeSuccess {
-		return "", fmt.Errorf("%w: %s: %s", ErrAnswer, name, dns.RcodeToString[resp.Rcode])
+	switch resp.Rcode {
+	case dns.RcodeSuccess:
+	case dns.RcodeNameError:
+		return nil, fmt.Errorf("%w: %w", ErrAnswer, errNoName)
+	default:
+		return nil, fmt.Errorf("%w: %s", ErrAnswer, dns.RcodeToString[resp.Rcode])
 	}
 	for _, rr := range resp.Answer {
 		if t, ok := rr.(*dns.TXT); ok && strings.EqualFold(t.Hdr.Name, name) {
-			return strings.Join(t.Txt, ""), nil
+			b, err := relaylist.DecodeTXT(t.Txt)
+			if err != nil {
+				return nil, fmt.Errorf("%w: %w", ErrAnswer, err)
+			}
+			return b, nil
 		}
 	}
-	return "", fmt.Errorf("%w: %s: no TXT record", ErrAnswer, name)
+	return nil, fmt.Errorf("%w: no TXT record", ErrAnswer)
 }
 
 // save writes data to the cache file atomically, mode 0600.
@@ -359,6 +418,8 @@ func (f *Fetcher) save(data []byte) error {
 type resolver interface {
 	exchange(ctx context.Context, q *dns.Msg) (*dns.Msg, error)
 	name() string
+	// rank orders resolvers: encrypted first.
+	rank() int
 	// closeIdle closes connections kept for later queries.
 	closeIdle()
 }
@@ -416,6 +477,25 @@ func (f *Fetcher) tlsConfig(host string, alpn ...string) *tls.Config {
 	return cfg
 }
 
+// padBlock is the block size encrypted queries are padded to, as RFC
+// 8467 section 4.1 recommends for clients.
+const padBlock = 128
+
+// padded returns a copy of q with EDNS0 (payload size 1232) and a Padding
+// option (RFC 7830) that makes its wire length a multiple of padBlock, so
+// that the length of an encrypted query does not tell its name's.
+func padded(q *dns.Msg) *dns.Msg {
+	q = q.Copy()
+	q.SetEdns0(1232, false)
+	opt := q.IsEdns0()
+	pad := &dns.EDNS0_PADDING{}
+	opt.Option = append(opt.Option, pad)
+	if n := q.Len() % padBlock; n != 0 {
+		pad.Padding = make([]byte, padBlock-n)
+	}
+	return q
+}
+
 // exchangeConn sends q on c and reads the answer, checking its ID.
 func exchangeConn(ctx context.Context, c net.Conn, q *dns.Msg, udpSize uint16) (*dns.Msg, error) {
 	co := &dns.Conn{Conn: c, UDPSize: udpSize}
@@ -460,6 +540,8 @@ func (p *plain) exchange(ctx context.Context, q *dns.Msg) (*dns.Msg, error) {
 
 func (p *plain) closeIdle() {}
 
+func (p *plain) rank() int { return 2 }
+
 func (p *plain) once(ctx context.Context, network string, q *dns.Msg) (*dns.Msg, error) {
 	c, err := p.f.cfg.DialContext(ctx, network, p.addr)
 	if err != nil {
@@ -482,9 +564,10 @@ type dot struct {
 
 func (d *dot) name() string { return "tls://" + d.addr }
 
+func (d *dot) rank() int { return 1 }
+
 func (d *dot) exchange(ctx context.Context, q *dns.Msg) (*dns.Msg, error) {
-	q = q.Copy()
-	q.SetEdns0(1232, false)
+	q = padded(q)
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	for try := 0; ; try++ {
@@ -574,12 +657,13 @@ func (f *Fetcher) newDoH(u *url.URL) *doh {
 
 func (d *doh) name() string { return d.u.String() }
 
+func (d *doh) rank() int { return 0 }
+
 func (d *doh) closeIdle() { d.hc.CloseIdleConnections() }
 
 func (d *doh) exchange(ctx context.Context, q *dns.Msg) (*dns.Msg, error) {
-	q = q.Copy()
+	q = padded(q)
 	q.Id = 0 // RFC 8484 section 4.1: ID 0 for cache friendliness
-	q.SetEdns0(1232, false)
 	wire, err := q.Pack()
 	if err != nil {
 		return nil, err

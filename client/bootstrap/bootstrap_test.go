@@ -37,10 +37,19 @@ const zone = "boot.merpati.test"
 
 var listKey = ed25519.NewKeyFromSeed(bytes.Repeat([]byte{5}, 32))
 
+// bootKey is the audience's bootstrap key of the tests' links.
+var bootKey = [32]byte(bytes.Repeat([]byte{0x42}, 32))
+
 func checkLeaks(t *testing.T) {
 	t.Helper()
 	opts := goleak.IgnoreCurrent()
 	t.Cleanup(func() { goleak.VerifyNone(t, opts) })
+}
+
+// chunks returns how many chunks data is sealed to today.
+func chunks(data []byte) int {
+	n, _ := relaylist.NewAudience(bootKey).Chunks(relaylist.PeriodOf(time.Now()), len(data))
+	return n
 }
 
 // makeList signs a list of n relays with key.
@@ -70,8 +79,14 @@ func makeList(t testing.TB, key ed25519.PrivateKey, n int, seq uint64, expires t
 // answers.
 func startDNS(t testing.TB, list []byte, wrap func(*dns.Msg)) string {
 	t.Helper()
-	s, err := dnsserver.New(dnsserver.Config{Zone: zone, Lists: [][]byte{list},
-		NS: []string{"ns1." + zone}, NSAddrs: []netip.Addr{netip.MustParseAddr("127.0.0.1")}})
+	return startDNSConfig(t, dnsserver.Config{Zone: zone, Audiences: []dnsserver.Audience{{Key: bootKey, Lists: [][]byte{list}}},
+		NS: []string{"ns1." + zone}, NSAddrs: []netip.Addr{netip.MustParseAddr("127.0.0.1")}}, wrap)
+}
+
+// startDNSConfig is startDNS with the server's whole Config.
+func startDNSConfig(t testing.TB, cfg dnsserver.Config, wrap func(*dns.Msg)) string {
+	t.Helper()
+	s, err := dnsserver.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -107,6 +122,7 @@ func fetcher(t *testing.T, resolvers []string, mod func(*bootstrap.Config)) *boo
 	cfg := bootstrap.Config{
 		Domains:   []string{zone},
 		ListKey:   listKey.Public().(ed25519.PublicKey),
+		Keys:      [][32]byte{bootKey},
 		Resolvers: resolvers,
 		CachePath: filepath.Join(t.TempDir(), "relays.bin"),
 		Timeout:   5 * time.Second,
@@ -156,7 +172,7 @@ func TestFetchDirect(t *testing.T) {
 			if l.Seq != 3 || len(l.Entries) != 40 {
 				t.Fatalf("got seq %d with %d entries", l.Seq, len(l.Entries))
 			}
-			t.Logf("%d-byte list (%d chunks) in %v", len(data), relaylist.IndexOf(data).Chunks, took)
+			t.Logf("%d-byte list (%d chunks) in %v", len(data), chunks(data), took)
 		})
 	}
 }
@@ -169,9 +185,22 @@ func TestRejects(t *testing.T) {
 	hour := time.Now().Add(time.Hour)
 	cut := func(m *dns.Msg) { // shorten every chunk by 4 base64 characters
 		for _, rr := range m.Answer {
-			if t, ok := rr.(*dns.TXT); ok && !strings.HasPrefix(t.Hdr.Name, "_n.") {
+			if t, ok := rr.(*dns.TXT); ok {
 				last := len(t.Txt) - 1
 				t.Txt[last] = t.Txt[last][:len(t.Txt[last])-4]
+			}
+		}
+	}
+	flip := func(m *dns.Msg) { // change one base64 character of every chunk
+		for _, rr := range m.Answer {
+			if t, ok := rr.(*dns.TXT); ok {
+				b := []byte(t.Txt[0])
+				if b[100] == 'A' {
+					b[100] = 'B'
+				} else {
+					b[100] = 'A'
+				}
+				t.Txt[0] = string(b)
 			}
 		}
 	}
@@ -186,6 +215,7 @@ func TestRejects(t *testing.T) {
 		{"expired", makeList(t, listKey, 3, 5, time.Now().Add(-time.Minute)), nil, nil, relaylist.ErrExpired},
 		{"rolled back", makeList(t, listKey, 3, 5, hour), nil, makeList(t, listKey, 3, 6, hour), relaylist.ErrRollback},
 		{"truncated", makeList(t, listKey, 3, 5, hour), cut, nil, relaylist.ErrMalformed},
+		{"altered", makeList(t, listKey, 3, 5, hour), flip, nil, relaylist.ErrSealed},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			addr := startDNS(t, tt.list, tt.wrap)
@@ -335,6 +365,11 @@ type unbound struct {
 }
 
 func startUnbound(t testing.TB, stub string, tcpUpstream bool) *unbound {
+	return startUnboundZone(t, zone, stub, tcpUpstream)
+}
+
+// startUnboundZone is startUnbound with zone as the stub zone.
+func startUnboundZone(t testing.TB, zone, stub string, tcpUpstream bool) *unbound {
 	t.Helper()
 	bin := need(t, "unbound")
 	dir := t.TempDir()
@@ -469,46 +504,54 @@ func atPort(addr string) string {
 
 // TestUnbound fetches a list that needs many chunks through unbound over
 // UDP, TCP, DoT and DoH, with unbound talking to our server over UDP and
-// over TCP.
+// over TCP. Under the short zone every answer fits 512 bytes, with EDNS0
+// or without; under a long one, answers to a client without EDNS0 come
+// back truncated and are asked again over TCP.
 func TestUnbound(t *testing.T) {
 	checkLeaks(t)
+	long := strings.Repeat("long-zone.", 9) + "merpati.test"
 	data := makeList(t, listKey, 60, 42, time.Now().Add(time.Hour))
-	addr := startDNS(t, data, nil)
-	for _, tcpUp := range []bool{false, true} {
-		u := startUnbound(t, addr, tcpUp)
-		for _, tt := range []struct {
-			name     string
-			resolver string
-			udpSize  uint16
-		}{
-			{"udp", "udp://" + u.udp, 0},
-			{"udp-no-edns", "udp://" + u.udp, 512},
-			{"tcp", "tcp://" + u.udp, 0},
-			{"dot", "tls://" + u.dot, 0},
-			{"doh", u.doh, 0},
-		} {
-			t.Run(fmt.Sprintf("%s/upstream-tcp=%v", tt.name, tcpUp), func(t *testing.T) {
-				logs := new(syncBuffer)
-				f := fetcher(t, []string{tt.resolver}, func(c *bootstrap.Config) {
-					c.UDPSize = tt.udpSize
-					c.TLSConfig = &tls.Config{RootCAs: u.roots}
-					c.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	for _, z := range []string{zone, long} {
+		addr := startDNSConfig(t, dnsserver.Config{Zone: z, Audiences: []dnsserver.Audience{{Key: bootKey, Lists: [][]byte{data}}},
+			NS: []string{"ns1." + z}, NSAddrs: []netip.Addr{netip.MustParseAddr("127.0.0.1")}}, nil)
+		for _, tcpUp := range []bool{false, true} {
+			u := startUnboundZone(t, z, addr, tcpUp)
+			for _, tt := range []struct {
+				name     string
+				resolver string
+				udpSize  uint16
+			}{
+				{"udp", "udp://" + u.udp, 0},
+				{"udp-no-edns", "udp://" + u.udp, 512},
+				{"tcp", "tcp://" + u.udp, 0},
+				{"dot", "tls://" + u.dot, 0},
+				{"doh", u.doh, 0},
+			} {
+				t.Run(fmt.Sprintf("%s/upstream-tcp=%v/zone=%d", tt.name, tcpUp, len(z)), func(t *testing.T) {
+					logs := new(syncBuffer)
+					f := fetcher(t, []string{tt.resolver}, func(c *bootstrap.Config) {
+						c.Domains = []string{z}
+						c.UDPSize = tt.udpSize
+						c.TLSConfig = &tls.Config{RootCAs: u.roots}
+						c.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+					})
+					l, took, err := fetch(t, f)
+					if err != nil {
+						t.Fatal(err)
+					}
+					if l.Seq != 42 || len(l.Entries) != 60 {
+						t.Fatalf("got seq %d with %d entries", l.Seq, len(l.Entries))
+					}
+					t.Logf("%d-byte list in %d chunks via %s: %v", len(data), chunks(data), tt.resolver, took)
+					// Without EDNS0, unbound's chunk answers under the long
+					// zone exceed 512 bytes: they must have come back
+					// truncated and been retried over TCP.
+					wantTrunc := tt.udpSize == 512 && z == long
+					if truncated := strings.Count(logs.String(), "retrying over TCP"); wantTrunc != (truncated > 0) {
+						t.Errorf("%d answers truncated", truncated)
+					}
 				})
-				l, took, err := fetch(t, f)
-				if err != nil {
-					t.Fatal(err)
-				}
-				if l.Seq != 42 || len(l.Entries) != 60 {
-					t.Fatalf("got seq %d with %d entries", l.Seq, len(l.Entries))
-				}
-				t.Logf("%d-byte list in %d chunks via %s: %v", len(data), relaylist.IndexOf(data).Chunks, tt.resolver, took)
-				// Without EDNS0, unbound's chunk answers exceed 512 bytes:
-				// they must have come back truncated and been retried over
-				// TCP.
-				if truncated := strings.Count(logs.String(), "retrying over TCP"); (tt.udpSize == 512) != (truncated > 0) {
-					t.Errorf("%d answers truncated", truncated)
-				}
-			})
+			}
 		}
 	}
 }
@@ -531,7 +574,7 @@ func TestKdig(t *testing.T) {
 	checkLeaks(t)
 	kdig := need(t, "kdig")
 	data := makeList(t, listKey, 10, 1, time.Now().Add(time.Hour))
-	ix := relaylist.IndexOf(data)
+	chunk := relaylist.NewAudience(bootKey).Name(relaylist.PeriodOf(time.Now()), 0, zone)
 	addr := startDNS(t, data, nil)
 	host, port, _ := net.SplitHostPort(addr)
 	run := func(args ...string) string {
@@ -543,11 +586,8 @@ func TestKdig(t *testing.T) {
 		}
 		return string(out)
 	}
-	if out := run("TXT", "_n."+zone); !strings.Contains(out, ix.String()) || !strings.Contains(out, " aa") {
-		t.Errorf("index over UDP:\n%s", out)
-	}
-	if out := run("+tcp", "TXT", "_n."+zone); !strings.Contains(out, ix.String()) {
-		t.Errorf("index over TCP:\n%s", out)
+	if out := run("TXT", chunk); !strings.Contains(out, "ANSWER: 1") || !strings.Contains(out, " aa") {
+		t.Errorf("chunk 0 over UDP:\n%s", out)
 	}
 	if out := run("SOA", zone); !strings.Contains(out, "hostmaster."+zone) {
 		t.Errorf("SOA:\n%s", out)
@@ -555,9 +595,8 @@ func TestKdig(t *testing.T) {
 	if out := run("TXT", "nope."+zone); !strings.Contains(out, "NXDOMAIN") || !strings.Contains(out, "SOA") {
 		t.Errorf("NXDOMAIN:\n%s", out)
 	}
-	chunk := ix.ChunkName(0, zone)
-	if out := run("+noedns", "+ignore", "TXT", chunk); !strings.Contains(out, " tc") {
-		t.Errorf("chunk without EDNS0 over UDP should be truncated:\n%s", out)
+	if out := run("+noedns", "+ignore", "TXT", chunk); strings.Contains(out, " tc") || !strings.Contains(out, "ANSWER: 1") {
+		t.Errorf("chunk without EDNS0 over UDP should fit 512 bytes:\n%s", out)
 	}
 	out := run("+tcp", "TXT", chunk)
 	if !strings.Contains(out, "ANSWER: 1") {

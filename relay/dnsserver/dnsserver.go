@@ -5,41 +5,52 @@
 //
 // # Names
 //
-// Under the zone ZONE the server answers:
+// The server publishes lists for audiences: each audience is the set of
+// people whose share links carry one bootstrap key (bk=), and has one
+// signed list, or several for anti-enumeration buckets (below). Under the
+// zone ZONE it answers:
 //
-//	ZONE              SOA, NS (authoritative apex)
-//	<ns>.ZONE         A/AAAA glue for in-zone name servers (Config.NSAddrs)
-//	_n.ZONE           TXT "v=merpati1 n=<chunks> len=<bytes> h=<hash>"
-//	<i>.<hash>.ZONE   TXT chunk i (0-based) of the list named by hash
+//	ZONE            SOA, NS (authoritative apex)
+//	<ns>.ZONE       A/AAAA glue for in-zone name servers (Config.NSAddrs)
+//	<label>.ZONE    TXT chunk i of an audience's list sealed for period p
 //
-// hash is the first [relaylist.HashLen] bytes of the SHA-256 of the signed
-// list, in lowercase hex. A chunk is [relaylist.ChunkSize] bytes of the list in standard
-// base64, split into TXT strings of at most 255 characters, so every chunk
-// answer (about 900 bytes) fits the EDNS0 payload size of 1232 bytes
-// recommended by DNS Flag Day 2020. Clients that offer less (no EDNS0
-// means 512) get a truncated answer with the TC bit and retry over TCP;
-// the server listens on TCP on the same address.
+// where label, the chunk's size and its content are derived from the
+// audience's bootstrap key and the day p as described in package
+// [relaylist] (section "DNS publication"): word-like labels of 10 to 14
+// letters that change daily, and chunks that are XChaCha20-Poly1305
+// ciphertext in standard base64, 272 to 408 characters in TXT strings of
+// 255 and one shorter. There is no index record, no fixed label and no
+// plaintext: without a link of the audience nobody can tell the names
+// from any other, find them, or read what they hold. The server answers
+// the names of the previous, current and next day (clients' clocks are
+// not exact). Every other name in the zone is NXDOMAIN.
 //
-// Chunk names are content-addressed, so resolvers can cache them for long
-// ([Config.ChunkTTL]) and a client can never stitch together chunks of two
-// different lists; only the small index record changes when the operator
-// publishes a new list, and it has a short TTL ([Config.IndexTTL]).
+// For zones of up to 44 characters every chunk answer fits 512 bytes, so
+// it needs no EDNS0 and no DPI engine flags it as oversized (nDPI does
+// above 512). Longer zones make larger answers: up to the EDNS0 payload
+// size of 1232 bytes (DNS Flag Day 2020) they go over UDP; clients that
+// offer less (no EDNS0 means 512) get a truncated answer with the TC bit
+// and retry over TCP; the server listens on TCP on the
+// same address. TTLs are [Config.TTL] (default one hour), shortened so
+// that no cache keeps a chunk past its list's expiry or past the last
+// day the server answers its name.
 //
 // # Anti-enumeration buckets
 //
-// The server can hold several signed lists, one per bucket, each with a
-// few of the operator's relays (`merpati-relay list sign --buckets`). The
-// index record a requester sees names the list of the bucket
-// H(zone, period, network) mod len(Lists), where network is the client
-// subnet from an EDNS Client Subnet option (RFC 7871) if the resolver sends
-// one, else the resolver's own address, each cut to /24 (IPv4) or /48
-// (IPv6), and period is the current [Config.Period]. So one network sees
-// one bucket per period, and walking every bucket takes many networks or
-// much time. The lists are signed offline by the operator: the DNS server
-// never holds the list key, so taking it over does not let anyone sign a
-// list. Chunks of every bucket stay reachable by their hash (which is
-// learned only from an index answer), so a bucket change in the middle of
-// a fetch never mixes lists.
+// An audience can have several signed lists, one per bucket, each with a
+// few of the operator's relays (`merpati-relay list sign --buckets`). A
+// requester asking for the chunks of day p is served the list of bucket
+// H(zone, audience, p, network) mod len(lists), where network is the
+// client subnet from an EDNS Client Subnet option (RFC 7871) if the
+// resolver sends one, else the resolver's own address, each cut to /24
+// (IPv4) or /48 (IPv6). So one network sees one bucket of its audience
+// per day, and walking every bucket takes many networks or much time. All
+// buckets of an audience are sealed to the same number of chunks; a fetch
+// whose chunks come from two buckets (a resolver that changes networks
+// mid-fetch) fails authentication and the client tries again. The lists
+// are signed offline by the operator: the DNS server holds the audiences'
+// bootstrap keys (it must, to seal and name) but never the list key, so
+// taking it over does not let anyone sign a list.
 //
 // # Response rate limiting
 //
@@ -63,14 +74,12 @@ package dnsserver
 import (
 	"context"
 	"crypto/sha256"
-	"encoding/base64"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -78,6 +87,7 @@ import (
 
 	"github.com/miekg/dns"
 
+	"github.com/merpati/merpati/transport/link"
 	"github.com/merpati/merpati/transport/relaylist"
 )
 
@@ -85,31 +95,39 @@ import (
 // payload size recommended by DNS Flag Day 2020.
 const MaxUDPSize = 1232
 
+// An Audience is what the server publishes for the holders of one
+// bootstrap key.
+type Audience struct {
+	// Key is the audience's bootstrap key (bk= in its share links).
+	Key [link.BootstrapKeySize]byte
+	// Lists are signed relay lists, one per anti-enumeration bucket. At
+	// least one is required.
+	Lists [][]byte
+}
+
 // Config configures a [Server].
 type Config struct {
 	// Zone is the zone the server is authoritative for, e.g.
 	// "b.example.net". Required.
 	Zone string
-	// Lists are signed relay lists, one per anti-enumeration bucket. At
-	// least one is required.
-	Lists [][]byte
+	// Audiences are the lists to publish, each for the holders of one
+	// bootstrap key. At least one is required; two may not share a key.
+	Audiences []Audience
 	// NS are the zone's name server names; empty means "ns.<Zone>".
 	NS []string
 	// NSAddrs are the addresses served as A/AAAA for in-zone NS names.
 	NSAddrs []netip.Addr
-	// Period is how long a network stays in one bucket; zero means 24
-	// hours. Only used with several lists.
-	Period time.Duration
-	// IndexTTL is the TTL of the index record and of negative answers
-	// (the SOA minimum); zero means 5 minutes.
-	IndexTTL time.Duration
-	// ChunkTTL is the TTL of chunk, SOA, NS and glue records; zero means
-	// 1 hour.
-	ChunkTTL time.Duration
+	// TTL is the TTL of chunk, SOA, NS and glue records; zero means 1
+	// hour. Chunk TTLs are cut short so that no cache keeps a chunk past
+	// its list's expiry or past the last day its name is answered.
+	TTL time.Duration
+	// NegativeTTL is the TTL of negative answers (the SOA minimum); zero
+	// means 5 minutes.
+	NegativeTTL time.Duration
 	// RateLimit is how many UDP responses per second one requester
 	// network (IPv4 /24, IPv6 /56) gets, with a burst of one second's
-	// worth, as with BIND's response rate limiting (RRL): a 63-byte query
-	// draws about 900 bytes, which a flood with a spoofed source would
+	// worth, as with BIND's response rate limiting (RRL): a 60-byte query
+	// draws up to 500 bytes or more, which a flood with a spoofed source would
 	// otherwise turn on its victim. Zero means [DefaultRateLimit] (20);
 	// negative turns the limit off. TCP is never limited.
 	RateLimit int
@@ -127,12 +145,12 @@ type Config struct {
 	// Now returns the current time; nil means time.Now.
 	Now func() time.Time
 	// Logger receives the server's logs; nil discards. Requester
-	// addresses are never logged.
+	// addresses and bootstrap keys are never logged.
 	Logger *slog.Logger
 }
 
 // A Server answers DNS queries for one zone. It is safe for concurrent
-// use; [Server.SetLists] swaps the published lists while serving.
+// use; [Server.SetAudiences] swaps the published lists while serving.
 type Server struct {
 	cfg  Config
 	zone string // canonical FQDN, lowercase
@@ -140,21 +158,35 @@ type Server struct {
 	log  *slog.Logger
 	pub  atomic.Pointer[published]
 	rrl  *limiter // nil: no rate limit
+
+	mu    sync.Mutex                // serializes building names
+	names atomic.Pointer[nameTable] // names of pub around the current period
 }
 
-// published is one set of lists as served.
+// published is one set of audiences as served.
 type published struct {
-	buckets []*list
-	byHash  map[string]*list
-	serial  uint32
+	auds   []*audience
+	serial uint32
 }
 
-type list struct {
-	index   relaylist.Index
-	hash    string
-	chunks  [][]string // TXT strings per chunk
-	seq     uint64
-	expires time.Time
+type audience struct {
+	a       *relaylist.Audience
+	lists   [][]byte
+	expires []time.Time // per bucket
+}
+
+// nameTable maps the labels of the periods around period to their chunks.
+type nameTable struct {
+	pub    *published
+	period int64
+	labels map[string]*chunk
+}
+
+// chunk is chunk i of an audience's lists in one period.
+type chunk struct {
+	aud    *audience
+	period int64
+	txt    [][]string // per bucket
 }
 
 // New checks cfg and returns a Server.
@@ -166,14 +198,11 @@ func New(cfg Config) (*Server, error) {
 	if _, ok := dns.IsDomainName(zone); !ok || zone == "." {
 		return nil, fmt.Errorf("dnsserver: Config.Zone: %q is not a domain name", cfg.Zone)
 	}
-	if cfg.Period <= 0 {
-		cfg.Period = 24 * time.Hour
+	if cfg.NegativeTTL <= 0 {
+		cfg.NegativeTTL = 5 * time.Minute
 	}
-	if cfg.IndexTTL <= 0 {
-		cfg.IndexTTL = 5 * time.Minute
-	}
-	if cfg.ChunkTTL <= 0 {
-		cfg.ChunkTTL = time.Hour
+	if cfg.TTL <= 0 {
+		cfg.TTL = time.Hour
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
@@ -204,51 +233,127 @@ func New(cfg Config) (*Server, error) {
 	if len(s.ns) == 0 {
 		s.ns = []string{"ns." + zone}
 	}
-	if err := s.SetLists(cfg.Lists); err != nil {
+	if err := s.SetAudiences(cfg.Audiences); err != nil {
 		return nil, err
 	}
 	return s, nil
 }
 
-// SetLists replaces the published lists (one per bucket). Each must parse
-// as a relay list; signatures are not checked (the server does not know
-// the list key).
-func (s *Server) SetLists(lists [][]byte) error {
-	if len(lists) == 0 {
-		return errors.New("dnsserver: Config.Lists: at least one list required")
+// SetAudiences replaces the published lists. Each list must parse as a
+// relay list and fit [relaylist.MaxChunks] chunks; signatures are not
+// checked (the server does not know the list key).
+func (s *Server) SetAudiences(auds []Audience) error {
+	if len(auds) == 0 {
+		return errors.New("dnsserver: Config.Audiences: at least one required")
 	}
-	p := &published{byHash: make(map[string]*list)}
-	var maxSeq uint64
-	for i, data := range lists {
-		l, err := relaylist.ParseUnverified(data)
-		if err != nil {
-			return fmt.Errorf("dnsserver: list %d: %w", i, err)
+	p := &published{serial: uint32(s.cfg.Now().Unix())}
+	period := relaylist.PeriodOf(s.cfg.Now())
+	for i, in := range auds {
+		if in.Key == [link.BootstrapKeySize]byte{} {
+			return fmt.Errorf("dnsserver: audience %d: zero bootstrap key", i)
 		}
-		ix := relaylist.IndexOf(data)
-		pl := &list{index: ix, hash: ix.HashLabel(), seq: l.Seq, expires: l.Expires}
-		for off := 0; off < len(data); off += relaylist.ChunkSize {
-			enc := base64.StdEncoding.EncodeToString(data[off:min(off+relaylist.ChunkSize, len(data))])
-			var strs []string
-			for len(enc) > 255 {
-				strs = append(strs, enc[:255])
-				enc = enc[255:]
+		for _, prev := range auds[:i] {
+			if prev.Key == in.Key {
+				return fmt.Errorf("dnsserver: audience %d: same bootstrap key as another", i)
 			}
-			pl.chunks = append(pl.chunks, append(strs, enc))
 		}
-		p.buckets = append(p.buckets, pl)
-		p.byHash[pl.hash] = pl
-		maxSeq = max(maxSeq, l.Seq)
-		if !l.Expires.After(s.cfg.Now()) {
-			s.log.Warn("serving an expired list", "bucket", i, "seq", l.Seq, "expired", l.Expires)
+		if len(in.Lists) == 0 {
+			return fmt.Errorf("dnsserver: audience %d: no list", i)
 		}
-		s.log.Info("list published", "bucket", i, "seq", l.Seq, "entries", len(l.Entries),
-			"bytes", len(data), "chunks", len(pl.chunks), "expires", l.Expires)
+		a := &audience{a: relaylist.NewAudience(in.Key)}
+		for b, data := range in.Lists {
+			l, err := relaylist.ParseUnverified(data)
+			if err != nil {
+				return fmt.Errorf("dnsserver: audience %s list %d: %w", a.a.ID(), b, err)
+			}
+			n, err := a.a.Chunks(period, len(data))
+			if err != nil {
+				return fmt.Errorf("dnsserver: audience %s list %d: %w", a.a.ID(), b, err)
+			}
+			a.lists = append(a.lists, data)
+			a.expires = append(a.expires, l.Expires)
+			if !l.Expires.After(s.cfg.Now()) {
+				s.log.Warn("serving an expired list", "audience", a.a.ID(), "bucket", b, "seq", l.Seq, "expired", l.Expires)
+			}
+			s.log.Info("list published", "audience", a.a.ID(), "bucket", b, "seq", l.Seq, "entries", len(l.Entries),
+				"bytes", len(data), "chunks", n, "expires", l.Expires)
+		}
+		p.auds = append(p.auds, a)
 	}
-	// The SOA serial follows the lists' sequence numbers so that
-	// secondaries (if any) notice a new list.
-	p.serial = uint32(maxSeq)
+	t, err := s.build(p, period)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
 	s.pub.Store(p)
+	s.names.Store(t)
+	s.mu.Unlock()
 	return nil
+}
+
+// table returns the names of the current publication for the periods
+// around the current one, building them when the period or the
+// publication changed.
+func (s *Server) table() (*nameTable, error) {
+	period := relaylist.PeriodOf(s.cfg.Now())
+	if t := s.names.Load(); t != nil && t.period == period && t.pub == s.pub.Load() {
+		return t, nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	p := s.pub.Load()
+	if t := s.names.Load(); t != nil && t.period == period && t.pub == p {
+		return t, nil
+	}
+	t, err := s.build(p, period)
+	if err != nil {
+		return nil, err
+	}
+	s.names.Store(t)
+	return t, nil
+}
+
+// build seals p's lists for the periods around period and names their
+// chunks.
+func (s *Server) build(p *published, period int64) (*nameTable, error) {
+	t := &nameTable{pub: p, period: period, labels: make(map[string]*chunk)}
+	for _, a := range p.auds {
+		for q := period - 1; q <= period+1; q++ {
+			n := 0
+			for _, data := range a.lists {
+				c, err := a.a.Chunks(q, len(data))
+				if err != nil {
+					return nil, fmt.Errorf("dnsserver: audience %s: %w", a.a.ID(), err)
+				}
+				n = max(n, c)
+			}
+			cs := make([]*chunk, n)
+			for i := range cs {
+				cs[i] = &chunk{aud: a, period: q}
+			}
+			for _, data := range a.lists {
+				sealed, err := a.a.Seal(q, data, n)
+				if err != nil {
+					return nil, fmt.Errorf("dnsserver: audience %s: %w", a.a.ID(), err)
+				}
+				for i, c := range sealed {
+					cs[i].txt = append(cs[i].txt, relaylist.EncodeTXT(c))
+				}
+			}
+			for i, c := range cs {
+				label := a.a.Label(q, i)
+				if _, dup := t.labels[label]; dup {
+					// Two derived labels collide (about one chance in
+					// 10^8 per pair): the later one is not served, and its
+					// clients fail authentication and retry later.
+					s.log.Warn("chunk label collision", "audience", a.a.ID(), "period", q, "chunk", i)
+					continue
+				}
+				t.labels[label] = c
+			}
+		}
+	}
+	return t, nil
 }
 
 // Zone returns the zone served, as a canonical FQDN.
@@ -344,46 +449,40 @@ func (s *Server) Answer(req *dns.Msg, from net.Addr, udp bool) *dns.Msg {
 func (s *Server) answerZone(m *dns.Msg, q dns.Question, name string, from net.Addr, ecs *dns.EDNS0_SUBNET) {
 	p := s.pub.Load()
 	rel := strings.TrimSuffix(strings.TrimSuffix(name, s.zone), ".")
-	var labels []string
-	if rel != "" {
-		labels = strings.Split(rel, ".")
-	}
-	chunkTTL := uint32(s.cfg.ChunkTTL / time.Second)
+	ttl := uint32(s.cfg.TTL / time.Second)
 	want := func(t uint16) bool { return q.Qtype == t || q.Qtype == dns.TypeANY }
 	exists := false
 	switch {
-	case len(labels) == 0:
+	case rel == "":
 		exists = true
 		if want(dns.TypeSOA) {
 			m.Answer = append(m.Answer, s.soa(p))
 		}
 		if want(dns.TypeNS) {
 			for _, n := range s.ns {
-				m.Answer = append(m.Answer, &dns.NS{Hdr: s.hdr(s.zone, dns.TypeNS, chunkTTL), Ns: n})
+				m.Answer = append(m.Answer, &dns.NS{Hdr: s.hdr(s.zone, dns.TypeNS, ttl), Ns: n})
 			}
-			m.Extra = append(m.Extra, s.glue(chunkTTL)...)
+			m.Extra = append(m.Extra, s.glue(ttl)...)
 		}
-	case len(labels) == 1 && labels[0] == relaylist.IndexLabel:
-		exists = true
-		if want(dns.TypeTXT) {
-			l := p.buckets[s.bucket(p, from, ecs)]
-			txt := l.index.String()
-			m.Answer = append(m.Answer, &dns.TXT{Hdr: s.hdr(name, dns.TypeTXT, s.ttl(s.cfg.IndexTTL, l)), Txt: []string{txt}})
+	case !strings.Contains(rel, "."):
+		t, err := s.table()
+		if err != nil {
+			s.log.Warn("names not built", "err", err)
+			m.Rcode = dns.RcodeServerFailure
+			return
 		}
-	case len(labels) == 1 && p.byHash[labels[0]] != nil:
-		exists = true // an empty non-terminal: NODATA
-	case len(labels) == 2 && p.byHash[labels[1]] != nil:
-		l := p.byHash[labels[1]]
-		i, err := strconv.Atoi(labels[0])
-		if err != nil || i < 0 || i >= len(l.chunks) || strconv.Itoa(i) != labels[0] {
+		c := t.labels[rel]
+		if c == nil {
 			break
 		}
 		exists = true
 		if want(dns.TypeTXT) {
-			m.Answer = append(m.Answer, &dns.TXT{Hdr: s.hdr(name, dns.TypeTXT, s.ttl(s.cfg.ChunkTTL, l)), Txt: l.chunks[i]})
+			b := s.bucket(c, from, ecs)
+			m.Answer = append(m.Answer, &dns.TXT{Hdr: s.hdr(name, dns.TypeTXT, s.chunkTTL(c, b)), Txt: c.txt[b]})
 		}
-	default:
-		for _, rr := range s.glue(chunkTTL) {
+	}
+	if !exists {
+		for _, rr := range s.glue(ttl) {
 			if rr.Header().Name == name {
 				exists = true
 				if want(rr.Header().Rrtype) {
@@ -402,10 +501,13 @@ func (s *Server) answerZone(m *dns.Msg, q dns.Question, name string, from net.Ad
 	}
 }
 
-// ttl caps want so that no cache keeps a record past its list's expiry.
-func (s *Server) ttl(want time.Duration, l *list) uint32 {
-	left := l.expires.Sub(s.cfg.Now())
-	return uint32(max(0, min(want, left)) / time.Second)
+// chunkTTL is Config.TTL cut so that no cache keeps c past its list's
+// expiry or past the last period its name is answered in (the one after
+// its own).
+func (s *Server) chunkTTL(c *chunk, bucket int) uint32 {
+	now := s.cfg.Now()
+	left := min(c.aud.expires[bucket].Sub(now), relaylist.PeriodStart(c.period+2).Sub(now))
+	return uint32(max(0, min(s.cfg.TTL, left)) / time.Second)
 }
 
 func (s *Server) hdr(name string, t uint16, ttl uint32) dns.RR_Header {
@@ -413,7 +515,7 @@ func (s *Server) hdr(name string, t uint16, ttl uint32) dns.RR_Header {
 }
 
 func (s *Server) soa(p *published) dns.RR {
-	neg := uint32(s.cfg.IndexTTL / time.Second)
+	neg := uint32(s.cfg.NegativeTTL / time.Second)
 	return &dns.SOA{
 		Hdr:     s.hdr(s.zone, dns.TypeSOA, neg),
 		Ns:      s.ns[0],
@@ -444,10 +546,10 @@ func (s *Server) glue(ttl uint32) []dns.RR {
 	return rrs
 }
 
-// bucket picks the list a requester sees; see the package documentation.
-// It narrows ecs's scope to the prefix it used.
-func (s *Server) bucket(p *published, from net.Addr, ecs *dns.EDNS0_SUBNET) int {
-	if len(p.buckets) == 1 {
+// bucket picks the list of c's audience a requester sees; see the
+// package documentation. It narrows ecs's scope to the prefix it used.
+func (s *Server) bucket(c *chunk, from net.Addr, ecs *dns.EDNS0_SUBNET) int {
+	if len(c.txt) == 1 {
 		if ecs != nil {
 			ecs.SourceScope = 0 // the answer is the same for everyone
 		}
@@ -469,13 +571,13 @@ func (s *Server) bucket(p *published, from net.Addr, ecs *dns.EDNS0_SUBNET) int 
 		ecs.SourceScope = uint8(bits)
 	}
 	prefix, _ := addr.Prefix(bits)
-	period := s.cfg.Now().UnixNano() / int64(s.cfg.Period)
 	h := sha256.New()
 	h.Write([]byte(s.zone))
-	h.Write(binary.BigEndian.AppendUint64(nil, uint64(period)))
+	h.Write([]byte(c.aud.a.ID()))
+	h.Write(binary.BigEndian.AppendUint64(nil, uint64(c.period)))
 	pb, _ := prefix.MarshalBinary()
 	h.Write(pb)
-	return int(binary.BigEndian.Uint64(h.Sum(nil)) % uint64(len(p.buckets)))
+	return int(binary.BigEndian.Uint64(h.Sum(nil)) % uint64(len(c.txt)))
 }
 
 // Listen opens a UDP socket and a TCP listener on the same address. A port

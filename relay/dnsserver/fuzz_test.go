@@ -3,6 +3,7 @@ package dnsserver
 import (
 	"net"
 	"testing"
+	"time"
 
 	"github.com/miekg/dns"
 
@@ -13,18 +14,18 @@ import (
 // and every answer must pack and, over UDP, fit the requester's size.
 func FuzzAnswer(f *testing.F) {
 	data := signed(f, 5, 1)
-	s, err := New(Config{Zone: "b.test", Lists: [][]byte{data, signed(f, 2, 2)}})
+	s, err := New(Config{Zone: "b.test", Audiences: audiences(data, signed(f, 2, 2))})
 	if err != nil {
 		f.Fatal(err)
 	}
-	ix := relaylist.IndexOf(data)
+	p := relaylist.PeriodOf(time.Now())
 	for _, q := range []struct {
 		name string
 		t    uint16
 		edns uint16
 	}{
-		{"_n.b.test.", dns.TypeTXT, 1232},
-		{ix.ChunkName(0, "b.test."), dns.TypeTXT, 0},
+		{audA.Name(p, 0, "b.test"), dns.TypeTXT, 1232},
+		{audA.Name(p+1, 0, "b.test"), dns.TypeTXT, 0},
 		{"b.test.", dns.TypeANY, 4096},
 		{"x.y.b.test.", dns.TypeNS, 512},
 	} {

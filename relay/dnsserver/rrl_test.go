@@ -18,11 +18,10 @@ import (
 func TestRateLimitUDP(t *testing.T) {
 	checkLeaks(t)
 	data := signed(t, 20, 7)
-	ix := relaylist.IndexOf(data)
 	now := time.Now() // frozen: no tokens come back during the test
-	_, addr := startServer(t, Config{Zone: "b.merpati.test", Lists: [][]byte{data},
+	_, addr := startServer(t, Config{Zone: "b.merpati.test", Audiences: audiences(data),
 		Now: func() time.Time { return now }, RateLimitExempt: []netip.Prefix{}})
-	name := ix.ChunkName(0, "b.merpati.test.")
+	name := audA.Name(relaylist.PeriodOf(now), 0, "b.merpati.test")
 
 	c, err := net.Dial("udp", addr)
 	if err != nil {
@@ -131,7 +130,7 @@ func TestLimiter(t *testing.T) {
 		t.Errorf("10 limited responses: %v, want 5 slipped and 5 dropped", verdicts)
 	}
 	// The default exempts loopback.
-	s, err := New(Config{Zone: "b.test", Lists: [][]byte{signed(t, 1, 1)}})
+	s, err := New(Config{Zone: "b.test", Audiences: audiences(signed(t, 1, 1))})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -141,7 +140,7 @@ func TestLimiter(t *testing.T) {
 	if n := count(s.rrl, "203.0.113.5", 100); n != DefaultRateLimit {
 		t.Errorf("default limit: %d of 100 answered", n)
 	}
-	if s, _ := New(Config{Zone: "b.test", Lists: [][]byte{signed(t, 1, 1)}, RateLimit: -1}); s.rrl != nil {
+	if s, _ := New(Config{Zone: "b.test", Audiences: audiences(signed(t, 1, 1)), RateLimit: -1}); s.rrl != nil {
 		t.Error("negative RateLimit did not turn the limit off")
 	}
 }

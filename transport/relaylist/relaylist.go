@@ -6,7 +6,7 @@
 // The encoding is compact and canonical (one byte string per list), all
 // integers big-endian:
 //
-//	magic    "MRL1"             4 bytes
+//	magic    "MRL2"             4 bytes
 //	seq      uint64             8
 //	expires  int64 Unix seconds 8
 //	count    uint16             2, at most MaxEntries
@@ -17,6 +17,7 @@
 //	  key      32 bytes
 //	  sni      uint8 len, name
 //	  name     uint8 len, label
+//	  ak       uint8 len (0 or 32), the relay's key for sealed tokens
 //	sig      64 bytes, ed25519 over every byte before it
 //
 // [Decode] parses strictly (no trailing bytes, every entry a valid link),
@@ -25,6 +26,60 @@
 // highest sequence number it has accepted and passes it as
 // [Verify.MinSeq], so that an attacker who replays an old, still-signed
 // list cannot roll the client back to relays that were since retired.
+//
+// # DNS publication
+//
+// In DNS a list is published sealed for an audience (see package
+// relay/dnsserver for the server and client/bootstrap for the fetcher).
+// An audience is the set of people who hold one bootstrap key: a 32-byte
+// secret that only share links carry (link.Link.BootstrapKeys, bk=). The
+// operator publishes one list (or one per requester bucket) per audience,
+// so a leaked link exposes only its audience's relays. From the secret S
+// both sides derive, with HKDF-SHA256 (RFC 5869, salt
+// "merpati bootstrap v1"):
+//
+//	nameKey      = HKDF(S, info "name")              names and shapes
+//	sealKey(p)   = HKDF(S, info "seal" || u64(p))    the list's AEAD key in period p
+//
+// p is the period: whole days since the Unix epoch, UTC ([PeriodOf]).
+// Clients also try the previous and next period (clock skew), and servers
+// answer all three.
+//
+// Names: chunk i of period p is a TXT record at LABEL.ZONE, where LABEL is
+// made of 5 to 7 syllables (two letters each, from a table of 64 common
+// English ones) picked by h = HMAC-SHA256(nameKey, "name" || u64(p) ||
+// u32(i)): h[0] picks the count, h[1..7] the syllables, h[8] the chunk's
+// size. So a label is 10 to 14 letters that read like a word (no digits,
+// no hex, nothing a DGA heuristic flags), changes every day, differs
+// between audiences, and cannot be told from the zone's other names,
+// guessed or enumerated without S. There is no index record and no fixed
+// label.
+//
+// Sealing: the signed list L (its ed25519 signature inside, see [Sign])
+// travels as one stream cut into n chunks, n a power of two or three
+// times one (1, 2, 3, 4, 6, 8, 12 ... [MaxChunks]) so that the number of
+// queries tells little about the list's length. Chunk i carries size(p, i) bytes, one of [ChunkSizes]
+// picked by h[8]. The stream is
+//
+//	mask(n)  2 bytes, n XOR HMAC(nameKey, "count" || u64(p))[:2]
+//	nonce    24 bytes, HMAC(sealKey(p), "nonce" || L)[:24]
+//	box      XChaCha20-Poly1305(sealKey(p), nonce,
+//	           plaintext u32(len(L)) || L || zero padding,
+//	           additional data "merpati bootstrap v1" || u64(p) || u16(n))
+//
+// with the padding filling the n chunks exactly. Everything on the wire
+// is thus either derived from S or ciphertext: without S the chunks are
+// uniformly random bytes, and each chunk is standard base64 (no '='
+// padding: every size is a multiple of 3) in TXT strings of 255
+// characters and one shorter one, 272, 328, 368 or 408 characters in all,
+// so that an answer fits 512 bytes (see [ChunkSizes]).
+// The nonce is derived from the list (as in SIV), so that the same list
+// in the same period always seals to the same chunks (resolvers and
+// several servers agree) while a different list never reuses a nonce.
+//
+// A client asks for chunk 0, unmasks n from its first two bytes, asks for
+// chunks 1 to n-1, and opens the whole; any bit changed anywhere, chunks
+// of two lists mixed, or a wrong period fails the AEAD check.
 package relaylist
 
 import (
@@ -39,7 +94,7 @@ import (
 )
 
 // Magic starts every encoded list.
-const Magic = "MRL1"
+const Magic = "MRL2"
 
 // Limits of the encoding.
 const (
@@ -83,6 +138,9 @@ type Entry struct {
 	Key [link.KeySize]byte
 	// Name is an optional label.
 	Name string
+	// AuthKey is the relay's X25519 key for sealed tokens, as in
+	// [link.Link]: nil or [link.AuthKeySize] bytes.
+	AuthKey []byte
 }
 
 // FromLink returns the entry for l's relays. l's Bootstrap and ListKey are
@@ -95,6 +153,7 @@ func FromLink(l *link.Link) Entry {
 		SNI:      l.SNI,
 		Key:      l.Key,
 		Name:     l.Name,
+		AuthKey:  append([]byte(nil), l.AuthKey...),
 	}
 }
 
@@ -107,6 +166,7 @@ func (e Entry) Link() *link.Link {
 		SNI:      e.SNI,
 		Key:      e.Key,
 		Name:     e.Name,
+		AuthKey:  append([]byte(nil), e.AuthKey...),
 	}
 }
 
@@ -162,6 +222,9 @@ func (l *List) marshal() ([]byte, error) {
 		}
 		if b, err = appendString(b, e.Name); err != nil {
 			return nil, fmt.Errorf("relaylist: entry %d name: %w", i, err)
+		}
+		if b, err = appendString(b, string(e.AuthKey)); err != nil {
+			return nil, fmt.Errorf("relaylist: entry %d auth key: %w", i, err)
 		}
 	}
 	if len(b)+ed25519.SignatureSize > MaxSize {
@@ -237,8 +300,8 @@ func ParseUnverified(data []byte) (*List, error) {
 	return l, err
 }
 
-// Digest is the SHA-256 of an encoded list, signature included: the name
-// under which the DNS server publishes its chunks.
+// Digest is the SHA-256 of an encoded list, signature included: a short
+// public name of a list for logs.
 func Digest(data []byte) [32]byte { return sha256.Sum256(data) }
 
 // parse splits data into list, signed body and signature.
@@ -269,6 +332,9 @@ func parse(data []byte) (*List, []byte, []byte, error) {
 		copy(e.Key[:], r.bytes(link.KeySize))
 		e.SNI = r.str()
 		e.Name = r.str()
+		if ak := r.bytes(r.u8()); len(ak) > 0 {
+			e.AuthKey = append([]byte(nil), ak...)
+		}
 		if r.short {
 			return nil, nil, nil, fmt.Errorf("%w: truncated in entry %d", ErrMalformed, i)
 		}

@@ -152,7 +152,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	logFlags := cmdmain.AddLogFlags(fs, "info")
 	mtListen := fs.String("mtproxy", "", "also serve a local MTProxy (FakeTLS) front on this address, such as 127.0.0.1:1443")
 	mtSecret := fs.String("mtproxy-secret", "", "ee secret for --mtproxy, hex or base64url (default: one kept in the config dir)")
-	resolvers := fs.String("resolvers", "", "comma-separated resolvers for the DNS bootstrap (default: public DoH, DoT and DNS resolvers)")
+	resolvers := fs.String("resolvers", "", "comma-separated resolvers for the DNS bootstrap (default: public DoH and DoT resolvers; plain udp:// and tcp:// only if listed here)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}

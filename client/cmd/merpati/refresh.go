@@ -2,12 +2,15 @@ package main
 
 // merpati refresh [--link LINK] [--resolvers LIST] [--config-dir DIR]
 //
-// refresh fetches the signed relay list named by the link's dns= and lk=
-// fields now, over the resolvers given (comma-separated: udp://IP,
-// tcp://IP, tls://IP[:853], https://HOST/dns-query; default a few public
-// DoH, DoT and plain resolvers), verifies it and keeps it in the config
-// directory, where `merpati run` finds it. run does the same by itself
-// when none of the relays it knows answers.
+// refresh fetches the relay list named by the link's dns=, lk= and bk=
+// fields now, over the resolvers given (comma-separated:
+// https://HOST/dns-query, tls://IP[:853], and only if you ask for them
+// plain udp://IP and tcp://IP; default a few public DoH and DoT
+// resolvers, never plain DNS), opens and verifies it and keeps it in the
+// config directory, where `merpati run` finds it. run does the same by
+// itself when none of the relays it knows answers. A link with dns= and
+// lk= but no bk= is of the old format, whose list is no longer published:
+// refresh says so, and the user needs a new link.
 
 import (
 	"context"
@@ -27,18 +30,18 @@ import (
 )
 
 // defaultResolvers are asked when --resolvers is not given: DoH and DoT
-// first (harder to tamper with or block selectively), plain DNS last.
+// only, so that nobody on the path sees the bootstrap's queries. Plain
+// DNS is used only when the user lists it in --resolvers.
 var defaultResolvers = []string{
 	"https://cloudflare-dns.com/dns-query",
 	"https://dns.google/dns-query",
 	"tls://1.1.1.1",
 	"tls://9.9.9.9",
-	"udp://8.8.8.8",
 }
 
 // bootstrapSettings returns the resolvers and list cache file for l.
 func bootstrapSettings(dir, resolvers string, l *link.Link) ([]string, string, error) {
-	if len(l.Bootstrap) == 0 || len(l.ListKey) == 0 {
+	if l.CheckBootstrap() != nil {
 		return nil, "", nil
 	}
 	rs := defaultResolvers
@@ -57,7 +60,7 @@ func bootstrapSettings(dir, resolvers string, l *link.Link) ([]string, string, e
 func cmdRefresh(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs, dir := newFlagSet("refresh", stderr)
 	linkFlag := fs.String("link", "", "share link merpati://... (default: the imported one)")
-	resolvers := fs.String("resolvers", "", "comma-separated resolvers (default: public DoH, DoT and DNS resolvers)")
+	resolvers := fs.String("resolvers", "", "comma-separated resolvers (default: public DoH and DoT resolvers; plain udp:// and tcp:// only if listed here)")
 	logFlags := cmdmain.AddLogFlags(fs, "warn")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -75,7 +78,10 @@ func cmdRefresh(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		return err
 	}
 	if rs == nil {
-		return errors.New("refresh: the link has no bootstrap domain (dns=) and list key (lk=)")
+		if err := l.CheckBootstrap(); errors.Is(err, link.ErrOldBootstrap) {
+			return fmt.Errorf("refresh: %w", err)
+		}
+		return errors.New("refresh: the link has no DNS bootstrap (dns=, lk= and bk=)")
 	}
 	if err := os.MkdirAll(filepath.Dir(cache), 0o700); err != nil {
 		return err
@@ -83,6 +89,7 @@ func cmdRefresh(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	f, err := bootstrap.New(bootstrap.Config{
 		Domains:   l.Bootstrap,
 		ListKey:   ed25519.PublicKey(l.ListKey),
+		Keys:      l.BootstrapKeys,
 		Resolvers: rs,
 		CachePath: cache,
 		Logger:    log,

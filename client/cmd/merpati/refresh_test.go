@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"crypto/ed25519"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/merpati/merpati/relay/dnsserver"
+	"github.com/merpati/merpati/transport/link"
 	"github.com/merpati/merpati/transport/relaylist"
 )
 
@@ -23,7 +25,8 @@ func TestRefresh(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := dnsserver.New(dnsserver.Config{Zone: "b.merpati.test", Lists: [][]byte{data}})
+	bk := [32]byte{7, 7, 7}
+	s, err := dnsserver.New(dnsserver.Config{Zone: "b.merpati.test", Audiences: []dnsserver.Audience{{Key: bk, Lists: [][]byte{data}}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -37,7 +40,7 @@ func TestRefresh(t *testing.T) {
 	defer func() { cancel(); wg.Wait() }()
 
 	l := testLink()
-	l.Bootstrap, l.ListKey = []string{"b.merpati.test"}, pub
+	l.Bootstrap, l.ListKey, l.BootstrapKeys = []string{"b.merpati.test"}, pub, [][32]byte{bk}
 	dir := t.TempDir()
 	var out, errOut syncBuffer
 	err = run(context.Background(), []string{"refresh", "--config-dir", dir, "--link", l.String(),
@@ -57,5 +60,12 @@ func TestRefresh(t *testing.T) {
 	}
 	if err := run(context.Background(), []string{"refresh", "--config-dir", dir, "--link", testLink().String()}, &out, &errOut); err == nil {
 		t.Error("refresh without dns= and lk= succeeded")
+	}
+	// A link of the old format is told what to do.
+	l.BootstrapKeys = nil
+	err = run(context.Background(), []string{"refresh", "--config-dir", dir, "--link", l.String(),
+		"--resolvers", "udp://" + pc.LocalAddr().String()}, &out, &errOut)
+	if !errors.Is(err, link.ErrOldBootstrap) {
+		t.Errorf("refresh with an old-format link: %v", err)
 	}
 }

@@ -2,8 +2,8 @@ package censorlab_test
 
 import (
 	"bufio"
-	"encoding/base64"
 	"encoding/json"
+	"fmt"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -22,11 +22,19 @@ const bootZone = "boot.merpati.test"
 // the dead relay after its race timeout (10 s) before it asks DNS.
 const bootstrapLimit = 20 * time.Second
 
-// startBootstrap publishes a list naming relay2 only, signed with a new
-// list key, through "merpati-relay list" and "merpati-relay dns" at
-// censorlab.DNSAddr, and returns the user's link: relay1 only, with dns=
-// and lk=.
+// startBootstrap publishes a list naming relay2 only, for one audience,
+// and returns the user's link (see publish).
 func startBootstrap(t *testing.T, lab *censorlab.Lab, svc *censorlab.Services) *link.Link {
+	t.Helper()
+	return publish(t, lab, svc, 1)[0]
+}
+
+// publish publishes, through "merpati-relay list" and "merpati-relay
+// dns" at censorlab.DNSAddr, one list naming relay2 only (twelve times) for each of
+// audiences audiences, signed with a new list key, and returns one user
+// link per audience: relay1 only, with dns=, lk= and the audience's bk=
+// (made by "merpati-relay list share").
+func publish(t *testing.T, lab *censorlab.Lab, svc *censorlab.Services, audiences int) []*link.Link {
 	t.Helper()
 	relayCLI := func(args ...string) string {
 		t.Helper()
@@ -38,25 +46,37 @@ func startBootstrap(t *testing.T, lab *censorlab.Lab, svc *censorlab.Services) *
 	}
 	keyFile := filepath.Join(lab.Dir, "list-key.pem")
 	relaysFile := filepath.Join(lab.Dir, "relays.json")
-	listFile := filepath.Join(lab.Dir, "list.bin")
-	out := strings.Fields(relayCLI("list", "keygen", "--out", keyFile))
-	pub, err := base64.RawURLEncoding.DecodeString(out[len(out)-1])
-	if err != nil {
-		t.Fatalf("list keygen printed no public key: %v: %q", err, out)
-	}
+	relayCLI("list", "keygen", "--out", keyFile)
 	second := *svc.Link
 	second.Relays = []string{relayAddr(censorlab.Relay2Addr)}
-	relayCLI("list", "add", "--in", relaysFile, "--link", second.String())
-	relayCLI("list", "sign", "--key", keyFile, "--in", relaysFile, "--seq", "1", "--ttl", "1h", "--out", listFile)
-	if _, err := lab.StartDNS(t.Context(), bootZone, listFile); err != nil {
-		t.Fatal(err)
+	// Twelve entries (all relay2, under several names), so the list
+	// takes a dozen chunks, as a real one would.
+	for i := range 12 {
+		second.Name = fmt.Sprintf("relay2 #%d", i)
+		relayCLI("list", "add", "--in", relaysFile, "--link", second.String())
 	}
-
 	user := *svc.Link
 	user.Relays = []string{relayAddr(censorlab.Relay1Addr)}
-	user.Bootstrap = []string{bootZone}
-	user.ListKey = pub
-	return &user
+	var lists []string
+	var links []*link.Link
+	for i := range audiences {
+		audFile := filepath.Join(lab.Dir, fmt.Sprintf("audience%d.pem", i))
+		listFile := filepath.Join(lab.Dir, fmt.Sprintf("list%d.pem", i))
+		relayCLI("list", "audience", "--out", audFile)
+		relayCLI("list", "sign", "--key", keyFile, "--audience", audFile, "--in", relaysFile,
+			"--seq", "1", "--ttl", "1h", "--out", listFile)
+		lists = append(lists, listFile)
+		out := relayCLI("list", "share", "--link", user.String(), "--zone", bootZone, "--key", keyFile, "--audience", audFile)
+		l, err := link.Parse(strings.TrimSpace(out))
+		if err != nil {
+			t.Fatalf("list share printed %q: %v", out, err)
+		}
+		links = append(links, l)
+	}
+	if _, err := lab.StartDNS(t.Context(), bootZone, lists...); err != nil {
+		t.Fatal(err)
+	}
+	return links
 }
 
 // logTime returns the time of the first record with message msg in p's

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"encoding/base64"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -15,6 +16,7 @@ import (
 	"github.com/miekg/dns"
 
 	"github.com/merpati/merpati/relay/dnsserver"
+	"github.com/merpati/merpati/transport/link"
 	"github.com/merpati/merpati/transport/relaylist"
 )
 
@@ -58,15 +60,37 @@ func TestListFlow(t *testing.T) {
 	if out, err := runCmd(t, "list", "add", "--in", relays, "--link", other); err != nil || !strings.Contains(out, "2 relays") {
 		t.Fatalf("add link: %v\n%s", err, out)
 	}
-	list := filepath.Join(tmp, "list.bin")
-	if out, err := runCmd(t, "list", "sign", "--key", keyFile, "--in", relays, "--seq", "3", "--ttl", "1h", "--out", list); err != nil {
+	audFile := filepath.Join(tmp, "audience.pem")
+	out, err = runCmd(t, "list", "audience", "--out", audFile)
+	if err != nil {
+		t.Fatalf("audience: %v\n%s", err, out)
+	}
+	if fi, err := os.Stat(audFile); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("audience file: %v %v", fi, err)
+	}
+	lines = strings.Split(strings.TrimSpace(out), "\n")
+	bk, err := base64.RawURLEncoding.DecodeString(lines[len(lines)-1])
+	if err != nil || len(bk) != 32 {
+		t.Fatalf("bootstrap key %q: %v", lines[len(lines)-1], err)
+	}
+	if _, err := runCmd(t, "list", "audience", "--out", audFile); err == nil {
+		t.Error("audience overwrote a key")
+	}
+	list := filepath.Join(tmp, "list.pem")
+	if out, err := runCmd(t, "list", "sign", "--key", keyFile, "--in", relays, "--seq", "3", "--ttl", "1h", "--out", list); err == nil {
+		t.Fatalf("sign without --audience succeeded:\n%s", out)
+	}
+	if out, err := runCmd(t, "list", "sign", "--key", keyFile, "--audience", audFile, "--in", relays, "--seq", "3", "--ttl", "1h", "--out", list); err != nil {
 		t.Fatalf("sign: %v\n%s", err, out)
+	}
+	if fi, err := os.Stat(list); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("list file: %v %v", fi, err)
 	}
 	out, err = runCmd(t, "list", "show", "--in", list, "--lk", lk)
 	if err != nil || !strings.Contains(out, "signature: good") || !strings.Contains(out, "relay2.example.net:443") {
 		t.Fatalf("show: %v\n%s", err, out)
 	}
-	if out, err := runCmd(t, "list", "sign", "--key", keyFile, "--in", relays, "--seq", "4", "--out", list, "--buckets", "3", "--per-bucket", "1"); err != nil {
+	if out, err := runCmd(t, "list", "sign", "--key", keyFile, "--audience", audFile, "--in", relays, "--seq", "4", "--out", list, "--buckets", "3", "--per-bucket", "1"); err != nil {
 		t.Fatalf("sign buckets: %v\n%s", err, out)
 	}
 	for _, b := range []string{".0", ".1", ".2"} {
@@ -74,13 +98,37 @@ func TestListFlow(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		l, err := relaylist.Decode(data, relaylist.Verify{Key: pub, Now: time.Now()})
+		bundle, err := relaylist.ParseBundle(data)
+		if err != nil || !bytes.Equal(bundle.Key[:], bk) {
+			t.Fatalf("bucket %s: %v", b, err)
+		}
+		l, err := relaylist.Decode(bundle.List, relaylist.Verify{Key: pub, Now: time.Now()})
 		if err != nil || len(l.Entries) != 1 || l.Seq != 4 {
 			t.Fatalf("bucket %s: %+v %v", b, l, err)
 		}
 	}
 
-	// Serve it and ask for the index over UDP and TCP.
+	// share adds the bootstrap fields to a link.
+	out, err = runCmd(t, "list", "share", "--link", other, "--zone", "b.example.net", "--key", keyFile, "--audience", audFile)
+	if err != nil {
+		t.Fatalf("share: %v\n%s", err, out)
+	}
+	shared, err := link.Parse(strings.TrimSpace(out))
+	if err != nil || shared.CheckBootstrap() != nil || !bytes.Equal(shared.ListKey, pub) || !bytes.Equal(shared.BootstrapKeys[0][:], bk) {
+		t.Fatalf("shared link %q: %v", out, err)
+	}
+
+	// An old-format list file is refused with what to do.
+	oldList := filepath.Join(tmp, "old.bin")
+	bundle, _ := relaylist.ParseBundle(mustRead(t, list))
+	os.WriteFile(oldList, bundle.List, 0o600)
+	var oldOut bytes.Buffer
+	if err := run(context.Background(), []string{"dns", "--zone", "b.example.net", "--list", oldList, "--listen", "127.0.0.1:0"}, &oldOut, &oldOut); !errors.Is(err, relaylist.ErrOldList) {
+		t.Errorf("dns with an old-format list: %v", err)
+	}
+
+	// Serve it and ask for today's chunk 0 over UDP and TCP: it opens with
+	// the audience's key.
 	pc, ln, err := dnsserver.Listen("127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -98,21 +146,38 @@ func TestListFlow(t *testing.T) {
 		}
 	})
 	defer func() { cancel(); wg.Wait() }()
-	data, _ := os.ReadFile(list)
-	want := relaylist.IndexOf(data).String()
+	aud := relaylist.NewAudience([32]byte(bk))
+	p := relaylist.PeriodOf(time.Now())
 	for _, network := range []string{"udp", "tcp"} {
 		var r *dns.Msg
 		for range 50 {
 			q := new(dns.Msg)
-			q.SetQuestion("_n.b.example.net.", dns.TypeTXT)
+			q.SetQuestion(aud.Name(p, 0, "b.example.net"), dns.TypeTXT)
+			q.SetEdns0(1232, false)
 			r, _, err = (&dns.Client{Net: network, Timeout: time.Second}).Exchange(q, addr)
 			if err == nil {
 				break
 			}
 			time.Sleep(20 * time.Millisecond)
 		}
-		if err != nil || len(r.Answer) != 1 || r.Answer[0].(*dns.TXT).Txt[0] != want {
-			t.Fatalf("%s: %v %v, want %q", network, r, err, want)
+		if err != nil || len(r.Answer) != 1 {
+			t.Fatalf("%s: %v %v", network, r, err)
+		}
+		c, err := relaylist.DecodeTXT(r.Answer[0].(*dns.TXT).Txt)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n, err := aud.Count(p, c); err != nil || n < 1 {
+			t.Fatalf("%s: chunk 0 does not open with the audience key: %d, %v", network, n, err)
 		}
 	}
+}
+
+func mustRead(t *testing.T, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }

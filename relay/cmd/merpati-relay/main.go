@@ -14,9 +14,11 @@
 //	merpati-relay link revoke NAME --dir DIR
 //	merpati-relay list keygen --out FILE
 //	merpati-relay list add --in relays.json (--link LINK | --link-file FILE | --dir DIR --name KEYNAME)
-//	merpati-relay list sign --key FILE --in relays.json --seq N [--ttl 168h] --out list.bin [--buckets N --per-bucket K]
-//	merpati-relay list pub --key FILE | list show --in list.bin [--lk PUBKEY]
-//	merpati-relay dns --zone ZONE --list FILE... [--listen ADDR] [--ns NAME]... [--ns-addr IP]... [--period 24h]
+//	merpati-relay list audience --out FILE
+//	merpati-relay list sign --key FILE --audience FILE --in relays.json --seq N [--ttl 168h] --out list.pem [--buckets N --per-bucket K]
+//	merpati-relay list pub --key FILE | list show --in list.pem [--lk PUBKEY]
+//	merpati-relay list share --link LINK --zone ZONE (--key FILE | --lk PUBKEY) --audience FILE...
+//	merpati-relay dns --zone ZONE --list FILE... [--listen ADDR] [--ns NAME]... [--ns-addr IP]...
 //	                  [--rate-limit 20] [--slip 2]
 //
 // init creates DIR with the relay's settings (relay.json), its certificate
@@ -101,7 +103,7 @@ const usage = `usage:
   merpati-relay init --dir DIR --public HOST:PORT [--listen ADDR] [--cover URL] [--sni NAME] [--name NAME]
   merpati-relay run --dir DIR
   merpati-relay link add|list|show|revoke [NAME] --dir DIR
-  merpati-relay list keygen|pub|add|sign|show ...   (the signed relay list for DNS bootstrap)
+  merpati-relay list keygen|pub|audience|add|sign|show|share ...   (the signed relay lists for DNS bootstrap)
   merpati-relay dns --zone ZONE --list FILE [--listen ADDR] [--ns NAME --ns-addr IP]
 Run "merpati-relay COMMAND -h" for a command's flags.`
 
