@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"slices"
 	"strings"
@@ -17,6 +18,7 @@ import (
 	"github.com/merpati/merpati/relay/relaytest"
 	"github.com/merpati/merpati/transport/auth"
 	"github.com/merpati/merpati/transport/link"
+	"github.com/merpati/merpati/transport/mtproxy/mtproxytest"
 	"github.com/merpati/merpati/transport/tlscarrier"
 )
 
@@ -356,4 +358,67 @@ func (c *recordingConn) observe(later int) (observedFlight, error) {
 		}
 	}
 	return o, nil
+}
+
+// TestMTProxyReplySize: in MTProxy mode, the FakeTLS server hello a stock
+// app gets carries, where a TLS 1.3 server's encrypted flight would be,
+// one ApplicationData record of the size of the cover site's (the
+// payload bytes of its encrypted handshake records), in front of nginx
+// and of the Go cover.
+func TestMTProxyReplySize(t *testing.T) {
+	for name, start := range map[string]func(testing.TB) relaytest.CoverSite{
+		"nginx": func(t testing.TB) relaytest.CoverSite { return relaytest.StartNginx(t) },
+		"go":    func(t testing.TB) relaytest.CoverSite { return relaytest.StartCover(t) },
+	} {
+		t.Run(name, func(t *testing.T) {
+			cov := start(t)
+			r := relaytest.Start(t, cov, relaytest.Options{})
+			f, err := tlscarrier.LearnFlight(t.Context(), cov.Addr(), relaytest.CoverName)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := 0
+			for _, n := range f.Handshake {
+				want += n - 5
+			}
+			e, err := access.Add(r.Dir.KeysPath(), "app", access.Entry{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := r.Keys.Reload(); err != nil {
+				t.Fatal(err)
+			}
+			s, _ := r.Dir.MTProxySecret(e)
+			rec := mtproxytest.HelloRecord(t, s.Host)
+			if err := mtproxytest.SignClientHello(rec, s.Key, time.Now()); err != nil {
+				t.Fatal(err)
+			}
+			c, err := net.Dial("tcp", r.Addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(10 * time.Second))
+			if _, err := c.Write(rec); err != nil {
+				t.Fatal(err)
+			}
+			// ServerHello, ChangeCipherSpec, then the ApplicationData record.
+			var sizes []int
+			for range 3 {
+				hdr := make([]byte, 5)
+				if _, err := io.ReadFull(c, hdr); err != nil {
+					t.Fatalf("reading the server hello: %v", err)
+				}
+				n := int(hdr[3])<<8 | int(hdr[4])
+				if _, err := io.ReadFull(c, make([]byte, n)); err != nil {
+					t.Fatal(err)
+				}
+				sizes = append(sizes, n)
+			}
+			t.Logf("FakeTLS answer record payloads %v; the cover's encrypted handshake records %v", sizes, f.Handshake)
+			if sizes[2] != want {
+				t.Errorf("ApplicationData record of %d bytes, want the cover's %d", sizes[2], want)
+			}
+		})
+	}
 }

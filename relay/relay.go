@@ -53,6 +53,10 @@ type Config struct {
 	Table *dc.Table
 	// Resolver resolves domain-name targets; nil means the system's.
 	Resolver *net.Resolver
+	// CoverDelay is how long the front door waits for a complete hello
+	// before it dials the cover site anyway; zero means
+	// [tlscarrier.DefaultCoverDelay].
+	CoverDelay time.Duration
 	// HelloTimeout bounds the wait for a complete ClientHello; zero means
 	// [tlscarrier.DefaultHelloTimeout]. A connection still incomplete
 	// then goes to the cover site with what it sent, as a web server
@@ -287,6 +291,7 @@ func (r *Relay) ListenTLS(ln net.Listener) (*tlscarrier.Listener, error) {
 		MTProxy:            authenticator{r},
 		Cover:              r.cfg.Cover,
 		HelloTimeout:       r.cfg.HelloTimeout,
+		CoverDelay:         r.cfg.CoverDelay,
 		MaxUnauthConns:     r.cfg.MaxUnauthConns,
 		MaxUnauthPerSource: r.cfg.MaxUnauthPerSource,
 		Mirror:             r.mirror,

@@ -194,16 +194,19 @@ func digest(key Key, record []byte) [32]byte {
 // [ClientHello.Verify] with key: a TLS 1.3-shaped ServerHello (echoing the
 // session id, choosing one of the client's TLS 1.3 suites, with an X25519
 // key share), a ChangeCipherSpec record, and one ApplicationData record of
-// 1-4 KiB of noise standing in for the encrypted certificate. Its server
+// noise bytes (if in range, else 1-4 KiB) standing in for the encrypted
+// rest of the flight. Its server
 // random is HMAC-SHA256(key, client random ‖ answer with that random
 // zeroed), which the app checks.
-func serverHello(key Key, h *ClientHello) ([]byte, error) {
+func serverHello(key Key, h *ClientHello, noise int) ([]byte, error) {
 	priv, err := ecdh.X25519().GenerateKey(nil)
 	if err != nil {
 		return nil, fmt.Errorf("server hello key share: %w", err)
 	}
 	share := priv.PublicKey().Bytes()
-	noise := 1024 + rand.IntN(3072)
+	if noise < 64 || noise > 16384+256 {
+		noise = 1024 + rand.IntN(3072)
+	}
 
 	b := make([]byte, 0, 140+len(h.SessionID)+recordHeaderLen+noise+6)
 	b = append(b, recordHandshake, version12[0], version12[1], 0, 0) // length below

@@ -14,7 +14,17 @@ import (
 // decrypted byte stream and what the init announced. Deadlines are the
 // caller's.
 func AcceptApp(conn net.Conn, r io.Reader, key Key, h *ClientHello) (*ObfsConn, Init, error) {
-	sh, err := serverHello(key, h)
+	return AcceptAppSized(conn, r, key, h, 0)
+}
+
+// AcceptAppSized is [AcceptApp] whose server hello carries an
+// ApplicationData record of appData bytes, where the encrypted rest of a
+// TLS 1.3 server's first flight would be: the payload bytes of the cover
+// site's encrypted handshake records, so that the answer's size follows
+// the cover's certificate chain (apps take exactly one such record). Zero
+// or out of range means a random 1024 to 4095.
+func AcceptAppSized(conn net.Conn, r io.Reader, key Key, h *ClientHello, appData int) (*ObfsConn, Init, error) {
+	sh, err := serverHello(key, h, appData)
 	if err != nil {
 		return nil, Init{}, err
 	}

@@ -194,12 +194,25 @@ func TestClientHello(t *testing.T) {
 		}
 	}
 
-	sh, err := mtproxy.ServerHello(s.Key, h)
+	sh, err := mtproxy.ServerHello(s.Key, h, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := mtproxytest.ReadServerHello(bytes.NewReader(sh), h.Random, s.Key); err != nil {
 		t.Fatalf("our own server hello: %v", err)
+	}
+	// Sized like a cover's flight (nginx with a 2.3 KB chain): ServerHello
+	// and ChangeCipherSpec records, then one ApplicationData record of
+	// exactly that many bytes, which apps take.
+	sized, err := mtproxy.ServerHello(s.Key, h, 2691)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := mtproxytest.ReadServerHello(bytes.NewReader(sized), h.Random, s.Key); err != nil {
+		t.Fatalf("our own sized server hello: %v", err)
+	}
+	if tail := sized[len(sized)-2691-5:]; tail[0] != 0x17 || int(tail[3])<<8|int(tail[4]) != 2691 {
+		t.Errorf("sized server hello ends with a %#x record of %d bytes, want ApplicationData of 2691", tail[0], int(tail[3])<<8|int(tail[4]))
 	}
 	if err := mtproxytest.ReadServerHello(bytes.NewReader(sh), h.Random, mtproxy.NewKey()); !errors.Is(err, mtproxytest.ErrServerHello) {
 		t.Fatalf("server hello under another key: %v", err)
@@ -351,7 +364,7 @@ func FuzzParseClientHello(f *testing.F) {
 			return
 		}
 		h.Verify(s.Key, time.Now(), time.Minute)
-		sh, err := mtproxy.ServerHello(s.Key, h)
+		sh, err := mtproxy.ServerHello(s.Key, h, 0)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -31,7 +31,12 @@ const (
 	DefaultMaxUnauthConns     = 4096
 	DefaultMaxUnauthPerSource = 64
 	DefaultHelloTimeout       = 10 * time.Second
-	DefaultCoverDelay         = time.Second
+	// DefaultCoverDelay is short enough that a prober's idle connection
+	// ends when the cover site's own timer says (nginx: 60 s), give or
+	// take less than network jitter, and long enough that a client's
+	// hello, sent with the handshake's last ACK, is in before it: the
+	// cover site sees none of theirs.
+	DefaultCoverDelay = 150 * time.Millisecond
 	// MTProxyWindow is how far a FakeTLS hello's timestamp may be from
 	// the relay's clock. Apps sign with their device clock, which can be
 	// off by a minute or so; the relay's MTProxy replay cache must
@@ -326,7 +331,11 @@ func (l *Listener) serveMTProxy(ctx context.Context, c net.Conn, br *bufio.Reade
 	c.SetDeadline(time.Now().Add(mtproxyHandshakeTimeout))
 	// A large read buffer lets TLSConn return several records per read,
 	// so the relay forwards big chunks with few system calls.
-	app, in, err := mtproxy.AcceptApp(c, bufio.NewReaderSize(br, 32<<10), secret, h)
+	appData := 0
+	if l.cfg.Mirror != nil {
+		appData = l.cfg.Mirror.MTProxyAppData()
+	}
+	app, in, err := mtproxy.AcceptAppSized(c, bufio.NewReaderSize(br, 32<<10), secret, h, appData)
 	c.SetDeadline(time.Time{})
 	if err != nil {
 		l.log.Debug("MTProxy handshake failed", "transport", mtproxy.Carrier, "key", key.Name(), "err", err)

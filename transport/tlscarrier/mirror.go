@@ -14,6 +14,8 @@ import (
 	"math/big"
 	"sync/atomic"
 	"time"
+
+	utls "github.com/refraction-networking/utls"
 )
 
 // MirrorConfig configures a [Mirror].
@@ -83,6 +85,10 @@ func (m *Mirror) Learn(ctx context.Context) ([]string, error) {
 	}
 	st := &mirrorState{flight: f, cert: m.cfg.Certificate}
 	st.gaps = append(st.gaps, f.Gaps()...)
+	if f.Group != utls.X25519 {
+		// The FakeTLS answer's key share is the one group apps offer.
+		st.gaps = append(st.gaps, fmt.Sprintf("MTProxy mode answers apps with an X25519 ServerHello; the cover site chose %v", f.Group))
+	}
 	if cert, err := shapeCertificate(m.cfg.Certificate, f); err != nil {
 		st.gaps = append(st.gaps, fmt.Sprintf("certificate: %v", err))
 	} else {
@@ -175,6 +181,23 @@ func (m *Mirror) serverConfig(c *tls.Config) {
 	// Tickets after the client's Finished: AfterHandshake sends records
 	// of their sizes instead.
 	c.SessionTicketsDisabled = true
+}
+
+// MTProxyAppData returns the size for the ApplicationData record of a
+// FakeTLS server hello (see [mtproxy.AcceptAppSized]): the payload bytes
+// of the cover site's encrypted handshake records, or 0 before the flight
+// was learned. Apps take that part of the answer in one record, where the
+// cover sends several.
+func (m *Mirror) MTProxyAppData() int {
+	st := m.cur.Load()
+	if st == nil {
+		return 0
+	}
+	n := 0
+	for _, r := range st.flight.Handshake {
+		n += r - 5
+	}
+	return n
 }
 
 // lateTickets returns the sizes of the ticket records the cover site
