@@ -12,6 +12,8 @@ import (
 	"github.com/merpati/merpati/relay/access"
 	"github.com/merpati/merpati/transport"
 	"github.com/merpati/merpati/transport/auth"
+	"github.com/merpati/merpati/transport/mtproxy"
+	"github.com/merpati/merpati/transport/mtproxy/mtproxytest"
 	"github.com/merpati/merpati/transport/tlscarrier"
 )
 
@@ -28,7 +30,7 @@ func newAuthRig(tb testing.TB, n int, legacy bool) *authRig {
 	dir := tb.TempDir()
 	entries := make([]access.Entry, n)
 	for i := range entries {
-		entries[i] = access.Entry{Name: fmt.Sprint("k", i), Key: auth.NewKey()}
+		entries[i] = access.Entry{Name: fmt.Sprint("k", i), Key: auth.NewKey(), MTProxySecret: mtproxy.NewKey()}
 	}
 	if err := access.Save(filepath.Join(dir, "keys.json"), entries); err != nil {
 		tb.Fatal(err)
@@ -112,5 +114,27 @@ func BenchmarkAuthenticate(b *testing.B) {
 				}
 			})
 		}
+	}
+}
+
+// BenchmarkMTProxyCheck measures what a hello costs the relay in MTProxy
+// mode, where apps build their hello with no hint of their secret: one
+// HMAC over the hello per secret, for a prober's hello (no secret
+// matches) with 1, 100 and 1000 secrets.
+func BenchmarkMTProxyCheck(b *testing.B) {
+	for _, n := range []int{1, 100, 1000} {
+		rig := newAuthRig(b, n, false)
+		rec := mtproxytest.HelloRecord(b, "cover.example.org")
+		mtproxytest.SignClientHello(rec, mtproxy.NewKey(), time.Now())
+		h, err := mtproxy.ParseClientHello(rec)
+		if err != nil {
+			b.Fatal(err)
+		}
+		a := authenticator{rig.r}
+		b.Run(fmt.Sprintf("secrets=%d/probe", n), func(b *testing.B) {
+			for b.Loop() {
+				a.AuthenticateMTProxy(h, time.Now())
+			}
+		})
 	}
 }

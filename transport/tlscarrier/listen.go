@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/merpati/merpati/transport"
@@ -16,6 +17,7 @@ import (
 	"github.com/merpati/merpati/transport/h2mux"
 	"github.com/merpati/merpati/transport/hello"
 	"github.com/merpati/merpati/transport/mtproxy"
+	"github.com/merpati/merpati/transport/netrate"
 	"github.com/merpati/merpati/transport/warnlimit"
 )
 
@@ -37,6 +39,12 @@ const (
 	// hello, sent with the handshake's last ACK, is in before it: the
 	// cover site sees none of theirs.
 	DefaultCoverDelay = 150 * time.Millisecond
+	// DefaultMTProxyChecks is the default [ListenConfig.MTProxyChecks]:
+	// far more new connections a second than the apps of a network
+	// open (a Telegram app opens a handful at start), and, with 1000
+	// secrets at about 1.4 us each, at most a tenth of a core per
+	// network.
+	DefaultMTProxyChecks = 50
 	// MTProxyWindow is how far a FakeTLS hello's timestamp may be from
 	// the relay's clock. Apps sign with their device clock, which can be
 	// off by a minute or so; the relay's MTProxy replay cache must
@@ -99,6 +107,12 @@ type ListenConfig struct {
 	MaxUnauthPerSource int
 	// Mux configures the HTTP/2 sessions.
 	Mux h2mux.Config
+	// MTProxyChecks bounds the hellos per second, per source network
+	// (/24, /56; twice as many in a burst), that are checked against the
+	// MTProxy secrets, one HMAC each: the CPU a network can make the
+	// relay spend. Others go to the cover site untried. Zero means
+	// [DefaultMTProxyChecks].
+	MTProxyChecks float64
 	// Mirror, if not nil, shapes key holders' server flight like the
 	// cover site's (see [Mirror]).
 	Mirror *Mirror
@@ -130,6 +144,9 @@ func (c *ListenConfig) fill() error {
 	if c.CoverDelay <= 0 {
 		c.CoverDelay = DefaultCoverDelay
 	}
+	if c.MTProxyChecks <= 0 {
+		c.MTProxyChecks = DefaultMTProxyChecks
+	}
 	if c.MaxUnauthConns == 0 {
 		c.MaxUnauthConns = DefaultMaxUnauthConns
 	}
@@ -154,6 +171,11 @@ type Listener struct {
 	ln     net.Listener
 	unauth unauthLimiter
 	warns  warnlimit.Limiter
+	// mtChecks bounds the MTProxy secret checks per source network.
+	mtChecks *netrate.Limiter
+	// mtCost is a moving average of what an MTProxy check takes, in
+	// nanoseconds.
+	mtCost atomic.Int64
 
 	sessions chan transport.ServerSession
 	ctx      context.Context // done when the listener closes
@@ -175,6 +197,7 @@ func Listen(ln net.Listener, cfg ListenConfig) (*Listener, error) {
 		log:      cfg.Logger.With("transport", "tls"),
 		ln:       ln,
 		unauth:   unauthLimiter{max: cfg.MaxUnauthConns, perSource: cfg.MaxUnauthPerSource},
+		mtChecks: netrate.New(cfg.MTProxyChecks, 2*cfg.MTProxyChecks),
 		sessions: make(chan transport.ServerSession),
 		ctx:      ctx,
 		cancel:   cancel,
@@ -253,15 +276,21 @@ func (l *Listener) handle(ctx context.Context, c net.Conn) {
 		l.log.Debug("token refused", "err", err)
 	}
 	// Not a key holder's hello (a sealed token costs the same to check
-	// whatever the number of keys). The cover site gets it now, and
-	// answers while the relay checks it for an MTProxy secret, which
-	// costs an HMAC per secret.
-	early.sendNow(first)
-	if l.cfg.MTProxy != nil {
+	// whatever the number of keys). Checking it for an MTProxy secret
+	// costs an HMAC per secret: where that takes long enough to show in
+	// the time a prober waits, the cover site gets the hello first and
+	// answers while the relay checks it.
+	if l.cfg.MTProxy != nil && l.mtCost.Load() > mtSlowCheck.Nanoseconds() {
+		early.sendNow(first)
+	}
+	if l.cfg.MTProxy != nil && l.mtCheckAllowed(c) {
 		// Not our carrier: maybe a stock Telegram app with an MTProxy
 		// (FakeTLS) secret, told apart by the hello alone.
 		if mh, err := mtproxy.ParseClientHello(rec); err == nil {
-			if key, secret, err := l.cfg.MTProxy.AuthenticateMTProxy(mh, time.Now()); err == nil {
+			start := time.Now()
+			key, secret, err := l.cfg.MTProxy.AuthenticateMTProxy(mh, start)
+			l.noteMTCost(time.Since(start))
+			if err == nil {
 				release()
 				early.drop()
 				l.serveMTProxy(ctx, c, br, key, secret, mh)
@@ -270,6 +299,34 @@ func (l *Listener) handle(ctx context.Context, c net.Conn) {
 		}
 	}
 	l.cover(ctx, c, first, "no valid token or MTProxy hello", early)
+}
+
+// mtSlowCheck is how long an MTProxy check may take before the front
+// door forwards a prober's hello to the cover site ahead of it: far below
+// the jitter of any path across the Internet.
+const mtSlowCheck = 300 * time.Microsecond
+
+// noteMTCost folds the duration of one MTProxy check into a moving
+// average.
+func (l *Listener) noteMTCost(d time.Duration) {
+	old := l.mtCost.Load()
+	l.mtCost.Store(old + (d.Nanoseconds()-old)/8)
+}
+
+// mtCheckAllowed takes a token for checking a hello from c's network
+// against the MTProxy secrets, and logs (rate-limited) when there is none.
+func (l *Listener) mtCheckAllowed(c net.Conn) bool {
+	ta, ok := c.RemoteAddr().(*net.TCPAddr)
+	if !ok {
+		return true
+	}
+	if l.mtChecks.Allow(ta.AddrPort().Addr(), time.Now()) {
+		return true
+	}
+	// The network is not logged: client addresses never are.
+	l.warns.Warn(l.log, "hellos from one network over the MTProxy check rate: sent to the cover site untried",
+		"rate", l.cfg.MTProxyChecks)
+	return false
 }
 
 // An admitListener counts each connection it accepts against the caps on
