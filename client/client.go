@@ -170,6 +170,7 @@ func dialerFor(l *link.Link, relay, carrier string, dial func(ctx context.Contex
 			ServerName: l.SNI,
 			Pin:        l.Pin,
 			Key:        auth.Key(l.Key),
+			AuthKey:    l.AuthKey,
 			Logger:     log,
 		})
 	}

@@ -14,6 +14,7 @@ import (
 	"github.com/merpati/merpati/transport/auth"
 	"github.com/merpati/merpati/transport/mtproxy"
 	"github.com/merpati/merpati/transport/mtproxy/mtproxytest"
+	"github.com/merpati/merpati/transport/quiccarrier"
 	"github.com/merpati/merpati/transport/tlscarrier"
 )
 
@@ -21,6 +22,7 @@ import (
 // one and a prober send it.
 type authRig struct {
 	r             *Relay
+	keys          []auth.Key
 	sealed, probe transport.Proof
 	plain         transport.Proof
 }
@@ -52,6 +54,9 @@ func newAuthRig(tb testing.TB, n int, legacy bool) *authRig {
 		tb.Fatal(err)
 	}
 	rig := &authRig{r: r}
+	for _, e := range entries {
+		rig.keys = append(rig.keys, e.Key)
+	}
 	key := entries[n-1].Key
 	client, _ := ecdh.X25519().GenerateKey(rand.Reader)
 	var digest [32]byte
@@ -136,5 +141,30 @@ func BenchmarkMTProxyCheck(b *testing.B) {
 				a.AuthenticateMTProxy(h, time.Now())
 			}
 		})
+	}
+}
+
+// TestSealedQUICRandom: a QUIC hello's random sealed under its key share
+// gets its key in, once; the same random with another key share does
+// not (an attacker who holds back a user's Initial and sends one of its
+// own with the user's random).
+func TestSealedQUICRandom(t *testing.T) {
+	rig := newAuthRig(t, 50, false)
+	a := authenticator{rig.r}
+	share, _ := ecdh.X25519().GenerateKey(rand.Reader)
+	userKey := rig.keys[49]
+	random, err := quiccarrier.NewSealedRandom(userKey, time.Now(), share, rig.r.authKey.PublicKey())
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, _ := ecdh.X25519().GenerateKey(rand.Reader)
+	if _, err := a.Authenticate(quiccarrier.RandomProof(random, other.PublicKey().Bytes())); err == nil {
+		t.Error("the random with another key share was accepted")
+	}
+	if k, err := a.Authenticate(quiccarrier.RandomProof(random, share.PublicKey().Bytes())); err != nil || k.Name() != "k49" {
+		t.Errorf("sealed random: %v, %v", k, err)
+	}
+	if _, err := a.Authenticate(quiccarrier.RandomProof(random, share.PublicKey().Bytes())); err == nil {
+		t.Error("a replayed sealed random was accepted")
 	}
 }

@@ -133,6 +133,7 @@ func (l *limitsLab) quicSession(t *testing.T, name string) transport.Session {
 		ServerName: l.dir.Settings.ServerName(),
 		Pin:        l.dir.Pin,
 		Key:        l.keys[name].Key,
+		AuthKey:    l.dir.AuthKey,
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -66,12 +66,11 @@ type Config struct {
 	DialTimeout time.Duration
 	// NoQUIC turns off the QUIC carrier: [Run] then listens on TCP only.
 	NoQUIC bool
-	// LegacyTokens lets TLS-carrier clients whose links predate sealed
-	// tokens (links without "ak") in: their plain tokens are checked
+	// LegacyTokens lets clients whose links predate sealed tokens (links
+	// without "ak") in, on both carriers: their plain tokens are checked
 	// against every key, which costs time that grows with the number of
 	// keys, and shows (see [auth.Seal]). Sealed tokens are checked at once
-	// either way. QUIC tokens are plain, and always checked against every
-	// key.
+	// either way.
 	LegacyTokens bool
 	// NoMirror turns off the mirroring of the cover site's TLS flight
 	// (see [tlscarrier.Mirror]): key holders then get crypto/tls's own.
@@ -423,11 +422,15 @@ func (a authenticator) Authenticate(p transport.Proof) (transport.Key, error) {
 	// A sealed token names its key: one X25519, one AES-GCM and a few
 	// HMACs whatever the number of keys.
 	if p.KeyShare != nil && r.authKey != nil {
-		if id, tok, err := auth.Open(r.authKey, p.KeyShare, p.Random, p.Token); err == nil {
-			u = r.cfg.Keys.AuthenticateID(id, p.Digest, tok, now)
+		sealed, digest := p.Token, p.Digest
+		if p.Sealed != nil {
+			sealed, digest = p.Sealed, p.SealDigest
+		}
+		if id, tok, err := auth.Open(r.authKey, p.KeyShare, p.Random, sealed); err == nil {
+			u = r.cfg.Keys.AuthenticateID(id, digest, tok, now)
 		}
 	}
-	if u == nil && (p.Carrier != "tls" || r.cfg.LegacyTokens) {
+	if u == nil && r.cfg.LegacyTokens {
 		u = r.cfg.Keys.Authenticate(p.Digest, p.Token, now)
 	}
 	if u == nil {

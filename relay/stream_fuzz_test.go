@@ -57,6 +57,8 @@ func newStreamRig(tb testing.TB) *streamRig {
 		Cover:       "127.0.0.1:1", // never reached: no hellos here
 		Table:       rig.tab,
 		DialTimeout: 5 * time.Second,
+		// The in-memory carrier's tokens are plain ones.
+		LegacyTokens: true,
 	})
 	if err != nil {
 		tb.Fatal(err)

@@ -36,6 +36,13 @@ type Proof struct {
 	// share, for a sealed token ([github.com/merpati/merpati/transport/auth.Open]);
 	// nil where the carrier has none.
 	Random, KeyShare []byte
+	// Sealed and SealDigest, where set, are the sealed token and the
+	// digest it covers, when they are not Token and Digest (the QUIC
+	// carrier's client random is either a sealed token or, from older
+	// links, a nonce and a short plain token); Random is then the salt
+	// (nil for QUIC).
+	Sealed     []byte
+	SealDigest [32]byte
 }
 
 // ErrUnauthenticated is what an [Authenticator] returns (wrapped) when no

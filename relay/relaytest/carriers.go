@@ -87,6 +87,7 @@ func Dialer(t testing.TB, l *link.Link, carrier string) transport.Dialer {
 			ServerName: l.SNI,
 			Pin:        l.Pin,
 			Key:        auth.Key(l.Key),
+			AuthKey:    l.AuthKey,
 			Logger:     log,
 		})
 	default:

@@ -3,6 +3,7 @@ package quiccarrier
 import (
 	"bytes"
 	"context"
+	"crypto/ecdh"
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
@@ -48,6 +49,12 @@ type ClientConfig struct {
 	Pin [32]byte
 	// Key is the person's access key. Required.
 	Key auth.Key
+	// AuthKey is the relay's static X25519 public key (the link's "ak"),
+	// under which the hello's random carries a sealed token, which the
+	// relay checks at once whatever its number of keys (see
+	// [NewSealedRandom]); nil sends a nonce and a plain token, which the
+	// relay checks against every key.
+	AuthKey []byte
 	// ListenPacket opens the UDP socket for one session; nil means an
 	// unconnected UDP socket on an ephemeral port.
 	ListenPacket func(ctx context.Context) (net.PacketConn, error)
@@ -86,8 +93,9 @@ func (c *ClientConfig) check() error {
 // A Dialer opens QUIC-carrier sessions to one relay. It is safe for
 // concurrent use.
 type Dialer struct {
-	cfg ClientConfig
-	log *slog.Logger
+	cfg     ClientConfig
+	log     *slog.Logger
+	authKey *ecdh.PublicKey // nil: plain tokens
 }
 
 var _ transport.Dialer = (*Dialer)(nil)
@@ -116,7 +124,15 @@ func NewDialer(cfg ClientConfig) (*Dialer, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Dialer{cfg: cfg, log: log}, nil
+	d := &Dialer{cfg: cfg, log: log}
+	if cfg.AuthKey != nil {
+		k, err := ecdh.X25519().NewPublicKey(cfg.AuthKey)
+		if err != nil {
+			return nil, fmt.Errorf("quiccarrier: ClientConfig.AuthKey: %w", err)
+		}
+		d.authKey = k
+	}
+	return d, nil
 }
 
 // Carrier returns "quic".
@@ -179,11 +195,21 @@ func (d *Dialer) Dial(ctx context.Context) (transport.Session, error) {
 			return err
 		},
 	}
+	var sealed func(*ecdh.PrivateKey) ([32]byte, error)
+	if d.authKey != nil {
+		// The random is sealed under the hello's own key share, once the
+		// parrot has made it (the random read from Rand is replaced).
+		key, now, relay := d.cfg.Key, d.cfg.Now(), d.authKey
+		sealed = func(share *ecdh.PrivateKey) ([32]byte, error) {
+			return NewSealedRandom(key, now, share, relay)
+		}
+	}
 	qconf := &quic.Config{
 		ChromeParrot: true,
 		// Chromium's QUIC hello carries the same 0xca34 body as its TLS one.
 		ChromeTrustAnchorIDs: tlscarrier.ChromeTrustAnchorIDs(),
 		KeepAlivePeriod:      d.cfg.KeepAlive,
+		ChromeClientRandom:   sealed,
 	}
 	conn, err := tr.Dial(ctx, raddr, tlsConf, qconf)
 	if err != nil {

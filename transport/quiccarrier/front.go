@@ -18,6 +18,7 @@ import (
 
 	"github.com/merpati/merpati/transport"
 	"github.com/merpati/merpati/transport/deadline"
+	"github.com/merpati/merpati/transport/hello"
 	"github.com/merpati/merpati/transport/hello/quicinitial"
 )
 
@@ -83,6 +84,9 @@ type flow struct {
 	judging bool // a check of its random is running
 
 	up net.Conn // to the cover site, for a cover flow
+	// key is the key holder's whose hello opened a relay flow (nil for
+	// one that arrived rebound, by connection ID).
+	key transport.Key
 }
 
 func (f *flow) touch() { f.last.Store(time.Now().UnixNano()) }
@@ -320,20 +324,31 @@ func (f *frontDoor) judge(fl *flow, d []byte) {
 		f.decide(fl, false)
 		return
 	}
-	random, ok := fl.col.Random()
+	// The whole hello: its random carries the token, sealed under its
+	// X25519 key share (Chromium's fits in two datagrams).
+	msg, ok := fl.col.ClientHello()
 	if !ok {
 		return
 	}
-	// Checking a token costs HMACs per key; the read loop goes on
-	// meanwhile, and the flow's datagrams wait in its queue.
+	h, err := hello.Parse(append([]byte{22, 3, 1, byte(len(msg) >> 8), byte(len(msg))}, msg...))
+	if err != nil || len(h.Random) != 32 || len(msg) > 0xffff {
+		f.decide(fl, false)
+		return
+	}
+	random := [32]byte(h.Random)
+	share := h.X25519Share
+	// A sealed token costs one X25519; a plain one from an older link
+	// HMACs per key. The read loop goes on meanwhile, and the flow's
+	// datagrams wait in its queue.
 	fl.judging = true
 	f.wg.Go(func() {
-		_, err := f.auth.Authenticate(RandomProof(random))
+		key, err := f.auth.Authenticate(RandomProof(random, share))
 		f.mu.Lock()
 		defer f.mu.Unlock()
 		if fl.state != flowJudging {
 			return // swept meanwhile
 		}
+		fl.key = key
 		f.decide(fl, err == nil)
 	})
 }
@@ -399,6 +414,21 @@ func (f *frontDoor) toCover(fl *flow) bool {
 		}
 	})
 	return true
+}
+
+// keyOf returns the key whose hello opened the flow of addr, or nil.
+func (f *frontDoor) keyOf(addr net.Addr) transport.Key {
+	ua, ok := addr.(*net.UDPAddr)
+	if !ok {
+		return nil
+	}
+	ap := ua.AddrPort()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if fl := f.flows[netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())]; fl != nil && fl.state == flowRelay {
+		return fl.key
+	}
+	return nil
 }
 
 // deliver queues d for quic-go; a full queue drops it, as a full socket

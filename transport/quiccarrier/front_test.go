@@ -93,12 +93,29 @@ func fakeHello(n int) []byte {
 	return m
 }
 
-// initialWith returns a client Initial datagram whose ClientHello starts
-// with random.
+// clientHello returns a minimal TLS 1.3 ClientHello handshake message
+// with random and an X25519 key share.
+func clientHello(random [32]byte) []byte {
+	share := make([]byte, 32)
+	rand.Read(share)
+	var ext []byte
+	ext = append(ext, 0, 43, 0, 3, 2, 3, 4) // supported_versions: TLS 1.3
+	ext = append(ext, 0, 51, 0, 38, 0, 36, 0, 29, 0, 32)
+	ext = append(ext, share...) // key_share: X25519
+	body := []byte{3, 3}
+	body = append(body, random[:]...)
+	body = append(body, 0)                // no session id
+	body = append(body, 0, 2, 0x13, 0x01) // TLS_AES_128_GCM_SHA256
+	body = append(body, 1, 0)             // null compression
+	body = append(body, byte(len(ext)>>8), byte(len(ext)))
+	body = append(body, ext...)
+	return append([]byte{1, 0, byte(len(body) >> 8), byte(len(body))}, body...)
+}
+
+// initialWith returns a client Initial datagram whose ClientHello has
+// random.
 func initialWith(random [32]byte) []byte {
-	msg := fakeHello(600)
-	copy(msg[quicinitial.RandomOffset:], random[:])
-	return quicinitial.SealInitial(testDCID, 0, quicinitial.AppendCrypto(nil, 0, msg), 1250)
+	return quicinitial.SealInitial(testDCID, 0, quicinitial.AppendCrypto(nil, 0, clientHello(random)), 1250)
 }
 
 // TestFrontDoorRoutes: garbage and a stranger's Initial reach the cover

@@ -81,9 +81,10 @@ const DefaultMaxStreams = 4096
 // one of its streams. It implements [transport.Listener]. Create one with
 // [Listen].
 type Listener struct {
-	cfg ListenConfig
-	log *slog.Logger
-	pc  net.PacketConn
+	cfg  ListenConfig
+	log  *slog.Logger
+	pc   net.PacketConn
+	door *frontDoor // pc
 
 	sessions chan *serverSession
 	ctx      context.Context // done when the listener closes
@@ -172,7 +173,7 @@ func Listen(pc net.PacketConn, cfg ListenConfig) (*Listener, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	l := &Listener{
-		cfg: cfg, log: log, pc: door,
+		cfg: cfg, log: log, pc: door, door: door,
 		sessions: make(chan *serverSession),
 		ctx:      ctx, cancel: cancel,
 		done: make(chan struct{}),
@@ -208,7 +209,8 @@ func (l *Listener) serve(tr *quic.Transport, ln *quic.EarlyListener) {
 		ConnContext: func(cctx context.Context, c *quic.Conn) context.Context {
 			sctx, scancel := context.WithCancel(l.ctx)
 			context.AfterFunc(c.Context(), scancel)
-			return context.WithValue(cctx, connKey{}, &connState{ctx: sctx, conn: c})
+			// The key the front door judged the connection's hello by.
+			return context.WithValue(cctx, connKey{}, &connState{ctx: sctx, conn: c, key: l.door.keyOf(c.RemoteAddr())})
 		},
 		IdleTimeout: l.cfg.IdleTimeout,
 	}
@@ -266,6 +268,9 @@ type connKey struct{}
 type connState struct {
 	ctx  context.Context // done when the connection or the listener ends
 	conn *quic.Conn
+	// key is the key holder's whose hello the front door let in; nil
+	// if not known (the first request's token then decides).
+	key transport.Key
 
 	mu    sync.Mutex
 	authz []byte // the accepted nonce||token, once one is
@@ -348,10 +353,16 @@ func (l *Listener) authenticate(cs *connState, header string) (sess *serverSessi
 		}
 		return nil, false
 	}
-	key, err := l.cfg.Auth.Authenticate(transport.Proof{Carrier: "quic", Digest: Digest(nonce), Token: token})
-	if err != nil {
-		l.log.Debug("request refused", "err", err)
-		return nil, false
+	// The hello's token (sealed, or plain from an older link) proved the
+	// key already; an Authorization token is checked only where that is
+	// not known.
+	key := cs.key
+	if key == nil {
+		var err error
+		if key, err = l.cfg.Auth.Authenticate(transport.Proof{Carrier: "quic", Digest: Digest(nonce), Token: token}); err != nil {
+			l.log.Debug("request refused", "err", err)
+			return nil, false
+		}
 	}
 	cs.authz = raw
 	cs.sess = &serverSession{key: key, conn: cs.conn, ctx: cs.ctx, tag: takeoverTag(nonce), streams: make(chan *stream)}

@@ -1,6 +1,7 @@
 package quiccarrier
 
 import (
+	"crypto/ecdh"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
@@ -114,12 +115,45 @@ func NewRandom(key auth.Key, now time.Time) ([32]byte, error) {
 	return r, nil
 }
 
+// sealLabel separates the digests QUIC sealed tokens cover.
+const sealLabel = "merpati quic sealed v2"
+
+// SealDigest returns what a QUIC sealed token covers: the hello's X25519
+// key share, which the seal's secret is agreed with (so that a hello with
+// another key share and the same random does not open), under a label.
+func SealDigest(share []byte) [32]byte {
+	h := sha256.New()
+	h.Write([]byte(sealLabel))
+	h.Write(share)
+	var d [32]byte
+	h.Sum(d[:0])
+	return d
+}
+
+// NewSealedRandom returns a ClientHello random that proves key at time now
+// to the relay whose static key is relay, for a hello whose X25519 key
+// share is share: a token sealed (see [auth.Seal]) under the secret that
+// share and the relay's key agree on. The relay finds the key at once,
+// whatever the number of keys; to anyone else, a link holder included,
+// the random is 32 random bytes.
+func NewSealedRandom(key auth.Key, now time.Time, share *ecdh.PrivateKey, relay *ecdh.PublicKey) ([32]byte, error) {
+	return auth.Seal(key, now, SealDigest(share.PublicKey().Bytes()), nil, share, relay)
+}
+
 // RandomProof returns what a client random proves, for the relay's
-// [transport.Authenticator].
-func RandomProof(random [32]byte) transport.Proof {
-	return transport.Proof{
+// [transport.Authenticator], given the hello's X25519 key share (nil if
+// it has none): a sealed token, or, from a link without the relay's key,
+// a nonce and a short plain token.
+func RandomProof(random [32]byte, share []byte) transport.Proof {
+	p := transport.Proof{
 		Carrier: "quic",
 		Digest:  InitialDigest(random[:RandomNonceSize]),
 		Token:   random[RandomNonceSize:],
 	}
+	if share != nil {
+		p.KeyShare = share
+		p.Sealed = random[:]
+		p.SealDigest = SealDigest(share)
+	}
+	return p
 }

@@ -150,5 +150,6 @@ func populateConfig(config *Config) *Config {
 		DisablePathManager:               config.DisablePathManager,
 		ChromeParrot:                     config.ChromeParrot,
 		ChromeTrustAnchorIDs:             config.ChromeTrustAnchorIDs, // merpati
+		ChromeClientRandom:               config.ChromeClientRandom,   // merpati
 	}
 }

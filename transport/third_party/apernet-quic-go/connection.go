@@ -503,6 +503,7 @@ var newClientConnection = func(
 		enable0RTT,
 		s.config.ChromeParrot,
 		s.config.ChromeTrustAnchorIDs, // merpati
+		s.config.ChromeClientRandom,   // merpati
 		s.rttStats,
 		s.qlogger,
 		logger,

@@ -2,6 +2,7 @@ package quic
 
 import (
 	"context"
+	"crypto/ecdh"
 	"crypto/tls"
 	"errors"
 	"net"
@@ -214,6 +215,14 @@ type Config struct {
 	// supplies it. Nil or empty means no such extension. Ignored without
 	// ChromeParrot. The slice must not be modified after the Config is used.
 	ChromeTrustAnchorIDs []byte
+
+	// merpati: ChromeClientRandom, if not nil, makes the ClientHello's
+	// random of a ChromeParrot client: it is called with the private key
+	// of the hello's X25519 key share once the hello is built, before it
+	// is sent, so that the random can carry a value sealed under that key
+	// (as REALITY does with the session id, which a QUIC hello leaves
+	// empty). Ignored without ChromeParrot.
+	ChromeClientRandom func(x25519 *ecdh.PrivateKey) ([32]byte, error)
 }
 
 // ClientInfo contains information about an incoming connection attempt.

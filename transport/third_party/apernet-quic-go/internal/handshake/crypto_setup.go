@@ -2,6 +2,7 @@ package handshake
 
 import (
 	"context"
+	"crypto/ecdh"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -79,6 +80,7 @@ func NewCryptoSetupClient(
 	enable0RTT bool,
 	chromeParrot bool,
 	chromeTrustAnchorIDs []byte,
+	chromeClientRandom func(*ecdh.PrivateKey) ([32]byte, error), // merpati
 	rttStats *utils.RTTStats,
 	qlogger qlogwriter.Recorder,
 	logger utils.Logger,
@@ -99,7 +101,7 @@ func NewCryptoSetupClient(
 	cs.allow0RTT = enable0RTT && !chromeParrot
 
 	if chromeParrot {
-		conn, err := newUTLSQUICClient(tlsConf, chromeTrustAnchorIDs)
+		conn, err := newUTLSQUICClient(tlsConf, chromeTrustAnchorIDs, chromeClientRandom)
 		if err != nil {
 			return nil, err
 		}

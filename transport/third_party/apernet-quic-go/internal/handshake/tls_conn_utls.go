@@ -2,9 +2,11 @@ package handshake
 
 import (
 	"context"
+	"crypto/ecdh"
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"unsafe"
 
 	utls "github.com/refraction-networking/utls"
 
@@ -30,7 +32,7 @@ var _ tlsQUICConn = (*utlsQUICConn)(nil)
 // own SessionState with unexported internals, so a uTLS session cannot be
 // converted into the *tls.SessionState the resumption path expects. The events
 // are turned off at the source rather than half-supported.
-func newUTLSQUICClient(tlsConf *tls.Config, trustAnchorIDs []byte) (*utlsQUICConn, error) {
+func newUTLSQUICClient(tlsConf *tls.Config, trustAnchorIDs []byte, clientRandom func(*ecdh.PrivateKey) ([32]byte, error)) (*utlsQUICConn, error) {
 	uConf, err := utlsConfigFromStd(tlsConf)
 	if err != nil {
 		return nil, err
@@ -40,6 +42,22 @@ func newUTLSQUICClient(tlsConf *tls.Config, trustAnchorIDs []byte) (*utlsQUICCon
 	conn := utls.UQUICClient(&utls.QUICConfig{TLSConfig: uConf}, utls.HelloCustom)
 	if err := conn.ApplyPreset(spec); err != nil {
 		return nil, fmt.Errorf("applying Chrome ClientHello spec: %w", err)
+	}
+	if clientRandom != nil {
+		// merpati: the hello and its key shares are built (ApplyPreset);
+		// it is marshalled at Start. uTLS keeps the UConn, whose
+		// handshake state holds both, in UQUICConn's first, unexported
+		// field.
+		uc := (*struct{ conn *utls.UConn })(unsafe.Pointer(conn)).conn
+		if uc == nil || uc.HandshakeState.Hello == nil || uc.HandshakeState.State13.KeyShareKeys == nil ||
+			uc.HandshakeState.State13.KeyShareKeys.Ecdhe == nil {
+			return nil, errors.New("quic: ChromeClientRandom: the hello has no X25519 key share")
+		}
+		r, err := clientRandom(uc.HandshakeState.State13.KeyShareKeys.Ecdhe)
+		if err != nil {
+			return nil, fmt.Errorf("quic: ChromeClientRandom: %w", err)
+		}
+		uc.HandshakeState.Hello.Random = r[:]
 	}
 	return &utlsQUICConn{conn: conn, spec: spec}, nil
 }
