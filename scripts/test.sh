@@ -67,7 +67,7 @@ go test -race -count=1 -timeout 20m ./...
 # where "new connections move to the next relay within 2 s" holds as stated
 # (with margins for a shared machine, in the tests themselves).
 echo "== timing tests without -race"
-go test -count=1 -run 'Failover|Race|Blackholed' ./client/ ./client/pick/ ./client/internal/censorlab/
+go test -count=1 -run 'Failover|Race|Blackholed|ProbeTiming' ./client/ ./client/pick/ ./client/internal/censorlab/ ./relay/
 
 echo "== fuzz"
 scripts/fuzz.sh

@@ -217,12 +217,23 @@ func LockFile(path string) (unlock func(), err error) {
 // secret are new. It is safe to run concurrently with other changes to the
 // file ([Update]).
 func Add(path, name string, limits Entry) (Entry, error) {
+	return add(path, name, limits, true)
+}
+
+// AddNoMTProxy is [Add] for a key without an MTProxy secret (unless
+// limits has one): its person uses merpati's client only, and the relay
+// spends nothing on checking app hellos against it.
+func AddNoMTProxy(path, name string, limits Entry) (Entry, error) {
+	return add(path, name, limits, false)
+}
+
+func add(path, name string, limits Entry, mt bool) (Entry, error) {
 	if !ValidName(name) {
 		return Entry{}, ErrName
 	}
 	e := limits
 	e.Name, e.Key, e.Created = name, auth.NewKey(), time.Now().UTC().Truncate(time.Second)
-	if e.MTProxySecret.IsZero() {
+	if e.MTProxySecret.IsZero() && mt {
 		e.MTProxySecret = mtproxy.NewKey()
 	}
 	err := Update(path, func(entries []Entry) ([]Entry, error) {
@@ -230,7 +241,7 @@ func Add(path, name string, limits Entry) (Entry, error) {
 			if o.Name == name {
 				return nil, fmt.Errorf("%w: %s", ErrExists, name)
 			}
-			if o.MTProxySecret == e.MTProxySecret {
+			if !e.MTProxySecret.IsZero() && o.MTProxySecret == e.MTProxySecret {
 				return nil, fmt.Errorf("access: MTProxy secret already used by key %q", o.Name)
 			}
 		}

@@ -225,6 +225,10 @@ func (k *Keyring) Watch(ctx context.Context, interval time.Duration) {
 	}
 }
 
+// MTProxySecrets returns how many keys have an MTProxy secret: each costs
+// an HMAC over every FakeTLS-shaped hello (apps name no secret).
+func (k *Keyring) MTProxySecrets() int { return len(k.snap.Load().mt) }
+
 // Usage returns the bytes relayed per key name, for active keys.
 func (k *Keyring) Usage() map[string]int64 {
 	out := make(map[string]int64)

@@ -8,7 +8,8 @@
 //	merpati-relay init --dir DIR --public HOST:PORT [--listen ADDR] [--cover URL] [--sni NAME] [--name NAME]
 //	                   [--quic auto|on|off] [--offline] [--dc ID=HOST:PORT]... [--allow CIDR]...
 //	merpati-relay run --dir DIR [--log-level LEVEL] [--log-format text|json]
-//	merpati-relay link add NAME --dir DIR [--quota BYTES] [--max-sessions N] [--max-streams N] [--expires DURATION] [--mtproxy-secret SECRET]
+//	merpati-relay link add NAME --dir DIR [--quota BYTES] [--max-sessions N] [--max-streams N] [--expires DURATION]
+//	                   [--mtproxy-secret SECRET | --no-mtproxy]
 //	merpati-relay link list --dir DIR
 //	merpati-relay link show NAME --dir DIR
 //	merpati-relay link revoke NAME --dir DIR
@@ -55,7 +56,10 @@
 // one can be revoked without disturbing the others. add and show also print
 // the person's tg://proxy and https://t.me/proxy links (an "ee" FakeTLS
 // MTProxy secret: stock Telegram apps use the relay directly, on the same
-// port, under the same key and limits); --mtproxy-secret keeps a secret the
+// port, under the same key and limits); --no-mtproxy makes a key without
+// one (every MTProxy secret costs an HMAC over every app-like hello, which
+// a prober can time once there are hundreds; run warns); --mtproxy-secret
+// keeps a secret the
 // person already has (hex or base64url).
 //
 // Every key has limits, defaults included: --max-sessions caps its
@@ -361,6 +365,7 @@ func cmdLink(sub string, args []string, stdout, stderr io.Writer) error {
 	maxStreams := fs.Int("max-streams", 0, fmt.Sprintf("add: maximum concurrent streams (Telegram connections) (0 = default, %d)", access.DefaultMaxStreams))
 	maxConns := fs.Int("max-conns", 0, "add: former name of --max-streams")
 	expires := fs.Duration("expires", 0, "add: key lifetime, such as 720h (0 = never)")
+	noMT := fs.Bool("no-mtproxy", false, "add: no MTProxy secret (no tg://proxy link; the relay then checks app hellos against one secret fewer)")
 	var mtSecret mtproxy.Key
 	fs.Func("mtproxy-secret", "add: use this MTProxy secret (ee secret or its 16-byte key, hex or base64url) instead of a new one", func(v string) error {
 		if s, err := mtproxy.ParseSecret(v); err == nil {
@@ -406,7 +411,11 @@ func cmdLink(sub string, args []string, stdout, stderr io.Writer) error {
 		if *expires > 0 {
 			lim.Expires = time.Now().Add(*expires).UTC().Truncate(time.Second)
 		}
-		e, err := access.Add(d.KeysPath(), name, lim)
+		add := access.Add
+		if *noMT {
+			add = access.AddNoMTProxy
+		}
+		e, err := add(d.KeysPath(), name, lim)
 		if err != nil {
 			return err
 		}

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/merpati/merpati/relay/access"
 	"github.com/merpati/merpati/transport/mtproxy"
 )
 
@@ -63,5 +64,30 @@ func TestProxyLinks(t *testing.T) {
 	}
 	if out, err := runCmd(t, "link", "add", "bad", "--dir", dir, "--mtproxy-secret", "zz"); err == nil {
 		t.Errorf("bad secret accepted:\n%s", out)
+	}
+}
+
+// TestLinkAddNoMTProxy: --no-mtproxy makes a key without an MTProxy
+// secret: its link works, and no tg://proxy link is printed.
+func TestLinkAddNoMTProxy(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "relay")
+	if out, err := runCmd(t, "init", "--offline", "--dir", dir, "--public", "relay.example.net:443", "--cover", "https://www.example.org"); err != nil {
+		t.Fatalf("init: %v\n%s", err, out)
+	}
+	out, err := runCmd(t, "link", "add", "plain", "--no-mtproxy", "--dir", dir)
+	if err != nil {
+		t.Fatalf("link add: %v\n%s", err, out)
+	}
+	if strings.Contains(out, "tg://proxy") || !strings.Contains(out, "merpati://") {
+		t.Errorf("link add --no-mtproxy printed:\n%s", out)
+	}
+	entries, err := access.Load(filepath.Join(dir, "keys.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		if e.Name == "plain" && !e.MTProxySecret.IsZero() {
+			t.Error("the key has an MTProxy secret")
+		}
 	}
 }
