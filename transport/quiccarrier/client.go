@@ -201,7 +201,9 @@ func (d *Dialer) Dial(ctx context.Context) (transport.Session, error) {
 		// parrot has made it (the random read from Rand is replaced).
 		key, now, relay := d.cfg.Key, d.cfg.Now(), d.authKey
 		sealed = func(share *ecdh.PrivateKey) ([32]byte, error) {
-			return NewSealedRandom(key, now, share, relay)
+			r, err := NewSealedRandom(key, now, share, relay)
+			random = r // the hello's, for the takeover tag
+			return r, err
 		}
 	}
 	qconf := &quic.Config{
@@ -224,20 +226,30 @@ func (d *Dialer) Dial(ctx context.Context) (transport.Session, error) {
 		}
 		return nil, fmt.Errorf("quic handshake with relay %s: %w", d.cfg.Addr, err)
 	}
-	authz, err := newAuthorization(d.cfg.Key, d.cfg.Now())
-	if err != nil {
-		conn.CloseWithError(errNoError, "")
-		tr.Close()
-		pc.Close()
-		return nil, fmt.Errorf("token: %w", err)
-	}
-	nonce, _, _ := ParseAuthorization(authz)
 	s := &session{
-		conn:  conn,
-		h3:    (&http3.Transport{}).NewClientConn(conn),
-		authz: authz,
-		tag:   takeoverTag(nonce),
-		url:   &url.URL{Scheme: "https", Host: d.cfg.ServerName, Path: "/"},
+		conn: conn,
+		h3:   (&http3.Transport{}).NewClientConn(conn),
+		url:  &url.URL{Scheme: "https", Host: d.cfg.ServerName, Path: "/"},
+		// The relay answers a stream it takes over with the tag of the
+		// hello's random, which the front door let in.
+		tag: takeoverTag(random[:RandomNonceSize]),
+		// What Chromium sends with a page request: requests are
+		// encrypted, but their size shows.
+		header: chromeRequestHeader(),
+	}
+	if d.authKey == nil {
+		// A relay from before the front door knew keys from the hello
+		// alone: an Authorization token too, whose nonce names the tag.
+		authz, err := newAuthorization(d.cfg.Key, d.cfg.Now())
+		if err != nil {
+			conn.CloseWithError(errNoError, "")
+			tr.Close()
+			pc.Close()
+			return nil, fmt.Errorf("token: %w", err)
+		}
+		nonce, _, _ := ParseAuthorization(authz)
+		s.header = http.Header{"Authorization": {authz}}
+		s.tag = takeoverTag(nonce)
 	}
 	go func() {
 		<-conn.Context().Done()
@@ -250,11 +262,11 @@ func (d *Dialer) Dial(ctx context.Context) (transport.Session, error) {
 
 // session is the client side of one QUIC connection.
 type session struct {
-	conn  *quic.Conn
-	h3    *http3.ClientConn
-	authz string
-	tag   string // the relay's takeover tag for authz
-	url   *url.URL
+	conn   *quic.Conn
+	h3     *http3.ClientConn
+	header http.Header // every request's
+	tag    string      // the relay's takeover tag
+	url    *url.URL
 
 	// What Ping goes by: the count of packets received when the latest
 	// stream was opened, when that was (Unix nanoseconds), and how many
@@ -347,7 +359,7 @@ func (s *session) OpenStream(ctx context.Context) (transport.Stream, error) {
 		Method: http.MethodPost,
 		URL:    s.url,
 		Host:   s.url.Host,
-		Header: http.Header{"Authorization": {s.authz}},
+		Header: s.header.Clone(),
 		// A body of unknown length: no content-length header, DATA
 		// frames until FIN.
 		Body:          http.NoBody,
@@ -415,4 +427,25 @@ func (s *session) Err() error {
 
 func (s *session) Close() error {
 	return s.conn.CloseWithError(errNoError, "")
+}
+
+// chromeRequestHeader returns the header fields Chromium 156 on Linux sends
+// with a page request, so that a stream's HEADERS frame has the size of
+// one (the pseudo-header fields come from the request itself).
+func chromeRequestHeader() http.Header {
+	return http.Header{
+		"Sec-Ch-Ua":                 {`"Chromium";v="156", "Not-A.Brand";v="24"`},
+		"Sec-Ch-Ua-Mobile":          {"?0"},
+		"Sec-Ch-Ua-Platform":        {`"Linux"`},
+		"Upgrade-Insecure-Requests": {"1"},
+		"User-Agent":                {"Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/156.0.0.0 Safari/537.36"},
+		"Accept":                    {"text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,image/apng,*/*;q=0.8,application/signed-exchange;v=b3;q=0.7"},
+		"Sec-Fetch-Site":            {"none"},
+		"Sec-Fetch-Mode":            {"navigate"},
+		"Sec-Fetch-User":            {"?1"},
+		"Sec-Fetch-Dest":            {"document"},
+		"Accept-Encoding":           {"gzip, deflate, br, zstd"},
+		"Accept-Language":           {"en-US,en;q=0.9"},
+		"Priority":                  {"u=0, i"},
+	}
 }

@@ -85,8 +85,9 @@ type flow struct {
 
 	up net.Conn // to the cover site, for a cover flow
 	// key is the key holder's whose hello opened a relay flow (nil for
-	// one that arrived rebound, by connection ID).
-	key transport.Key
+	// one that arrived rebound, by connection ID), random that hello's.
+	key    transport.Key
+	random [32]byte
 }
 
 func (f *flow) touch() { f.last.Store(time.Now().UnixNano()) }
@@ -348,7 +349,7 @@ func (f *frontDoor) judge(fl *flow, d []byte) {
 		if fl.state != flowJudging {
 			return // swept meanwhile
 		}
-		fl.key = key
+		fl.key, fl.random = key, random
 		f.decide(fl, err == nil)
 	})
 }
@@ -416,19 +417,20 @@ func (f *frontDoor) toCover(fl *flow) bool {
 	return true
 }
 
-// keyOf returns the key whose hello opened the flow of addr, or nil.
-func (f *frontDoor) keyOf(addr net.Addr) transport.Key {
+// keyOf returns the key whose hello opened the flow of addr, and that
+// hello's random, or nil.
+func (f *frontDoor) keyOf(addr net.Addr) (transport.Key, [32]byte) {
 	ua, ok := addr.(*net.UDPAddr)
 	if !ok {
-		return nil
+		return nil, [32]byte{}
 	}
 	ap := ua.AddrPort()
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if fl := f.flows[netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())]; fl != nil && fl.state == flowRelay {
-		return fl.key
+		return fl.key, fl.random
 	}
-	return nil
+	return nil, [32]byte{}
 }
 
 // deliver queues d for quic-go; a full queue drops it, as a full socket

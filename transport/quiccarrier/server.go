@@ -210,7 +210,9 @@ func (l *Listener) serve(tr *quic.Transport, ln *quic.EarlyListener) {
 			sctx, scancel := context.WithCancel(l.ctx)
 			context.AfterFunc(c.Context(), scancel)
 			// The key the front door judged the connection's hello by.
-			return context.WithValue(cctx, connKey{}, &connState{ctx: sctx, conn: c, key: l.door.keyOf(c.RemoteAddr())})
+			cs := &connState{ctx: sctx, conn: c}
+			cs.key, cs.random = l.door.keyOf(c.RemoteAddr())
+			return context.WithValue(cctx, connKey{}, cs)
 		},
 		IdleTimeout: l.cfg.IdleTimeout,
 	}
@@ -268,9 +270,11 @@ type connKey struct{}
 type connState struct {
 	ctx  context.Context // done when the connection or the listener ends
 	conn *quic.Conn
-	// key is the key holder's whose hello the front door let in; nil
-	// if not known (the first request's token then decides).
-	key transport.Key
+	// key is the key holder's whose hello the front door let in, random
+	// that hello's; nil if not known (the first request's token then
+	// decides).
+	key    transport.Key
+	random [32]byte
 
 	mu    sync.Mutex
 	authz []byte // the accepted nonce||token, once one is
@@ -335,15 +339,24 @@ func (l *Listener) serveHTTP(w http.ResponseWriter, r *http.Request) {
 // makes it if this is the connection's first valid token (first is then
 // true), or returns nil.
 func (l *Listener) authenticate(cs *connState, header string) (sess *serverSession, first bool) {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
 	if header == "" {
-		return nil, false
+		// A client whose hello named its key sends no token: its
+		// streams ride on the hello, and the tag is the hello random's.
+		if cs.key == nil {
+			return nil, false
+		}
+		if cs.sess == nil {
+			cs.sess = &serverSession{key: cs.key, conn: cs.conn, ctx: cs.ctx, tag: takeoverTag(cs.random[:RandomNonceSize]), streams: make(chan *stream)}
+			return cs.sess, true
+		}
+		return cs.sess, false
 	}
 	nonce, token, err := ParseAuthorization(header)
 	if err != nil {
 		return nil, false
 	}
-	cs.mu.Lock()
-	defer cs.mu.Unlock()
 	raw := append(append([]byte(nil), nonce...), token...)
 	if cs.authz != nil {
 		// Every stream of a connection carries the token that
@@ -352,6 +365,9 @@ func (l *Listener) authenticate(cs *connState, header string) (sess *serverSessi
 			return cs.sess, false
 		}
 		return nil, false
+	}
+	if cs.sess != nil {
+		return nil, false // a connection of the hello's kind
 	}
 	// The hello's token (sealed, or plain from an older link) proved the
 	// key already; an Authorization token is checked only where that is
