@@ -54,6 +54,28 @@ const (
 	writeBufSize  = 256 << 10   // size of the connection write buffer: one flush carries several frames
 )
 
+// Padding of the first records of each stream (RFC 9113 section 6.1 and
+// 6.2: DATA and HEADERS frames may carry up to 255 octets of padding
+// after a Pad Length octet). A stream's first flight, its HEADERS and
+// the DATA written with it, is padded to a random size and written as a
+// record of its own: a client's to the size of a browser's request
+// HEADERS record (Chromium 156's first request, measured: a 465-byte
+// TLS record), a server's to that of a web server's response headers
+// (nginx, a small page: 133 bytes, 189 with its body), so that neither
+// the open request nor the short open reply shows its own size. The
+// sizes are of HTTP/2 bytes; TLS 1.3 adds 17 to each record. The next
+// paddedWrites DATA writes each way then carry 0-255 octets of padding
+// at random, so that the fixed sizes of what a stream carries first (an
+// MTProto key exchange) do not show either.
+const (
+	clientFlightMin = 393 // records of 410-510 bytes
+	clientFlightMax = 493
+	serverFlightMin = 113 // records of 130-300 bytes
+	serverFlightMax = 283
+	paddedWrites    = 4
+	maxPadLen       = 255 // the Pad Length octet's largest value
+)
+
 // serverWindowStep is how many consumed bytes a server session returns
 // with a connection WINDOW_UPDATE at the latest (a client waits for half
 // its connection window, as Chrome does). A client whose uplink is slow

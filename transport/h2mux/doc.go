@@ -23,6 +23,15 @@
 // [ErrProtocol]; a GOAWAY frame carrying the error code is sent first when
 // the connection still allows it.
 //
+// What a censor sees of a session is its record sizes, so the first ones
+// look like a browser's: a client's first flight is Chromium's preface,
+// SETTINGS and WINDOW_UPDATE, byte for byte, and each stream's first
+// flight (HEADERS and the DATA written with it) is padded (section 6.1,
+// 6.2) to a random size like a browser's request or a web server's
+// response headers, written as a record of its own; the next few DATA
+// writes each way carry random padding too. Padded DATA counts against
+// flow control as section 6.9.1 says, on both sides.
+//
 // Liveness follows a browser against a web server: neither side sends
 // PING on a timer. A client pings only when asked ([Session.Ping]) and
 // before reusing a session that has been silent for a while

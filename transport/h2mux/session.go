@@ -135,6 +135,9 @@ type writeItem struct {
 	notify bool   // signal st.wdone once written
 	ping   [8]byte
 	data   []byte
+	flight int  // HEADERS: the size its stream's first flight is padded to (see writeFlight)
+	first  bool // DATA: queued with its stream's HEADERS, whose flight it belongs to
+	pad    int  // DATA: padding in the first frame, Pad Length octet included, already taken from the windows
 }
 
 // Client starts the client side of a session on conn, which the session
@@ -760,7 +763,7 @@ func (s *Session) writeFrames() error {
 		if err := s.writeCtrl(ctrl, maxFrame); err != nil {
 			return err
 		}
-		for i := range batch {
+		for i := 0; i < len(batch); i++ {
 			if s.ncq.Load() > 0 {
 				// Control frames queued while this batch is written
 				// go out before its next item.
@@ -772,7 +775,23 @@ func (s *Session) writeFrames() error {
 				}
 			}
 			it := &batch[i]
-			err := s.writeItem(it, maxFrame)
+			var err error
+			if it.kind == itemHeaders && it.flight > 0 {
+				var data *writeItem
+				if i+1 < len(batch) && batch[i+1].first && batch[i+1].id == it.id {
+					i++
+					data = &batch[i]
+				}
+				err = s.writeFlight(it, data, maxFrame)
+				if data != nil {
+					if data.notify {
+						signal(data.st.wdone)
+					}
+					*data = writeItem{}
+				}
+			} else {
+				err = s.writeItem(it, maxFrame)
+			}
 			if it.notify {
 				signal(it.st.wdone)
 			}
@@ -857,9 +876,9 @@ func (s *Session) writePreface() error {
 func (s *Session) writeItem(it *writeItem, maxFrame int) error {
 	switch it.kind {
 	case itemHeaders:
-		return s.writeHeaders(it.id, it.end, maxFrame)
+		return s.writeHeaders(it.id, it.end, maxFrame, s.encodeHeaders(), 0)
 	case itemData:
-		return s.writeData(it.id, it.data, it.end, maxFrame)
+		return s.writeData(it.id, it.data, it.end, maxFrame, it.pad)
 	case itemSettingsAck:
 		if it.table {
 			// Section 6.5.3: the new HEADER_TABLE_SIZE applies from our
@@ -879,10 +898,74 @@ func (s *Session) writeItem(it *writeItem, maxFrame int) error {
 	return nil
 }
 
-// writeHeaders encodes a request (client) or response (server) header
-// block and writes it as HEADERS plus CONTINUATION frames (section 6.2,
-// 6.10).
-func (s *Session) writeHeaders(id uint32, end bool, maxFrame int) error {
+// writeFlight writes a stream's first flight: its HEADERS (h) and, if
+// data is not nil, the DATA queued with it, padded together to about
+// h.flight bytes and flushed as a record of their own. HEADERS padding
+// comes first, since it is free (section 6.9.1: only DATA counts against
+// flow control); the rest goes on the DATA, or on an empty DATA frame of
+// its own if none was queued, as far as the windows allow.
+func (s *Session) writeFlight(h, data *writeItem, maxFrame int) error {
+	if s.bw.Buffered() > 0 {
+		// Control frames written ahead go in a record of their own,
+		// as a browser's SETTINGS ACK does.
+		if err := s.bw.Flush(); err != nil {
+			return err
+		}
+	}
+	block := s.encodeHeaders()
+	need := h.flight - frameHeaderSz - len(block)
+	if data != nil {
+		n := len(data.data)
+		need -= n + frameHeaderSz*max(1, (n+maxFrame-1)/maxFrame)
+	}
+	hpad := 0 // HEADERS padding, Pad Length octet included
+	if need > 0 && len(block)+maxPadLen+1 <= maxFrame {
+		hpad = max(2, min(need, maxPadLen+1)) // Framer pads only with PadLength > 0
+		need -= hpad
+	}
+	dpad := 0
+	if data == nil {
+		need -= frameHeaderSz
+	}
+	if need > 0 && !h.end {
+		dpad = s.takePadWindow(h.st, min(need, maxPadLen+1))
+	}
+	if err := s.writeHeaders(h.id, h.end, maxFrame, block, hpad); err != nil {
+		return err
+	}
+	var err error
+	switch {
+	case data != nil:
+		err = s.writeData(data.id, data.data, data.end, maxFrame, dpad)
+	case dpad > 0:
+		err = s.writeData(h.id, nil, false, maxFrame, dpad)
+	}
+	if err != nil {
+		return err
+	}
+	return s.bw.Flush()
+}
+
+// takePadWindow takes up to want bytes of st's send window and the
+// connection's for padding, and returns how many it took.
+func (s *Session) takePadWindow(st *Stream, want int) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if st.finished {
+		return 0
+	}
+	n := min(int64(want), st.sendWin, s.connSend)
+	if n <= 0 {
+		return 0
+	}
+	st.sendWin -= n
+	s.connSend -= n
+	return int(n)
+}
+
+// encodeHeaders encodes the header block of a request (client) or
+// response (server) into s.hbuf and returns it.
+func (s *Session) encodeHeaders() []byte {
 	s.hbuf.Reset()
 	if s.client {
 		// Chrome's pseudo-header order.
@@ -893,17 +976,28 @@ func (s *Session) writeHeaders(id uint32, end bool, maxFrame int) error {
 	} else {
 		s.henc.WriteField(hpack.HeaderField{Name: ":status", Value: "200"})
 	}
-	block := s.hbuf.Bytes()
+	return s.hbuf.Bytes()
+}
+
+// writeHeaders writes an encoded header block as HEADERS plus
+// CONTINUATION frames (section 6.2, 6.10). pad is the HEADERS frame's
+// padding, Pad Length octet included: 0 for none, else 2 to 256.
+func (s *Session) writeHeaders(id uint32, end bool, maxFrame int, block []byte, pad int) error {
 	first := block
-	if len(first) > maxFrame {
-		first = first[:maxFrame]
+	if len(first) > maxFrame-pad {
+		first = first[:maxFrame-pad]
 	}
 	block = block[len(first):]
+	var padLen uint8
+	if pad > 1 {
+		padLen = uint8(pad - 1)
+	}
 	err := s.wf.WriteHeaders(http2.HeadersFrameParam{
 		StreamID:      id,
 		BlockFragment: first,
 		EndStream:     end,
 		EndHeaders:    len(block) == 0,
+		PadLength:     padLen,
 	})
 	for err == nil && len(block) > 0 {
 		frag := block
@@ -917,32 +1011,52 @@ func (s *Session) writeHeaders(id uint32, end bool, maxFrame int) error {
 }
 
 // writeData writes data as DATA frames of at most maxFrame bytes (section
-// 6.1). The frame header is built here rather than with Framer.WriteData so
-// that the payload is copied only once, into the buffered writer.
-func (s *Session) writeData(id uint32, data []byte, end bool, maxFrame int) error {
+// 6.1), the first padded with pad bytes (Pad Length octet included; 0 for
+// none, at most maxPadLen+1). The frame header is built here rather than
+// with Framer.WriteData so that the payload is copied only once, into the
+// buffered writer.
+func (s *Session) writeData(id uint32, data []byte, end bool, maxFrame, pad int) error {
 	for {
-		n := min(len(data), maxFrame)
+		n := min(len(data), maxFrame-pad)
 		last := n == len(data)
+		size := n + pad
 		h := s.dhdr[:]
-		h[0], h[1], h[2] = byte(n>>16), byte(n>>8), byte(n)
+		h[0], h[1], h[2] = byte(size>>16), byte(size>>8), byte(size)
 		h[3] = byte(http2.FrameData)
 		h[4] = 0
 		if last && end {
 			h[4] = byte(http2.FlagDataEndStream)
 		}
+		if pad > 0 {
+			h[4] |= byte(http2.FlagDataPadded)
+		}
 		binary.BigEndian.PutUint32(h[5:], id)
 		if _, err := s.bw.Write(h); err != nil {
 			return err
 		}
+		if pad > 0 {
+			if err := s.bw.WriteByte(byte(pad - 1)); err != nil {
+				return err
+			}
+		}
 		if _, err := s.bw.Write(data[:n]); err != nil {
 			return err
 		}
+		if pad > 1 {
+			if _, err := s.bw.Write(zeroPad[:pad-1]); err != nil {
+				return err
+			}
+		}
+		pad = 0
 		data = data[n:]
 		if last {
 			return nil
 		}
 	}
 }
+
+// zeroPad is padding: section 6.1 requires zeros.
+var zeroPad [maxPadLen]byte
 
 // ---- reader ----
 

@@ -3,6 +3,7 @@ package h2mux
 import (
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"os"
 	"sync"
@@ -46,6 +47,7 @@ type Stream struct {
 	recvAvail   int64 // bytes the peer may still send (our advertised window)
 	unacked     int64 // bytes read but not yet returned by WINDOW_UPDATE
 	sendWin     int64 // bytes we may still send
+	padWrites   int   // DATA writes still to be padded at random (see paddedWrites)
 	rdl, wdl    deadline
 }
 
@@ -87,6 +89,7 @@ func (s *Session) newStream(id uint32) *Stream {
 		wch:       make(chan struct{}, 1),
 		wdone:     make(chan struct{}, 1),
 		recvAvail: int64(s.cfg.MaxStreamWindow),
+		padWrites: paddedWrites,
 	}
 }
 
@@ -114,8 +117,17 @@ func (s *Session) activateLocked(st *Stream, end bool) error {
 		s.streams[st.id] = st
 	}
 	st.headersSent = true
-	s.enqueueLocked(writeItem{kind: itemHeaders, st: st, id: st.id, end: end})
+	s.enqueueLocked(writeItem{kind: itemHeaders, st: st, id: st.id, end: end, flight: s.flightSize()})
 	return nil
+}
+
+// flightSize returns the size, at random, to which a stream's first
+// flight is padded (see clientFlightMin).
+func (s *Session) flightSize() int {
+	if s.client {
+		return clientFlightMin + rand.IntN(clientFlightMax-clientFlightMin+1)
+	}
+	return serverFlightMin + rand.IntN(serverFlightMax-serverFlightMin+1)
 }
 
 // ID returns the HTTP/2 stream identifier, or 0 for a client stream that
@@ -219,6 +231,7 @@ func (st *Stream) Write(p []byte) (int, error) {
 	for {
 		s.mu.Lock()
 		var avail int64
+		first := false // our HEADERS was queued just before this DATA
 		for {
 			if err := st.writeErrLocked(); err != nil {
 				s.mu.Unlock()
@@ -229,6 +242,7 @@ func (st *Stream) Write(p []byte) (int, error) {
 					s.mu.Unlock()
 					return n, err
 				}
+				first = true
 			}
 			if len(p) == 0 {
 				s.mu.Unlock()
@@ -240,6 +254,7 @@ func (st *Stream) Write(p []byte) (int, error) {
 				break
 			}
 			s.mu.Unlock()
+			first = false // the writer may take the HEADERS alone meanwhile
 			select {
 			case <-st.wch:
 			case <-s.done:
@@ -248,7 +263,18 @@ func (st *Stream) Write(p []byte) (int, error) {
 		}
 		st.sendWin -= avail
 		s.connSend -= avail
-		s.enqueueLocked(writeItem{kind: itemData, st: st, id: st.id, data: p[:avail], notify: true})
+		it := writeItem{kind: itemData, st: st, id: st.id, data: p[:avail], notify: true, first: first}
+		if !first && st.padWrites > 0 {
+			// Padding counts against both windows (section 6.9.1).
+			st.padWrites--
+			pad := min(int64(1+rand.IntN(maxPadLen+1)), st.sendWin, s.connSend)
+			if pad > 0 {
+				it.pad = int(pad)
+				st.sendWin -= pad
+				s.connSend -= pad
+			}
+		}
+		s.enqueueLocked(it)
 		s.mu.Unlock()
 		select {
 		case <-st.wdone:

@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"time"
@@ -47,6 +48,10 @@ type ClientConfig struct {
 	Now func() time.Time
 	// Logger receives debug messages; nil discards.
 	Logger *slog.Logger
+
+	// keyLog, if not nil, receives the session's TLS secrets in NSS key
+	// log format; tests use it to read the inner records on the wire.
+	keyLog io.Writer
 }
 
 func (c *ClientConfig) check() error {
@@ -153,7 +158,8 @@ func (d *Dialer) handshake(ctx context.Context, raw net.Conn) (net.Conn, error) 
 		VerifyPeerCertificate: func(rawCerts [][]byte, _ [][]*x509.Certificate) error {
 			return auth.CheckPin(rawCerts, pin)
 		},
-		MinVersion: utls.VersionTLS13,
+		MinVersion:   utls.VersionTLS13,
+		KeyLogWriter: d.cfg.keyLog,
 	}, utls.HelloCustom)
 	if err := uc.ApplyPreset(spec); err != nil {
 		return nil, fmt.Errorf("apply hello spec: %w", err)
