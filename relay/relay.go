@@ -24,6 +24,7 @@ import (
 
 	"github.com/merpati/merpati/relay/access"
 	"github.com/merpati/merpati/relay/dc"
+	"github.com/merpati/merpati/relay/metrics"
 	"github.com/merpati/merpati/transport"
 	"github.com/merpati/merpati/transport/antireplay"
 	"github.com/merpati/merpati/transport/auth"
@@ -94,6 +95,9 @@ type Config struct {
 	// Logger receives the relay's logs; nil discards. Client addresses
 	// and secrets are never logged.
 	Logger *slog.Logger
+	// Metrics, if not nil, counts what the relay does (see package
+	// metrics); nil counts nothing.
+	Metrics *metrics.Metrics
 }
 
 // mtproxyWarnSecrets is how many MTProxy secrets make the relay warn
@@ -305,6 +309,7 @@ func (r *Relay) ListenTLS(ln net.Listener) (*tlscarrier.Listener, error) {
 		MaxUnauthPerSource: r.cfg.MaxUnauthPerSource,
 		Mirror:             r.mirror,
 		Logger:             r.log,
+		OnCover:            r.countCover,
 	})
 }
 
@@ -352,11 +357,14 @@ func (r *Relay) ServeListeners(ctx context.Context, ls ...transport.Listener) er
 				// its newest session refused.
 				untrack, ok := r.admit(sess)
 				if !ok {
+					r.cfg.Metrics.SessionRefused(sess.Carrier())
 					sess.Close()
 					continue
 				}
+				closed := r.cfg.Metrics.SessionOpened(sess.Carrier(), sess.Key().Name(), sess.Carrier() != mtproxy.Carrier)
 				sessions.Go(func() {
 					defer untrack()
+					defer closed()
 					r.serveSession(ctx, sess)
 				})
 			}
@@ -406,12 +414,15 @@ func (r *Relay) serveSession(ctx context.Context, sess transport.ServerSession) 
 		// Count the stream here, in the order streams open, before
 		// any goroutine runs for it.
 		if !r.countStream(st, u) {
+			r.cfg.Metrics.StreamRefused("stream_limit")
 			st.Close()
 			continue
 		}
+		closed := r.cfg.Metrics.StreamOpened(sess.Carrier(), u.Name())
 		wg.Go(func() {
 			defer u.ReleaseStream()
-			r.serveCounted(ctx, st, u)
+			defer closed()
+			r.serveCounted(ctx, st, u, sess.Carrier())
 		})
 	}
 }
@@ -426,6 +437,13 @@ var errReplay = errors.New("relay: replayed")
 
 // Authenticate returns the *access.User whose key made p.
 func (a authenticator) Authenticate(p transport.Proof) (transport.Key, error) {
+	start := time.Now()
+	k, err := a.authenticate(p)
+	a.r.cfg.Metrics.HelloChecked(p.Carrier, metrics.CheckToken, checkResult(err, metrics.KeyHolder), time.Since(start))
+	return k, err
+}
+
+func (a authenticator) authenticate(p transport.Proof) (transport.Key, error) {
 	r := a.r
 	now := time.Now()
 	var u *access.User
@@ -457,6 +475,13 @@ func (a authenticator) Authenticate(p transport.Proof) (transport.Key, error) {
 // h. An app over its limits looks, to anyone watching, like a wrong
 // secret: the cover site.
 func (a authenticator) AuthenticateMTProxy(h *mtproxy.ClientHello, now time.Time) (transport.Key, mtproxy.Key, error) {
+	start := time.Now()
+	k, key, err := a.authenticateMTProxy(h, now)
+	a.r.cfg.Metrics.HelloChecked(mtproxy.Carrier, metrics.CheckMTProxy, checkResult(err, metrics.MTProxyApp), time.Since(start))
+	return k, key, err
+}
+
+func (a authenticator) authenticateMTProxy(h *mtproxy.ClientHello, now time.Time) (transport.Key, mtproxy.Key, error) {
 	r := a.r
 	u, key := r.cfg.Keys.MatchMTProxy(h, now, tlscarrier.MTProxyWindow)
 	if u == nil {
@@ -477,6 +502,35 @@ func (a authenticator) AuthenticateMTProxy(h *mtproxy.ClientHello, now time.Time
 		return nil, key, fmt.Errorf("%w: %w", transport.ErrUnauthenticated, access.ErrTooManyStreams)
 	}
 	return u, key, nil
+}
+
+// checkResult names the result of a hello check that returned err, ok
+// when it passed.
+func checkResult(err error, ok string) string {
+	switch {
+	case err == nil:
+		return ok
+	case errors.Is(err, errReplay):
+		return metrics.Replay
+	case errors.Is(err, access.ErrOverQuota):
+		return metrics.OverQuota
+	case errors.Is(err, access.ErrTooManyStreams):
+		return metrics.StreamLimit
+	}
+	return metrics.NoKey
+}
+
+// countCover counts a TCP connection the front door sent to the cover
+// site, by the reason it logs.
+func (r *Relay) countCover(why string) {
+	reason := "not_key_holder"
+	switch why {
+	case "no complete TLS hello":
+		reason = "no_hello"
+	case "unparsable hello":
+		reason = "unparsable_hello"
+	}
+	r.cfg.Metrics.Cover(reason)
 }
 
 // refuseSession logs, at most once per warnlimit.Every and key, that a session
@@ -521,13 +575,15 @@ func (r *Relay) countStream(st transport.Stream, u *access.User) bool {
 
 // serveCounted reads the target of a counted stream, dials it if it is
 // Telegram, answers with a status and relays bytes. It closes st.
-func (r *Relay) serveCounted(ctx context.Context, st transport.Stream, u *access.User) {
+func (r *Relay) serveCounted(ctx context.Context, st transport.Stream, u *access.User, carrier string) {
+	m := r.cfg.Metrics
 	defer st.Close()
 	st.SetReadDeadline(time.Now().Add(30 * time.Second))
 	req, err := transport.ReadOpenRequest(st)
 	st.SetReadDeadline(time.Time{})
 	if err != nil {
 		r.log.Debug("bad open request", "key", u.Name(), "err", err)
+		m.StreamRefused("bad_request")
 		refuse(st, transport.StatusBadRequest)
 		return
 	}
@@ -535,6 +591,7 @@ func (r *Relay) serveCounted(ctx context.Context, st transport.Stream, u *access
 	if u.OverQuota() {
 		r.warns.KeyInfo(r.log, u.Name(), "stream refused: key over its byte quota (quota_bytes)",
 			"quota", u.Entry().QuotaBytes)
+		m.StreamRefused("quota")
 		refuse(st, transport.StatusQuota)
 		return
 	}
@@ -542,15 +599,21 @@ func (r *Relay) serveCounted(ctx context.Context, st transport.Stream, u *access
 	if err != nil {
 		switch status {
 		case transport.StatusNotAllowed:
+			m.StreamRefused("not_allowed")
 			r.warns.KeyWarn(r.log, u.Name(), "stream refused: not a Telegram datacenter",
 				"dc", req.Target.String(), "err", err)
 		case transport.StatusTooManyDials:
+			m.StreamRefused("too_many_dials")
 			r.warns.KeyInfo(r.log, u.Name(), "stream refused: too many of the key's streams waiting on a dial",
 				"limit", r.cfg.MaxDialsPerKey)
 		case transport.StatusBadRequest:
+			m.StreamRefused("early_data")
 			r.warns.KeyInfo(r.log, u.Name(), "stream refused: data beyond the allowance sent before the reply",
 				"limit", maxEarlyData)
+		case transport.StatusOK:
+			log.Debug("stream ended while dialling", "err", err)
 		default:
+			m.DialError(req.Target.DC)
 			log.Debug("dial failed", "err", err)
 		}
 		if status != transport.StatusOK {
@@ -564,6 +627,7 @@ func (r *Relay) serveCounted(ctx context.Context, st transport.Stream, u *access
 	}
 	if len(early) > 0 {
 		u.AddBytes(int64(len(early)))
+		m.Bytes(carrier, len(early))
 		if _, err := up.Write(early); err != nil {
 			up.Close()
 			return
@@ -572,6 +636,7 @@ func (r *Relay) serveCounted(ctx context.Context, st transport.Stream, u *access
 	log.Debug("stream open")
 	transport.Splice(st, up, func(n int) {
 		u.AddBytes(int64(n))
+		m.Bytes(carrier, n)
 		if u.OverQuota() {
 			st.Close()
 			up.Close()

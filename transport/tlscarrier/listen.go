@@ -120,6 +120,10 @@ type ListenConfig struct {
 	// unreachable, caps reached); nil discards. It never gets client
 	// addresses.
 	Logger *slog.Logger
+	// OnCover, if not nil, is told of every connection sent to the cover
+	// site, with the reason it is logged with, for metrics. It must not
+	// block.
+	OnCover func(reason string)
 }
 
 func (c *ListenConfig) fill() error {
@@ -426,6 +430,9 @@ func (l *Listener) deliver(ctx context.Context, s transport.ServerSession) {
 // over early's connection if it made one.
 func (l *Listener) cover(ctx context.Context, c net.Conn, read []byte, why string, early *earlyCover) {
 	l.log.Debug("connection sent to cover site", "why", why)
+	if l.cfg.OnCover != nil {
+		l.cfg.OnCover(why)
+	}
 	cc, sent, err := early.take(ctx)
 	if err != nil {
 		l.warns.Warn(l.log, "cover site unreachable", "err", err)

@@ -7,7 +7,8 @@
 //
 //	merpati-relay init --dir DIR --public HOST:PORT [--listen ADDR] [--cover URL] [--sni NAME] [--name NAME]
 //	                   [--quic auto|on|off] [--offline] [--dc ID=HOST:PORT]... [--allow CIDR]...
-//	merpati-relay run --dir DIR [--log-level LEVEL] [--log-format text|json]
+//	merpati-relay run --dir DIR [--metrics ADDR] [--log-level LEVEL] [--log-format text|json]
+//	merpati-relay status --dir DIR
 //	merpati-relay link add NAME --dir DIR [--quota BYTES] [--max-sessions N] [--max-streams N] [--expires DURATION]
 //	                   [--mtproxy-secret SECRET | --no-mtproxy]
 //	merpati-relay link list --dir DIR
@@ -48,6 +49,12 @@
 // every 5 seconds and when it stops. It refuses to serve while key.pem or
 // keys.json can be read by every user of the machine, and logs an error
 // when it starts with no keys or when the cover site is down.
+//
+// run --metrics ADDR serves Prometheus metrics at http://ADDR/metrics (off
+// unless set; give a local address such as 127.0.0.1:9464). run also
+// answers on a unix socket in DIR (admin.sock, mode 0600), through which
+// status prints each key's live sessions, streams and usage, and link list
+// adds the live counts.
 //
 // link add and revoke, and list add, lock the file they change, so that
 // concurrent runs never lose each other's changes.
@@ -94,6 +101,7 @@ import (
 
 	"github.com/merpati/merpati/relay"
 	"github.com/merpati/merpati/relay/access"
+	"github.com/merpati/merpati/relay/metrics"
 	"github.com/merpati/merpati/transport/cmdmain"
 	"github.com/merpati/merpati/transport/link"
 	"github.com/merpati/merpati/transport/mtproxy"
@@ -105,7 +113,8 @@ func main() { os.Exit(cmdmain.Main("merpati-relay", run)) }
 
 const usage = `usage:
   merpati-relay init --dir DIR --public HOST:PORT [--listen ADDR] [--cover URL] [--sni NAME] [--name NAME]
-  merpati-relay run --dir DIR
+  merpati-relay run --dir DIR [--metrics 127.0.0.1:9464]
+  merpati-relay status --dir DIR
   merpati-relay link add|list|show|revoke [NAME] --dir DIR
   merpati-relay list keygen|pub|audience|add|sign|show|share ...   (the signed relay lists for DNS bootstrap)
   merpati-relay dns --zone ZONE --list FILE [--listen ADDR] [--ns NAME --ns-addr IP]
@@ -121,6 +130,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return cmdInit(args[1:], stdout, stderr)
 	case "run":
 		return cmdRun(ctx, args[1:], stderr)
+	case "status":
+		return cmdStatus(args[1:], stdout, stderr)
 	case "link":
 		if len(args) < 2 {
 			fmt.Fprintln(stderr, usage)
@@ -297,6 +308,7 @@ func printProxyLinks(w io.Writer, d *relay.Dir, e access.Entry) error {
 func cmdRun(ctx context.Context, args []string, stderr io.Writer) error {
 	fs := newFlagSet("run", stderr)
 	dir := fs.String("dir", "", "relay directory (required)")
+	metricsAddr := fs.String("metrics", "", "serve Prometheus metrics at http://ADDR/metrics, such as 127.0.0.1:9464 (off unless set)")
 	logFlags := cmdmain.AddLogFlags(fs, "info")
 	if _, err := parse(fs, args); err != nil {
 		return err
@@ -324,12 +336,21 @@ func cmdRun(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	cfg.Logger = log
+	cfg.Metrics = metrics.New(cfg.Keys.Usage)
 	// The helpers below end with the relay, and run returns only after
 	// them.
 	ctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	defer cancel()
+	if *metricsAddr != "" {
+		if err := serveMetrics(ctx, *metricsAddr, cfg.Metrics, log, &wg); err != nil {
+			return fmt.Errorf("run: %w", err)
+		}
+	}
+	if err := serveAdmin(ctx, d.Path, cfg.Metrics, log, &wg); err != nil {
+		log.Warn("no live status (merpati-relay status)", "err", err)
+	}
 	wg.Go(func() {
 		if err := d.CheckCover(ctx); err != nil && ctx.Err() == nil {
 			log.Error("cover site unreachable: probes will see connections closed right after their ClientHello, "+
@@ -454,12 +475,37 @@ func cmdLink(sub string, args []string, stdout, stderr io.Writer) error {
 		if err != nil {
 			return err
 		}
+		// A running relay adds the live counts, and its usage is
+		// fresher than the file's (saved every few seconds).
+		live := map[string]keyStatus{}
+		status, err := queryStatus(d.Path)
+		running := err == nil
+		if running {
+			for _, k := range status.Keys {
+				live[k.Name] = k
+				used[k.Name] = k.Used
+			}
+		}
 		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "NAME\tCREATED\tUSED\tQUOTA\tMAX-SESSIONS\tMAX-STREAMS\tEXPIRES")
+		head := "NAME\tCREATED\tUSED\tQUOTA\tMAX-SESSIONS\tMAX-STREAMS\tEXPIRES"
+		if running {
+			head += "\tSESSIONS\tSTREAMS"
+		}
+		fmt.Fprintln(tw, head)
 		for _, e := range entries {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%s\n", e.Name, e.Created.Format(time.DateOnly),
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%s", e.Name, e.Created.Format(time.DateOnly),
 				bytesString(used[e.Name]), orNone(e.QuotaBytes > 0, bytesString(e.QuotaBytes)),
 				e.SessionLimit(), e.StreamLimit(), orNone(!e.Expires.IsZero(), e.Expires.Format(time.DateTime)))
+			if running {
+				fmt.Fprintf(tw, "\t%d\t%d", live[e.Name].Sessions, live[e.Name].Streams)
+			}
+			fmt.Fprintln(tw)
+		}
+		switch {
+		case errors.Is(err, errNotRunning):
+			fmt.Fprintln(tw, "(relay not running: no live counts)")
+		case err != nil:
+			fmt.Fprintf(tw, "(no live counts: %v)\n", err)
 		}
 		return tw.Flush()
 	}
