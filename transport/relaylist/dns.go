@@ -282,6 +282,11 @@ func DecodeTXT(txt []string) ([]byte, error) {
 	n := 0
 	for _, s := range txt {
 		n += len(s)
+		// The decoder skips CR and LF, which would give one chunk many
+		// spellings.
+		if strings.ContainsAny(s, "\r\n") {
+			return nil, fmt.Errorf("%w: line break in a TXT string", ErrMalformed)
+		}
 	}
 	if n > base64.StdEncoding.EncodedLen(ChunkSizes[len(ChunkSizes)-1]) {
 		return nil, fmt.Errorf("%w: TXT record of %d characters", ErrMalformed, n)
