@@ -9,6 +9,7 @@
 //	                   [--quic auto|on|off] [--offline] [--dc ID=HOST:PORT]... [--allow CIDR]...
 //	merpati-relay run --dir DIR [--metrics ADDR] [--log-level LEVEL] [--log-format text|json]
 //	merpati-relay status --dir DIR
+//	merpati-relay doctor --dir DIR [--timeout 10s] [--dial-telegram]
 //	merpati-relay link add NAME --dir DIR [--quota BYTES] [--max-sessions N] [--max-streams N] [--expires DURATION]
 //	                   [--mtproxy-secret SECRET | --no-mtproxy]
 //	merpati-relay link list --dir DIR
@@ -55,6 +56,13 @@
 // answers on a unix socket in DIR (admin.sock, mode 0600), through which
 // status prints each key's live sessions, streams and usage, and link list
 // adds the live counts.
+//
+// doctor checks a relay directory and what it depends on (settings, file
+// permissions, the cover site's TLS 1.3 and HTTP/3, clock skew, public
+// addresses, datacenters overridden with --dc, UDP buffer sysctls, the
+// listen port) and prints one line per check, OK, WARN or FAIL, with what
+// to fix; it fails if any check does. Telegram's own datacenters are
+// dialled only with --dial-telegram.
 //
 // link add and revoke, and list add, lock the file they change, so that
 // concurrent runs never lose each other's changes.
@@ -115,6 +123,7 @@ const usage = `usage:
   merpati-relay init --dir DIR --public HOST:PORT [--listen ADDR] [--cover URL] [--sni NAME] [--name NAME]
   merpati-relay run --dir DIR [--metrics 127.0.0.1:9464]
   merpati-relay status --dir DIR
+  merpati-relay doctor --dir DIR [--timeout 10s] [--dial-telegram]
   merpati-relay link add|list|show|revoke [NAME] --dir DIR
   merpati-relay list keygen|pub|audience|add|sign|show|share ...   (the signed relay lists for DNS bootstrap)
   merpati-relay dns --zone ZONE --list FILE [--listen ADDR] [--ns NAME --ns-addr IP]
@@ -132,6 +141,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return cmdRun(ctx, args[1:], stderr)
 	case "status":
 		return cmdStatus(args[1:], stdout, stderr)
+	case "doctor":
+		return cmdDoctor(ctx, args[1:], stdout, stderr)
 	case "link":
 		if len(args) < 2 {
 			fmt.Fprintln(stderr, usage)
