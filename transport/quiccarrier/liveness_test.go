@@ -80,6 +80,10 @@ func TestPingBlackholed(t *testing.T) {
 		t.Fatalf("ping of a live relay: %v, %v", rtt, err)
 	}
 	d.Drop.Store(true)
+	// Packets the forwarder passed before the drop (the relay's side of
+	// the first stream's close) may still be on their way to the client;
+	// a relay that went silent sends none after them.
+	time.Sleep(300 * time.Millisecond)
 	// As pick.Watch does: a stream open, then a ping.
 	st, err = s.OpenStream(ctx)
 	if err != nil {
