@@ -12,10 +12,10 @@ import (
 	"sync"
 	"time"
 
-	"github.com/quic-go/qpack"
 	"github.com/apernet/quic-go"
 	"github.com/apernet/quic-go/http3/qlog"
 	"github.com/apernet/quic-go/qlogwriter"
+	"github.com/quic-go/qpack"
 )
 
 const (

@@ -14,10 +14,10 @@ import (
 
 	"golang.org/x/net/http/httpguts"
 
-	"github.com/quic-go/qpack"
 	"github.com/apernet/quic-go"
 	"github.com/apernet/quic-go/http3/qlog"
 	"github.com/apernet/quic-go/qlogwriter"
+	"github.com/quic-go/qpack"
 )
 
 type qpackError struct{ err error }

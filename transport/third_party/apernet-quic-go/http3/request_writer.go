@@ -16,10 +16,10 @@ import (
 	"golang.org/x/net/http2/hpack"
 	"golang.org/x/net/idna"
 
-	"github.com/quic-go/qpack"
 	"github.com/apernet/quic-go"
 	"github.com/apernet/quic-go/http3/qlog"
 	"github.com/apernet/quic-go/qlogwriter"
+	"github.com/quic-go/qpack"
 )
 
 const bodyCopyBufferSize = 8 * 1024
