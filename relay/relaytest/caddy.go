@@ -23,7 +23,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -231,43 +230,7 @@ func (c *Caddy) run(t testing.TB, dir, config string) error {
 	cmd := exec.Command(CaddyPath, "run", "--config", config, "--adapter", "caddyfile")
 	cmd.Env = caddyEnv(dir)
 	cmd.Stdout, cmd.Stderr = c.logs, c.logs
-	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("start caddy: %w", err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	stop := func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(10 * time.Second):
-			cmd.Process.Kill()
-			<-exited
-		}
-	}
-
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		select {
-		case err := <-exited:
-			return fmt.Errorf("caddy exited: %v", err)
-		default:
-		}
-		err := c.answers()
-		if err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			stop()
-			return fmt.Errorf("caddy does not answer on %s: %w", c.addr, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	t.Cleanup(stop)
-	if err := checkLoopbackSockets(cmd.Process.Pid); err != nil {
-		t.Fatal(err)
-	}
-	return nil
+	return runServer(t, "caddy", cmd, c.addr, c.answers)
 }
 
 // answers reports whether Caddy completes a TLS handshake on TCP and a

@@ -17,7 +17,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -195,44 +194,8 @@ func (n *Nginx) run(t testing.TB, config string) error {
 	cmd := exec.Command(NginxPath, args...)
 	cmd.Env = []string{"PATH=/usr/sbin:/usr/bin:/bin"}
 	cmd.Stdout, cmd.Stderr = n.logs, n.logs
-	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("start nginx: %w", err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	stop := func() {
-		// SIGTERM: the master stops its worker at once and exits.
-		cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(10 * time.Second):
-			cmd.Process.Kill()
-			<-exited
-		}
-	}
-
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		select {
-		case err := <-exited:
-			return fmt.Errorf("nginx exited: %v", err)
-		default:
-		}
-		err := n.answers()
-		if err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			stop()
-			return fmt.Errorf("nginx does not answer on %s: %w", n.addr, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	t.Cleanup(stop)
-	if err := checkLoopbackSockets(cmd.Process.Pid); err != nil {
-		t.Fatal(err)
-	}
-	return nil
+	// SIGTERM: the master stops its worker at once and exits.
+	return runServer(t, "nginx", cmd, n.addr, n.answers)
 }
 
 // answers reports whether nginx completes a TLS handshake at n.addr with
