@@ -31,9 +31,15 @@ var ErrToken = errors.New("quiccarrier: malformed token")
 // Digest returns the value the token of a connection with nonce signs, in
 // the place of a hello digest for [auth.Token] and [auth.Match].
 func Digest(nonce []byte) [32]byte {
+	return labelDigest(tokenLabel, nonce)
+}
+
+// labelDigest returns SHA-256(label || b): the digests of different
+// kinds of token never collide.
+func labelDigest(label string, b []byte) [32]byte {
 	h := sha256.New()
-	h.Write([]byte(tokenLabel))
-	h.Write(nonce)
+	h.Write([]byte(label))
+	h.Write(b)
 	var d [32]byte
 	h.Sum(d[:0])
 	return d
@@ -92,12 +98,7 @@ const RandomNonceSize = 32 - auth.ShortTokenSize
 // InitialDigest returns the value a client random's short token signs, for
 // the random's nonce.
 func InitialDigest(nonce []byte) [32]byte {
-	h := sha256.New()
-	h.Write([]byte(initialLabel))
-	h.Write(nonce)
-	var d [32]byte
-	h.Sum(d[:0])
-	return d
+	return labelDigest(initialLabel, nonce)
 }
 
 // NewRandom returns a ClientHello random that proves key at time now: a
@@ -122,12 +123,7 @@ const sealLabel = "merpati quic sealed v2"
 // key share, which the seal's secret is agreed with (so that a hello with
 // another key share and the same random does not open), under a label.
 func SealDigest(share []byte) [32]byte {
-	h := sha256.New()
-	h.Write([]byte(sealLabel))
-	h.Write(share)
-	var d [32]byte
-	h.Sum(d[:0])
-	return d
+	return labelDigest(sealLabel, share)
 }
 
 // NewSealedRandom returns a ClientHello random that proves key at time now
