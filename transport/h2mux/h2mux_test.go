@@ -942,3 +942,43 @@ func TestResetAfterEnd(t *testing.T) {
 		t.Fatalf("read %q, %v; want the answer and EOF", got, err)
 	}
 }
+
+// TestWriteThenReset checks that a Write whose bytes all went out
+// succeeds even when the peer answers and resets the stream before the
+// writing goroutine runs again, as a relay refusing a target does: the
+// reset concerns later writes. Many rounds, since the window is narrow.
+func TestWriteThenReset(t *testing.T) {
+	cli, srv := newSessions(t, tcpPair, Config{}, Config{})
+	ctx := ctxT(t)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		buf := make([]byte, 16)
+		for {
+			ss, err := srv.AcceptStream(ctx)
+			if err != nil {
+				return
+			}
+			io.ReadFull(ss, buf)
+			ss.Write([]byte("no"))
+			ss.CloseWrite()
+			ss.Close()
+		}
+	}()
+	for i := range 500 {
+		cs, err := cli.OpenStream(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := cs.Write(make([]byte, 16)); err != nil {
+			t.Fatalf("round %d: write that went out: %v", i, err)
+		}
+		if got, err := io.ReadAll(cs); err != nil || string(got) != "no" {
+			t.Fatalf("round %d: read %q, %v", i, got, err)
+		}
+		cs.Close()
+	}
+	cli.Close()
+	srv.Close()
+	<-done
+}

@@ -78,13 +78,18 @@ func TestPingAheadOfData(t *testing.T) {
 		}
 		wg.Go(func() { st.Write(make([]byte, 1<<20)) })
 	}
-	time.Sleep(200 * time.Millisecond) // the streams fill the queue
-	cs.mu.Lock()
+	// The streams fill the queue; on a busy machine their goroutines may
+	// take a while to run, and the link drains only 1 MiB/s.
 	queued := 0
-	for _, it := range cs.wq {
-		queued += len(it.data)
+	for deadline := time.Now().Add(10 * time.Second); queued < 2<<20 && time.Now().Before(deadline); {
+		time.Sleep(20 * time.Millisecond)
+		cs.mu.Lock()
+		queued = 0
+		for _, it := range cs.wq {
+			queued += len(it.data)
+		}
+		cs.mu.Unlock()
 	}
-	cs.mu.Unlock()
 	if queued < 2<<20 {
 		t.Fatalf("only %d bytes queued; the test needs seconds of data ahead", queued)
 	}

@@ -289,6 +289,11 @@ func (st *Stream) Write(p []byte) (int, error) {
 		}
 		n += int(avail)
 		p = p[avail:]
+		if len(p) == 0 {
+			// All of p went out: a reset or close that came in since
+			// concerns later writes, not this one.
+			return n, nil
+		}
 	}
 }
 
