@@ -135,21 +135,29 @@ func TestQUICHandshakeShape(t *testing.T) {
 		}
 		return true
 	}
-	var got, want []int
-	for range 3 {
-		want = handshakeDatagrams(t, l, auth.NewKey())
+	// On a busy machine the cover site's last handshake datagram is
+	// sometimes left out (what it carried goes in a 1-RTT packet of its
+	// own): the relay's shape must be one the cover site shows, among the
+	// shapes it shows over several connections.
+	var got []int
+	var covers [][]int
+	matched := false
+	for range 5 {
+		want := handshakeDatagrams(t, l, auth.NewKey())
+		if len(want) == 0 {
+			t.Fatal("no handshake datagrams recorded")
+		}
+		covers = append(covers, want)
 		got = handshakeDatagrams(t, l, auth.Key(l.Key))
-		if same(got, want) {
+		if slices.ContainsFunc(covers, func(c []int) bool { return same(got, c) }) {
+			matched = true
 			break
 		}
 		t.Logf("handshake datagrams differ, trying again: relay %v, cover site %v", got, want)
 	}
-	t.Logf("server handshake datagrams: relay %v, cover site %v", got, want)
-	if !same(got, want) {
-		t.Errorf("a key holder's handshake datagrams %v, the cover site's %v", got, want)
-	}
-	if len(want) == 0 {
-		t.Fatal("no handshake datagrams recorded")
+	t.Logf("server handshake datagrams: relay %v, cover site %v", got, covers)
+	if !matched {
+		t.Errorf("a key holder's handshake datagrams %v, the cover site's %v", got, covers)
 	}
 }
 

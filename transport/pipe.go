@@ -13,6 +13,8 @@ import (
 // conn has it) so the peer sees EOF while the opposite direction goes on.
 // When one direction fails, both conns are closed at once.
 //
+// A conn that is a [WriteSizer] gets writes of at most its size.
+//
 // count, if not nil, is called from both copying goroutines with each chunk
 // of bytes written, for accounting; it must be safe for concurrent use.
 // Splice returns the bytes copied a→b and b→a.
@@ -48,6 +50,11 @@ func copyHalf(dst, src net.Conn, count func(int), abort func()) int64 {
 	bufp := bufPool.Get().(*[]byte)
 	defer bufPool.Put(bufp)
 	buf := *bufp
+	if ws, ok := dst.(WriteSizer); ok {
+		if n := ws.WriteSize(); n > 0 && n < len(buf) {
+			buf = buf[:n]
+		}
+	}
 	var total int64
 	for {
 		n, rerr := src.Read(buf)

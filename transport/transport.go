@@ -78,6 +78,16 @@ type Stream interface {
 	CloseWrite() error
 }
 
+// A WriteSizer is a conn, typically a [Stream], that carries writes of a
+// particular size best: one whose framing and encryption then fill whole
+// records, with no short record and no extra system call. [Splice] reads
+// at most that much at a time for it.
+type WriteSizer interface {
+	// WriteSize returns the best size of one Write, or 0 for no
+	// preference.
+	WriteSize() int
+}
+
 // A Dialer establishes sessions to one relay over one carrier. It must be
 // safe for concurrent use.
 type Dialer interface {

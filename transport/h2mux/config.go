@@ -54,6 +54,14 @@ const (
 	writeBufSize  = 256 << 10   // size of the connection write buffer: one flush carries several frames
 )
 
+// The carrier's connection is TLS, whose records carry at most tlsRecord
+// bytes (RFC 8446 section 5.1); [Stream.WriteSize] asks for writes that
+// fill recordsPerWrite of them.
+const (
+	tlsRecord       = 16384
+	recordsPerWrite = 2
+)
+
 // Padding of the first records of each stream (RFC 9113 section 6.1 and
 // 6.2: DATA and HEADERS frames may carry up to 255 octets of padding
 // after a Pad Length octet). A stream's first flight, its HEADERS and

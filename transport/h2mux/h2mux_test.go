@@ -982,3 +982,24 @@ func TestWriteThenReset(t *testing.T) {
 	srv.Close()
 	<-done
 }
+
+// TestWriteSize checks that a write of WriteSize bytes, framed, fills
+// whole TLS records: 2 × 16384 bytes with the frame headers.
+func TestWriteSize(t *testing.T) {
+	for _, tc := range []struct{ maxFrame, want int }{
+		{minFrameSize, 32750}, // two frames: 16384 + 16366 payload
+		{1 << 20, 32759},      // one frame
+		{maxFrameSize, 32759}, // one frame
+		{32759, 32759},        // exactly one frame
+	} {
+		n := writeSizeFor(tc.maxFrame)
+		if n != tc.want {
+			t.Errorf("writeSizeFor(%d) = %d, want %d", tc.maxFrame, n, tc.want)
+		}
+		frames := (n + tc.maxFrame - 1) / tc.maxFrame
+		if got := n + frames*frameHeaderSz; got != recordsPerWrite*tlsRecord {
+			t.Errorf("maxFrame %d: %d bytes in %d frames make %d bytes on the wire, want %d",
+				tc.maxFrame, n, frames, got, recordsPerWrite*tlsRecord)
+		}
+	}
+}

@@ -35,11 +35,16 @@ type Session struct {
 	client bool
 	log    *slog.Logger
 
-	// Read side, owned by the readLoop goroutine.
-	br *bufio.Reader
-	fr *http2.Framer
+	// Read side, owned by the readLoop goroutine. br is nil while the
+	// loop waits for the peer with nothing buffered (see fillReader);
+	// src feeds br the bytes read meanwhile, then the connection.
+	br    *bufio.Reader
+	src   pendingReader
+	first [1]byte
+	fr    *http2.Framer
 
-	// Write side, owned by the writeLoop goroutine.
+	// Write side, owned by the writeLoop goroutine. bw is nil while the
+	// writer has nothing to write (see takeWriter).
 	bw   *bufio.Writer
 	wf   *http2.Framer
 	henc *hpack.Encoder
@@ -76,6 +81,7 @@ type Session struct {
 	heardAt    time.Time     // client: when the last frame arrived, for ReuseProbe
 	probing    bool          // client: a ReuseProbe PING awaits its answer
 	idleAt     time.Time     // server: when an idle session closes, if numStreams stays 0
+	idleTimer  *time.Timer   // server: runs idleCheck
 
 	// ncq mirrors len(cq), so that the writer can check for control
 	// frames between two items of a batch without taking mu.
@@ -173,8 +179,7 @@ func newSession(conn net.Conn, cfg Config, client bool) (*Session, error) {
 		cfg:            cfg,
 		client:         client,
 		log:            cfg.Logger.With("transport", "h2mux", "side", side),
-		br:             bufio.NewReaderSize(conn, readBufSize),
-		bw:             bufio.NewWriterSize(conn, writeBufSize),
+		src:            pendingReader{conn: conn},
 		wake:           make(chan struct{}, 1),
 		acceptCh:       make(chan struct{}, 1),
 		slotCh:         make(chan struct{}, 1),
@@ -193,7 +198,7 @@ func newSession(conn net.Conn, cfg Config, client bool) (*Session, error) {
 		connRecv: int64(cfg.MaxConnWindow),
 		heardAt:  time.Now(),
 	}
-	s.fr = http2.NewFramer(io.Discard, s.br)
+	s.fr = http2.NewFramer(io.Discard, sessionReader{s})
 	s.fr.SetMaxReadFrameSize(uint32(cfg.MaxFrameSize))
 	s.fr.SetReuseFrames()
 	table, hdrList := uint32(defaultTable), uint32(serverHdrList)
@@ -202,20 +207,19 @@ func newSession(conn net.Conn, cfg Config, client bool) (*Session, error) {
 	}
 	s.fr.ReadMetaHeaders = hpack.NewDecoder(table, nil)
 	s.fr.MaxHeaderListSize = hdrList
-	s.wf = http2.NewFramer(s.bw, nil)
+	s.wf = http2.NewFramer(sessionWriter{s}, nil)
 	s.henc = hpack.NewEncoder(&s.hbuf)
 
+	if !client && cfg.IdleTimeout > 0 {
+		s.idleAt = time.Now().Add(s.idleDelay())
+		s.idleTimer = time.AfterFunc(s.cfg.IdleTimeout, s.idleCheck)
+	}
 	s.wg.Add(2)
 	go s.readLoop()
 	go s.writeLoop()
 	if cfg.KeepAlive > 0 {
 		s.wg.Add(1)
 		go s.keepAlive()
-	}
-	if !client && cfg.IdleTimeout > 0 {
-		s.idleAt = time.Now().Add(s.idleDelay())
-		s.wg.Add(1)
-		go s.idleLoop()
 	}
 	return s, nil
 }
@@ -491,6 +495,9 @@ func (s *Session) die(err error) {
 		for _, st := range s.streams {
 			st.stopTimersLocked()
 		}
+		if s.idleTimer != nil {
+			s.idleTimer.Stop()
+		}
 		s.mu.Unlock()
 		close(s.done)
 		s.conn.Close()
@@ -574,36 +581,31 @@ func (s *Session) idleDelay() time.Duration {
 	return s.cfg.IdleTimeout + rand.N(s.cfg.IdleTimeout/idleJitter+1)
 }
 
-// idleLoop closes a server session that has had no open stream for its
+// idleCheck closes a server session that has had no open stream for its
 // idle delay, as a web server closes an idle HTTP/2 connection: GOAWAY
 // with NO_ERROR and the last stream ID, then the connection (see
 // [Config.IdleTimeout]). Streams the client opens after the GOAWAY are
-// refused, which tells it they were never seen.
-func (s *Session) idleLoop() {
-	defer s.wg.Done()
-	t := time.NewTimer(s.cfg.IdleTimeout)
-	defer t.Stop()
-	for {
-		select {
-		case <-s.done:
-			return
-		case <-t.C:
-		}
-		s.mu.Lock()
-		wait := s.cfg.IdleTimeout // streams open: look again later
-		if s.numStreams == 0 {
-			wait = time.Until(s.idleAt)
-		}
-		if wait <= 0 {
-			s.goAwayLocked(ErrIdleClosed, http2.ErrCodeNo)
-			s.mu.Unlock()
-			s.log.Debug("closing idle session")
-			s.finishShutdown(ErrIdleClosed)
-			return
-		}
+// refused, which tells it they were never seen. It runs from a timer, not
+// a goroutine of its own: a relay keeps thousands of idle sessions.
+func (s *Session) idleCheck() {
+	s.mu.Lock()
+	if s.err != nil || s.closing {
 		s.mu.Unlock()
-		t.Reset(wait)
+		return
 	}
+	wait := s.cfg.IdleTimeout // streams open: look again later
+	if s.numStreams == 0 {
+		wait = time.Until(s.idleAt)
+	}
+	if wait > 0 {
+		s.idleTimer.Reset(wait)
+		s.mu.Unlock()
+		return
+	}
+	s.goAwayLocked(ErrIdleClosed, http2.ErrCodeNo)
+	s.mu.Unlock()
+	s.log.Debug("closing idle session")
+	s.finishShutdown(ErrIdleClosed)
 }
 
 // enqueueLocked queues a frame for the writer. A peer that provokes more
@@ -729,7 +731,7 @@ func (s *Session) writeFrames() error {
 	for {
 		s.mu.Lock()
 		for len(s.wq)+len(s.cq) == 0 {
-			if s.bw.Buffered() > 0 {
+			if s.bw != nil && s.bw.Buffered() > 0 {
 				// Flush only when the queue is empty so that a burst of
 				// frames from many streams shares system calls.
 				s.mu.Unlock()
@@ -739,6 +741,7 @@ func (s *Session) writeFrames() error {
 				s.mu.Lock()
 				continue
 			}
+			s.releaseWriter()
 			if s.client && s.goaway && s.numStreams == 0 {
 				// The server sent GOAWAY and the last stream has
 				// ended: close the session, as a browser does.
@@ -759,6 +762,7 @@ func (s *Session) writeFrames() error {
 		s.nCtrl = 0
 		maxFrame := int(s.peerMaxFrame)
 		s.mu.Unlock()
+		s.takeWriter()
 
 		if err := s.writeCtrl(ctrl, maxFrame); err != nil {
 			return err
@@ -841,6 +845,7 @@ func (s *Session) writeCtrl(items []writeItem, maxFrame int) error {
 // our SETTINGS (section 6.5) and a WINDOW_UPDATE that opens the connection
 // window. A client sends the settings Chrome sends, in Chrome's order.
 func (s *Session) writePreface() error {
+	s.takeWriter()
 	var settings []http2.Setting
 	if s.client {
 		if _, err := s.bw.WriteString(http2.ClientPreface); err != nil {
@@ -1058,6 +1063,85 @@ func (s *Session) writeData(id uint32, data []byte, end bool, maxFrame, pad int)
 // zeroPad is padding: section 6.1 requires zeros.
 var zeroPad [maxPadLen]byte
 
+// Connection buffers are lent to sessions only while they read or write:
+// an idle session holds none (a relay keeps thousands of idle sessions).
+var (
+	readerPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, readBufSize) }}
+	writerPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, writeBufSize) }}
+)
+
+// takeWriter gives the writer a buffer, if it has none.
+func (s *Session) takeWriter() {
+	if s.bw == nil {
+		s.bw = writerPool.Get().(*bufio.Writer)
+		s.bw.Reset(s.conn)
+	}
+}
+
+// releaseWriter returns the writer's buffer, which must be flushed, to
+// the pool.
+func (s *Session) releaseWriter() {
+	if s.bw != nil {
+		s.bw.Reset(nil)
+		writerPool.Put(s.bw)
+		s.bw = nil
+	}
+}
+
+// sessionWriter is the write framer's destination: the writer's buffer
+// of the moment.
+type sessionWriter struct{ s *Session }
+
+func (w sessionWriter) Write(p []byte) (int, error) { return w.s.bw.Write(p) }
+
+// sessionReader is the read framer's source: the reader's buffer of the
+// moment.
+type sessionReader struct{ s *Session }
+
+func (r sessionReader) Read(p []byte) (int, error) { return r.s.br.Read(p) }
+
+// pendingReader reads pending, then conn.
+type pendingReader struct {
+	conn    net.Conn
+	pending []byte
+}
+
+func (r *pendingReader) Read(p []byte) (int, error) {
+	if len(r.pending) > 0 {
+		n := copy(p, r.pending)
+		r.pending = r.pending[n:]
+		return n, nil
+	}
+	return r.conn.Read(p)
+}
+
+// fillReader makes sure that the reader has a buffer with something in
+// it. When the last one is used up, it returns the buffer to the pool and
+// waits for the peer with a 1-byte read, which holds no buffer of ours
+// (TLS keeps the rest of its record), then takes a buffer again.
+func (s *Session) fillReader() error {
+	if s.br != nil {
+		if s.br.Buffered() > 0 {
+			return nil
+		}
+		s.br.Reset(nil)
+		readerPool.Put(s.br)
+		s.br = nil
+	}
+	n, err := s.conn.Read(s.first[:])
+	if n == 0 {
+		if err == nil {
+			err = io.ErrNoProgress
+		}
+		return err
+	}
+	// An error with the byte comes again with the next read.
+	s.src.pending = s.first[:n]
+	s.br = readerPool.Get().(*bufio.Reader)
+	s.br.Reset(&s.src)
+	return nil
+}
+
 // ---- reader ----
 
 func (s *Session) readLoop() {
@@ -1091,7 +1175,11 @@ func connError(code http2.ErrCode, format string, args ...any) error {
 func (s *Session) readFrames() error {
 	if !s.client {
 		var buf [len(http2.ClientPreface)]byte
-		if _, err := io.ReadFull(s.br, buf[:]); err != nil {
+		err := s.fillReader()
+		if err == nil {
+			_, err = io.ReadFull(s.br, buf[:])
+		}
+		if err != nil {
 			return fmt.Errorf("h2mux: read preface: %w", err)
 		}
 		if string(buf[:]) != http2.ClientPreface {
@@ -1100,6 +1188,21 @@ func (s *Session) readFrames() error {
 	}
 	first := true
 	for {
+		if err := s.fillReader(); err != nil {
+			return readErr(err)
+		}
+		if !first {
+			handled, err := s.readData()
+			if err != nil {
+				return err
+			}
+			if handled {
+				if !s.frameBuffered() {
+					s.wakeReaders()
+				}
+				continue
+			}
+		}
 		f, err := s.fr.ReadFrame()
 		if err != nil {
 			var se http2.StreamError
@@ -1115,14 +1218,7 @@ func (s *Session) readFrames() error {
 			case errors.Is(err, http2.ErrFrameTooLarge):
 				return connError(http2.ErrCodeFrameSize, "frame larger than %d bytes", s.cfg.MaxFrameSize)
 			}
-			if errors.Is(err, io.EOF) {
-				// The connection ended under the session, without
-				// GOAWAY: for its streams that is a failure, not
-				// the clean end of stream io.EOF means to callers
-				// such as transport.Splice.
-				err = io.ErrUnexpectedEOF
-			}
-			return fmt.Errorf("h2mux: read frame: %w", err)
+			return readErr(err)
 		}
 		if first {
 			// Section 3.4: the first frame from either side is SETTINGS.
@@ -1144,6 +1240,56 @@ func (s *Session) readFrames() error {
 			s.wakeReaders()
 		}
 	}
+}
+
+// readErr is the session's error for err from its connection.
+func readErr(err error) error {
+	if errors.Is(err, io.EOF) {
+		// The connection ended under the session, without GOAWAY: for
+		// its streams that is a failure, not the clean end of stream
+		// io.EOF means to callers such as transport.Splice.
+		err = io.ErrUnexpectedEOF
+	}
+	return fmt.Errorf("h2mux: read frame: %w", err)
+}
+
+// readData handles the next frame if it is DATA that fits in the read
+// buffer, straight from the buffer (the framer would copy it into its
+// own, which it then keeps for the session's life), and reports whether
+// it did. Every other frame, and any error reading the header, is left
+// to the framer.
+func (s *Session) readData() (bool, error) {
+	h, err := s.br.Peek(frameHeaderSz)
+	if err != nil || http2.FrameType(h[3]) != http2.FrameData {
+		return false, nil
+	}
+	length := int(h[0])<<16 | int(h[1])<<8 | int(h[2])
+	if length > s.cfg.MaxFrameSize || frameHeaderSz+length > s.br.Size() {
+		return false, nil
+	}
+	flags := http2.Flags(h[4])
+	id := binary.BigEndian.Uint32(h[5:]) & maxStreamID
+	buf, err := s.br.Peek(frameHeaderSz + length)
+	if err != nil {
+		return false, nil
+	}
+	// Section 6.1.
+	if id == 0 {
+		return false, connError(http2.ErrCodeProtocol, "DATA on stream 0")
+	}
+	data := buf[frameHeaderSz:]
+	if flags.Has(http2.FlagDataPadded) {
+		if len(data) == 0 || int(data[0]) > len(data)-1 {
+			return false, connError(http2.ErrCodeProtocol, "DATA padding longer than the frame")
+		}
+		data = data[1 : len(data)-int(data[0])]
+	}
+	s.mu.Lock()
+	s.heardLocked()
+	err = s.onData(id, int64(length), data, flags.Has(http2.FlagDataEndStream))
+	s.mu.Unlock()
+	s.br.Discard(frameHeaderSz + length)
+	return true, err
 }
 
 // frameBuffered reports whether a whole frame is already buffered, so that
@@ -1175,9 +1321,8 @@ func (s *Session) wakeReaders() {
 	s.mu.Unlock()
 }
 
-func (s *Session) handleFrame(f http2.Frame) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+// heardLocked notes that a frame arrived.
+func (s *Session) heardLocked() {
 	if s.heard != nil {
 		// Any frame proves the peer alive to a waiting Ping.
 		close(s.heard)
@@ -1186,9 +1331,15 @@ func (s *Session) handleFrame(f http2.Frame) error {
 	if s.client {
 		s.heardAt = time.Now()
 	}
+}
+
+func (s *Session) handleFrame(f http2.Frame) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.heardLocked()
 	switch f := f.(type) {
 	case *http2.DataFrame:
-		return s.onData(f)
+		return s.onData(f.StreamID, int64(f.Length), f.Data(), f.StreamEnded())
 	case *http2.MetaHeadersFrame:
 		return s.onHeaders(f)
 	case *http2.SettingsFrame:
@@ -1285,10 +1436,10 @@ func (s *Session) finishLocked(st *Stream) {
 	signal(st.wch)
 }
 
-func (s *Session) onData(f *http2.DataFrame) error {
-	id := f.StreamID
-	n := int64(f.Length) // section 6.9.1: the whole payload, padding included, is flow controlled
-	data := f.Data()
+// onData handles a DATA frame on stream id of length bytes (section
+// 6.9.1: the whole payload, padding included, is flow controlled) that
+// carries data, which it copies.
+func (s *Session) onData(id uint32, n int64, data []byte, end bool) error {
 	if n > s.connRecv {
 		return connError(http2.ErrCodeFlowControl, "DATA of %d bytes beyond connection window %d", n, s.connRecv)
 	}
@@ -1320,7 +1471,7 @@ func (s *Session) onData(f *http2.DataFrame) error {
 		}
 		st.buf = append(st.buf, data...)
 	}
-	if f.StreamEnded() {
+	if end {
 		st.remoteEnd = true
 		if st.writeEnd {
 			s.finishLocked(st)

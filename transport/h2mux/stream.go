@@ -138,6 +138,27 @@ func (st *Stream) ID() uint32 {
 	return st.id
 }
 
+// WriteSize returns the size of a Write whose DATA frames, headers
+// included, fill two TLS records of the largest size exactly (32,750
+// bytes at the default frame size): the connection then carries whole
+// records, where a 32 KiB write would leave a short record and an extra
+// system call behind every two full ones (see [transport.WriteSizer]).
+func (st *Stream) WriteSize() int {
+	st.s.mu.Lock()
+	frame := int(st.s.peerMaxFrame)
+	st.s.mu.Unlock()
+	return writeSizeFor(frame)
+}
+
+// writeSizeFor returns the number of DATA payload bytes that, cut into
+// frames of at most maxFrame bytes with their headers, make up
+// recordsPerWrite records of tlsRecord bytes.
+func writeSizeFor(maxFrame int) int {
+	size := recordsPerWrite * tlsRecord
+	frames := (size + maxFrame + frameHeaderSz - 1) / (maxFrame + frameHeaderSz)
+	return size - frames*frameHeaderSz
+}
+
 // Read reads data the peer sent. It returns io.EOF after the peer's
 // END_STREAM once all data has been read.
 func (st *Stream) Read(p []byte) (int, error) {
