@@ -315,12 +315,21 @@ func (d *Dir) CheckCover(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if err := checkCover(ctx, addr, d.Settings.ServerName()); err != nil {
+		return fmt.Errorf("cover site %s (%s): %w", d.Settings.Cover, addr, err)
+	}
+	return nil
+}
+
+// checkCover completes one TLS handshake with the cover site at addr,
+// sending serverName, without checking its certificate.
+func checkCover(ctx context.Context, addr, serverName string) error {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	dialer := tls.Dialer{Config: &tls.Config{ServerName: d.Settings.ServerName(), InsecureSkipVerify: true}}
+	dialer := tls.Dialer{Config: &tls.Config{ServerName: serverName, InsecureSkipVerify: true}}
 	c, err := dialer.DialContext(ctx, "tcp", addr)
 	if err != nil {
-		return fmt.Errorf("cover site %s (%s): %w", d.Settings.Cover, addr, err)
+		return err
 	}
 	return c.Close()
 }
@@ -356,6 +365,19 @@ func (s *Settings) carriers() []string {
 // loaded from its keys file that logs to log (nil discards). The Config's
 // Logger and timeouts are left to the caller.
 func (d *Dir) Config(log *slog.Logger) (Config, error) {
+	cfg, err := d.settingsConfig()
+	if err != nil {
+		return Config{}, err
+	}
+	if cfg.Keys, err = access.NewKeyring(d.KeysPath(), d.UsagePath(), log); err != nil {
+		return Config{}, err
+	}
+	return cfg, nil
+}
+
+// settingsConfig returns the relay Config for this directory's settings
+// and certificate, without keys.
+func (d *Dir) settingsConfig() (Config, error) {
 	cover, err := d.Settings.CoverAddr()
 	if err != nil {
 		return Config{}, err
@@ -364,18 +386,16 @@ func (d *Dir) Config(log *slog.Logger) (Config, error) {
 	if err != nil {
 		return Config{}, err
 	}
-	keys, err := access.NewKeyring(d.KeysPath(), d.UsagePath(), log)
-	if err != nil {
-		return Config{}, err
-	}
 	return Config{
 		Listen:       d.Settings.Listen,
 		Certificate:  d.Certificate,
-		Keys:         keys,
 		Cover:        cover,
 		Table:        table,
 		ServerName:   d.Settings.ServerName(),
 		NoQUIC:       d.Settings.NoQUIC,
-		LegacyTokens: d.Settings.LegacyTokens == nil || *d.Settings.LegacyTokens,
+		LegacyTokens: d.Settings.legacyTokens(),
 	}, nil
 }
+
+// legacyTokens returns the effective LegacyTokens: absent means true.
+func (s *Settings) legacyTokens() bool { return s.LegacyTokens == nil || *s.LegacyTokens }

@@ -28,21 +28,40 @@ const coverCheckTimeout = 10 * time.Second
 // the port must stay closed (the host then answers with ICMP port
 // unreachable, as the cover site's does).
 func (r *Relay) ListenQUIC(pc net.PacketConn) (transport.Listener, error) {
+	// A reload meanwhile would check a new cover site for HTTP/3 only if
+	// it knew of the carrier.
+	r.reloadMu.Lock()
+	defer r.reloadMu.Unlock()
+	live := r.live.Load()
 	ctx, cancel := context.WithTimeout(context.Background(), coverCheckTimeout)
 	defer cancel()
-	info, err := quiccarrier.CheckCover(ctx, r.cfg.Cover, r.cfg.ServerName)
+	info, err := quiccarrier.CheckCover(ctx, live.cover, live.serverName)
 	if err != nil {
 		pc.Close()
 		return nil, err
 	}
-	return quiccarrier.Listen(pc, quiccarrier.ListenConfig{
+	udp, err := net.ResolveUDPAddr("udp", live.cover)
+	if err != nil {
+		pc.Close()
+		return nil, fmt.Errorf("relay: cover site %s: %w", live.cover, err)
+	}
+	l, err := quiccarrier.Listen(pc, quiccarrier.ListenConfig{
 		Certificate: r.cfg.Certificate,
 		Auth:        authenticator{r},
-		Cover:       r.cfg.Cover,
+		Cover:       live.cover,
+		DialCover:   r.dialCoverUDP,
 		ConnIDLen:   info.ConnIDLen,
 		Mirror:      r.mirror,
 		Logger:      r.log,
 	})
+	if err != nil {
+		return nil, err
+	}
+	next := *live
+	next.coverUDP = udp
+	r.live.Store(&next)
+	r.quicIDLen = info.ConnIDLen
+	return l, nil
 }
 
 // ServeQUIC serves the QUIC carrier on pc (see [Relay.ListenQUIC]) until

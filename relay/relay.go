@@ -5,8 +5,9 @@
 // operator's cover site, so that to a prober the relay is that web site.
 //
 // A relay is configured with a [Config] and run with [Run] (or [New] and
-// [Relay.Serve] on a listener of the caller's). The operator's files live
-// in one directory; see [Init] and [LoadDir].
+// [Relay.Run], or [Relay.Serve] on a listener of the caller's). Some of
+// its settings change while it runs, see [Relay.Reload]. The operator's
+// files live in one directory; see [Init] and [LoadDir].
 package relay
 
 import (
@@ -20,6 +21,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/merpati/merpati/relay/access"
@@ -166,6 +168,16 @@ type Relay struct {
 	// authKey is the relay's static X25519 key, which opens sealed
 	// tokens.
 	authKey *ecdh.PrivateKey
+	// live holds the settings that [Relay.Reload] changes while the
+	// relay runs; cfg's Cover, ServerName, Table and LegacyTokens are
+	// only their first values.
+	live atomic.Pointer[liveSettings]
+	// reloadMu serializes the changes of live, and orders them with the
+	// QUIC carrier's start, which checks the cover site.
+	reloadMu sync.Mutex
+	// quicIDLen is the connection ID length of the QUIC carrier's
+	// listener, zero while none was started. reloadMu guards it.
+	quicIDLen int
 }
 
 // New checks cfg and returns a Relay.
@@ -178,6 +190,7 @@ func New(cfg Config) (*Relay, error) {
 		log:    cfg.Logger,
 		dialer: &dc.Dialer{Table: cfg.Table, Resolver: cfg.Resolver, Timeout: cfg.DialTimeout},
 	}
+	r.live.Store(&liveSettings{cover: cfg.Cover, serverName: cfg.ServerName, table: cfg.Table, legacyTokens: cfg.LegacyTokens})
 	if cfg.Certificate.PrivateKey != nil {
 		ak, err := auth.RelayAuthKey(cfg.Certificate.PrivateKey)
 		if err != nil {
@@ -228,12 +241,19 @@ func (r *Relay) MirrorGaps() []string {
 // Run listens on cfg.Listen and serves until ctx is done, watching the keys
 // file for changes ([access.Keyring.Watch]) and saving usage as it goes.
 // It returns once every connection has ended and the usage they counted
-// has been saved.
+// has been saved. It is [New] and [Relay.Run].
 func Run(ctx context.Context, cfg Config) error {
 	r, err := New(cfg)
 	if err != nil {
 		return err
 	}
+	return r.Run(ctx)
+}
+
+// Run listens on the Config's Listen address and serves until ctx is done,
+// as [Run] does. Call it once.
+func (r *Relay) Run(ctx context.Context) error {
+	cfg := r.cfg
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return fmt.Errorf("relay: %w", err)
@@ -302,7 +322,8 @@ func (r *Relay) ListenTLS(ln net.Listener) (*tlscarrier.Listener, error) {
 		Certificate:        r.cfg.Certificate,
 		Auth:               authenticator{r},
 		MTProxy:            authenticator{r},
-		Cover:              r.cfg.Cover,
+		Cover:              r.live.Load().cover,
+		DialCover:          r.dialCover,
 		HelloTimeout:       r.cfg.HelloTimeout,
 		CoverDelay:         r.cfg.CoverDelay,
 		MaxUnauthConns:     r.cfg.MaxUnauthConns,
@@ -458,7 +479,7 @@ func (a authenticator) authenticate(p transport.Proof) (transport.Key, error) {
 			u = r.cfg.Keys.AuthenticateID(id, digest, tok, now)
 		}
 	}
-	if u == nil && r.cfg.LegacyTokens {
+	if u == nil && r.live.Load().legacyTokens {
 		u = r.cfg.Keys.Authenticate(p.Digest, p.Token, now)
 	}
 	if u == nil {
@@ -693,7 +714,11 @@ func (r *Relay) dialStream(ctx context.Context, st transport.Stream, u *access.U
 	err = u.AcquireDial(wctx, r.cfg.MaxDialsPerKey)
 	wcancel()
 	if err == nil {
-		up, status, err = r.dialer.Dial(ctx, target)
+		// The table in force now: a reload changes it for the streams
+		// that open after, never for those connected.
+		d := *r.dialer
+		d.Table = r.live.Load().table
+		up, status, err = d.Dial(ctx, target)
 		u.ReleaseDial()
 	} else {
 		status = transport.StatusTooManyDials

@@ -34,6 +34,12 @@ type ListenConfig struct {
 	// HTTP/3 has no UDP service to show; then run no QUIC carrier at all
 	// (see [CheckCover]).
 	Cover string
+	// DialCover, if not nil, opens each client's socket to the cover site
+	// in place of a UDP socket connected to Cover, so that the cover site
+	// can change while the listener runs (a relay's settings reloaded).
+	// It should return a connected *net.UDPConn, whose reads report the
+	// cover's ICMP port unreachable. It must be safe for concurrent use.
+	DialCover func() (net.Conn, error)
 	// ConnIDLen is the length of the relay's connection IDs, which
 	// observers see in its long header packets: the cover site's, when
 	// known ([CoverInfo.ConnIDLen]); zero means [DefaultConnIDLen].
@@ -137,6 +143,11 @@ func Listen(pc net.PacketConn, cfg ListenConfig) (*Listener, error) {
 	}
 	log = log.With("transport", "quic")
 	door := newFrontDoor(pc, cover, cfg.Auth, cids, cfg.MaxUnauthFlows, cfg.MaxUnauthPerSource, cfg.FlowIdle, log)
+	if cfg.DialCover != nil {
+		door.mu.Lock() // toCover reads it under mu
+		door.dialCover = cfg.DialCover
+		door.mu.Unlock()
+	}
 	tr := &quic.Transport{Conn: door, ConnectionIDGenerator: cids}
 	tlsConf := http3.ConfigureTLSConfig(&tls.Config{
 		Certificates: []tls.Certificate{cfg.Certificate},

@@ -83,6 +83,11 @@ type ListenConfig struct {
 	// that gets every connection that does not authenticate, byte for
 	// byte. Required.
 	Cover string
+	// DialCover, if not nil, connects to the cover site in place of a TCP
+	// dial of Cover (with a 10-second timeout), so that the cover site
+	// can change while the listener runs (a relay's settings reloaded).
+	// It must be safe for concurrent use.
+	DialCover func(ctx context.Context) (net.Conn, error)
 	// HelloTimeout bounds the wait for a complete ClientHello; zero means
 	// [DefaultHelloTimeout]. A connection still incomplete then goes to
 	// the cover site with what it sent, as a web server would keep
@@ -451,6 +456,9 @@ func (l *Listener) cover(ctx context.Context, c net.Conn, read []byte, why strin
 
 // dialCover connects to the cover site.
 func (l *Listener) dialCover(ctx context.Context) (net.Conn, error) {
+	if l.cfg.DialCover != nil {
+		return l.cfg.DialCover(ctx)
+	}
 	d := net.Dialer{Timeout: 10 * time.Second}
 	return d.DialContext(ctx, "tcp", l.cfg.Cover)
 }

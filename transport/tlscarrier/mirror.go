@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/big"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -45,6 +46,10 @@ type Mirror struct {
 	cfg MirrorConfig
 	log *slog.Logger
 	cur atomic.Pointer[mirrorState]
+	// mu guards cfg.Cover and cfg.ServerName, which [Mirror.Switch]
+	// changes, and orders their change with the storing of a flight
+	// learned from the site they name.
+	mu sync.Mutex
 }
 
 // mirrorState is one learned flight and what the relay serves for it.
@@ -77,9 +82,44 @@ func NewMirror(cfg MirrorConfig) (*Mirror, error) {
 // follow it. It returns the gaps: what the relay's flight still differs
 // in.
 func (m *Mirror) Learn(ctx context.Context) ([]string, error) {
+	m.mu.Lock()
+	cover, name := m.cfg.Cover, m.cfg.ServerName
+	m.mu.Unlock()
+	st, err := m.learn(ctx, cover, name)
+	if err != nil {
+		return nil, err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.cfg.Cover != cover || m.cfg.ServerName != name {
+		return nil, fmt.Errorf("tlscarrier: the cover site changed from %s while its flight was learned", cover)
+	}
+	m.cur.Store(st)
+	return st.gaps, nil
+}
+
+// Switch learns the flight of the cover site at cover ("host:port"),
+// named serverName, and if that succeeds follows that site from then on,
+// in place of the one it followed (a relay's settings reloaded); if it
+// fails, nothing changes. It returns the new gaps.
+func (m *Mirror) Switch(ctx context.Context, cover, serverName string) ([]string, error) {
+	st, err := m.learn(ctx, cover, serverName)
+	if err != nil {
+		return nil, err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.cfg.Cover, m.cfg.ServerName = cover, serverName
+	m.cur.Store(st)
+	return st.gaps, nil
+}
+
+// learn learns the flight of the cover site at cover and what the relay
+// serves for it.
+func (m *Mirror) learn(ctx context.Context, cover, serverName string) (*mirrorState, error) {
 	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 	defer cancel()
-	f, err := LearnFlight(ctx, m.cfg.Cover, m.cfg.ServerName)
+	f, err := LearnFlight(ctx, cover, serverName)
 	if err != nil {
 		return nil, err
 	}
@@ -103,8 +143,7 @@ func (m *Mirror) Learn(ctx context.Context) ([]string, error) {
 	if k := keyName(leaf); k != f.LeafKey {
 		st.gaps = append(st.gaps, fmt.Sprintf("the relay's key is %s, the cover site's %s: CertificateVerify sizes differ (make the relay with a %s key: init does when the cover site answers)", k, f.LeafKey, f.LeafKey))
 	}
-	m.cur.Store(st)
-	return st.gaps, nil
+	return st, nil
 }
 
 // Run learns the cover site's flight every [MirrorConfig.Interval] until

@@ -46,10 +46,18 @@
 // run serves. It reloads keys.json when it changes, and on SIGHUP: a revoked
 // key's sessions end at once, and nobody else notices. A keys.json that is
 // missing or empty (zero bytes) is not reloaded: the keys in force stay,
-// and an error is logged. It saves the bytes used per key to usage.json
-// every 5 seconds and when it stops. It refuses to serve while key.pem or
-// keys.json can be read by every user of the machine, and logs an error
-// when it starts with no keys or when the cover site is down.
+// and an error is logged. SIGHUP also reloads relay.json: a file that does
+// not parse or validate, or a new cover site that does not answer (TLS,
+// and HTTP/3 while the QUIC carrier runs), is refused with an error and
+// the settings in force stay; otherwise dc, allow, cover, sni and
+// legacy_tokens apply at once, with no session or stream dropped (streams
+// already open keep their datacenter connection; new ones use the new
+// table). listen, no_quic and the certificate need a restart, which the
+// log says; public needs none, as only links carry it. run saves the
+// bytes used per key to usage.json every 5 seconds and when it stops. It
+// refuses to serve while key.pem or keys.json can be read by every user of
+// the machine, and logs an error when it starts with no keys or when the
+// cover site is down.
 //
 // run --metrics ADDR serves Prometheus metrics at http://ADDR/metrics (off
 // unless set; give a local address such as 127.0.0.1:9464). run also
@@ -369,10 +377,15 @@ func cmdRun(ctx context.Context, args []string, stderr io.Writer) error {
 				"err", err)
 		}
 	})
+	rl, err := relay.New(cfg)
+	if err != nil {
+		return err
+	}
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
 	wg.Go(func() {
+		inForce := d
 		for {
 			select {
 			case <-ctx.Done():
@@ -383,10 +396,17 @@ func cmdRun(ctx context.Context, args []string, stderr io.Writer) error {
 				} else {
 					log.Info("keys reloaded on SIGHUP", "keys", n)
 				}
+				// The relay logs what it applied and what needs a
+				// restart.
+				if nd, err := rl.ReloadDir(ctx, inForce); err != nil {
+					log.Error(relay.SettingsFile+" not reloaded: the settings in force stay", "err", err)
+				} else {
+					inForce = nd
+				}
 			}
 		}
 	})
-	return relay.Run(ctx, cfg)
+	return rl.Run(ctx)
 }
 
 func cmdLink(sub string, args []string, stdout, stderr io.Writer) error {
