@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(curl openssl ca-certificates chromium tshark iproute2 nftables unbound knot-dnsutils caddy libndpi-bin nginx-light systemd)
+packages=(curl openssl ca-certificates chromium tshark iproute2 nftables unbound knot-dnsutils caddy libndpi-bin nginx-light systemd pebble)
 missing=()
 for p in "${packages[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
