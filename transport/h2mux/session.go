@@ -70,6 +70,7 @@ type Session struct {
 	lastPeerID uint32 // server: highest stream ID the peer opened
 	numStreams int    // streams holding a concurrency slot
 	acceptQ    []*Stream
+	writing    bool        // the write token: whoever holds it (the writer, or a stream writing directly) owns bw
 	wq         []writeItem // frames waiting for the writer, in order
 	cq         []writeItem // connection control frames, written ahead of wq (see enqueueLocked)
 	nCtrl      int         // peer-provoked frames in wq and cq
@@ -197,6 +198,7 @@ func newSession(conn net.Conn, cfg Config, client bool) (*Session, error) {
 		// which is less, so counting from the full window is safe.
 		connRecv: int64(cfg.MaxConnWindow),
 		heardAt:  time.Now(),
+		writing:  true, // the writer's, for the preface
 	}
 	s.fr = http2.NewFramer(io.Discard, sessionReader{s})
 	s.fr.SetMaxReadFrameSize(uint32(cfg.MaxFrameSize))
@@ -728,17 +730,34 @@ func (s *Session) writeFrames() error {
 		return err
 	}
 	var batch, ctrl []writeItem
+	s.mu.Lock()
+	s.writing = false // held since newSession, for the preface
 	for {
-		s.mu.Lock()
-		for len(s.wq)+len(s.cq) == 0 {
+		// Each round takes the write token (see Session.writing) and
+		// gives it back at its end, under s.mu throughout.
+		if s.writing {
+			// A stream writes directly; it wakes us when done if
+			// frames were queued meanwhile.
+			s.mu.Unlock()
+			select {
+			case <-s.wake:
+			case <-s.done:
+				return nil
+			}
+			s.mu.Lock()
+			continue
+		}
+		if len(s.wq)+len(s.cq) == 0 {
 			if s.bw != nil && s.bw.Buffered() > 0 {
 				// Flush only when the queue is empty so that a burst of
 				// frames from many streams shares system calls.
+				s.writing = true
 				s.mu.Unlock()
 				if err := s.bw.Flush(); err != nil {
 					return err
 				}
 				s.mu.Lock()
+				s.writing = false
 				continue
 			}
 			s.releaseWriter()
@@ -756,7 +775,9 @@ func (s *Session) writeFrames() error {
 				return nil
 			}
 			s.mu.Lock()
+			continue
 		}
+		s.writing = true
 		ctrl = s.takeCtrlLocked(ctrl)
 		batch, s.wq = s.wq, batch[:0]
 		s.nCtrl = 0
@@ -807,7 +828,42 @@ func (s *Session) writeFrames() error {
 			}
 			*it = writeItem{} // drop references to streams and buffers
 		}
+		s.mu.Lock()
+		s.writing = false
 	}
+}
+
+// writeDirect writes it, a stream's DATA, from the stream's own goroutine
+// and flushes it, sparing two goroutine hand-offs per write; the caller
+// has taken the write token with the queues empty (see
+// [Session.writing]) and holds s.mu, which writeDirect releases for the
+// write and takes again before it gives the token back.
+func (s *Session) writeDirect(it *writeItem) error {
+	s.writing = true
+	maxFrame := int(s.peerMaxFrame)
+	s.mu.Unlock()
+	s.takeWriter()
+	err := s.writeData(it.id, it.data, it.end, maxFrame, it.pad)
+	if err == nil {
+		err = s.bw.Flush()
+	}
+	s.mu.Lock()
+	if err == nil {
+		s.releaseWriter()
+	}
+	s.writing = false
+	if len(s.wq)+len(s.cq) > 0 {
+		signal(s.wake)
+	}
+	return err
+}
+
+// canWriteDirectLocked reports whether a stream may write its DATA item it
+// itself (see [Session.writeDirect]): nobody else writes, nothing is
+// queued ahead of it, and it is plain DATA.
+func (s *Session) canWriteDirectLocked(it *writeItem) bool {
+	return !s.writing && len(s.wq)+len(s.cq) == 0 && s.err == nil && !s.closing &&
+		it.kind == itemData && !it.first && it.pad == 0
 }
 
 // takeCtrlLocked hands the queued control frames to the writer, reusing

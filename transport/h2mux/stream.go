@@ -295,6 +295,20 @@ func (st *Stream) Write(p []byte) (int, error) {
 				s.connSend -= pad
 			}
 		}
+		if s.canWriteDirectLocked(&it) {
+			err := s.writeDirect(&it)
+			s.mu.Unlock()
+			if err != nil {
+				s.die(fmt.Errorf("h2mux: write: %w", err))
+				return n, s.deadErr(fmt.Sprintf("stream %d write", st.id))
+			}
+			n += int(avail)
+			p = p[avail:]
+			if len(p) == 0 {
+				return n, nil
+			}
+			continue
+		}
 		s.enqueueLocked(it)
 		s.mu.Unlock()
 		select {
