@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -13,10 +14,13 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/merpati/merpati/relay/access"
 	"github.com/merpati/merpati/relay/dc"
+	"github.com/merpati/merpati/relay/selfsite"
 	"github.com/merpati/merpati/transport/atomicfile"
 	"github.com/merpati/merpati/transport/auth"
 	"github.com/merpati/merpati/transport/link"
@@ -30,7 +34,19 @@ const (
 	KeyFile      = "key.pem"    // its private key (0600)
 	KeysFile     = "keys.json"  // the access keys (0600)
 	UsageFile    = "usage.json" // bytes relayed per key, kept by the relay
+
+	// SiteDir is the default directory of the relay's own site
+	// (Settings.Site), in domain mode.
+	SiteDir = "site"
+	// ACMEDir is where, in domain mode, the ACME account and the site's
+	// certificate and key are kept (0700; certmagic's file storage).
+	ACMEDir = "acme"
 )
+
+// ErrDomainMode means the relay is its own cover site (Settings.Domain):
+// there is no cover site's address in the settings, as the site listens on
+// a loopback port chosen when run starts it.
+var ErrDomainMode = errors.New("the relay is its own cover site (domain mode)")
 
 // Settings are the operator's choices, kept in relay.json in the relay
 // directory. Unknown fields are rejected when loading.
@@ -42,9 +58,29 @@ type Settings struct {
 	Public []string `json:"public"`
 	// Cover is the cover site's URL, such as "https://www.example.com".
 	// Connections that do not authenticate are spliced to its host and
-	// port.
-	Cover string `json:"cover"`
-	// SNI is the server name clients send; empty means Cover's host name.
+	// port. Set Cover or Domain, not both.
+	Cover string `json:"cover,omitempty"`
+	// Domain, instead of Cover, makes the relay its own cover site
+	// ("domain mode"): it serves a small static site (Site) itself, for
+	// this name, under a certificate it obtains by ACME (TLS-ALPN-01,
+	// through its own port 443) and renews; see package selfsite. The
+	// name's DNS records must point at the relay.
+	Domain string `json:"domain,omitempty"`
+	// Site is the directory of the relay's own site, in domain mode;
+	// empty means [SiteDir], and a relative path is taken from the relay
+	// directory.
+	Site string `json:"site,omitempty"`
+	// ACMECA is the URL of the ACME directory the certificate is
+	// obtained from, in domain mode; empty means Let's Encrypt's.
+	ACMECA string `json:"acme_ca,omitempty"`
+	// ACMEEmail is the contact address given to the CA; empty means none.
+	ACMEEmail string `json:"acme_email,omitempty"`
+	// ACMERoots is a PEM file of the roots trusted for the CA's own
+	// HTTPS, for a lab's CA (such as pebble); empty means the system's.
+	// A relative path is taken from the relay directory.
+	ACMERoots string `json:"acme_roots,omitempty"`
+	// SNI is the server name clients send; empty means Cover's host name,
+	// or Domain in domain mode (where SNI, if set, must be Domain).
 	SNI string `json:"sni,omitempty"`
 	// DC overrides datacenter addresses: "ID=HOST:PORT" (tests, labs).
 	DC []string `json:"dc,omitempty"`
@@ -60,8 +96,17 @@ type Settings struct {
 	LegacyTokens *bool `json:"legacy_tokens,omitempty"`
 }
 
-// CoverAddr returns the host:port of the cover site.
+// DomainMode reports whether the relay is its own cover site (Domain is
+// set).
+func (s *Settings) DomainMode() bool { return s.Domain != "" }
+
+// CoverAddr returns the host:port of the cover site. In domain mode it
+// returns an error wrapping [ErrDomainMode]: the address is the loopback
+// one of the relay's own site, known once run has started it.
 func (s *Settings) CoverAddr() (string, error) {
+	if s.DomainMode() {
+		return "", fmt.Errorf("cover: %w for %s: its address is the site's loopback one, chosen when run starts it", ErrDomainMode, s.Domain)
+	}
 	u, err := url.Parse(s.Cover)
 	if err != nil || u.Scheme != "https" || u.Hostname() == "" {
 		return "", fmt.Errorf("cover %q: want an https:// URL", s.Cover)
@@ -73,8 +118,12 @@ func (s *Settings) CoverAddr() (string, error) {
 	return net.JoinHostPort(u.Hostname(), port), nil
 }
 
-// ServerName returns the SNI clients send.
+// ServerName returns the SNI clients send: in domain mode the domain (in
+// lower case).
 func (s *Settings) ServerName() string {
+	if s.DomainMode() {
+		return strings.ToLower(s.Domain)
+	}
 	if s.SNI != "" {
 		return s.SNI
 	}
@@ -98,14 +147,48 @@ func (s *Settings) Validate() error {
 			return fmt.Errorf("settings: public %q: want host:port", p)
 		}
 	}
-	if _, err := s.CoverAddr(); err != nil {
-		return fmt.Errorf("settings: %w", err)
-	}
-	if net.ParseIP(s.ServerName()) != nil || s.ServerName() == "" {
-		return fmt.Errorf("settings: sni: the cover URL has no host name; set sni")
+	if err := s.validateCover(); err != nil {
+		return err
 	}
 	_, err := s.table()
 	return err
+}
+
+// validateCover checks the cover site's settings: Cover (and SNI), or
+// Domain and what goes with it.
+func (s *Settings) validateCover() error {
+	if !s.DomainMode() {
+		for _, f := range []struct{ name, value string }{
+			{"site", s.Site}, {"acme_ca", s.ACMECA}, {"acme_email", s.ACMEEmail}, {"acme_roots", s.ACMERoots},
+		} {
+			if f.value != "" {
+				return fmt.Errorf("settings: %s: only with domain (the relay's own cover site)", f.name)
+			}
+		}
+		if s.Cover == "" {
+			return errors.New("settings: cover or domain: set one (a cover site's https:// URL, or the relay's own site's name)")
+		}
+		if _, err := s.CoverAddr(); err != nil {
+			return fmt.Errorf("settings: %w", err)
+		}
+		if net.ParseIP(s.ServerName()) != nil || s.ServerName() == "" {
+			return fmt.Errorf("settings: sni: the cover URL has no host name; set sni")
+		}
+		return nil
+	}
+	if s.Cover != "" {
+		return errors.New("settings: set cover or domain, not both")
+	}
+	if s.SNI != "" && !strings.EqualFold(s.SNI, s.Domain) {
+		return fmt.Errorf("settings: sni %q: with domain, clients send the domain's name %q; remove sni", s.SNI, s.Domain)
+	}
+	// The site's own checks, with stand-ins for the paths, which are
+	// checked when the site starts.
+	c := selfsite.Config{Domain: s.Domain, Dir: SiteDir, Storage: ACMEDir, CA: s.ACMECA, Email: s.ACMEEmail}
+	if err := c.Validate(); err != nil {
+		return fmt.Errorf("settings: domain, acme_ca or acme_email: %w", err)
+	}
+	return nil
 }
 
 func (s *Settings) table() (*dc.Table, error) {
@@ -309,7 +392,9 @@ func (d *Dir) Check() (warnings []string, err error) {
 // would be forwarded, and reports why it failed: a relay whose cover site
 // is down closes every probe right after its ClientHello, which gives the
 // relay away. The certificate is not checked (a lab's cover may have its
-// own); the handshake is.
+// own); the handshake is. In domain mode it returns an error wrapping
+// [ErrDomainMode] at once: the site starts with the relay, which fails to
+// start without it.
 func (d *Dir) CheckCover(ctx context.Context) error {
 	addr, err := d.Settings.CoverAddr()
 	if err != nil {
@@ -332,6 +417,73 @@ func checkCover(ctx context.Context, addr, serverName string) error {
 		return err
 	}
 	return c.Close()
+}
+
+// SitePath returns the directory of the relay's own site (domain mode):
+// Settings.Site, by default [SiteDir], from the relay directory.
+func (d *Dir) SitePath() string { return d.path(d.Settings.Site, SiteDir) }
+
+// ACMEPath returns the directory where, in domain mode, the ACME account
+// and the site's certificate are kept: [ACMEDir] in the relay directory.
+func (d *Dir) ACMEPath() string { return filepath.Join(d.Path, ACMEDir) }
+
+// path returns p, or def if p is empty, from the relay directory.
+func (d *Dir) path(p, def string) string {
+	if p == "" {
+		p = def
+	}
+	if filepath.IsAbs(p) {
+		return p
+	}
+	return filepath.Join(d.Path, p)
+}
+
+// SelfSiteConfig returns the configuration of the relay's own site, in
+// domain mode, logging to log: Settings.Domain, the site's directory
+// ([Dir.SitePath]), the ACME settings with the roots of Settings.ACMERoots
+// loaded, the storage [Dir.ACMEPath], and as the public port the one of
+// the first public address with the domain as host, else of the first.
+// Listen is left to its default (a loopback port free on TCP and UDP). It
+// returns an error when the relay is not in domain mode, or when the
+// roots file does not load.
+func (d *Dir) SelfSiteConfig(log *slog.Logger) (selfsite.Config, error) {
+	s := &d.Settings
+	if !s.DomainMode() {
+		return selfsite.Config{}, errors.New("relay: the relay has a cover site (cover), not a site of its own (domain)")
+	}
+	c := selfsite.Config{
+		Domain:  s.ServerName(),
+		Dir:     d.SitePath(),
+		CA:      s.ACMECA,
+		Email:   s.ACMEEmail,
+		Storage: d.ACMEPath(),
+		Logger:  log,
+	}
+	if s.ACMERoots != "" {
+		path := d.path(s.ACMERoots, "")
+		pem, err := os.ReadFile(path)
+		if err != nil {
+			return selfsite.Config{}, fmt.Errorf("acme_roots: %w", err)
+		}
+		c.CARoots = x509.NewCertPool()
+		if !c.CARoots.AppendCertsFromPEM(pem) {
+			return selfsite.Config{}, fmt.Errorf("acme_roots: %s holds no PEM certificate", path)
+		}
+	}
+	port := ""
+	for _, p := range s.Public {
+		host, pp, _ := net.SplitHostPort(p)
+		if port == "" || strings.EqualFold(host, s.Domain) {
+			port = pp
+		}
+		if strings.EqualFold(host, s.Domain) {
+			break
+		}
+	}
+	if n, err := strconv.Atoi(port); err == nil && n > 0 && n <= 65535 {
+		c.PublicPort = n
+	}
+	return c, nil
 }
 
 // KeysPath returns the path of the keys file.
@@ -363,7 +515,9 @@ func (s *Settings) carriers() []string {
 
 // Config returns the relay Config for this directory, with a keyring
 // loaded from its keys file that logs to log (nil discards). The Config's
-// Logger and timeouts are left to the caller.
+// Logger and timeouts are left to the caller, and so, in domain mode, is
+// its Cover: the address of the relay's own site once started (see
+// [Dir.SelfSiteConfig]).
 func (d *Dir) Config(log *slog.Logger) (Config, error) {
 	cfg, err := d.settingsConfig()
 	if err != nil {
@@ -376,11 +530,14 @@ func (d *Dir) Config(log *slog.Logger) (Config, error) {
 }
 
 // settingsConfig returns the relay Config for this directory's settings
-// and certificate, without keys.
+// and certificate, without keys; in domain mode without Cover.
 func (d *Dir) settingsConfig() (Config, error) {
-	cover, err := d.Settings.CoverAddr()
-	if err != nil {
-		return Config{}, err
+	var cover string
+	if !d.Settings.DomainMode() {
+		var err error
+		if cover, err = d.Settings.CoverAddr(); err != nil {
+			return Config{}, err
+		}
 	}
 	table, err := d.Settings.table()
 	if err != nil {

@@ -178,6 +178,8 @@ type Relay struct {
 	// quicIDLen is the connection ID length of the QUIC carrier's
 	// listener, zero while none was started. reloadMu guards it.
 	quicIDLen int
+	// ready is closed by Run once its listeners are up.
+	ready chan struct{}
 }
 
 // New checks cfg and returns a Relay.
@@ -189,6 +191,7 @@ func New(cfg Config) (*Relay, error) {
 		cfg:    cfg,
 		log:    cfg.Logger,
 		dialer: &dc.Dialer{Table: cfg.Table, Resolver: cfg.Resolver, Timeout: cfg.DialTimeout},
+		ready:  make(chan struct{}),
 	}
 	r.live.Store(&liveSettings{cover: cfg.Cover, serverName: cfg.ServerName, table: cfg.Table, legacyTokens: cfg.LegacyTokens})
 	if cfg.Certificate.PrivateKey != nil {
@@ -250,8 +253,17 @@ func Run(ctx context.Context, cfg Config) error {
 	return r.Run(ctx)
 }
 
+// Ready returns a channel that [Relay.Run] closes once the relay listens
+// on every carrier it serves (TCP, and UDP for the QUIC carrier), right
+// before it serves them: from then on a connection to the Listen address
+// reaches the front door, and, when it does not authenticate, the cover
+// site (the relay's own site learns its certificate this way, see package
+// selfsite). It is never closed if Run fails before, or is not called.
+func (r *Relay) Ready() <-chan struct{} { return r.ready }
+
 // Run listens on the Config's Listen address and serves until ctx is done,
-// as [Run] does. Call it once.
+// as [Run] does, closing [Relay.Ready]'s channel once it listens. Call it
+// once.
 func (r *Relay) Run(ctx context.Context) error {
 	cfg := r.cfg
 	ln, err := net.Listen("tcp", cfg.Listen)
@@ -308,6 +320,7 @@ func (r *Relay) Run(ctx context.Context) error {
 	watchCtx, stopWatch := context.WithCancel(context.WithoutCancel(ctx))
 	var watch sync.WaitGroup
 	watch.Go(func() { cfg.Keys.Watch(watchCtx, time.Second) })
+	close(r.ready)
 	err = r.ServeListeners(ctx, ls...)
 	stopWatch()
 	watch.Wait()

@@ -134,6 +134,13 @@ func (r *Relay) Reload(ctx context.Context, cfg Config) error {
 // key.pem), whose old values stay in force until then. A change of public
 // needs none: only share links carry it.
 //
+// In domain mode (cur's Settings.Domain) the cover site in force stays the
+// relay's own site, which the caller started: a change of domain, site or
+// acme_* needs a restart, as does a switch between a cover site (cover)
+// and the relay's own site (domain) either way; the cover settings in
+// force (cover, sni, domain, site, acme_*) then stay cur's, and the
+// others reload as in cover mode.
+//
 // It returns the directory now in force: the new one, with the settings
 // that need a restart as in cur. When the new files do not load (relay.json
 // does not parse or validate) or [Relay.Reload] refuses them, it changes
@@ -148,13 +155,21 @@ func (r *Relay) ReloadDir(ctx context.Context, cur *Dir) (*Dir, error) {
 		return cur, err
 	}
 	old, s := &cur.Settings, &nd.Settings
+	// The relay's own site is the caller's, started once: it stays the
+	// cover site in force, and only a restart changes it, or switches
+	// between it and a cover site elsewhere.
+	keepCover := old.DomainMode() || s.DomainMode()
+	if keepCover {
+		live := r.live.Load()
+		cfg.Cover, cfg.ServerName = live.cover, live.serverName
+	}
 	var applied []string
 	for _, f := range []struct {
 		name    string
 		changed bool
 	}{
-		{"cover", s.Cover != old.Cover},
-		{"sni", s.ServerName() != old.ServerName()},
+		{"cover", !keepCover && s.Cover != old.Cover},
+		{"sni", !keepCover && s.ServerName() != old.ServerName()},
 		{"dc", !slices.Equal(s.DC, old.DC)},
 		{"allow", !slices.Equal(s.Allow, old.Allow)},
 		{"legacy_tokens", s.legacyTokens() != old.legacyTokens()},
@@ -169,8 +184,34 @@ func (r *Relay) ReloadDir(ctx context.Context, cur *Dir) (*Dir, error) {
 	inForce := *nd
 	inForce.Settings.Listen, inForce.Settings.NoQUIC = old.Listen, old.NoQUIC
 	inForce.Certificate, inForce.Pin, inForce.AuthKey = cur.Certificate, cur.Pin, cur.AuthKey
+	if keepCover {
+		is := &inForce.Settings
+		is.Cover, is.SNI, is.Domain, is.Site = old.Cover, old.SNI, old.Domain, old.Site
+		is.ACMECA, is.ACMEEmail, is.ACMERoots = old.ACMECA, old.ACMEEmail, old.ACMERoots
+	}
 
 	const restart = " changed in " + SettingsFile + ": it needs a restart to take effect; until then the relay keeps the old value"
+	switch {
+	case old.DomainMode() != s.DomainMode():
+		r.log.Warn("cover and domain changed in "+SettingsFile+": a switch between a cover site (cover) and the relay's own "+
+			"site (domain) needs a restart to take effect; until then the relay keeps the old one",
+			"field", "domain", "in_force", coverMode(old), "new", coverMode(s))
+	case keepCover:
+		for _, f := range []struct {
+			name     string
+			old, new string
+		}{
+			{"domain", old.Domain, s.Domain},
+			{"site", old.Site, s.Site},
+			{"acme_ca", old.ACMECA, s.ACMECA},
+			{"acme_email", old.ACMEEmail, s.ACMEEmail},
+			{"acme_roots", old.ACMERoots, s.ACMERoots},
+		} {
+			if f.old != f.new {
+				r.log.Warn(f.name+restart, "field", f.name, "in_force", f.old, "new", f.new)
+			}
+		}
+	}
 	if s.Listen != old.Listen {
 		r.log.Warn("listen"+restart, "field", "listen", "in_force", old.Listen, "new", s.Listen)
 	}
@@ -196,4 +237,13 @@ func (r *Relay) ReloadDir(ctx context.Context, cur *Dir) (*Dir, error) {
 		r.log.Info(SettingsFile+" reloaded and applied", "applied", strings.Join(applied, ","))
 	}
 	return &inForce, nil
+}
+
+// coverMode describes the cover site of s for the log: "cover URL" or
+// "domain NAME".
+func coverMode(s *Settings) string {
+	if s.DomainMode() {
+		return "domain " + s.Domain
+	}
+	return "cover " + s.Cover
 }

@@ -3,12 +3,15 @@ package main
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/netip"
+	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
@@ -19,6 +22,7 @@ import (
 
 	"github.com/merpati/merpati/relay"
 	"github.com/merpati/merpati/relay/dc"
+	"github.com/merpati/merpati/relay/selfsite"
 	"github.com/merpati/merpati/transport/quiccarrier"
 	"github.com/merpati/merpati/transport/tlscarrier"
 )
@@ -86,8 +90,13 @@ func cmdDoctor(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return fmt.Errorf("doctor: %d check(s) failed", doc.fails)
 	}
 	doc.checkDir(d)
-	doc.checkCover(ctx, &d.Settings)
-	doc.checkQUIC(ctx, &d.Settings)
+	if d.Settings.DomainMode() {
+		doc.checkSite(d)
+		doc.checkOwnSite(ctx, d)
+	} else {
+		doc.checkCover(ctx, &d.Settings)
+		doc.checkQUIC(ctx, &d.Settings)
+	}
 	doc.checkClock(ctx, &d.Settings)
 	doc.checkPublic(ctx, &d.Settings)
 	doc.checkDCs(ctx, &d.Settings, *dialTelegram)
@@ -116,22 +125,44 @@ func (doc *doctor) checkDir(d *relay.Dir) {
 	}
 }
 
+// A coverTarget is where doctor reaches a cover site, and how its reports
+// name it and say to bring it up.
+type coverTarget struct {
+	addr, serverName string
+	// what names the site, fix says what to do when it does not answer.
+	what, fix string
+}
+
+// coverSite returns the target of the cover site of s, in cover mode.
+func coverSite(s *relay.Settings) coverTarget {
+	addr, _ := s.CoverAddr()
+	return coverTarget{
+		addr: addr, serverName: s.ServerName(),
+		what: fmt.Sprintf("the cover site %s (%s)", s.Cover, addr),
+		fix:  fmt.Sprintf("bring the site up, or point \"cover\" in %s at one that is up", relay.SettingsFile),
+	}
+}
+
 // checkCover makes the TLS handshake key holders' flight follows: the
 // carrier's Chrome hello to the cover site.
 func (doc *doctor) checkCover(ctx context.Context, s *relay.Settings) {
-	addr, _ := s.CoverAddr()
+	doc.checkCoverAt(ctx, coverSite(s))
+}
+
+// checkCoverAt is checkCover of the cover site at t.
+func (doc *doctor) checkCoverAt(ctx context.Context, t coverTarget) {
+	addr := t.addr
 	ctx, cancel := doc.ctx(ctx)
 	defer cancel()
-	f, err := tlscarrier.LearnFlight(ctx, addr, s.ServerName())
+	f, err := tlscarrier.LearnFlight(ctx, addr, t.serverName)
 	if err != nil {
-		doc.report(levelFail, "cover", "the cover site %s (%s) did not answer a Chrome hello: %v; probes would see their "+
-			"connection closed right after the ClientHello, which gives the relay away: bring the site up, or point "+
-			"\"cover\" in %s at one that is up", s.Cover, addr, err, relay.SettingsFile)
+		doc.report(levelFail, "cover", "%s did not answer a Chrome hello: %v; probes would see their "+
+			"connection closed right after the ClientHello, which gives the relay away: %s", t.what, err, t.fix)
 		return
 	}
 	if f.Version != tls.VersionTLS13 {
-		doc.report(levelFail, "cover", "the cover site %s answers TLS %#04x, not 1.3, and key holders get 1.3 from the relay: "+
-			"turn on TLS 1.3 on the cover site or choose another cover (\"cover\" in %s)", addr, f.Version, relay.SettingsFile)
+		doc.report(levelFail, "cover", "%s answers TLS %#04x, not 1.3, and key holders get 1.3 from the relay: "+
+			"turn on TLS 1.3 on the cover site or choose another cover (\"cover\" in %s)", t.what, f.Version, relay.SettingsFile)
 		return
 	}
 	doc.report(levelOK, "cover", "%s answers a Chrome hello with TLS 1.3: %s", addr, f)
@@ -166,22 +197,193 @@ func (doc *doctor) checkQUIC(ctx context.Context, s *relay.Settings) {
 }
 
 // checkClock compares the cover site's clock (its Date header) with
-// this host's.
+// this host's; in domain mode, where the site runs on this host's clock,
+// the ACME CA's.
 func (doc *doctor) checkClock(ctx context.Context, s *relay.Settings) {
-	addr, _ := s.CoverAddr()
+	addr, serverName, whose := "", s.ServerName(), "the cover site's"
+	if s.DomainMode() {
+		ca := s.ACMECA
+		if ca == "" {
+			ca = selfsite.LetsEncrypt
+		}
+		u, err := url.Parse(ca)
+		if err != nil {
+			doc.report(levelWarn, "clock", "not checked: acme_ca %q: %v", ca, err)
+			return
+		}
+		port := u.Port()
+		if port == "" {
+			port = "443"
+		}
+		addr, serverName, whose = net.JoinHostPort(u.Hostname(), port), u.Hostname(), "the ACME CA's ("+u.Hostname()+")"
+	} else {
+		addr, _ = s.CoverAddr()
+	}
 	ctx, cancel := doc.ctx(ctx)
 	defer cancel()
-	skew, err := clockSkew(ctx, addr, s.ServerName())
+	skew, err := clockSkew(ctx, addr, serverName)
 	switch {
 	case err != nil:
 		doc.report(levelWarn, "clock", "not checked: %v", err)
 	case skew.Abs() > maxClockSkew:
-		doc.report(levelWarn, "clock", "this host's clock is %v off the cover site's: access tokens use 1-minute slots "+
+		doc.report(levelWarn, "clock", "this host's clock is %v off %s: access tokens use 1-minute slots "+
 			"accepted within 2 slots, and clients with a correct clock may be refused; turn on time sync "+
-			"(timedatectl set-ntp true, or chrony) here, or on the cover site if its clock is the wrong one", skew.Round(time.Second))
+			"(timedatectl set-ntp true, or chrony) here, or on the cover site if its clock is the wrong one", skew.Round(time.Second), whose)
 	default:
-		doc.report(levelOK, "clock", "this host's clock is within %v of the cover site's (%v)", maxClockSkew, skew.Round(time.Second))
+		doc.report(levelOK, "clock", "this host's clock is within %v of %s (%v)", maxClockSkew, whose, skew.Round(time.Second))
 	}
+}
+
+// checkSite reports, in domain mode, on the relay's own site: its
+// directory, the ACME storage, the stored certificate, and the port the
+// CA checks.
+func (doc *doctor) checkSite(d *relay.Dir) {
+	s := &d.Settings
+	name := s.ServerName()
+	ca := s.ACMECA
+	if ca == "" {
+		ca = selfsite.LetsEncrypt
+	}
+	doc.report(levelOK, "domain", "the relay is its own cover site for %s (domain mode); certificates from %s", name, ca)
+
+	site := d.SitePath()
+	switch fi, err := os.Stat(site); {
+	case err != nil:
+		doc.report(levelFail, "site", "the site's directory: %v; run fails to start without it: create it and put the "+
+			"site's files in it, or set \"site\" in %s", err, relay.SettingsFile)
+	case !fi.IsDir():
+		doc.report(levelFail, "site", "%s is not a directory; set \"site\" in %s to the site's directory", site, relay.SettingsFile)
+	default:
+		if _, err := os.Stat(filepath.Join(site, "index.html")); err != nil {
+			doc.report(levelWarn, "site", "%s has no index.html (%v): probers get 404 Not Found at /; put the site's "+
+				"front page there", site, err)
+		} else {
+			doc.report(levelOK, "site", "%s has index.html", site)
+		}
+	}
+
+	storage := d.ACMEPath()
+	switch fi, err := os.Stat(storage); {
+	case errors.Is(err, os.ErrNotExist):
+		doc.report(levelOK, "acme", "%s does not exist yet: run creates it (mode 0700)", storage)
+	case err != nil:
+		doc.report(levelFail, "acme", "%v", err)
+	case fi.Mode().Perm()&0o077 != 0:
+		doc.report(levelWarn, "acme", "%s holds the site certificate's private key and the ACME account's, and other "+
+			"users can access it (mode %04o); fix it with: chmod -R go-rwx %s", storage, fi.Mode().Perm(), storage)
+	default:
+		doc.report(levelOK, "acme", "%s is private to the relay's user (mode %04o)", storage, fi.Mode().Perm())
+	}
+	doc.checkStoredCert(storage, name)
+
+	if !slices.ContainsFunc(s.Public, func(p string) bool {
+		host, port, _ := net.SplitHostPort(p)
+		return port == "443" && strings.EqualFold(host, name)
+	}) && !strings.HasSuffix(s.Listen, ":443") {
+		doc.report(levelWarn, "acme", "the relay listens on %s and no public address is %s:443, but the CA checks %s:443 "+
+			"(TLS-ALPN-01): unless port 443 of %s is forwarded to the relay, no certificate can be had", s.Listen, name, name, name)
+	}
+}
+
+// checkStoredCert reports the certificate for name kept in certmagic's
+// file storage at storage (certificates/ISSUER/NAME/NAME.crt), the one
+// that expires last if there are several.
+func (doc *doctor) checkStoredCert(storage, name string) {
+	files, _ := filepath.Glob(filepath.Join(storage, "certificates", "*", name, name+".crt"))
+	var leaf *x509.Certificate
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			doc.report(levelWarn, "cert", "%v", err)
+			continue
+		}
+		block, _ := pem.Decode(b)
+		if block == nil {
+			doc.report(levelWarn, "cert", "%s holds no PEM certificate", f)
+			continue
+		}
+		c, err := x509.ParseCertificate(block.Bytes)
+		if err != nil {
+			doc.report(levelWarn, "cert", "%s: %v", f, err)
+			continue
+		}
+		if leaf == nil || c.NotAfter.After(leaf.NotAfter) {
+			leaf = c
+		}
+	}
+	const obtain = "run obtains one once the DNS A/AAAA records of %s point at this host and its port 443 is " +
+		"reachable from the Internet (its log says what failed)"
+	switch left := time.Until(leafNotAfter(leaf)); {
+	case leaf == nil:
+		doc.report(levelWarn, "cert", "no certificate for %s stored yet: probers see a self-signed one until "+obtain, name, name)
+	case left <= 0:
+		doc.report(levelFail, "cert", "the certificate for %s expired on %s: probers see it refused; "+obtain,
+			name, leaf.NotAfter.UTC().Format(time.DateTime), name)
+	case left < 7*24*time.Hour:
+		doc.report(levelWarn, "cert", "the certificate for %s expires on %s, in %v, and is not renewed yet "+
+			"(renewal starts a third of its lifetime before): look at the relay's log", name,
+			leaf.NotAfter.UTC().Format(time.DateTime), left.Round(time.Hour))
+	default:
+		doc.report(levelOK, "cert", "certificate for %s stored, issued by %s, expires on %s (in %d days)", name,
+			leaf.Issuer.CommonName, leaf.NotAfter.UTC().Format(time.DateTime), int(left.Hours()/24))
+	}
+}
+
+// leafNotAfter returns c's NotAfter, or the zero time for nil.
+func leafNotAfter(c *x509.Certificate) time.Time {
+	if c == nil {
+		return time.Time{}
+	}
+	return c.NotAfter
+}
+
+// checkOwnSite checks, in domain mode, the relay's own site as probers
+// reach it: through the relay's front door, TLS and HTTP/3, when the
+// relay runs (the site runs inside it).
+func (doc *doctor) checkOwnSite(ctx context.Context, d *relay.Dir) {
+	s := &d.Settings
+	name := s.ServerName()
+	if s.NoQUIC {
+		doc.report(levelWarn, "quic", "the relay's own site serves HTTP/3 and says so (Alt-Svc), but \"no_quic\" is set in %s: "+
+			"the relay's UDP port stays closed where the site advertises HTTP/3; remove \"no_quic\" and restart the relay, "+
+			"then give people new links (link show) to offer QUIC", relay.SettingsFile)
+	}
+	if _, err := queryStatus(d.Path); err != nil {
+		doc.report(levelOK, "cover", "the relay's own site for %s not checked: it runs inside the relay, which is not "+
+			"running; start it, then run doctor again", name)
+		return
+	}
+	addr := frontDoor(s.Listen)
+	t := coverTarget{
+		addr: addr, serverName: name,
+		what: fmt.Sprintf("the relay's own site for %s, through the relay at %s,", name, addr),
+		fix:  "look at the relay's log",
+	}
+	doc.checkCoverAt(ctx, t)
+	if s.NoQUIC {
+		return
+	}
+	qctx, cancel := doc.ctx(ctx)
+	defer cancel()
+	if _, err := quiccarrier.CheckCover(qctx, addr, name); err != nil {
+		doc.report(levelWarn, "quic", "the relay's own site did not answer HTTP/3 through the relay's UDP %s (%v): "+
+			"look at the relay's log (QUIC carrier)", addr, err)
+		return
+	}
+	doc.report(levelOK, "quic", "the relay's own site answers HTTP/3 through the relay's UDP %s (QUIC carrier on)", addr)
+}
+
+// frontDoor returns the address at which doctor reaches the relay
+// listening on listen: loopback for a wildcard address.
+func frontDoor(listen string) string {
+	host, port, err := net.SplitHostPort(listen)
+	if err != nil {
+		return listen
+	}
+	if ip := net.ParseIP(host); host == "" || ip != nil && ip.IsUnspecified() {
+		host = "127.0.0.1"
+	}
+	return net.JoinHostPort(host, port)
 }
 
 // clockSkew makes one HTTPS GET / to the cover site at addr (the

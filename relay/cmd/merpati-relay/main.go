@@ -7,6 +7,8 @@
 //
 //	merpati-relay init --dir DIR --public HOST:PORT [--listen ADDR] [--cover URL] [--sni NAME] [--name NAME]
 //	                   [--quic auto|on|off] [--offline] [--dc ID=HOST:PORT]... [--allow CIDR]...
+//	merpati-relay init --dir DIR --domain NAME [--site DIR] [--acme-ca URL] [--acme-email ADDR] [--acme-roots FILE]
+//	                   [--public HOST:PORT] [--listen ADDR] [--name NAME] [--quic on|off]
 //	merpati-relay run --dir DIR [--metrics ADDR] [--log-level LEVEL] [--log-format text|json]
 //	merpati-relay status --dir DIR
 //	merpati-relay doctor --dir DIR [--timeout 10s] [--dial-telegram]
@@ -43,6 +45,21 @@
 // cannot be mirrored. --offline contacts nobody (--quic auto then means
 // on, and the key is ECDSA P-256).
 //
+// init --domain NAME, instead of --cover, makes the relay its own cover
+// site ("self-steal"): it serves a small static site itself, from --site
+// (default: DIR/site; an empty or missing directory gets a plausible
+// default page, and no file of the operator's is ever overwritten), for
+// NAME, under a certificate obtained by ACME from --acme-ca (default:
+// Let's Encrypt) with the TLS-ALPN-01 challenge, which the CA checks at
+// NAME:443 through the relay's own front door. --public defaults to
+// NAME at the --listen port; the relay's key is ECDSA P-256, the
+// certificate's kind, and the QUIC carrier is on (the site serves
+// HTTP/3) unless --quic off. init contacts nobody; it prints what to do:
+// point NAME's DNS A/AAAA records at this host and open port 443 on TCP
+// and UDP. --acme-email gives the CA a contact address, --acme-roots the
+// roots of a lab CA's HTTPS (such as pebble's). relay.json then has
+// "domain", and "site" and "acme_*" if set, instead of "cover".
+//
 // run serves. It reloads keys.json when it changes, and on SIGHUP: a revoked
 // key's sessions end at once, and nobody else notices. A keys.json that is
 // missing or empty (zero bytes) is not reloaded: the keys in force stay,
@@ -59,6 +76,17 @@
 // the machine, and logs an error when it starts with no keys or when the
 // cover site is down.
 //
+// In domain mode run starts the relay's own site on a loopback port (its
+// cover site), then the relay, and once the relay listens has the site
+// obtain its certificate (or load the stored one from DIR/acme, renewing
+// it if due), retrying with a wait from 1 minute doubling to 1 hour and
+// logging what to check (NAME's DNS, port 443 from the Internet, the CA)
+// until it succeeds; key holders' flight then follows the certificate's.
+// Until then the site shows a self-signed certificate. The site renews the
+// certificate in the background. SIGHUP leaves the site in force: changes
+// of domain, site and acme_*, and switching between cover and domain,
+// need a restart, which the log says.
+//
 // run --metrics ADDR serves Prometheus metrics at http://ADDR/metrics (off
 // unless set; give a local address such as 127.0.0.1:9464). run also
 // answers on a unix socket in DIR (admin.sock, mode 0600), through which
@@ -70,7 +98,10 @@
 // addresses, datacenters overridden with --dc, UDP buffer sysctls, the
 // listen port) and prints one line per check, OK, WARN or FAIL, with what
 // to fix; it fails if any check does. Telegram's own datacenters are
-// dialled only with --dial-telegram.
+// dialled only with --dial-telegram. In domain mode it checks the site's
+// directory, the ACME storage's mode and the stored certificate (and its
+// expiry), and the site's TLS, HTTP/3 and clock through the relay's front
+// door while the relay runs.
 //
 // link add and revoke, and list add, lock the file they change, so that
 // concurrent runs never lose each other's changes.
@@ -100,10 +131,14 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/signal"
@@ -118,6 +153,7 @@ import (
 	"github.com/merpati/merpati/relay"
 	"github.com/merpati/merpati/relay/access"
 	"github.com/merpati/merpati/relay/metrics"
+	"github.com/merpati/merpati/relay/selfsite"
 	"github.com/merpati/merpati/transport/cmdmain"
 	"github.com/merpati/merpati/transport/link"
 	"github.com/merpati/merpati/transport/mtproxy"
@@ -129,6 +165,7 @@ func main() { os.Exit(cmdmain.Main("merpati-relay", run)) }
 
 const usage = `usage:
   merpati-relay init --dir DIR --public HOST:PORT [--listen ADDR] [--cover URL] [--sni NAME] [--name NAME]
+  merpati-relay init --dir DIR --domain NAME [--site DIR] [--acme-email ADDR]   (the relay is its own cover site)
   merpati-relay run --dir DIR [--metrics 127.0.0.1:9464]
   merpati-relay status --dir DIR
   merpati-relay doctor --dir DIR [--timeout 10s] [--dial-telegram]
@@ -211,13 +248,35 @@ func cmdInit(args []string, stdout, stderr io.Writer) error {
 	fs.Var(&allow, "allow", "allow an extra target range: CIDR (test labs only; repeatable)")
 	quicMode := fs.String("quic", "auto", "QUIC carrier: auto (on if the cover site serves HTTP/3 on UDP), on, or off")
 	offline := fs.Bool("offline", false, "contact nobody: no check of the cover site (--quic auto means on) and an ECDSA P-256 key")
+	domain := fs.String("domain", "", "instead of --cover: the relay is its own cover site for this name (its DNS points here), "+
+		"a small site served under a certificate run obtains by ACME on port 443")
+	siteDir := fs.String("site", "", "with --domain: directory of the relay's own site (default: site in DIR; an empty one gets a default site)")
+	acmeCA := fs.String("acme-ca", "", "with --domain: ACME directory URL (default: Let's Encrypt)")
+	acmeEmail := fs.String("acme-email", "", "with --domain: contact address given to the CA (default: none)")
+	acmeRoots := fs.String("acme-roots", "", "with --domain: PEM file of the roots trusted for the CA's HTTPS (test labs, such as pebble)")
 	if _, err := parse(fs, args); err != nil {
 		return err
 	}
 	if *dir == "" {
 		return errors.New("init: --dir is required")
 	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 	s := relay.Settings{Listen: *listen, Public: public, Cover: *cover, SNI: *sni, DC: dcs, Allow: allow}
+	if *domain != "" {
+		if set["cover"] {
+			return errors.New("init: --cover and --domain: give one, a cover site or the relay's own site")
+		}
+		if err := domainSettings(&s, *domain, *siteDir, *acmeCA, *acmeEmail, *acmeRoots); err != nil {
+			return fmt.Errorf("init: %w", err)
+		}
+	} else {
+		for _, f := range []string{"site", "acme-ca", "acme-email", "acme-roots"} {
+			if set[f] {
+				return fmt.Errorf("init: --%s: only with --domain", f)
+			}
+		}
+	}
 	if err := s.Validate(); err != nil {
 		return fmt.Errorf("init: %w", err)
 	}
@@ -225,8 +284,10 @@ func cmdInit(args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("init: --quic %q: want auto, on or off", *quicMode)
 	}
 	s.NoQUIC = *quicMode == "off"
+	// With --domain the key is certmagic's default kind, ECDSA P-256, so
+	// that the relay's signatures have the size of its site's.
 	keyKind := "ECDSA-P256"
-	if !*offline {
+	if !*offline && !s.DomainMode() {
 		// Refuse an existing relay before contacting anyone.
 		if _, err := os.Stat(filepath.Join(*dir, relay.SettingsFile)); err == nil {
 			return fmt.Errorf("init: %s already exists; refusing to overwrite a relay", filepath.Join(*dir, relay.SettingsFile))
@@ -237,12 +298,74 @@ func cmdInit(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if s.DomainMode() {
+		if err := selfsite.WriteDefaultSite(d.SitePath()); err != nil {
+			return fmt.Errorf("init: %w", err)
+		}
+	}
 	e, err := access.Add(d.KeysPath(), *name, access.Entry{})
 	if err != nil {
 		return err
 	}
 	fmt.Fprintf(stdout, "Relay created in %s. Start it with: merpati-relay run --dir %s\n\n", *dir, *dir)
+	if s.DomainMode() {
+		printDomainSteps(stdout, d)
+	}
 	return printLink(stdout, d, e)
+}
+
+// domainSettings makes s the settings of a relay that is its own cover
+// site for domain, as init --domain does: no cover, public defaulting to
+// domain at the listen port, and the site's directory and the roots file
+// as absolute paths (relay.json takes relative ones from the relay
+// directory, the command line from the working directory). It contacts
+// nobody; it checks that the roots file, if any, holds certificates.
+func domainSettings(s *relay.Settings, domain, site, ca, email, roots string) error {
+	s.Cover, s.Domain, s.ACMECA, s.ACMEEmail = "", domain, ca, email
+	if len(s.Public) == 0 {
+		_, port, err := net.SplitHostPort(s.Listen)
+		if err != nil {
+			return fmt.Errorf("--listen %q: %w", s.Listen, err)
+		}
+		s.Public = []string{net.JoinHostPort(domain, port)}
+	}
+	var err error
+	if site != "" {
+		if s.Site, err = filepath.Abs(site); err != nil {
+			return fmt.Errorf("--site: %w", err)
+		}
+	}
+	if roots != "" {
+		if s.ACMERoots, err = filepath.Abs(roots); err != nil {
+			return fmt.Errorf("--acme-roots: %w", err)
+		}
+		pem, err := os.ReadFile(s.ACMERoots)
+		if err != nil {
+			return fmt.Errorf("--acme-roots: %w", err)
+		}
+		if !x509.NewCertPool().AppendCertsFromPEM(pem) {
+			return fmt.Errorf("--acme-roots: %s holds no PEM certificate", s.ACMERoots)
+		}
+	}
+	return nil
+}
+
+// printDomainSteps tells the operator of a relay that is its own cover
+// site what to do before run.
+func printDomainSteps(w io.Writer, d *relay.Dir) {
+	s := &d.Settings
+	ca := s.ACMECA
+	if ca == "" {
+		ca = selfsite.LetsEncrypt + " (Let's Encrypt)"
+	}
+	fmt.Fprintf(w, "The relay is its own cover site for %s: everyone without a key sees the site in %s\n"+
+		"(a plausible default; edit or replace its files as you like, they are served as they are).\n"+
+		"Before run:\n"+
+		"  - point the DNS A record (and AAAA, if this host has IPv6) of %s at this host;\n"+
+		"  - open port 443 on TCP and UDP to the Internet (the CA checks %s:443 from outside, over TLS-ALPN-01).\n"+
+		"run then obtains the site's certificate from %s and renews it;\n"+
+		"until it has one, the site shows a self-signed certificate, and run's log says what to check.\n\n",
+		s.ServerName(), d.SitePath(), s.ServerName(), s.ServerName(), ca)
 }
 
 // learnCover contacts the cover site of s as init does: it learns its TLS
@@ -356,6 +479,21 @@ func cmdRun(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	cfg.Logger = log
 	cfg.Metrics = metrics.New(cfg.Keys.Usage)
+	var site *selfsite.Site
+	if d.Settings.DomainMode() {
+		// The relay's own cover site: on loopback, before the relay, whose
+		// cover it is; closed after the relay and the helpers below.
+		sc, err := d.SelfSiteConfig(log)
+		if err != nil {
+			return fmt.Errorf("run: %w", err)
+		}
+		if site, err = selfsite.Start(ctx, sc); err != nil {
+			return fmt.Errorf("run: the relay's own site: %w", err)
+		}
+		defer site.Close()
+		cfg.Cover = site.TCPAddr().String()
+		log.Info("cover: the relay's own site for "+sc.Domain, "site", sc.Dir, "addr", cfg.Cover)
+	}
 	// The helpers below end with the relay, and run returns only after
 	// them.
 	ctx, cancel := context.WithCancel(ctx)
@@ -370,16 +508,21 @@ func cmdRun(ctx context.Context, args []string, stderr io.Writer) error {
 	if err := serveAdmin(ctx, d.Path, cfg.Metrics, log, &wg); err != nil {
 		log.Warn("no live status (merpati-relay status)", "err", err)
 	}
-	wg.Go(func() {
-		if err := d.CheckCover(ctx); err != nil && ctx.Err() == nil {
-			log.Error("cover site unreachable: probes will see connections closed right after their ClientHello, "+
-				"which gives the relay away; bring the site up, or point \"cover\" in relay.json at one that is up",
-				"err", err)
-		}
-	})
+	if site == nil {
+		wg.Go(func() {
+			if err := d.CheckCover(ctx); err != nil && ctx.Err() == nil {
+				log.Error("cover site unreachable: probes will see connections closed right after their ClientHello, "+
+					"which gives the relay away; bring the site up, or point \"cover\" in relay.json at one that is up",
+					"err", err)
+			}
+		})
+	}
 	rl, err := relay.New(cfg)
 	if err != nil {
 		return err
+	}
+	if site != nil {
+		wg.Go(func() { obtainCertificate(ctx, rl, site, &d.Settings, log) })
 	}
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
@@ -407,6 +550,76 @@ func cmdRun(ctx context.Context, args []string, stderr io.Writer) error {
 		}
 	})
 	return rl.Run(ctx)
+}
+
+// Retries of the relay's own site's first certificate: the wait doubles
+// from obtainRetryMin to obtainRetryMax, less up to a quarter at random
+// (so that relays that failed together do not retry together).
+const (
+	obtainRetryMin = time.Minute
+	obtainRetryMax = time.Hour
+)
+
+// obtainCertificate has the relay's own site obtain its certificate (or
+// load or renew the stored one) once the relay listens, since the CA's
+// check comes through the relay's front door, retrying until it succeeds
+// or ctx is done, and logging what to check on each failure. Then key
+// holders' flight is learned anew from the site's, which now sends the
+// real certificate's chain.
+func obtainCertificate(ctx context.Context, rl *relay.Relay, site *selfsite.Site, s *relay.Settings, log *slog.Logger) {
+	select {
+	case <-rl.Ready():
+	case <-ctx.Done():
+		return
+	}
+	name := s.ServerName()
+	ca := s.ACMECA
+	if ca == "" {
+		ca = selfsite.LetsEncrypt
+	}
+	for delay := obtainRetryMin; ; delay = min(2*delay, obtainRetryMax) {
+		err := site.Obtain(ctx)
+		if err == nil {
+			break
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		wait := delay - rand.N(delay/4)
+		log.Error("cover site certificate not obtained, retrying: check that the DNS A/AAAA records of "+name+
+			" point at this host, that port 443 (TCP) of "+name+" reaches this relay from the Internet (firewall, "+
+			"provider, NAT), and that this host reaches the CA",
+			"domain", name, "ca", ca, "retry_in", wait.Round(time.Second), "err", err)
+		select {
+		case <-time.After(wait):
+		case <-ctx.Done():
+			return
+		}
+	}
+	rl.LearnCover(ctx)
+	leaf, err := servedCertificate(ctx, site.TCPAddr().String(), name)
+	if err != nil {
+		if ctx.Err() == nil {
+			log.Warn("cover site certificate not read back", "domain", name, "err", err)
+		}
+		return
+	}
+	log.Info("cover site certificate in force", "domain", name, "issuer", leaf.Issuer.String(),
+		"expires", leaf.NotAfter.UTC().Format(time.RFC3339))
+}
+
+// servedCertificate returns the certificate the TLS server at addr serves
+// for name (not verified).
+func servedCertificate(ctx context.Context, addr, name string) (*x509.Certificate, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	d := tls.Dialer{Config: &tls.Config{ServerName: name, InsecureSkipVerify: true}}
+	c, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	return c.(*tls.Conn).ConnectionState().PeerCertificates[0], nil
 }
 
 func cmdLink(sub string, args []string, stdout, stderr io.Writer) error {
