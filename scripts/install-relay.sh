@@ -2,6 +2,12 @@
 # Installs a merpati relay as a systemd service on Debian or Ubuntu, as root:
 #
 #   scripts/install-relay.sh --public relay.example.net:443 --cover https://www.example.org
+#   scripts/install-relay.sh --domain relay.example.net
+#
+# The second form needs no web site of the operator's: the relay serves a
+# small site of its own under relay.example.net, with a certificate it
+# obtains by ACME (Let's Encrypt) on port 443 once DNS points the name at
+# this host; the site's files are in /var/lib/merpati/site.
 #
 # It builds merpati-relay from this source tree (go build; or takes
 # --binary PATH), installs it as /usr/local/bin/merpati-relay, creates the
@@ -10,7 +16,7 @@
 # installs the hardened unit merpati-relay.service, sets the UDP buffer
 # sizes quic-go asks for (/etc/sysctl.d/60-merpati-relay.conf), runs
 # `merpati-relay init` with every argument it does not know itself (--public,
-# --cover, --sni, --listen, --quic, --offline ...) when the relay directory
+# --cover, --domain, --sni, --listen, --quic, --offline ...) when the relay directory
 # is new, and starts the service. init prints the first share link and its
 # QR code.
 #
