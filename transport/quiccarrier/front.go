@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/quic-go/quic-go"
+	"golang.org/x/net/ipv4"
+	"golang.org/x/net/ipv6"
 
 	"github.com/merpati/merpati/transport"
 	"github.com/merpati/merpati/transport/deadline"
@@ -134,8 +136,19 @@ type frontDoor struct {
 
 type datagram struct {
 	b    []byte
+	bp   *[]byte // b's buffer, from datagramPool; nil if b is its own
 	addr *net.UDPAddr
 }
+
+// Datagrams for quic-go wait in buffers of a pool (a datagram larger than
+// a buffer gets one of its own).
+const datagramBuf = 2048
+
+var datagramPool = sync.Pool{New: func() any { b := make([]byte, datagramBuf); return &b }}
+
+// readBatch is how many datagrams one system call reads, where the socket
+// allows (recvmmsg on Linux): quic-go does the same on a bare socket.
+const readBatch = 16
 
 var _ net.PacketConn = (*frontDoor)(nil)
 
@@ -161,7 +174,11 @@ func (f *frontDoor) ReadFrom(b []byte) (int, net.Addr, error) {
 	if err != nil {
 		return 0, nil, err
 	}
-	return copy(b, d.b), d.addr, nil
+	n := copy(b, d.b)
+	if d.bp != nil {
+		datagramPool.Put(d.bp)
+	}
+	return n, d.addr, nil
 }
 
 // WriteTo sends quic-go's datagrams from the relay's socket.
@@ -217,8 +234,31 @@ func (f *frontDoor) SetWriteBuffer(n int) error {
 	return errors.ErrUnsupported
 }
 
+// A batchReader reads several datagrams in one system call: the
+// ipv4/ipv6 PacketConn of a UDP socket.
+type batchReader interface {
+	ReadBatch(ms []ipv4.Message, flags int) (int, error)
+}
+
+// newBatchReader returns a batchReader for pc, or nil if it is not a UDP
+// socket.
+func newBatchReader(pc net.PacketConn) batchReader {
+	uc, ok := pc.(*net.UDPConn)
+	if !ok {
+		return nil
+	}
+	if la, ok := uc.LocalAddr().(*net.UDPAddr); ok && la.IP.To4() != nil {
+		return ipv4.NewPacketConn(uc)
+	}
+	return ipv6.NewPacketConn(uc)
+}
+
 // readLoop reads the socket until it closes.
 func (f *frontDoor) readLoop() {
+	if br := newBatchReader(f.pc); br != nil {
+		f.readBatches(br)
+		return
+	}
 	buf := make([]byte, maxDatagram)
 	for {
 		n, addr, err := f.pc.ReadFrom(buf)
@@ -242,6 +282,37 @@ func (f *frontDoor) readLoop() {
 			continue
 		}
 		f.dispatch(buf[:n], ua)
+	}
+}
+
+// readBatches is readLoop on a socket that reads readBatch datagrams at a
+// time.
+func (f *frontDoor) readBatches(br batchReader) {
+	ms := make([]ipv4.Message, readBatch)
+	for i := range ms {
+		ms[i].Buffers = [][]byte{make([]byte, maxDatagram)}
+	}
+	for {
+		n, err := br.ReadBatch(ms, 0)
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			select {
+			case <-f.closed:
+				return
+			default:
+			}
+			f.log.Debug("quic front door: read", "err", err)
+			time.Sleep(time.Millisecond) // as in readLoop
+			continue
+		}
+		for i := range ms[:n] {
+			if ua, ok := ms[i].Addr.(*net.UDPAddr); ok {
+				f.dispatch(ms[i].Buffers[0][:ms[i].N], ua)
+			}
+			ms[i].Addr = nil
+		}
 	}
 }
 
@@ -436,9 +507,19 @@ func (f *frontDoor) keyOf(addr net.Addr) (transport.Key, [32]byte) {
 // deliver queues d for quic-go; a full queue drops it, as a full socket
 // buffer would.
 func (f *frontDoor) deliver(d []byte, addr *net.UDPAddr) {
+	dg := datagram{addr: addr}
+	if len(d) <= datagramBuf {
+		dg.bp = datagramPool.Get().(*[]byte)
+		dg.b = append((*dg.bp)[:0], d...)
+	} else {
+		dg.b = append([]byte(nil), d...)
+	}
 	select {
-	case f.in <- datagram{append([]byte(nil), d...), addr}:
+	case f.in <- dg:
 	default:
+		if dg.bp != nil {
+			datagramPool.Put(dg.bp)
+		}
 	}
 }
 
