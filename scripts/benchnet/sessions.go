@@ -1,0 +1,181 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/quic-go/quic-go"
+
+	"github.com/merpati/merpati/transport"
+	"github.com/merpati/merpati/transport/auth"
+	"github.com/merpati/merpati/transport/link"
+	"github.com/merpati/merpati/transport/quiccarrier"
+	"github.com/merpati/merpati/transport/tlscarrier"
+)
+
+// openConcurrency is how many sessions the driver opens at a time: under
+// the relay's cap of unauthenticated connections per source network
+// (tlscarrier.DefaultMaxUnauthPerSource, 64).
+const openConcurrency = 8
+
+// cmdSessions is the many-sessions driver: it opens idle carrier sessions
+// (tls, quic: with the link's key, straight to the relay) or idle
+// connections (plain-tls, plain-quic: to the tunnel server) on command and
+// holds them. Commands, one a line on standard input:
+//
+//	open N    open N more; answers "opened N SECONDS" or "error ..."
+//	count     answers "sessions N", those still alive
+//
+// End of input closes them all and ends the process.
+func cmdSessions(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("sessions", stderr)
+	kind := fs.String("kind", "", "tls, plain-tls, quic or plain-quic (required)")
+	addr := fs.String("addr", "", "relay or tunnel server address (required)")
+	linkText := fs.String("link", "", "merpati:// link (tls, quic)")
+	pin := fs.String("pin", "", "hex SHA-256 of the tunnel server certificate's SubjectPublicKeyInfo (plain-tls, plain-quic)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	dial, err := sessionDialer(*kind, *addr, *linkText, *pin)
+	if err != nil {
+		return fmt.Errorf("sessions: %w", err)
+	}
+	var (
+		mu     sync.Mutex
+		closer []func()
+		alive  []func() bool
+	)
+	defer func() {
+		mu.Lock()
+		defer mu.Unlock()
+		var wg sync.WaitGroup
+		for _, c := range closer {
+			wg.Go(c)
+		}
+		wg.Wait()
+	}()
+	sc := bufio.NewScanner(os.Stdin)
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		switch {
+		case len(f) == 2 && f[0] == "open":
+			n, err := strconv.Atoi(f[1])
+			if err != nil || n <= 0 {
+				fmt.Fprintf(stdout, "error bad count %q\n", f[1])
+				continue
+			}
+			start := time.Now()
+			var next atomic.Int64
+			var firstErr atomic.Value
+			var wg sync.WaitGroup
+			for range min(openConcurrency, n) {
+				wg.Go(func() {
+					for next.Add(1) <= int64(n) && ctx.Err() == nil {
+						dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+						c, ok, err := dial(dctx)
+						cancel()
+						if err != nil {
+							firstErr.CompareAndSwap(nil, err)
+							return
+						}
+						mu.Lock()
+						closer = append(closer, c)
+						alive = append(alive, ok)
+						mu.Unlock()
+					}
+				})
+			}
+			wg.Wait()
+			if err, _ := firstErr.Load().(error); err != nil {
+				fmt.Fprintf(stdout, "error %v\n", err)
+				continue
+			}
+			fmt.Fprintf(stdout, "opened %d %.6f\n", n, time.Since(start).Seconds())
+		case len(f) == 1 && f[0] == "count":
+			mu.Lock()
+			live := 0
+			for _, ok := range alive {
+				if ok() {
+					live++
+				}
+			}
+			mu.Unlock()
+			fmt.Fprintf(stdout, "sessions %d\n", live)
+		default:
+			fmt.Fprintf(stdout, "error unknown command %q\n", sc.Text())
+		}
+	}
+	return nil
+}
+
+// A sessionDial opens one session and returns how to close it and how to
+// tell whether it is still alive.
+type sessionDial func(ctx context.Context) (closeFn func(), alive func() bool, err error)
+
+func sessionDialer(kind, addr, linkText, pin string) (sessionDial, error) {
+	if addr == "" {
+		return nil, fmt.Errorf("--addr is required")
+	}
+	switch kind {
+	case "tls", "quic":
+		l, err := link.Parse(linkText)
+		if err != nil {
+			return nil, fmt.Errorf("--link: %w", err)
+		}
+		var d transport.Dialer
+		if kind == "tls" {
+			d, err = tlscarrier.NewDialer(tlscarrier.ClientConfig{
+				Addr: addr, ServerName: l.SNI, Pin: l.Pin, Key: auth.Key(l.Key), AuthKey: l.AuthKey,
+			})
+		} else {
+			d, err = quiccarrier.NewDialer(quiccarrier.ClientConfig{
+				Addr: addr, ServerName: l.SNI, Pin: l.Pin, Key: auth.Key(l.Key), AuthKey: l.AuthKey,
+			})
+		}
+		if err != nil {
+			return nil, err
+		}
+		return func(ctx context.Context) (func(), func() bool, error) {
+			s, err := d.Dial(ctx)
+			if err != nil {
+				return nil, nil, err
+			}
+			return func() { s.Close() }, func() bool { return s.Err() == nil }, nil
+		}, nil
+	case "plain-tls":
+		conf, err := pinnedConfig(pin, tunnelName, tunnelALPN)
+		if err != nil {
+			return nil, err
+		}
+		d := &tls.Dialer{Config: conf}
+		return func(ctx context.Context) (func(), func() bool, error) {
+			c, err := d.DialContext(ctx, "tcp", addr)
+			if err != nil {
+				return nil, nil, err
+			}
+			return func() { c.Close() }, func() bool { return true }, nil
+		}, nil
+	case "plain-quic":
+		conf, err := pinnedConfig(pin, tunnelName, tunnelALPN)
+		if err != nil {
+			return nil, err
+		}
+		return func(ctx context.Context) (func(), func() bool, error) {
+			c, err := quic.DialAddr(ctx, addr, conf, quicTunnelConfig())
+			if err != nil {
+				return nil, nil, err
+			}
+			return func() { c.CloseWithError(0, "") }, func() bool { return c.Context().Err() == nil }, nil
+		}, nil
+	}
+	return nil, fmt.Errorf("--kind %q: want tls, plain-tls, quic or plain-quic", kind)
+}
