@@ -46,15 +46,37 @@ type closeWriter interface{ CloseWrite() error }
 
 // copyHalf copies src to dst. On a clean EOF from src it half-closes dst;
 // on any other error it aborts both conns.
+//
+// It reads into a small buffer of its own and takes a big one from the
+// pool only while reads fill the small one, giving it back after a short
+// read: a relay's many quiet streams (Telegram keeps connections open for
+// hours) then hold 2 KiB each, not a big buffer per direction.
 func copyHalf(dst, src net.Conn, count func(int), abort func()) int64 {
-	bufp := bufPool.Get().(*[]byte)
-	defer bufPool.Put(bufp)
-	buf := *bufp
+	if sp, ok := src.(Splicer); ok {
+		cw := countingWriter{w: dst, count: count}
+		total, err := sp.SpliceTo(&cw)
+		if err == nil {
+			if c, ok := dst.(closeWriter); ok && c.CloseWrite() == nil {
+				return total
+			}
+		}
+		abort()
+		return total
+	}
+	size := bigBuf
 	if ws, ok := dst.(WriteSizer); ok {
-		if n := ws.WriteSize(); n > 0 && n < len(buf) {
-			buf = buf[:n]
+		if n := ws.WriteSize(); n > 0 && n < size {
+			size = n
 		}
 	}
+	small := make([]byte, smallBuf)
+	buf := small
+	var bufp *[]byte
+	defer func() {
+		if bufp != nil {
+			bufPool.Put(bufp)
+		}
+	}()
 	var total int64
 	for {
 		n, rerr := src.Read(buf)
@@ -68,6 +90,14 @@ func copyHalf(dst, src net.Conn, count func(int), abort func()) int64 {
 				abort()
 				return total
 			}
+		}
+		switch {
+		case bufp == nil && n == len(buf):
+			bufp = bufPool.Get().(*[]byte)
+			buf = (*bufp)[:size]
+		case bufp != nil && n < size/8:
+			bufPool.Put(bufp)
+			bufp, buf = nil, small
 		}
 		if rerr != nil {
 			if errors.Is(rerr, io.EOF) {
@@ -83,4 +113,25 @@ func copyHalf(dst, src net.Conn, count func(int), abort func()) int64 {
 	}
 }
 
-var bufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+// countingWriter calls count with the bytes of each write to w.
+type countingWriter struct {
+	w     io.Writer
+	count func(int)
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	if c.count != nil && n > 0 {
+		c.count(n)
+	}
+	return n, err
+}
+
+// Buffer sizes of copyHalf: the big one is what a TLS tunnel's copy loop
+// reads at a time, 64 KiB.
+const (
+	smallBuf = 2 << 10
+	bigBuf   = 64 << 10
+)
+
+var bufPool = sync.Pool{New: func() any { b := make([]byte, bigBuf); return &b }}

@@ -24,6 +24,7 @@ package transport
 import (
 	"context"
 	"errors"
+	"io"
 	"net"
 	"time"
 )
@@ -76,6 +77,16 @@ type Stream interface {
 	net.Conn
 	// CloseWrite half-closes the stream: no more bytes will be written.
 	CloseWrite() error
+}
+
+// A Splicer is a conn, typically a [Stream], that writes what it reads
+// straight from the buffers its carrier received it in, sparing [Splice] a
+// copy.
+type Splicer interface {
+	// SpliceTo writes what the conn reads to w until EOF, when it
+	// returns nil as io.Copy does, or until the first read or write
+	// error, which it returns.
+	SpliceTo(w io.Writer) (int64, error)
 }
 
 // A WriteSizer is a conn, typically a [Stream], that carries writes of a

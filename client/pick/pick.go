@@ -69,6 +69,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"slices"
@@ -917,7 +918,11 @@ func (s *countedSession) OpenStream(ctx context.Context) (transport.Stream, erro
 	if err != nil {
 		return nil, err
 	}
-	return &countedStream{Stream: st, a: s.a}, nil
+	cs := &countedStream{Stream: st, a: s.a}
+	if _, ok := st.(transport.Splicer); ok {
+		return splicingStream{cs}, nil
+	}
+	return cs, nil
 }
 
 type countedStream struct {
@@ -934,5 +939,35 @@ func (s *countedStream) Read(b []byte) (int, error) {
 func (s *countedStream) Write(b []byte) (int, error) {
 	n, err := s.Stream.Write(b)
 	s.a.sent.Add(int64(n))
+	return n, err
+}
+
+// WriteSize passes on the carrier stream's preferred write size (see
+// [transport.WriteSizer]).
+func (s *countedStream) WriteSize() int {
+	if ws, ok := s.Stream.(transport.WriteSizer); ok {
+		return ws.WriteSize()
+	}
+	return 0
+}
+
+// A splicingStream is a countedStream whose carrier stream is a
+// [transport.Splicer].
+type splicingStream struct{ *countedStream }
+
+// SpliceTo is the carrier stream's, counted.
+func (s splicingStream) SpliceTo(w io.Writer) (int64, error) {
+	return s.Stream.(transport.Splicer).SpliceTo(gotWriter{w, s.a})
+}
+
+// gotWriter counts what it writes to w as received by a.
+type gotWriter struct {
+	w io.Writer
+	a *Active
+}
+
+func (g gotWriter) Write(p []byte) (int, error) {
+	n, err := g.w.Write(p)
+	g.a.got.Add(int64(n))
 	return n, err
 }

@@ -16,6 +16,9 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime/pprof"
+	"strconv"
+	"strings"
 	"syscall"
 )
 
@@ -29,8 +32,24 @@ type RunFunc func(ctx context.Context, args []string, stdout, stderr io.Writer) 
 // and a context cancelled on an interrupt or SIGTERM, and returns the exit
 // status for os.Exit: 0 on success, 2 for [flag.ErrHelp], and 1 for any
 // other error, which it prints to stderr as "name: error".
+//
+// With the environment variable MERPATI_CPUPROFILE set to a file name, it
+// writes a CPU profile of the run there (for go tool pprof); "%p" in the
+// name stands for the process ID, for several processes at once.
 func Main(name string, run RunFunc) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	if path := os.Getenv("MERPATI_CPUPROFILE"); path != "" {
+		path = strings.ReplaceAll(path, "%p", strconv.Itoa(os.Getpid()))
+		if f, err := os.Create(path); err != nil {
+			fmt.Fprintln(os.Stderr, name+": cpu profile:", err)
+		} else if err := pprof.StartCPUProfile(f); err != nil {
+			fmt.Fprintln(os.Stderr, name+": cpu profile:", err)
+			f.Close()
+		} else {
+			defer f.Close()
+			defer pprof.StopCPUProfile()
+		}
+	}
 	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
 	return exitStatus(name, err, os.Stderr)

@@ -50,7 +50,7 @@ const (
 	maxQueuedCtrl = 4096        // peer-provoked frames (PING ACK, SETTINGS ACK, RST_STREAM) queued before we give up
 	writeChunk    = 256 << 10   // most bytes one stream hands the writer at a time, for fairness
 	closeTimeout  = time.Second // how long Close waits to flush its GOAWAY
-	readBufSize   = 64 << 10    // size of the connection read buffer
+	readBufSize   = 4 << 10     // size of the connection read buffer: smaller than a DATA payload, which then bypasses it (see readData)
 	writeBufSize  = 256 << 10   // size of the connection write buffer: one flush carries several frames
 )
 
@@ -59,7 +59,7 @@ const (
 // fill recordsPerWrite of them.
 const (
 	tlsRecord       = 16384
-	recordsPerWrite = 2
+	recordsPerWrite = 4
 )
 
 // Padding of the first records of each stream (RFC 9113 section 6.1 and

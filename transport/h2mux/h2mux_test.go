@@ -683,7 +683,7 @@ func TestFlowControl(t *testing.T) {
 		}
 
 		ss.mu.Lock()
-		buffered := len(slowSrv.buf) - slowSrv.roff
+		buffered := slowSrv.recv.n
 		ss.mu.Unlock()
 		if buffered > win {
 			t.Fatalf("slow stream buffered %d bytes, window is %d", buffered, win)
@@ -984,13 +984,14 @@ func TestWriteThenReset(t *testing.T) {
 }
 
 // TestWriteSize checks that a write of WriteSize bytes, framed, fills
-// whole TLS records: 2 × 16384 bytes with the frame headers.
+// whole TLS records: 4 × 16384 bytes with the frame headers.
 func TestWriteSize(t *testing.T) {
 	for _, tc := range []struct{ maxFrame, want int }{
-		{minFrameSize, 32750}, // two frames: 16384 + 16366 payload
-		{1 << 20, 32759},      // one frame
-		{maxFrameSize, 32759}, // one frame
-		{32759, 32759},        // exactly one frame
+		{minFrameSize, 65500}, // four frames: 3 × 16384 + 16348 payload
+		{1 << 20, 65527},      // one frame
+		{maxFrameSize, 65527}, // one frame
+		{65527, 65527},        // exactly one frame
+		{32759, 65518},        // two frames
 	} {
 		n := writeSizeFor(tc.maxFrame)
 		if n != tc.want {

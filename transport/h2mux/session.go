@@ -38,10 +38,11 @@ type Session struct {
 	// Read side, owned by the readLoop goroutine. br is nil while the
 	// loop waits for the peer with nothing buffered (see fillReader);
 	// src feeds br the bytes read meanwhile, then the connection.
-	br    *bufio.Reader
-	src   pendingReader
-	first [1]byte
-	fr    *http2.Framer
+	br      *bufio.Reader
+	src     pendingReader
+	first   [1]byte
+	scratch [directPayload]byte // small DATA payloads, on their way to a stream
+	fr      *http2.Framer
 
 	// Write side, owned by the writeLoop goroutine. bw is nil while the
 	// writer has nothing to write (see takeWriter).
@@ -1309,42 +1310,59 @@ func readErr(err error) error {
 	return fmt.Errorf("h2mux: read frame: %w", err)
 }
 
-// readData handles the next frame if it is DATA that fits in the read
-// buffer, straight from the buffer (the framer would copy it into its
-// own, which it then keeps for the session's life), and reports whether
-// it did. Every other frame, and any error reading the header, is left
-// to the framer.
+// readData handles the next frame if it is DATA, and reports whether it
+// did; every other frame, and any error reading the header, is left to
+// the framer (which would copy a payload into a buffer of its own, kept
+// for the session's life). A large payload is read into a chunk of its
+// own (see recvBuf), which the read buffer, smaller than the payload,
+// lets the connection fill directly; a small one into s.scratch.
 func (s *Session) readData() (bool, error) {
 	h, err := s.br.Peek(frameHeaderSz)
 	if err != nil || http2.FrameType(h[3]) != http2.FrameData {
 		return false, nil
 	}
 	length := int(h[0])<<16 | int(h[1])<<8 | int(h[2])
-	if length > s.cfg.MaxFrameSize || frameHeaderSz+length > s.br.Size() {
+	if length > s.cfg.MaxFrameSize {
 		return false, nil
 	}
 	flags := http2.Flags(h[4])
 	id := binary.BigEndian.Uint32(h[5:]) & maxStreamID
-	buf, err := s.br.Peek(frameHeaderSz + length)
-	if err != nil {
-		return false, nil
-	}
 	// Section 6.1.
 	if id == 0 {
 		return false, connError(http2.ErrCodeProtocol, "DATA on stream 0")
 	}
-	data := buf[frameHeaderSz:]
+	s.br.Discard(frameHeaderSz)
+	var c *chunk
+	var payload []byte
+	if length >= directPayload {
+		c = newChunk(length)
+		payload = c.data[:length]
+	} else {
+		payload = s.scratch[:length]
+	}
+	if _, err := io.ReadFull(s.br, payload); err != nil {
+		if c != nil {
+			freeChunk(c)
+		}
+		return true, readErr(err)
+	}
+	data, off := payload, 0
 	if flags.Has(http2.FlagDataPadded) {
 		if len(data) == 0 || int(data[0]) > len(data)-1 {
-			return false, connError(http2.ErrCodeProtocol, "DATA padding longer than the frame")
+			if c != nil {
+				freeChunk(c)
+			}
+			return true, connError(http2.ErrCodeProtocol, "DATA padding longer than the frame")
 		}
-		data = data[1 : len(data)-int(data[0])]
+		data, off = data[1:len(data)-int(data[0])], 1
+	}
+	if c != nil {
+		c.off, c.end = off, off+len(data)
 	}
 	s.mu.Lock()
 	s.heardLocked()
-	err = s.onData(id, int64(length), data, flags.Has(http2.FlagDataEndStream))
+	err = s.onData(id, int64(length), data, flags.Has(http2.FlagDataEndStream), c)
 	s.mu.Unlock()
-	s.br.Discard(frameHeaderSz + length)
 	return true, err
 }
 
@@ -1395,7 +1413,7 @@ func (s *Session) handleFrame(f http2.Frame) error {
 	s.heardLocked()
 	switch f := f.(type) {
 	case *http2.DataFrame:
-		return s.onData(f.StreamID, int64(f.Length), f.Data(), f.StreamEnded())
+		return s.onData(f.StreamID, int64(f.Length), f.Data(), f.StreamEnded(), nil)
 	case *http2.MetaHeadersFrame:
 		return s.onHeaders(f)
 	case *http2.SettingsFrame:
@@ -1472,8 +1490,7 @@ func (s *Session) failStreamLocked(st *Stream, err error) {
 
 // discardLocked drops st's unread data, returning its connection window.
 func (s *Session) discardLocked(st *Stream) {
-	n := len(st.buf) - st.roff
-	st.buf, st.roff = nil, 0
+	n := st.recv.reset()
 	st.finished = true // no stream WINDOW_UPDATE for what we drop
 	s.consumedLocked(st, int64(n))
 }
@@ -1494,8 +1511,15 @@ func (s *Session) finishLocked(st *Stream) {
 
 // onData handles a DATA frame on stream id of length bytes (section
 // 6.9.1: the whole payload, padding included, is flow controlled) that
-// carries data, which it copies.
-func (s *Session) onData(id uint32, n int64, data []byte, end bool) error {
+// carries data. If c is not nil, data is its unread part, and onData keeps
+// c or frees it; otherwise it copies data.
+func (s *Session) onData(id uint32, n int64, data []byte, end bool, c *chunk) error {
+	stored := false
+	defer func() {
+		if c != nil && !stored {
+			freeChunk(c)
+		}
+	}()
 	if n > s.connRecv {
 		return connError(http2.ErrCodeFlowControl, "DATA of %d bytes beyond connection window %d", n, s.connRecv)
 	}
@@ -1520,12 +1544,13 @@ func (s *Session) onData(id uint32, n int64, data []byte, end bool) error {
 		return connError(http2.ErrCodeFlowControl, "DATA of %d bytes beyond stream %d window %d", n, id, st.recvAvail)
 	}
 	st.recvAvail -= n
-	if len(data) > 0 {
-		if st.roff > 0 && len(st.buf)+len(data) > cap(st.buf) {
-			m := copy(st.buf, st.buf[st.roff:])
-			st.buf, st.roff = st.buf[:m], 0
-		}
-		st.buf = append(st.buf, data...)
+	switch {
+	case len(data) == 0:
+	case c != nil && len(data) > st.recv.room():
+		st.recv.push(c) // data is c's unread part
+		stored = true
+	default:
+		st.recv.append(data)
 	}
 	if end {
 		st.remoteEnd = true

@@ -1,6 +1,7 @@
 package h2mux
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -30,24 +31,23 @@ type Stream struct {
 	wdone chan struct{} // cap 1: the writer finished our queued DATA
 
 	// Everything below is guarded by s.mu.
-	id          uint32 // 0 until a client stream's HEADERS is queued
-	headersSent bool   // our HEADERS (request or response) is queued
-	gotResponse bool   // client: the peer's response HEADERS arrived
-	writeEnd    bool   // our END_STREAM is queued
-	remoteEnd   bool   // the peer's END_STREAM arrived
-	localClosed bool   // Close was called
-	finished    bool   // forgotten by the session: no more frames either way
-	slot        bool   // holds one of the session's concurrency slots
-	accepted    bool   // handed to the application
-	readyQueued bool   // in s.ready, waiting for its reader to be woken
-	resetErr    error  // why the stream was cut short, if it was
-	writeReset  error  // set when the peer reset after its END_STREAM: only writes fail
-	buf         []byte // received data; unread part is buf[roff:]
-	roff        int
-	recvAvail   int64 // bytes the peer may still send (our advertised window)
-	unacked     int64 // bytes read but not yet returned by WINDOW_UPDATE
-	sendWin     int64 // bytes we may still send
-	padWrites   int   // DATA writes still to be padded at random (see paddedWrites)
+	id          uint32  // 0 until a client stream's HEADERS is queued
+	headersSent bool    // our HEADERS (request or response) is queued
+	gotResponse bool    // client: the peer's response HEADERS arrived
+	writeEnd    bool    // our END_STREAM is queued
+	remoteEnd   bool    // the peer's END_STREAM arrived
+	localClosed bool    // Close was called
+	finished    bool    // forgotten by the session: no more frames either way
+	slot        bool    // holds one of the session's concurrency slots
+	accepted    bool    // handed to the application
+	readyQueued bool    // in s.ready, waiting for its reader to be woken
+	resetErr    error   // why the stream was cut short, if it was
+	writeReset  error   // set when the peer reset after its END_STREAM: only writes fail
+	recv        recvBuf // received data not yet read
+	recvAvail   int64   // bytes the peer may still send (our advertised window)
+	unacked     int64   // bytes read but not yet returned by WINDOW_UPDATE
+	sendWin     int64   // bytes we may still send
+	padWrites   int     // DATA writes still to be padded at random (see paddedWrites)
 	rdl, wdl    deadline
 }
 
@@ -139,10 +139,10 @@ func (st *Stream) ID() uint32 {
 }
 
 // WriteSize returns the size of a Write whose DATA frames, headers
-// included, fill two TLS records of the largest size exactly (32,750
+// included, fill four TLS records of the largest size exactly (65,500
 // bytes at the default frame size): the connection then carries whole
-// records, where a 32 KiB write would leave a short record and an extra
-// system call behind every two full ones (see [transport.WriteSizer]).
+// records, where a 64 KiB write would leave a short record and an extra
+// system call behind every four full ones (see [transport.WriteSizer]).
 func (st *Stream) WriteSize() int {
 	st.s.mu.Lock()
 	frame := int(st.s.peerMaxFrame)
@@ -172,33 +172,49 @@ func (st *Stream) Read(p []byte) (int, error) {
 			return 0, err
 		}
 	}
+	if err := st.awaitDataLocked(len(p) == 0); err != nil {
+		if err == errZeroRead {
+			return 0, nil
+		}
+		return 0, err
+	}
+	n := st.recv.read(p)
+	if st.recv.n > 0 {
+		signal(st.rch) // let a concurrent reader take the rest
+	}
+	s.consumedLocked(st, int64(n))
+	return n, nil
+}
+
+// errZeroRead is awaitDataLocked's answer to a zero-length Read.
+var errZeroRead = errors.New("h2mux: zero-length read")
+
+// awaitDataLocked waits until st has unread data, and returns nil then,
+// or why it will get none: io.EOF after the peer's END_STREAM, the
+// stream's or the session's end, the read deadline, or (if zero, a
+// zero-length Read, which does not wait) errZeroRead. s.mu is held, and
+// released while it waits.
+func (st *Stream) awaitDataLocked(zero bool) error {
+	s := st.s
 	for {
-		if st.roff < len(st.buf) {
-			n := copy(p, st.buf[st.roff:])
-			st.roff += n
-			if st.roff == len(st.buf) {
-				st.buf, st.roff = st.buf[:0], 0
-			} else {
-				signal(st.rch) // let a concurrent reader take the rest
-			}
-			s.consumedLocked(st, int64(n))
-			return n, nil
+		if st.recv.n > 0 {
+			return nil
 		}
 		if err := st.errLocked(); err != nil {
-			return 0, err
+			return err
 		}
 		if st.remoteEnd {
 			signal(st.rch)
-			return 0, io.EOF
+			return io.EOF
 		}
 		if s.err != nil {
-			return 0, s.deadErr(fmt.Sprintf("stream %d read", st.id))
+			return s.deadErr(fmt.Sprintf("stream %d read", st.id))
 		}
 		if st.rdl.exceeded() {
-			return 0, os.ErrDeadlineExceeded
+			return os.ErrDeadlineExceeded
 		}
-		if len(p) == 0 {
-			return 0, nil
+		if zero {
+			return errZeroRead
 		}
 		s.mu.Unlock()
 		select {
@@ -206,6 +222,46 @@ func (st *Stream) Read(p []byte) (int, error) {
 		case <-s.done:
 		}
 		s.mu.Lock()
+	}
+}
+
+// SpliceTo writes what the peer sends on the stream to w until its
+// END_STREAM, straight from the buffers the data arrived in (see
+// [transport.Splicer]), and returns the bytes written and nil, or the
+// first error of Read's or of w's.
+func (st *Stream) SpliceTo(w io.Writer) (int64, error) {
+	s := st.s
+	var total int64
+	for {
+		s.mu.Lock()
+		if s.client && !st.headersSent && st.errLocked() == nil {
+			if err := s.activateLocked(st, false); err != nil {
+				s.mu.Unlock()
+				return total, err
+			}
+		}
+		err := st.awaitDataLocked(false)
+		var c *chunk
+		if err == nil {
+			c = st.recv.take()
+		}
+		s.mu.Unlock()
+		if err == io.EOF {
+			return total, nil
+		}
+		if err != nil {
+			return total, err
+		}
+		m := c.end - c.off
+		n, werr := w.Write(c.data[c.off:c.end])
+		freeChunk(c)
+		total += int64(n)
+		s.mu.Lock()
+		s.consumedLocked(st, int64(m))
+		s.mu.Unlock()
+		if werr != nil {
+			return total, werr
+		}
 	}
 }
 
