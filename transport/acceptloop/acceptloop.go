@@ -24,8 +24,8 @@ const (
 )
 
 // A Handler serves one accepted connection. The loop closes conn after the
-// handler returns, and as soon as ctx is done, so a handler blocked on
-// conn returns then.
+// handler returns (unless it called [Keep]), and as soon as ctx is done,
+// so a handler blocked on conn returns then.
 type Handler func(ctx context.Context, conn net.Conn)
 
 // Serve accepts connections on ln and runs handle for each in its own
@@ -68,14 +68,39 @@ func Serve(ctx context.Context, ln net.Listener, log *slog.Logger, handle Handle
 		}
 		backoff = 0
 		wg.Go(func() {
-			defer conn.Close()
 			// Closing conn when the loop stops unblocks a handler
 			// busy reading or copying.
-			stop := context.AfterFunc(ctx, func() { conn.Close() })
-			defer stop()
-			handle(ctx, conn)
+			k := &keeper{stop: context.AfterFunc(ctx, func() { conn.Close() })}
+			handle(context.WithValue(ctx, keeperKey{}, k), conn)
+			if !k.kept {
+				k.stop()
+				conn.Close()
+			}
 		})
 	}
+}
+
+// A keeper is the state [Keep] changes, in the context of a handler.
+type keeper struct {
+	kept bool
+	stop func() bool // unregisters the close at the loop's end
+}
+
+type keeperKey struct{}
+
+// Keep, called by a handler with the context Serve gave it, keeps the
+// handler's connection open after the handler returns: a connection
+// handed on to a long-lived owner then needs no goroutine parked until it
+// ends. The loop still closes it when it stops, until its owner calls
+// release, once, as the connection ends. Keep reports false, and changes
+// nothing, for a context that did not come from Serve.
+func Keep(ctx context.Context) (release func(), ok bool) {
+	k, ok := ctx.Value(keeperKey{}).(*keeper)
+	if !ok {
+		return nil, false
+	}
+	k.kept = true
+	return func() { k.stop() }, true
 }
 
 // isTemporary reports whether an Accept error is worth retrying, the way

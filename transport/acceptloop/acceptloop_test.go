@@ -90,3 +90,63 @@ func TestPermanentErrorReturned(t *testing.T) {
 		t.Errorf("listener not closed: %v", err)
 	}
 }
+
+// TestKeep: a connection whose handler called Keep stays open after the
+// handler returns, one whose handler did not is closed, and the loop's
+// end closes a kept connection not yet released.
+func TestKeep(t *testing.T) {
+	ln := listen(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	kept := make(chan net.Conn, 2)
+	done := make(chan error, 1)
+	go func() {
+		done <- Serve(ctx, ln, nil, func(ctx context.Context, conn net.Conn) {
+			var b [1]byte
+			if _, err := io.ReadFull(conn, b[:]); err != nil {
+				return
+			}
+			if b[0] == 'k' {
+				if _, ok := Keep(ctx); !ok {
+					t.Error("Keep: not a Serve context")
+				}
+				kept <- conn
+			}
+		})
+	}()
+	dial := func(b byte) net.Conn {
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		c.Write([]byte{b})
+		return c
+	}
+	closed := func(c net.Conn) bool {
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		_, err := c.Read(make([]byte, 1))
+		return err == io.EOF
+	}
+	if !closed(dial('x')) {
+		t.Error("a connection whose handler returned without Keep is open")
+	}
+	c := dial('k')
+	sc := <-kept
+	if _, err := sc.Write([]byte("y")); err != nil {
+		t.Fatalf("kept connection, written after its handler returned: %v", err)
+	}
+	var b [1]byte
+	if _, err := io.ReadFull(c, b[:]); err != nil || b[0] != 'y' {
+		t.Fatalf("read %q, %v", b[:], err)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if !closed(c) {
+		t.Error("the loop's end left a kept connection open")
+	}
+	if _, ok := Keep(context.Background()); ok {
+		t.Error("Keep reported a context not from Serve as one")
+	}
+}

@@ -158,6 +158,11 @@ type Config struct {
 	// them.
 	Logger *slog.Logger
 
+	// OnClose, if not nil, is called once when the session has ended and
+	// closed its connection, from the goroutine that ended it; it must
+	// not block.
+	OnClose func()
+
 	// Authority is the :authority pseudo-header of every stream a client
 	// opens; it should be the TLS server name. Empty means the remote
 	// address of the connection.

@@ -28,11 +28,6 @@ type chunk struct {
 // SETTINGS_MAX_FRAME_SIZE. Larger frames get a chunk of their own size.
 const chunkSize = minFrameSize
 
-// directPayload is the least payload the read loop reads into a chunk of
-// its own; smaller ones are read into the session's scratch buffer and
-// copied into the stream's last chunk.
-const directPayload = chunkSize / 2
-
 var chunkPool = sync.Pool{New: func() any { return &chunk{data: make([]byte, chunkSize)} }}
 
 // newChunk returns an empty chunk of at least n bytes.

@@ -26,7 +26,7 @@ func TestRecvBuf(t *testing.T) {
 			next++
 		}
 		want.Write(p)
-		if n >= directPayload && n > b.room() {
+		if n > b.room() {
 			c := newChunk(n)
 			c.end = copy(c.data, p)
 			b.push(c)

@@ -38,11 +38,10 @@ type Session struct {
 	// Read side, owned by the readLoop goroutine. br is nil while the
 	// loop waits for the peer with nothing buffered (see fillReader);
 	// src feeds br the bytes read meanwhile, then the connection.
-	br      *bufio.Reader
-	src     pendingReader
-	first   [1]byte
-	scratch [directPayload]byte // small DATA payloads, on their way to a stream
-	fr      *http2.Framer
+	br    *bufio.Reader
+	src   pendingReader
+	first [1]byte
+	fr    *http2.Framer
 
 	// Write side, owned by the writeLoop goroutine. bw is nil while the
 	// writer has nothing to write (see takeWriter).
@@ -504,6 +503,9 @@ func (s *Session) die(err error) {
 		s.mu.Unlock()
 		close(s.done)
 		s.conn.Close()
+		if s.cfg.OnClose != nil {
+			s.cfg.OnClose()
+		}
 		if !errors.Is(err, ErrSessionClosed) {
 			s.log.Debug("session ended", "err", err)
 		}
@@ -1315,7 +1317,8 @@ func readErr(err error) error {
 // the framer (which would copy a payload into a buffer of its own, kept
 // for the session's life). A large payload is read into a chunk of its
 // own (see recvBuf), which the read buffer, smaller than the payload,
-// lets the connection fill directly; a small one into s.scratch.
+// lets the connection fill directly; a small one is copied from its chunk
+// into the stream's last one where it fits (see onData).
 func (s *Session) readData() (bool, error) {
 	h, err := s.br.Peek(frameHeaderSz)
 	if err != nil || http2.FrameType(h[3]) != http2.FrameData {
@@ -1332,33 +1335,21 @@ func (s *Session) readData() (bool, error) {
 		return false, connError(http2.ErrCodeProtocol, "DATA on stream 0")
 	}
 	s.br.Discard(frameHeaderSz)
-	var c *chunk
-	var payload []byte
-	if length >= directPayload {
-		c = newChunk(length)
-		payload = c.data[:length]
-	} else {
-		payload = s.scratch[:length]
-	}
+	c := newChunk(length)
+	payload := c.data[:length]
 	if _, err := io.ReadFull(s.br, payload); err != nil {
-		if c != nil {
-			freeChunk(c)
-		}
+		freeChunk(c)
 		return true, readErr(err)
 	}
 	data, off := payload, 0
 	if flags.Has(http2.FlagDataPadded) {
 		if len(data) == 0 || int(data[0]) > len(data)-1 {
-			if c != nil {
-				freeChunk(c)
-			}
+			freeChunk(c)
 			return true, connError(http2.ErrCodeProtocol, "DATA padding longer than the frame")
 		}
 		data, off = data[1:len(data)-int(data[0])], 1
 	}
-	if c != nil {
-		c.off, c.end = off, off+len(data)
-	}
+	c.off, c.end = off, off+len(data)
 	s.mu.Lock()
 	s.heardLocked()
 	err = s.onData(id, int64(length), data, flags.Has(http2.FlagDataEndStream), c)

@@ -99,7 +99,9 @@ type prefixConn struct {
 func (c *prefixConn) Read(b []byte) (int, error) {
 	if len(c.prefix) > 0 {
 		n := copy(b, c.prefix)
-		c.prefix = c.prefix[n:]
+		if c.prefix = c.prefix[n:]; len(c.prefix) == 0 {
+			c.prefix = nil // let the hello's bytes go
+		}
 		return n, nil
 	}
 	return c.Conn.Read(b)

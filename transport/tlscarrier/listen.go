@@ -378,14 +378,35 @@ func (c *admittedConn) CloseWrite() error {
 }
 
 // serveCarrier completes an authenticated connection (TLS handshake, then
-// HTTP/2), hands the session to Accept, and waits for it to end.
+// HTTP/2) and hands the session to Accept. The connection outlives the
+// handler (acceptloop.Keep): a relay keeps thousands of idle sessions,
+// and a goroutine parked for each, with the stack its handshake grew,
+// would cost more than the session itself.
 func (l *Listener) serveCarrier(ctx context.Context, c net.Conn, first []byte, key transport.Key) {
-	sess, err := Accept(ctx, c, first, ServerConfig{Certificate: l.cfg.Certificate, Mux: l.cfg.Mux, Mirror: l.cfg.Mirror})
+	mux := l.cfg.Mux
+	release, kept := acceptloop.Keep(ctx)
+	if kept {
+		mux.OnClose = release
+	}
+	sess, err := Accept(ctx, c, first, ServerConfig{Certificate: l.cfg.Certificate, Mux: mux, Mirror: l.cfg.Mirror})
 	if err != nil {
+		if kept {
+			release()
+			c.Close()
+		}
 		l.log.Debug("carrier handshake failed", "key", key.Name(), "err", err)
 		return
 	}
-	l.deliver(ctx, &serverSession{Session: sess, key: key})
+	s := &serverSession{Session: sess, key: key}
+	if !kept {
+		l.deliver(ctx, s)
+		return
+	}
+	select {
+	case l.sessions <- s:
+	case <-ctx.Done():
+		s.Close()
+	}
 }
 
 // serveMTProxy completes the FakeTLS and obfuscated2 handshakes of an app
