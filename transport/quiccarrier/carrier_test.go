@@ -110,6 +110,12 @@ func startRelay(t testing.TB) *testRelay { return startRelayWith(t, nil) }
 // mod.
 func startRelayWith(t testing.TB, mod func(*ListenConfig)) *testRelay {
 	t.Helper()
+	return startRelayOn(t, "127.0.0.1:0", mod)
+}
+
+// startRelayOn is startRelayWith with the relay's socket on addr.
+func startRelayOn(t testing.TB, addr string, mod func(*ListenConfig)) *testRelay {
+	t.Helper()
 	tr := &testRelay{key: auth.NewKey(), cert: testCert(t), cover: startCover(t)}
 	pin, err := tlscarrier.Pin(tr.cert)
 	if err != nil {
@@ -124,7 +130,7 @@ func startRelayWith(t testing.TB, mod func(*ListenConfig)) *testRelay {
 	if mod != nil {
 		mod(&cfg)
 	}
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	pc, err := net.ListenPacket("udp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -274,6 +280,32 @@ func echo(st transport.Stream, data []byte) error {
 
 func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m)
+}
+
+// TestDualStack runs the relay on a dual-stack socket, as a relay
+// listening on ":443" does, and a client over IPv4: the front door's
+// batched sends give IPv4 destinations to an IPv6 socket.
+func TestDualStack(t *testing.T) {
+	if _, err := net.ResolveUDPAddr("udp6", "[::1]:0"); err != nil {
+		t.Skip("no IPv6:", err)
+	}
+	tr := startRelayOn(t, "[::]:0", nil)
+	_, port, err := net.SplitHostPort(tr.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr.addr = net.JoinHostPort("127.0.0.1", port)
+	s := dial(t, tr)
+	st, err := openEcho(t.Context(), s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	data := make([]byte, 1<<20)
+	rand.Read(data)
+	if err := echo(st, data); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func TestStreamBytesAndHalfClose(t *testing.T) {

@@ -123,6 +123,8 @@ type frontDoor struct {
 	idle                   time.Duration
 
 	in     chan datagram // a key holder's datagrams, for quic-go
+	out    chan datagram // quic-go's datagrams, for sendLoop
+	batch  batchConn     // pc's, if it is a UDP socket
 	rd     *deadline.Deadline
 	closed chan struct{}
 	once   sync.Once
@@ -138,6 +140,7 @@ type datagram struct {
 	b    []byte
 	bp   *[]byte // b's buffer, from datagramPool; nil if b is its own
 	addr *net.UDPAddr
+	to   net.Addr // where an outgoing one goes
 }
 
 // Datagrams for quic-go wait in buffers of a pool (a datagram larger than
@@ -146,9 +149,15 @@ const datagramBuf = 2048
 
 var datagramPool = sync.Pool{New: func() any { b := make([]byte, datagramBuf); return &b }}
 
-// readBatch is how many datagrams one system call reads, where the socket
-// allows (recvmmsg on Linux): quic-go does the same on a bare socket.
-const readBatch = 16
+// readBatch is how many datagrams one system call reads, and writeBatch
+// how many it sends, where the socket allows (recvmmsg and sendmmsg on
+// Linux): quic-go reads in batches on a bare socket, and sends bursts in
+// one call (GSO), which it cannot do through the door.
+const (
+	readBatch  = 16
+	writeBatch = 16
+	outQueue   = 256 // datagrams waiting to be sent
+)
 
 var _ net.PacketConn = (*frontDoor)(nil)
 
@@ -158,12 +167,17 @@ func newFrontDoor(pc net.PacketConn, cover *net.UDPAddr, auth transport.Authenti
 		pc: pc, cover: cover, auth: auth, cids: cids, log: log,
 		maxFlows: maxFlows, maxPerSource: maxPerSource, idle: idle,
 		in:        make(chan datagram, inQueue),
+		out:       make(chan datagram, outQueue),
+		batch:     newBatchConn(pc),
 		rd:        deadline.New(),
 		closed:    make(chan struct{}),
 		flows:     map[netip.AddrPort]*flow{},
 		perSource: map[netip.Prefix]int{},
 	}
 	f.wg.Go(f.readLoop)
+	if f.batch != nil {
+		f.wg.Go(f.sendLoop)
+	}
 	f.wg.Go(f.sweepLoop)
 	return f
 }
@@ -181,8 +195,70 @@ func (f *frontDoor) ReadFrom(b []byte) (int, net.Addr, error) {
 	return n, d.addr, nil
 }
 
-// WriteTo sends quic-go's datagrams from the relay's socket.
-func (f *frontDoor) WriteTo(b []byte, addr net.Addr) (int, error) { return f.pc.WriteTo(b, addr) }
+// WriteTo sends quic-go's datagrams from the relay's socket: on a UDP
+// socket, through sendLoop, which sends those that queue up while it
+// sends in one system call.
+func (f *frontDoor) WriteTo(b []byte, addr net.Addr) (int, error) {
+	if f.batch == nil || len(b) > datagramBuf {
+		return f.pc.WriteTo(b, addr)
+	}
+	d := datagram{bp: datagramPool.Get().(*[]byte)}
+	d.b = append((*d.bp)[:0], b...)
+	d.to = addr
+	select {
+	case f.out <- d:
+		return len(b), nil
+	case <-f.closed:
+		datagramPool.Put(d.bp)
+		return 0, net.ErrClosed
+	}
+}
+
+// sendLoop sends the datagrams WriteTo queues, as many at a time as are
+// waiting, up to writeBatch, until the door closes.
+func (f *frontDoor) sendLoop() {
+	ms := make([]ipv4.Message, writeBatch)
+	for i := range ms {
+		ms[i].Buffers = make([][]byte, 1)
+	}
+	ds := make([]datagram, 0, writeBatch)
+	for {
+		select {
+		case d := <-f.out:
+			ds = append(ds, d)
+		case <-f.closed:
+			return
+		}
+	more:
+		for len(ds) < writeBatch {
+			select {
+			case d := <-f.out:
+				ds = append(ds, d)
+			default:
+				break more
+			}
+		}
+		for i, d := range ds {
+			ms[i].Buffers[0], ms[i].Addr = d.b, d.to
+		}
+		for sent := 0; sent < len(ds); {
+			n, err := f.batch.WriteBatch(ms[sent:len(ds)], 0)
+			if err != nil || n <= 0 {
+				// Send the first alone, whatever befell it, and go
+				// on with the rest.
+				f.pc.WriteTo(ds[sent].b, ds[sent].to)
+				n = 1
+			}
+			sent += n
+		}
+		for i := range ds {
+			datagramPool.Put(ds[i].bp)
+			ds[i] = datagram{}
+			ms[i].Buffers[0], ms[i].Addr = nil, nil
+		}
+		ds = ds[:0]
+	}
+}
 
 // Close closes the socket and every cover flow, and waits for the door's
 // goroutines.
@@ -234,15 +310,17 @@ func (f *frontDoor) SetWriteBuffer(n int) error {
 	return errors.ErrUnsupported
 }
 
-// A batchReader reads several datagrams in one system call: the
-// ipv4/ipv6 PacketConn of a UDP socket.
-type batchReader interface {
+// A batchConn reads and writes several datagrams in one system call: the
+// ipv4/ipv6 PacketConn of a UDP socket. (On a dual-stack socket, IPv4
+// destinations go out as AF_INET addresses, which Linux accepts there.)
+type batchConn interface {
 	ReadBatch(ms []ipv4.Message, flags int) (int, error)
+	WriteBatch(ms []ipv4.Message, flags int) (int, error)
 }
 
-// newBatchReader returns a batchReader for pc, or nil if it is not a UDP
+// newBatchConn returns a batchConn for pc, or nil if it is not a UDP
 // socket.
-func newBatchReader(pc net.PacketConn) batchReader {
+func newBatchConn(pc net.PacketConn) batchConn {
 	uc, ok := pc.(*net.UDPConn)
 	if !ok {
 		return nil
@@ -255,8 +333,8 @@ func newBatchReader(pc net.PacketConn) batchReader {
 
 // readLoop reads the socket until it closes.
 func (f *frontDoor) readLoop() {
-	if br := newBatchReader(f.pc); br != nil {
-		f.readBatches(br)
+	if f.batch != nil {
+		f.readBatches(f.batch)
 		return
 	}
 	buf := make([]byte, maxDatagram)
@@ -287,7 +365,7 @@ func (f *frontDoor) readLoop() {
 
 // readBatches is readLoop on a socket that reads readBatch datagrams at a
 // time.
-func (f *frontDoor) readBatches(br batchReader) {
+func (f *frontDoor) readBatches(br batchConn) {
 	ms := make([]ipv4.Message, readBatch)
 	for i := range ms {
 		ms[i].Buffers = [][]byte{make([]byte, maxDatagram)}
