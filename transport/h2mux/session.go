@@ -51,7 +51,6 @@ type Session struct {
 	hbuf bytes.Buffer
 	dhdr [frameHeaderSz]byte
 
-	wake       chan struct{} // cap 1: something was queued for the writer
 	acceptCh   chan struct{} // cap 1: acceptQ grew
 	slotCh     chan struct{} // cap 1: a stream slot was freed or the limit rose
 	done       chan struct{} // closed when the session is dead
@@ -71,6 +70,8 @@ type Session struct {
 	numStreams int    // streams holding a concurrency slot
 	acceptQ    []*Stream
 	writing    bool        // the write token: whoever holds it (the writer, or a stream writing directly) owns bw
+	writerOn   bool        // a writer goroutine runs (see kickLocked)
+	prefaced   bool        // the preface is written; only writers touch it, one at a time
 	wq         []writeItem // frames waiting for the writer, in order
 	cq         []writeItem // connection control frames, written ahead of wq (see enqueueLocked)
 	nCtrl      int         // peer-provoked frames in wq and cq
@@ -181,7 +182,6 @@ func newSession(conn net.Conn, cfg Config, client bool) (*Session, error) {
 		client:         client,
 		log:            cfg.Logger.With("transport", "h2mux", "side", side),
 		src:            pendingReader{conn: conn},
-		wake:           make(chan struct{}, 1),
 		acceptCh:       make(chan struct{}, 1),
 		slotCh:         make(chan struct{}, 1),
 		done:           make(chan struct{}),
@@ -199,6 +199,7 @@ func newSession(conn net.Conn, cfg Config, client bool) (*Session, error) {
 		connRecv: int64(cfg.MaxConnWindow),
 		heardAt:  time.Now(),
 		writing:  true, // the writer's, for the preface
+		writerOn: true,
 	}
 	s.fr = http2.NewFramer(io.Discard, sessionReader{s})
 	s.fr.SetMaxReadFrameSize(uint32(cfg.MaxFrameSize))
@@ -638,11 +639,25 @@ func (s *Session) enqueueLocked(it writeItem) bool {
 	} else {
 		s.wq = append(s.wq, it)
 	}
-	if len(s.wq)+len(s.cq) == 1 {
-		signal(s.wake)
-	}
+	s.kickLocked()
 	return true
 }
+
+// kickLocked makes sure that a writer goroutine will see the queues: it
+// starts one unless one runs or the session has died. A writer runs only
+// while there is something to write (see writeFrames): an idle session
+// has no goroutine but its reader. s.mu is held.
+func (s *Session) kickLocked() {
+	if s.writerOn || s.err != nil {
+		return
+	}
+	s.writerOn = true
+	s.wg.Add(1) // before s.err is set, so before Close waits
+	go s.writeLoop()
+}
+
+// errWriterIdle ends a writer goroutine that has nothing left to write.
+var errWriterIdle = errors.New("h2mux: writer idle")
 
 // signal does a non-blocking send on a 1-buffered notification channel.
 func signal(ch chan struct{}) {
@@ -669,7 +684,7 @@ func (s *Session) releaseSlotLocked(st *Stream) {
 		if s.numStreams == 0 {
 			if s.client {
 				if s.goaway {
-					signal(s.wake) // the writer closes the drained session
+					s.kickLocked() // the writer closes the drained session
 				}
 			} else {
 				s.idleAt = time.Now().Add(s.idleDelay())
@@ -711,8 +726,12 @@ func (s *Session) consumedLocked(st *Stream, n int64) {
 
 func (s *Session) writeLoop() {
 	defer s.wg.Done()
+	err := s.writeFrames()
+	if err == errWriterIdle {
+		return
+	}
 	defer close(s.writerDone)
-	if err := s.writeFrames(); err != nil {
+	if err != nil {
 		var de *drainedError
 		if errors.As(err, &de) {
 			s.die(de.err)
@@ -728,27 +747,34 @@ type drainedError struct{ err error }
 
 func (e *drainedError) Error() string { return e.err.Error() }
 
+// writeFrames writes what is queued until nothing is, and returns
+// errWriterIdle then; any other return ends the writing for good (nil once
+// the session has died).
 func (s *Session) writeFrames() error {
-	if err := s.writePreface(); err != nil {
-		return err
+	if !s.prefaced {
+		s.prefaced = true
+		if err := s.writePreface(); err != nil {
+			return err
+		}
+		s.mu.Lock()
+		s.writing = false // held since newSession, for the preface
+	} else {
+		s.mu.Lock()
 	}
 	var batch, ctrl []writeItem
-	s.mu.Lock()
-	s.writing = false // held since newSession, for the preface
 	for {
 		// Each round takes the write token (see Session.writing) and
 		// gives it back at its end, under s.mu throughout.
-		if s.writing {
-			// A stream writes directly; it wakes us when done if
-			// frames were queued meanwhile.
+		if s.err != nil {
 			s.mu.Unlock()
-			select {
-			case <-s.wake:
-			case <-s.done:
-				return nil
-			}
-			s.mu.Lock()
-			continue
+			return nil
+		}
+		if s.writing {
+			// A stream writes directly; it starts a writer when done
+			// if frames were queued meanwhile.
+			s.writerOn = false
+			s.mu.Unlock()
+			return errWriterIdle
 		}
 		if len(s.wq)+len(s.cq) == 0 {
 			if s.bw != nil && s.bw.Buffered() > 0 {
@@ -771,14 +797,9 @@ func (s *Session) writeFrames() error {
 				s.mu.Unlock()
 				return &drainedError{err}
 			}
+			s.writerOn = false
 			s.mu.Unlock()
-			select {
-			case <-s.wake:
-			case <-s.done:
-				return nil
-			}
-			s.mu.Lock()
-			continue
+			return errWriterIdle
 		}
 		s.writing = true
 		ctrl = s.takeCtrlLocked(ctrl)
@@ -856,7 +877,7 @@ func (s *Session) writeDirect(it *writeItem) error {
 	}
 	s.writing = false
 	if len(s.wq)+len(s.cq) > 0 {
-		signal(s.wake)
+		s.kickLocked()
 	}
 	return err
 }
@@ -1761,7 +1782,7 @@ func (s *Session) onGoAway(f *http2.GoAwayFrame) error {
 	}
 	signal(s.slotCh)
 	if s.client {
-		signal(s.wake) // with no stream left, the writer closes the session
+		s.kickLocked() // with no stream left, the writer closes the session
 	}
 	return nil
 }
