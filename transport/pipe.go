@@ -53,8 +53,7 @@ type closeWriter interface{ CloseWrite() error }
 // hours) then hold 2 KiB each, not a big buffer per direction.
 func copyHalf(dst, src net.Conn, count func(int), abort func()) int64 {
 	if sp, ok := src.(Splicer); ok {
-		cw := countingWriter{w: dst, count: count}
-		total, err := sp.SpliceTo(&cw)
+		total, err := sp.SpliceTo(dst, count)
 		if err == nil {
 			if c, ok := dst.(closeWriter); ok && c.CloseWrite() == nil {
 				return total
@@ -111,20 +110,6 @@ func copyHalf(dst, src net.Conn, count func(int), abort func()) int64 {
 			return total
 		}
 	}
-}
-
-// countingWriter calls count with the bytes of each write to w.
-type countingWriter struct {
-	w     io.Writer
-	count func(int)
-}
-
-func (c *countingWriter) Write(p []byte) (int, error) {
-	n, err := c.w.Write(p)
-	if c.count != nil && n > 0 {
-		c.count(n)
-	}
-	return n, err
 }
 
 // Buffer sizes of copyHalf: the big one is what a TLS tunnel's copy loop

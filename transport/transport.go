@@ -85,8 +85,9 @@ type Stream interface {
 type Splicer interface {
 	// SpliceTo writes what the conn reads to w until EOF, when it
 	// returns nil as io.Copy does, or until the first read or write
-	// error, which it returns.
-	SpliceTo(w io.Writer) (int64, error)
+	// error, which it returns. It calls count, if not nil, with the
+	// bytes of each write.
+	SpliceTo(w io.Writer, count func(int)) (int64, error)
 }
 
 // A WriteSizer is a conn, typically a [Stream], that carries writes of a

@@ -955,19 +955,12 @@ func (s *countedStream) WriteSize() int {
 // [transport.Splicer].
 type splicingStream struct{ *countedStream }
 
-// SpliceTo is the carrier stream's, counted.
-func (s splicingStream) SpliceTo(w io.Writer) (int64, error) {
-	return s.Stream.(transport.Splicer).SpliceTo(gotWriter{w, s.a})
-}
-
-// gotWriter counts what it writes to w as received by a.
-type gotWriter struct {
-	w io.Writer
-	a *Active
-}
-
-func (g gotWriter) Write(p []byte) (int, error) {
-	n, err := g.w.Write(p)
-	g.a.got.Add(int64(n))
-	return n, err
+// SpliceTo is the carrier stream's, counted as received.
+func (s splicingStream) SpliceTo(w io.Writer, count func(int)) (int64, error) {
+	return s.Stream.(transport.Splicer).SpliceTo(w, func(n int) {
+		s.a.got.Add(int64(n))
+		if count != nil {
+			count(n)
+		}
+	})
 }

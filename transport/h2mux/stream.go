@@ -226,12 +226,16 @@ func (st *Stream) awaitDataLocked(zero bool) error {
 }
 
 // SpliceTo writes what the peer sends on the stream to w until its
-// END_STREAM, straight from the buffers the data arrived in (see
-// [transport.Splicer]), and returns the bytes written and nil, or the
-// first error of Read's or of w's.
-func (st *Stream) SpliceTo(w io.Writer) (int64, error) {
+// END_STREAM, straight from the buffers the data arrived in, several at a
+// time when several are waiting (one writev on a TCP conn), calling count,
+// if not nil, with the bytes of each write (see [transport.Splicer]). It
+// returns the bytes written and nil, or the first error of Read's or of
+// w's.
+func (st *Stream) SpliceTo(w io.Writer, count func(int)) (int64, error) {
 	s := st.s
 	var total int64
+	var chunks [spliceChunks]*chunk
+	var bufs [spliceChunks][]byte
 	for {
 		s.mu.Lock()
 		if s.client && !st.headersSent && st.errLocked() == nil {
@@ -241,9 +245,10 @@ func (st *Stream) SpliceTo(w io.Writer) (int64, error) {
 			}
 		}
 		err := st.awaitDataLocked(false)
-		var c *chunk
-		if err == nil {
-			c = st.recv.take()
+		k := 0
+		for err == nil && k < spliceChunks && st.recv.n > 0 {
+			chunks[k] = st.recv.take()
+			k++
 		}
 		s.mu.Unlock()
 		if err == io.EOF {
@@ -252,10 +257,21 @@ func (st *Stream) SpliceTo(w io.Writer) (int64, error) {
 		if err != nil {
 			return total, err
 		}
-		m := c.end - c.off
-		n, werr := w.Write(c.data[c.off:c.end])
-		freeChunk(c)
-		total += int64(n)
+		m := 0
+		for i, c := range chunks[:k] {
+			bufs[i] = c.data[c.off:c.end]
+			m += c.end - c.off
+		}
+		v := net.Buffers(bufs[:k])
+		n, werr := v.WriteTo(w)
+		for i, c := range chunks[:k] {
+			freeChunk(c)
+			chunks[i], bufs[i] = nil, nil
+		}
+		total += n
+		if count != nil && n > 0 {
+			count(int(n))
+		}
 		s.mu.Lock()
 		s.consumedLocked(st, int64(m))
 		s.mu.Unlock()
@@ -264,6 +280,9 @@ func (st *Stream) SpliceTo(w io.Writer) (int64, error) {
 		}
 	}
 }
+
+// spliceChunks is the most chunks SpliceTo writes at a time.
+const spliceChunks = 8
 
 // errLocked returns the error both directions report once the stream was
 // closed locally or reset.
