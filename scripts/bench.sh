@@ -18,6 +18,8 @@
 # hs (handshakes/s and CPU per handshake), idle (relay memory and CPU per
 # idle session at each of -sessions; tls and plain-tls).
 # -workdir DIR keeps the relay directories and every process's log there.
+# MERPATI_CPUPROFILE=/tmp/prof.%p makes every merpati, merpati-relay and benchnet
+# process write a CPU profile (go tool pprof /tmp/prof.PID).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
