@@ -79,6 +79,11 @@ type Settings struct {
 	// HTTPS, for a lab's CA (such as pebble); empty means the system's.
 	// A relative path is taken from the relay directory.
 	ACMERoots string `json:"acme_roots,omitempty"`
+	// HTTPListen is, in domain mode, the TCP address of the plain HTTP
+	// listener that redirects to the site's https:// address as a web
+	// server does (such as ":80"); empty means none. init --domain sets
+	// ":80".
+	HTTPListen string `json:"http_listen,omitempty"`
 	// SNI is the server name clients send; empty means Cover's host name,
 	// or Domain in domain mode (where SNI, if set, must be Domain).
 	SNI string `json:"sni,omitempty"`
@@ -160,6 +165,7 @@ func (s *Settings) validateCover() error {
 	if !s.DomainMode() {
 		for _, f := range []struct{ name, value string }{
 			{"site", s.Site}, {"acme_ca", s.ACMECA}, {"acme_email", s.ACMEEmail}, {"acme_roots", s.ACMERoots},
+			{"http_listen", s.HTTPListen},
 		} {
 			if f.value != "" {
 				return fmt.Errorf("settings: %s: only with domain (the relay's own cover site)", f.name)
@@ -178,6 +184,11 @@ func (s *Settings) validateCover() error {
 	}
 	if s.Cover != "" {
 		return errors.New("settings: set cover or domain, not both")
+	}
+	if s.HTTPListen != "" {
+		if _, port, err := net.SplitHostPort(s.HTTPListen); err != nil || port == "" {
+			return fmt.Errorf("settings: http_listen %q: want host:port, such as \":80\"", s.HTTPListen)
+		}
 	}
 	if s.SNI != "" && !strings.EqualFold(s.SNI, s.Domain) {
 		return fmt.Errorf("settings: sni %q: with domain, clients send the domain's name %q; remove sni", s.SNI, s.Domain)

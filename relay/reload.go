@@ -188,6 +188,7 @@ func (r *Relay) ReloadDir(ctx context.Context, cur *Dir) (*Dir, error) {
 		is := &inForce.Settings
 		is.Cover, is.SNI, is.Domain, is.Site = old.Cover, old.SNI, old.Domain, old.Site
 		is.ACMECA, is.ACMEEmail, is.ACMERoots = old.ACMECA, old.ACMEEmail, old.ACMERoots
+		is.HTTPListen = old.HTTPListen
 	}
 
 	const restart = " changed in " + SettingsFile + ": it needs a restart to take effect; until then the relay keeps the old value"
@@ -206,6 +207,7 @@ func (r *Relay) ReloadDir(ctx context.Context, cur *Dir) (*Dir, error) {
 			{"acme_ca", old.ACMECA, s.ACMECA},
 			{"acme_email", old.ACMEEmail, s.ACMEEmail},
 			{"acme_roots", old.ACMERoots, s.ACMERoots},
+			{"http_listen", old.HTTPListen, s.HTTPListen},
 		} {
 			if f.old != f.new {
 				r.log.Warn(f.name+restart, "field", f.name, "in_force", f.old, "new", f.new)

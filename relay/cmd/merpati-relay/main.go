@@ -57,8 +57,10 @@
 // HTTP/3) unless --quic off. init contacts nobody; it prints what to do:
 // point NAME's DNS A/AAAA records at this host and open port 443 on TCP
 // and UDP. --acme-email gives the CA a contact address, --acme-roots the
-// roots of a lab CA's HTTPS (such as pebble's). relay.json then has
-// "domain", and "site" and "acme_*" if set, instead of "cover".
+// roots of a lab CA's HTTPS (such as pebble's). Plain HTTP on
+// --http-listen (default :80; none for no listener) gets the redirect to
+// https:// that a web site's port 80 gives. relay.json then has "domain",
+// and "site", "acme_*" and "http_listen" if set, instead of "cover".
 //
 // run serves. It reloads keys.json when it changes, and on SIGHUP: a revoked
 // key's sessions end at once, and nobody else notices. A keys.json that is
@@ -140,6 +142,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -254,6 +257,7 @@ func cmdInit(args []string, stdout, stderr io.Writer) error {
 	acmeCA := fs.String("acme-ca", "", "with --domain: ACME directory URL (default: Let's Encrypt)")
 	acmeEmail := fs.String("acme-email", "", "with --domain: contact address given to the CA (default: none)")
 	acmeRoots := fs.String("acme-roots", "", "with --domain: PEM file of the roots trusted for the CA's HTTPS (test labs, such as pebble)")
+	httpListen := fs.String("http-listen", ":80", "with --domain: address of the plain HTTP listener that redirects to https://, as a web site's does (none: no listener)")
 	if _, err := parse(fs, args); err != nil {
 		return err
 	}
@@ -270,8 +274,11 @@ func cmdInit(args []string, stdout, stderr io.Writer) error {
 		if err := domainSettings(&s, *domain, *siteDir, *acmeCA, *acmeEmail, *acmeRoots); err != nil {
 			return fmt.Errorf("init: %w", err)
 		}
+		if *httpListen != "none" {
+			s.HTTPListen = *httpListen
+		}
 	} else {
-		for _, f := range []string{"site", "acme-ca", "acme-email", "acme-roots"} {
+		for _, f := range []string{"site", "acme-ca", "acme-email", "acme-roots", "http-listen"} {
 			if set[f] {
 				return fmt.Errorf("init: --%s: only with --domain", f)
 			}
@@ -493,6 +500,16 @@ func cmdRun(ctx context.Context, args []string, stderr io.Writer) error {
 		defer site.Close()
 		cfg.Cover = site.TCPAddr().String()
 		log.Info("cover: the relay's own site for "+sc.Domain, "site", sc.Dir, "addr", cfg.Cover)
+		if a := d.Settings.HTTPListen; a != "" {
+			stop, err := serveRedirect(a, selfsite.RedirectHandler(sc.Domain, sc.PublicPort), log)
+			if err != nil {
+				// The relay serves without it; a closed port 80 is a
+				// smaller tell than no relay.
+				log.Error("no plain HTTP redirect (http_listen): port 80 stays closed, where a web site answers", "err", err)
+			} else {
+				defer stop()
+			}
+		}
 	}
 	// The helpers below end with the relay, and run returns only after
 	// them.
@@ -566,6 +583,31 @@ const (
 // or ctx is done, and logging what to check on each failure. Then key
 // holders' flight is learned anew from the site's, which now sends the
 // real certificate's chain.
+// serveRedirect serves h, the site's redirect to https://, on the TCP
+// address addr until stop is called.
+func serveRedirect(addr string, h http.Handler, log *slog.Logger) (stop func(), err error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	srv := &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       time.Minute,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		srv.Serve(ln)
+	}()
+	log.Info("plain HTTP redirects to https://", "addr", ln.Addr().String())
+	return func() {
+		srv.Close()
+		<-done
+	}, nil
+}
+
 func obtainCertificate(ctx context.Context, rl *relay.Relay, site *selfsite.Site, s *relay.Settings, log *slog.Logger) {
 	select {
 	case <-rl.Ready():

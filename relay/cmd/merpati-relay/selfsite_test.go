@@ -47,10 +47,11 @@ func TestSelfSite(t *testing.T) {
 	port, _ := strconv.Atoi(portStr)
 	pb := relaytest.StartPebble(t, relaytest.PebbleOptions{Domain: siteDomain, TLSPort: port})
 	echo := relaytest.StartEcho(t)
+	httpAddr := relaytest.FreeAddr(t)
 	dir := filepath.Join(t.TempDir(), "relay")
 	out, err := runCmd(t, "init", "--dir", dir, "--domain", siteDomain, "--listen", addr, "--public", addr,
 		"--acme-ca", pb.DirURL, "--acme-roots", pb.RootsFile, "--acme-email", "ops@merpati.test",
-		"--dc", "2="+echo, "--allow", "127.0.0.0/8")
+		"--http-listen", httpAddr, "--dc", "2="+echo, "--allow", "127.0.0.0/8")
 	if err != nil {
 		t.Fatalf("init: %v\n%s", err, out)
 	}
@@ -105,6 +106,22 @@ func TestSelfSite(t *testing.T) {
 	} {
 		if !strings.Contains(logs.String(), want) {
 			t.Errorf("the relay did not log %s", want)
+		}
+	}
+	// Plain HTTP redirects to the site, as a web server's port 80 does.
+	noFollow := &http.Client{
+		Timeout:       10 * time.Second,
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
+	req, _ := http.NewRequest(http.MethodGet, "http://"+httpAddr+"/notes/?a=b", nil)
+	req.Host = siteDomain
+	if resp, err := noFollow.Do(req); err != nil {
+		t.Errorf("plain HTTP: %v", err)
+	} else {
+		resp.Body.Close()
+		want := "https://" + net.JoinHostPort(siteDomain, portStr) + "/notes/?a=b"
+		if resp.StatusCode != http.StatusPermanentRedirect || resp.Header.Get("Location") != want {
+			t.Errorf("plain HTTP: %s to %q, want 308 to %q", resp.Status, resp.Header.Get("Location"), want)
 		}
 	}
 	// The CA's checks came through the front door.
