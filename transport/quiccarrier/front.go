@@ -124,6 +124,7 @@ type frontDoor struct {
 
 	in     chan datagram // a key holder's datagrams, for quic-go
 	out    chan datagram // quic-go's datagrams, for sendLoop
+	sent   chan struct{} // closed when sendLoop has sent what was queued before Close
 	batch  batchConn     // pc's, if it is a UDP socket
 	rd     *deadline.Deadline
 	closed chan struct{}
@@ -176,6 +177,7 @@ func newFrontDoor(pc net.PacketConn, cover *net.UDPAddr, auth transport.Authenti
 	}
 	f.wg.Go(f.readLoop)
 	if f.batch != nil {
+		f.sent = make(chan struct{})
 		f.wg.Go(f.sendLoop)
 	}
 	f.wg.Go(f.sweepLoop)
@@ -215,19 +217,24 @@ func (f *frontDoor) WriteTo(b []byte, addr net.Addr) (int, error) {
 }
 
 // sendLoop sends the datagrams WriteTo queues, as many at a time as are
-// waiting, up to writeBatch, until the door closes.
+// waiting, up to writeBatch, until the door closes; then it sends what is
+// still queued, and closes f.sent.
 func (f *frontDoor) sendLoop() {
+	defer close(f.sent)
 	ms := make([]ipv4.Message, writeBatch)
 	for i := range ms {
 		ms[i].Buffers = make([][]byte, 1)
 	}
 	ds := make([]datagram, 0, writeBatch)
+	closing := false
 	for {
-		select {
-		case d := <-f.out:
-			ds = append(ds, d)
-		case <-f.closed:
-			return
+		if !closing {
+			select {
+			case d := <-f.out:
+				ds = append(ds, d)
+			case <-f.closed:
+				closing = true
+			}
 		}
 	more:
 		for len(ds) < writeBatch {
@@ -237,6 +244,9 @@ func (f *frontDoor) sendLoop() {
 			default:
 				break more
 			}
+		}
+		if len(ds) == 0 {
+			return // closing, and nothing is left
 		}
 		for i, d := range ds {
 			ms[i].Buffers[0], ms[i].Addr = d.b, d.to
@@ -266,6 +276,11 @@ func (f *frontDoor) Close() error {
 	var err error
 	f.once.Do(func() {
 		close(f.closed)
+		if f.sent != nil {
+			// What quic-go wrote before (its CONNECTION_CLOSE frames
+			// among it) goes out before the socket closes.
+			<-f.sent
+		}
 		err = f.pc.Close()
 		f.mu.Lock()
 		for _, fl := range f.flows {
