@@ -346,15 +346,19 @@ func newBatchConn(pc net.PacketConn) batchConn {
 	return ipv6.NewPacketConn(uc)
 }
 
-// readLoop reads the socket until it closes.
+// readLoop reads the socket until it closes: readBatch datagrams per
+// system call on a UDP socket, one at a time on another PacketConn.
 func (f *frontDoor) readLoop() {
+	read, n := f.readOne, 1
 	if f.batch != nil {
-		f.readBatches(f.batch)
-		return
+		read, n = f.batch.ReadBatch, readBatch
 	}
-	buf := make([]byte, maxDatagram)
+	ms := make([]ipv4.Message, n)
+	for i := range ms {
+		ms[i].Buffers = [][]byte{make([]byte, maxDatagram)}
+	}
 	for {
-		n, addr, err := f.pc.ReadFrom(buf)
+		n, err := read(ms, 0)
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
 				return
@@ -370,36 +374,6 @@ func (f *frontDoor) readLoop() {
 			time.Sleep(time.Millisecond)
 			continue
 		}
-		ua, ok := addr.(*net.UDPAddr)
-		if !ok {
-			continue
-		}
-		f.dispatch(buf[:n], ua)
-	}
-}
-
-// readBatches is readLoop on a socket that reads readBatch datagrams at a
-// time.
-func (f *frontDoor) readBatches(br batchConn) {
-	ms := make([]ipv4.Message, readBatch)
-	for i := range ms {
-		ms[i].Buffers = [][]byte{make([]byte, maxDatagram)}
-	}
-	for {
-		n, err := br.ReadBatch(ms, 0)
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return
-			}
-			select {
-			case <-f.closed:
-				return
-			default:
-			}
-			f.log.Debug("quic front door: read", "err", err)
-			time.Sleep(time.Millisecond) // as in readLoop
-			continue
-		}
 		for i := range ms[:n] {
 			if ua, ok := ms[i].Addr.(*net.UDPAddr); ok {
 				f.dispatch(ms[i].Buffers[0][:ms[i].N], ua)
@@ -407,6 +381,16 @@ func (f *frontDoor) readBatches(br batchConn) {
 			ms[i].Addr = nil
 		}
 	}
+}
+
+// readOne reads one datagram into ms[0], as ReadBatch would.
+func (f *frontDoor) readOne(ms []ipv4.Message, _ int) (int, error) {
+	n, addr, err := f.pc.ReadFrom(ms[0].Buffers[0])
+	if err != nil {
+		return 0, err
+	}
+	ms[0].N, ms[0].Addr = n, addr
+	return 1, nil
 }
 
 // dispatch passes one datagram on according to its sender's flow,
