@@ -3,6 +3,7 @@ package relaytest
 import (
 	"fmt"
 	"os/exec"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -14,19 +15,9 @@ import (
 // Once started, the server is stopped (SIGTERM, then kill after 10 s) at
 // the end of the test, and it must listen on loopback only.
 func runServer(t testing.TB, name string, cmd *exec.Cmd, addr string, answers func() error) error {
-	if err := cmd.Start(); err != nil {
+	exited, stop, err := startChild(cmd)
+	if err != nil {
 		return fmt.Errorf("start %s: %w", name, err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	stop := func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(10 * time.Second):
-			cmd.Process.Kill()
-			<-exited
-		}
 	}
 	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
 		select {
@@ -48,4 +39,28 @@ func runServer(t testing.TB, name string, cmd *exec.Cmd, addr string, answers fu
 		t.Fatal(err)
 	}
 	return nil
+}
+
+// startChild starts cmd and returns a channel that receives its exit,
+// and stop, which ends it (SIGTERM, then kill after 10 s) and returns
+// once it has exited; stop may be called more than once.
+func startChild(cmd *exec.Cmd) (exited <-chan error, stop func(), err error) {
+	if err := cmd.Start(); err != nil {
+		return nil, nil, err
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cmd.Process.Signal(syscall.SIGTERM)
+			select {
+			case <-done:
+			case <-time.After(10 * time.Second):
+				cmd.Process.Kill()
+				<-done
+			}
+		})
+	}
+	return done, stop, nil
 }

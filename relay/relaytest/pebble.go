@@ -20,7 +20,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -127,23 +126,11 @@ func StartPebble(t testing.TB, opts PebbleOptions) *Pebble {
 		cmd.Env = []string{"PATH=/usr/bin:/bin", "HOME=" + dir,
 			"PEBBLE_VA_NOSLEEP=1", "PEBBLE_WFE_NONCEREJECT=0", "PEBBLE_AUTHZREUSE=0"}
 		cmd.Stdout, cmd.Stderr = pb.Logs, pb.Logs
-		if err := cmd.Start(); err != nil {
+		exited, stop, err := startChild(cmd)
+		if err != nil {
 			t.Fatalf("start pebble: %v", err)
 		}
-		exited := make(chan error, 1)
-		go func() { exited <- cmd.Wait() }()
-		var once sync.Once
-		pb.stop = func() {
-			once.Do(func() {
-				cmd.Process.Signal(syscall.SIGTERM)
-				select {
-				case <-exited:
-				case <-time.After(10 * time.Second):
-					cmd.Process.Kill()
-					<-exited
-				}
-			})
-		}
+		pb.stop = stop
 		if lastErr = pb.waitReady(exited); lastErr == nil {
 			if pb.Root, lastErr = pb.fetchRoot(mgmt); lastErr == nil {
 				t.Cleanup(pb.stop)
