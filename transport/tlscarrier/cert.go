@@ -32,6 +32,14 @@ func NewCertificate(name string) (certPEM, keyPEM []byte, err error) {
 // its cover site's kind signs its handshake with a CertificateVerify of
 // the cover's size.
 func NewCertificateLike(name, keyName string) (certPEM, keyPEM []byte, err error) {
+	now := time.Now().Add(-time.Hour)
+	return NewCertificateValid(name, keyName, now, now.AddDate(10, 0, 0))
+}
+
+// NewCertificateValid is [NewCertificateLike] valid from notBefore to
+// notAfter: a certificate that stands in for a CA-issued one, such as a
+// site's until its own is had, takes a CA's span.
+func NewCertificateValid(name, keyName string, notBefore, notAfter time.Time) (certPEM, keyPEM []byte, err error) {
 	var key crypto.Signer
 	switch keyName {
 	case "ECDSA-P256":
@@ -53,13 +61,12 @@ func NewCertificateLike(name, keyName string) (certPEM, keyPEM []byte, err error
 	if err != nil {
 		return nil, nil, err
 	}
-	now := time.Now().Add(-time.Hour)
 	tmpl := &x509.Certificate{
 		SerialNumber:          serial,
 		Subject:               pkix.Name{CommonName: name},
 		DNSNames:              []string{name},
-		NotBefore:             now,
-		NotAfter:              now.AddDate(10, 0, 0),
+		NotBefore:             notBefore,
+		NotAfter:              notAfter,
 		KeyUsage:              x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 		BasicConstraintsValid: true,
