@@ -20,6 +20,9 @@
 # -workdir DIR keeps the relay directories and every process's log there.
 # MERPATI_CPUPROFILE=/tmp/prof.%p makes every merpati, merpati-relay and benchnet
 # process write a CPU profile (go tool pprof /tmp/prof.PID).
+# MERPATI_HEAPPROFILE=/tmp/heap.%p makes each of them write a heap profile of
+# what is in use on every SIGUSR1:
+# `kill -USR1 PID` while test idle holds its sessions shows what they cost.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

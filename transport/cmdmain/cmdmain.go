@@ -16,6 +16,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime"
 	"runtime/pprof"
 	"strconv"
 	"strings"
@@ -35,7 +36,9 @@ type RunFunc func(ctx context.Context, args []string, stdout, stderr io.Writer) 
 //
 // With the environment variable MERPATI_CPUPROFILE set to a file name, it
 // writes a CPU profile of the run there (for go tool pprof); "%p" in the
-// name stands for the process ID, for several processes at once.
+// name stands for the process ID, for several processes at once. With
+// MERPATI_HEAPPROFILE set likewise, each SIGUSR1 writes a heap profile
+// of what is in use at that moment there (the file is replaced).
 func Main(name string, run RunFunc) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	if path := os.Getenv("MERPATI_CPUPROFILE"); path != "" {
@@ -50,9 +53,41 @@ func Main(name string, run RunFunc) int {
 			defer pprof.StopCPUProfile()
 		}
 	}
+	if path := os.Getenv("MERPATI_HEAPPROFILE"); path != "" {
+		defer heapProfileOnSignal(name, strings.ReplaceAll(path, "%p", strconv.Itoa(os.Getpid())))()
+	}
 	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
 	return exitStatus(name, err, os.Stderr)
+}
+
+// heapProfileOnSignal writes a heap profile to path on every SIGUSR1
+// until the returned function is called.
+func heapProfileOnSignal(name, path string) (stop func()) {
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGUSR1)
+	done := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case <-done:
+				return
+			case <-sig:
+			}
+			runtime.GC()
+			f, err := os.Create(path)
+			if err == nil {
+				err = pprof.Lookup("heap").WriteTo(f, 0)
+				if cerr := f.Close(); err == nil {
+					err = cerr
+				}
+			}
+			if err != nil {
+				fmt.Fprintln(os.Stderr, name+": heap profile:", err)
+			}
+		}
+	}()
+	return func() { signal.Stop(sig); close(done) }
 }
 
 // exitStatus maps run's error to an exit status, printing it to stderr
