@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -30,12 +31,24 @@ const (
 	// are relayed to the cover site, or still being judged, at once.
 	DefaultMaxUnauthFlows = 4096
 	// DefaultMaxUnauthPerSource caps them per source network (/24 for
-	// IPv4, /56 for IPv6).
+	// IPv4, /56 for IPv6). A new flow over either cap takes the place of
+	// the cover flow quiet longest, if it has been quiet for a second;
+	// otherwise it is dropped, as by a busy server.
 	DefaultMaxUnauthPerSource = 64
 	// DefaultFlowIdle is how long a flow lives without a datagram
 	// either way: longer than the idle timeout of common QUIC servers
 	// (nginx 60 s, Caddy 30 s) and of the relay's own connections.
 	DefaultFlowIdle = 2 * time.Minute
+	// evictQuiet is how long a cover flow must have been quiet before
+	// a new flow from its source network may take its place when the
+	// network is at its cap: a prober that connects again and again
+	// from one network is answered every time, as by the cover itself,
+	// while its quiet connections make room (their next datagram starts
+	// a new flow).
+	evictQuiet = time.Second
+	// evictScanEvery spaces the scans for a flow to evict when every
+	// source together is at the global cap.
+	evictScanEvery = 10 * time.Millisecond
 	// DefaultConnIDLen is the length of the relay's connection IDs when
 	// the cover site's is not known.
 	DefaultConnIDLen = 8
@@ -133,8 +146,9 @@ type frontDoor struct {
 
 	mu        sync.Mutex
 	flows     map[netip.AddrPort]*flow
-	unauth    int                  // flows not (yet) a key holder's
-	perSource map[netip.Prefix]int // the same, per source network
+	unauth    int                      // flows not (yet) a key holder's
+	perSource map[netip.Prefix][]*flow // the same, per source network
+	lastScan  time.Time                // of evictAny
 }
 
 type datagram struct {
@@ -173,7 +187,7 @@ func newFrontDoor(pc net.PacketConn, cover *net.UDPAddr, auth transport.Authenti
 		rd:        deadline.New(),
 		closed:    make(chan struct{}),
 		flows:     map[netip.AddrPort]*flow{},
-		perSource: map[netip.Prefix]int{},
+		perSource: map[netip.Prefix][]*flow{},
 	}
 	f.wg.Go(f.readLoop)
 	if f.batch != nil {
@@ -435,7 +449,10 @@ func (f *frontDoor) newFlow(d []byte, addr *net.UDPAddr, ap netip.AddrPort) *flo
 		return fl
 	}
 	src := sourceNet(ap.Addr())
-	if f.unauth >= f.maxFlows || f.perSource[src] >= f.maxPerSource {
+	if len(f.perSource[src]) >= f.maxPerSource && !f.evict(f.perSource[src], fl.born) {
+		return nil
+	}
+	if f.unauth >= f.maxFlows && !f.evictAny(fl.born) {
 		return nil
 	}
 	h, err := quicinitial.ParseLong(d)
@@ -447,9 +464,48 @@ func (f *frontDoor) newFlow(d []byte, addr *net.UDPAddr, ap netip.AddrPort) *flo
 	}
 	fl.src = src
 	f.unauth++
-	f.perSource[src]++
+	f.perSource[src] = append(f.perSource[src], fl)
 	f.flows[ap] = fl
 	return fl
+}
+
+// evict ends the cover flow among flows that has been quiet longest, if
+// it has been quiet for evictQuiet, and reports whether it did. f.mu is
+// held.
+func (f *frontDoor) evict(flows []*flow, now time.Time) bool {
+	var victim *flow
+	for _, fl := range flows {
+		if fl.state == flowCover && (victim == nil || fl.last.Load() < victim.last.Load()) {
+			victim = fl
+		}
+	}
+	if victim == nil || now.Sub(time.Unix(0, victim.last.Load())) < evictQuiet {
+		return false
+	}
+	f.remove(victim)
+	return true
+}
+
+// evictAny is evict over every source's flows, at most once per
+// evictScanEvery (a scan of every flow; a flood at the global cap is
+// dropped between scans). f.mu is held.
+func (f *frontDoor) evictAny(now time.Time) bool {
+	if now.Sub(f.lastScan) < evictScanEvery {
+		return false
+	}
+	f.lastScan = now
+	var victim *flow
+	for _, flows := range f.perSource {
+		for _, fl := range flows {
+			if fl.state == flowCover && (victim == nil || fl.last.Load() < victim.last.Load()) {
+				victim = fl
+			}
+		}
+	}
+	if victim == nil {
+		return false
+	}
+	return f.evict([]*flow{victim}, now)
 }
 
 // judge reads d, a datagram of a flow still being judged, and decides the
@@ -606,8 +662,14 @@ func (f *frontDoor) release(fl *flow) {
 		return
 	}
 	f.unauth--
-	if f.perSource[fl.src]--; f.perSource[fl.src] <= 0 {
+	flows := f.perSource[fl.src]
+	if i := slices.Index(flows, fl); i >= 0 {
+		flows = slices.Delete(flows, i, i+1)
+	}
+	if len(flows) == 0 {
 		delete(f.perSource, fl.src)
+	} else {
+		f.perSource[fl.src] = flows
 	}
 	fl.src = netip.Prefix{}
 }

@@ -195,10 +195,29 @@ func TestFrontDoorLimits(t *testing.T) {
 	other.WriteTo([]byte("other net"), r.addr)
 	expect(t, r.cover, []byte("other net"))
 
+	// Once the network's flows are quiet, a new client takes the place
+	// of the one quiet longest: a prober that connects again and again
+	// is answered every time.
+	r.door.mu.Lock()
+	quiet := time.Now().Add(-2 * evictQuiet).UnixNano()
+	for _, fl := range r.door.flows {
+		fl.last.Store(quiet)
+		quiet++
+	}
+	r.door.mu.Unlock()
+	over.WriteTo([]byte("over, later"), r.addr)
+	expect(t, r.cover, []byte("over, later"))
+	r.door.mu.Lock()
+	n, unauth := len(r.door.flows), r.door.unauth
+	r.door.mu.Unlock()
+	if n != 3 || unauth != 3 {
+		t.Fatalf("after an eviction: %d flows, %d unauthenticated; want 3 (2 of one network, 1 of another)", n, unauth)
+	}
+
 	// Sweep as if the flows had idled out.
 	r.door.sweep(time.Now().Add(2 * DefaultFlowIdle))
 	r.door.mu.Lock()
-	n, unauth := len(r.door.flows), r.door.unauth
+	n, unauth = len(r.door.flows), r.door.unauth
 	r.door.mu.Unlock()
 	if n != 0 || unauth != 0 {
 		t.Fatalf("after the sweep: %d flows, %d unauthenticated", n, unauth)
@@ -260,7 +279,7 @@ func FuzzQUICFrontDoor(f *testing.F) {
 			log:       slog.New(slog.DiscardHandler),
 			maxFlows:  4, maxPerSource: 2, idle: time.Minute,
 			in: make(chan datagram, inQueue), closed: make(chan struct{}),
-			flows: map[netip.AddrPort]*flow{}, perSource: map[netip.Prefix]int{},
+			flows: map[netip.AddrPort]*flow{}, perSource: map[netip.Prefix][]*flow{},
 		}
 		for i, d := range [][]byte{a, b, a} {
 			from := &net.UDPAddr{IP: net.IPv4(127, 0, byte(who%3), 1), Port: 1000 + (i+int(who))%2}
