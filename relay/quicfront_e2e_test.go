@@ -23,7 +23,8 @@ import (
 // connection ID length, handshake datagram sizes, HTTP/3 SETTINGS and
 // control streams, response headers and body must be the same. A key
 // holder's session through the same port still works. The HTTP/3 to
-// HTTP/2 time ratios of both are logged (the timing run checks them).
+// HTTP/2 time ratios of both are only logged, from one probe each:
+// TestQUICProbeTiming checks them, in the timing run.
 func TestQUICProber(t *testing.T) {
 	for _, tc := range []struct {
 		name  string
@@ -114,9 +115,26 @@ func (v probeViews) ratio(relay bool) float64 {
 // Initial and Handshake packets — equals what the cover site sends the
 // same client (a Chrome-parrot client whose key the relay does not know,
 // which the front door hands to the cover site): the relay's certificate
-// chain has the cover's lengths and its key the cover's kind.
+// chain has the cover's lengths and its key the cover's kind. It runs in
+// front of a cover site with one certificate (httptest's, near the
+// relay's own in length) and one with a chain of a leaf and an
+// intermediate, 2,286 bytes, which only a mirrored chain matches. The key
+// holder's handshake must make a session: one the front door took for a
+// prober's would have gone to the cover site, whose datagrams it would
+// then record.
 func TestQUICHandshakeShape(t *testing.T) {
-	cov := relaytest.StartCover(t)
+	for _, tc := range []struct {
+		name  string
+		start func(testing.TB) *relaytest.Cover
+	}{
+		{"one certificate", relaytest.StartCover},
+		{"chain", relaytest.StartCoverChain},
+	} {
+		t.Run(tc.name, func(t *testing.T) { testQUICHandshakeShape(t, tc.start(t)) })
+	}
+}
+
+func testQUICHandshakeShape(t *testing.T, cov *relaytest.Cover) {
 	r := relaytest.Start(t, cov, relaytest.Options{KeyKind: "RSA-2048"})
 	l := r.AddKey(t, "alice", access.Entry{})
 	// quic-go coalesces the 1-RTT packets that follow the handshake (its
@@ -143,12 +161,17 @@ func TestQUICHandshakeShape(t *testing.T) {
 	var covers [][]int
 	matched := false
 	for range 5 {
-		want := handshakeDatagrams(t, l, auth.NewKey())
+		want, _ := handshakeDatagrams(t, l, auth.NewKey())
 		if len(want) == 0 {
 			t.Fatal("no handshake datagrams recorded")
 		}
 		covers = append(covers, want)
-		got = handshakeDatagrams(t, l, auth.Key(l.Key))
+		var ok bool
+		if got, ok = handshakeDatagrams(t, l, auth.Key(l.Key)); !ok {
+			// Its datagrams would be the cover site's: the front door
+			// took it for a prober.
+			t.Fatal("the key holder's QUIC handshake made no session")
+		}
 		if slices.ContainsFunc(covers, func(c []int) bool { return same(got, c) }) {
 			matched = true
 			break
@@ -161,14 +184,16 @@ func TestQUICHandshakeShape(t *testing.T) {
 	}
 }
 
-// handshakeDatagrams dials l's relay over QUIC with key and returns the
-// sizes of the datagrams carrying long header packets that the client
-// received.
-func handshakeDatagrams(t *testing.T, l *link.Link, key auth.Key) []int {
+// handshakeDatagrams dials l's relay over QUIC with key, as l's client
+// does, and returns the sizes of the datagrams carrying long header
+// packets that the client received, and whether the dial made a session
+// (as it must with l's key; with another, the front door hands the client
+// to the cover site, whose certificate fails the pin).
+func handshakeDatagrams(t *testing.T, l *link.Link, key auth.Key) (sizes []int, ok bool) {
 	t.Helper()
 	rec := &sizeRecorder{}
 	d, err := quiccarrier.NewDialer(quiccarrier.ClientConfig{
-		Addr: l.Relays[0], ServerName: l.SNI, Pin: l.Pin, Key: key,
+		Addr: l.Relays[0], ServerName: l.SNI, Pin: l.Pin, Key: key, AuthKey: l.AuthKey,
 		ListenPacket: func(ctx context.Context) (net.PacketConn, error) {
 			pc, err := net.ListenPacket("udp", "127.0.0.1:0")
 			rec.PacketConn = pc
@@ -180,10 +205,13 @@ func handshakeDatagrams(t *testing.T, l *link.Link, key auth.Key) []int {
 	}
 	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
 	defer cancel()
-	if s, err := d.Dial(ctx); err == nil {
+	s, err := d.Dial(ctx)
+	if err == nil {
 		s.Close()
+	} else if key == auth.Key(l.Key) {
+		t.Logf("key holder's dial: %v", err)
 	}
-	return rec.sizes()
+	return rec.sizes(), err == nil
 }
 
 // sizeRecorder records the sizes of long header datagrams read.
@@ -207,4 +235,25 @@ func (r *sizeRecorder) sizes() []int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return slices.Clone(r.n)
+}
+
+// TestQUICProberRepeats: a prober that connects again and again from one
+// network is answered by the cover site every time. Each probe holds two
+// of the front door's flows for the source network (a version
+// negotiation probe and a connection), which used to stay taken for two
+// minutes: the 33rd probe got silence where the cover site would answer.
+func TestQUICProberRepeats(t *testing.T) {
+	cov := relaytest.StartCover(t)
+	r := relaytest.Start(t, cov, relaytest.Options{SamePort: true})
+	for i := range 3 * quiccarrier.DefaultMaxUnauthPerSource / 2 {
+		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+		_, err := relaytest.ProbeQUIC(ctx, r.Addr)
+		cancel()
+		if err != nil {
+			t.Fatalf("probe %d: %v", i+1, err)
+		}
+		if i%16 == 15 {
+			time.Sleep(1100 * time.Millisecond) // the flows of earlier probes go quiet
+		}
+	}
 }

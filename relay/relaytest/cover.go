@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -69,6 +70,8 @@ type Cover struct {
 	// relays counts the connections relays made themselves, to learn
 	// the cover site's TLS flight: Accepted leaves them out.
 	relays atomic.Int64
+	// stopH3 stops its HTTP/3 server and closes its UDP socket, once.
+	stopH3 func()
 }
 
 // StartCover starts a cover site on 127.0.0.1, HTTPS on TCP and HTTP/3
@@ -87,7 +90,28 @@ func StartCoverTCPOnly(t testing.TB) *Cover {
 	return startCover(t, false)
 }
 
-func startCover(t testing.TB, withH3 bool) *Cover {
+// StartCoverChain starts a cover site as [StartCover] does, but under the
+// chain an [Nginx] serves, on TCP and on UDP: a leaf for [CoverName] of
+// [NginxLeafLen] bytes and the intermediate that signed it, of
+// [NginxIntermediateLen] bytes, RSA-2048 both. A relay's handshake then
+// has the cover site's shape only if the relay mirrors its chain.
+func StartCoverChain(t testing.TB) *Cover {
+	t.Helper()
+	dir := t.TempDir()
+	chainFile, keyFile := filepath.Join(dir, "chain.pem"), filepath.Join(dir, "key.pem")
+	if _, _, err := writeNginxChain(chainFile, keyFile); err != nil {
+		t.Fatal(err)
+	}
+	cert, err := tls.LoadX509KeyPair(chainFile, keyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return startCover(t, true, cert)
+}
+
+// startCover starts a cover site, with HTTP/3 if withH3, under cert, or
+// httptest's certificate if there is none.
+func startCover(t testing.TB, withH3 bool, cert ...tls.Certificate) *Cover {
 	t.Helper()
 	c := &Cover{h3: withH3}
 	var (
@@ -120,6 +144,9 @@ func startCover(t testing.TB, withH3 bool) *Cover {
 	})
 
 	c.srv = httptest.NewUnstartedServer(handler)
+	if len(cert) > 0 {
+		c.srv.TLS = &tls.Config{Certificates: cert}
+	}
 	c.srv.Listener.Close()
 	c.srv.Listener = ln
 	c.srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
@@ -149,11 +176,15 @@ func startCover(t testing.TB, withH3 bool) *Cover {
 			t.Errorf("cover site's HTTP/3 server: %v", err)
 		}
 	})
-	t.Cleanup(func() {
-		h3.Close()
-		pc.Close()
-		wg.Wait()
-	})
+	var once sync.Once
+	c.stopH3 = func() {
+		once.Do(func() {
+			h3.Close()
+			pc.Close()
+			wg.Wait()
+		})
+	}
+	t.Cleanup(c.stopH3)
 	return c
 }
 
@@ -161,8 +192,18 @@ func startCover(t testing.TB, withH3 bool) *Cover {
 // HTTP/3, on UDP.
 func (c *Cover) Addr() string { return c.srv.Listener.Addr().String() }
 
-// HTTP3 reports whether the cover site serves HTTP/3.
+// HTTP3 reports whether the cover site was started with HTTP/3.
 func (c *Cover) HTTP3() bool { return c.h3 }
+
+// StopHTTP3 stops the cover site's HTTP/3 server and closes its UDP
+// socket, as when a site's operator turns HTTP/3 off: its port number on
+// UDP is then closed ([UDPClosed]), while TCP goes on as before (its
+// responses still send Alt-Svc). It does nothing without HTTP/3.
+func (c *Cover) StopHTTP3() {
+	if c.stopH3 != nil {
+		c.stopH3()
+	}
+}
 
 // Accepted returns how many TCP connections the cover site has accepted.
 // Connections that relays made to learn its TLS flight are not counted.
