@@ -212,6 +212,10 @@ func (d *Dialer) Dial(ctx context.Context) (transport.Session, error) {
 		ChromeTrustAnchorIDs: tlscarrier.ChromeTrustAnchorIDs(),
 		KeepAlivePeriod:      d.cfg.KeepAlive,
 		ChromeClientRandom:   sealed,
+		// Chromium sends no datagram above its 1250 bytes (1230 over
+		// IPv6); quic-go's path MTU probes, 1341 to 1447 bytes right after
+		// the handshake, would show a client that is not Chromium.
+		DisablePathMTUDiscovery: true,
 	}
 	conn, err := tr.Dial(ctx, raddr, tlsConf, qconf)
 	if err != nil {
@@ -228,7 +232,7 @@ func (d *Dialer) Dial(ctx context.Context) (transport.Session, error) {
 	}
 	s := &session{
 		conn: conn,
-		h3:   (&http3.Transport{}).NewClientConn(conn),
+		h3:   chromeH3().NewClientConn(conn),
 		url:  &url.URL{Scheme: "https", Host: d.cfg.ServerName, Path: "/"},
 		// The relay answers a stream it takes over with the tag of the
 		// hello's random, which the front door let in.
@@ -429,17 +433,59 @@ func (s *session) Close() error {
 	return s.conn.CloseWithError(errNoError, "")
 }
 
+// HTTP/3 and QPACK settings (RFC 9114 section 7.2.4.1, RFC 9204 section 5,
+// RFC 9297 section 2.1.1) that Chromium 156 sends.
+const (
+	settingQPACKMaxTableCapacity = 0x1
+	settingMaxFieldSectionSize   = 0x6
+	settingQPACKBlockedStreams   = 0x7
+	settingH3Datagram            = 0x33
+
+	chromeMaxFieldSectionSize = 262144
+)
+
+// chromeH3 returns an HTTP/3 client whose control stream is Chromium 156's
+// (measured by TestChromiumQUICInitialLayout): SETTINGS with
+// QPACK_MAX_TABLE_CAPACITY 65536, MAX_FIELD_SECTION_SIZE 262144,
+// QPACK_BLOCKED_STREAMS 100 and H3_DATAGRAM 1 in this order, then a GREASE
+// setting, then a GREASE frame; and, in the packet with each request's
+// HEADERS, a PRIORITY_UPDATE frame with its Priority field ("u=0, i",
+// chromeRequestHeader). The relay's quic-go server, like Caddy's, takes no
+// harm from them (TestChromeSettingsAccepted): its QPACK encoder (quic-go's
+// qpack) never uses the dynamic table, so the capacity offered goes unused;
+// it reads H3_DATAGRAM=1 without error with its datagrams off (with them
+// on, the parrot's transport parameters offer QUIC datagrams); it skips
+// unknown frame types; and a PRIORITY_UPDATE sets what the request's
+// Priority field already set.
+func chromeH3() *http3.Transport {
+	return &http3.Transport{
+		Settings: []http3.Setting{
+			{ID: settingQPACKMaxTableCapacity, Value: 65536},
+			{ID: settingMaxFieldSectionSize, Value: chromeMaxFieldSectionSize},
+			{ID: settingQPACKBlockedStreams, Value: 100},
+			{ID: settingH3Datagram, Value: 1},
+		},
+		Grease:         true,
+		PriorityUpdate: true,
+		// What the SETTINGS advertise is what the client accepts.
+		MaxResponseHeaderBytes: chromeMaxFieldSectionSize,
+	}
+}
+
 // chromeRequestHeader returns the header fields Chromium 156 on Linux sends
 // with a page request, so that a stream's HEADERS frame has the size of
 // one (the pseudo-header fields come from the request itself).
+// TestChromiumQUICInitialLayout checks that size against Debian's chromium
+// 156.0.8078.108, whose fields these are (headless, its User-Agent says
+// HeadlessChrome).
 func chromeRequestHeader() http.Header {
 	return http.Header{
-		"Sec-Ch-Ua":                 {`"Chromium";v="156", "Not-A.Brand";v="24"`},
+		"Sec-Ch-Ua":                 {`"Not:A-Brand";v="8", "Chromium";v="156"`},
 		"Sec-Ch-Ua-Mobile":          {"?0"},
 		"Sec-Ch-Ua-Platform":        {`"Linux"`},
 		"Upgrade-Insecure-Requests": {"1"},
 		"User-Agent":                {"Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/156.0.0.0 Safari/537.36"},
-		"Accept":                    {"text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,image/apng,*/*;q=0.8,application/signed-exchange;v=b3;q=0.7"},
+		"Accept":                    {"text/html,application/xhtml+xml,application/xml;q=0.9,image/jxl,image/avif,image/webp,image/apng,*/*;q=0.8,application/signed-exchange;v=b3;q=0.7"},
 		"Sec-Fetch-Site":            {"none"},
 		"Sec-Fetch-Mode":            {"navigate"},
 		"Sec-Fetch-User":            {"?1"},

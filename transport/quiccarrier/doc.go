@@ -6,8 +6,10 @@
 // (github.com/apernet/quic-go, Config.ChromeParrot) in a patched copy kept
 // in transport/third_party/apernet-quic-go (its README names the origin
 // version and each patch: Chromium's Trust Anchor IDs extension, honest
-// ACK delays, the Finished sent with the first 1-RTT data, 1230-byte
-// Initials over IPv6, the server's connection ID kept); it is reached only
+// ACK delays, the Finished sent with the HTTP/3 control stream, 1230-byte
+// Initials over IPv6, the server's connection ID kept, Chromium's HTTP/3
+// SETTINGS, GREASE frame and PRIORITY_UPDATE; the client also sends no
+// path-MTU probes, as Chromium does not); it is reached only
 // through [Dialer], so it can be swapped. The fork also parrots Chrome's
 // transport parameters, packet size, zero-length source connection ID and
 // Initial "chaos protection". The relay side is upstream

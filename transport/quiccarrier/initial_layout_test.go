@@ -5,8 +5,11 @@ package quiccarrier
 import (
 	"bytes"
 	"context"
+	"crypto/ecdh"
+	"crypto/rand"
 	"encoding/binary"
 	"encoding/xml"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -23,6 +26,7 @@ import (
 
 	upquic "github.com/quic-go/quic-go"
 	uphttp3 "github.com/quic-go/quic-go/http3"
+	"golang.org/x/net/http2/hpack"
 
 	"github.com/merpati/merpati/transport/auth"
 	"github.com/merpati/merpati/transport/tlscarrier"
@@ -42,7 +46,21 @@ import (
 //   - the datagrams with the ClientHello have the same sizes, and every
 //     datagram with an Initial packet is padded to that size (1250 bytes
 //     over IPv4, 1230 over IPv6);
-//   - the client keeps the server's connection ID in all its packets.
+//   - the client keeps the server's connection ID in all its packets;
+//
+// and, as Chromium loads a page, our client makes one request, which the
+// test server answers with its page, and is given time for path MTU
+// probes; in what tshark decrypts with the key log (checkH3Layout):
+//
+//   - the datagram with the Finished has the size of Chromium's, give or
+//     take finishedMargin, once what varies at random between connections
+//     is taken out (see the margins);
+//   - the SETTINGS frame has Chromium's identifiers and values in
+//     Chromium's order (GREASE ones as such), and a GREASE frame follows;
+//   - the first request goes in a datagram after the Finished, with a
+//     PRIORITY_UPDATE frame for it before its HEADERS, and has the size
+//     of Chromium's first request datagram, give or take requestMargin;
+//   - no datagram is larger than Chromium's largest (no path MTU probes).
 //
 // Each family runs twice: with the server's flight sent at once, after
 // which Chromium usually sends its Finished without acknowledging the
@@ -66,6 +84,7 @@ func TestChromiumQUICInitialLayout(t *testing.T) {
 				}
 				t.Logf("%s", ours)
 				checkInitialLayout(t, chrome, ours, mode.hold > 0)
+				checkH3Layout(t, chrome, ours)
 			})
 		}
 	}
@@ -123,6 +142,140 @@ func checkInitialLayout(t *testing.T, chrome []*clientTrace, ours *clientTrace, 
 	}
 }
 
+// Margins of checkH3Layout, in bytes. Taken out of the sizes compared is
+// what varies at random between two connections of the same client: the
+// GREASE setting and frame (a value of 4 or 8 bytes, a payload of 0 to 3),
+// the ACK frames (5 to 12 bytes each, acknowledging what arrived when,
+// with or without gaps) and any Initial packet coalesced in front
+// (Chromium sends one now and then); and from Chromium's request what the
+// test adds to it (requestArtefact). What is left can differ by the packet
+// numbers, of 1 or 2 bytes each. Over 48 connections of each, IPv4 and
+// IPv6, flight at once and held: what is left was 111 bytes in every
+// datagram with the Finished and 452 in every first request datagram, of
+// both clients; raw, Chromium's were 138-150 and 462-468 bytes, ours
+// 144-156 and 452-457 (before the checks: 111-120 bytes with the request
+// elsewhere, or 523-529 with it; 430 bytes).
+const (
+	finishedMargin = 2
+	requestMargin  = 1
+)
+
+// h3Facts is what checkH3Layout compares of one client's connection.
+type h3Facts struct {
+	// finished is the size of the datagram with the Finished less its
+	// Initial packets, ACK frames and GREASE (see greaseBytes), -1 if
+	// none; request that of the datagram with the first HEADERS frame
+	// less its ACK frames (and, for Chromium, requestArtefact), -1 if
+	// none, or if that is the Finished one; largest that of the
+	// client's largest datagram. finishedRaw and requestRaw are the
+	// datagrams' sizes.
+	finished, request, largest int
+	finishedRaw, requestRaw    int
+	// settings are the first SETTINGS frame's, GREASE ones as "GREASE";
+	// grease says a frame of a reserved type came after it; priority is
+	// the field value of the PRIORITY_UPDATE for stream 0 before the
+	// first HEADERS in its datagram, "" if none.
+	settings []string
+	grease   bool
+	priority string
+}
+
+func h3FactsOf(c *clientTrace) h3Facts {
+	f := h3Facts{finished: -1, request: -1, finishedRaw: -1, requestRaw: -1}
+	if c.finished >= 0 {
+		d := &c.datagrams[c.finished]
+		f.finishedRaw = d.size - d.initialBytes
+		f.finished = f.finishedRaw - d.ackBytes - d.greaseBytes()
+	}
+	seenSettings, seenHeaders := false, false
+	for i := range c.datagrams {
+		d := &c.datagrams[i]
+		f.largest = max(f.largest, d.size)
+		var update *h3Frame
+		for j := range d.h3 {
+			fr := &d.h3[j]
+			switch {
+			case fr.typ == h3Settings && !seenSettings:
+				seenSettings = true
+				for _, kv := range fr.settings {
+					if isH3Grease(kv[0]) {
+						f.settings = append(f.settings, "GREASE")
+					} else {
+						f.settings = append(f.settings, fmt.Sprintf("%#x=%d", kv[0], kv[1]))
+					}
+				}
+			case isH3Grease(fr.typ) && seenSettings:
+				f.grease = true
+			case fr.typ == h3PriorityUpdate && !seenHeaders:
+				update = fr
+			case fr.typ == h3Headers && !seenHeaders:
+				seenHeaders = true
+				if i != c.finished {
+					f.requestRaw = d.size
+					f.request = d.size - d.ackBytes - c.requestArtefact
+				}
+				// Our client's and Chromium's first request stream is 0.
+				if update != nil && update.element == 0 {
+					f.priority = update.fieldValue
+				}
+			}
+		}
+	}
+	return f
+}
+
+// checkH3Layout checks the datagram with our Finished, our HTTP/3 control
+// stream and our first request against Chromium's.
+func checkH3Layout(t *testing.T, chrome []*clientTrace, ours *clientTrace) {
+	t.Helper()
+	o := h3FactsOf(ours)
+	t.Logf("ours: %+v", o)
+	var finished, request []int
+	largest := 0
+	for _, c := range chrome {
+		f := h3FactsOf(c)
+		t.Logf("%s: %+v", c.who, f)
+		if f.finished >= 0 {
+			finished = append(finished, f.finished)
+		}
+		if f.request >= 0 {
+			request = append(request, f.request)
+		}
+		largest = max(largest, f.largest)
+		if !slices.Equal(o.settings, f.settings) {
+			t.Errorf("our SETTINGS %v, %s's %v", o.settings, c.who, f.settings)
+		}
+		if o.priority != f.priority {
+			t.Errorf("our PRIORITY_UPDATE with the first request %q, %s's %q", o.priority, c.who, f.priority)
+		}
+	}
+	if !o.grease {
+		t.Errorf("ours: no GREASE frame after SETTINGS on the control stream")
+	}
+	if o.priority == "" {
+		t.Errorf("ours: no PRIORITY_UPDATE before the first request's HEADERS in its datagram")
+	}
+	within := func(what string, got int, ref []int, margin int) {
+		t.Helper()
+		if len(ref) == 0 {
+			t.Errorf("no chromium %s to compare ours with", what)
+			return
+		}
+		if lo, hi := slices.Min(ref)-margin, slices.Max(ref)+margin; got < lo || got > hi {
+			t.Errorf("our %s: %d bytes (compared), chromium's %v ± %d", what, got, ref, margin)
+		}
+	}
+	within("datagram with the Finished", o.finished, finished, finishedMargin)
+	if o.request < 0 {
+		t.Errorf("ours: the first request's HEADERS are not in a datagram of their own after the Finished")
+	} else {
+		within("first request datagram", o.request, request, requestMargin)
+	}
+	if o.largest > largest {
+		t.Errorf("ours: a datagram of %d bytes, chromium's largest %d", o.largest, largest)
+	}
+}
+
 // needTool returns the path of the program name, or skips t without it
 // (fails it if the environment variable CI is set).
 func needTool(t *testing.T, name string) string {
@@ -159,6 +312,9 @@ type clientTrace struct {
 	// helloBytes marks the offsets of the CRYPTO data seen in the client's
 	// Initial packets.
 	helloBytes map[uint64]bool
+	// requestArtefact is what Chromium's request headers have only
+	// because of the test (see captureHandshakes), in bytes: 10 or so.
+	requestArtefact int
 }
 
 // udpDatagram is one UDP datagram from the client: its payload size, the
@@ -169,7 +325,66 @@ type udpDatagram struct {
 	size    int
 	packets []string
 	hello   bool
+	// initialBytes is the size of the Initial packets in it; h3 lists
+	// the HTTP/3 frames tshark found in its 1-RTT packets, in order.
+	initialBytes int
+	h3           []h3Frame
+	// ackBytes is the size of the ACK frames in its other packets.
+	ackBytes int
 }
+
+// greaseBytes is the size of the GREASE settings and frames in d, whose
+// varints and payload have random lengths (a setting's value 4 or 8 bytes,
+// a frame's payload 0 to 3), both encoded in the fewest bytes.
+func (d *udpDatagram) greaseBytes() int {
+	n := 0
+	for _, f := range d.h3 {
+		for _, kv := range f.settings {
+			if isH3Grease(kv[0]) {
+				n += varintLen(kv[0]) + varintLen(kv[1])
+			}
+		}
+		if isH3Grease(f.typ) {
+			n += varintLen(f.typ) + varintLen(f.length) + int(f.length)
+		}
+	}
+	return n
+}
+
+// varintLen is the size of the shortest QUIC varint for v (RFC 9000
+// section 16).
+func varintLen(v uint64) int {
+	switch {
+	case v < 1<<6:
+		return 1
+	case v < 1<<14:
+		return 2
+	case v < 1<<30:
+		return 4
+	}
+	return 8
+}
+
+// h3Frame is an HTTP/3 frame, with the identifier and value of each
+// setting in a SETTINGS frame and the element ID and field value of a
+// PRIORITY_UPDATE one.
+type h3Frame struct {
+	typ, length uint64
+	settings    [][2]uint64
+	element     uint64
+	fieldValue  string
+}
+
+// HTTP/3 frame types (RFC 9114 section 7.2, RFC 9218 section 7.1).
+const (
+	h3Headers        = 0x1
+	h3Settings       = 0x4
+	h3PriorityUpdate = 0xf0700
+)
+
+// isH3Grease reports whether id is a reserved setting identifier or frame
+// type, 0x1f*N + 0x21 (RFC 9114 sections 7.2.4.1 and 7.2.8).
+func isH3Grease(id uint64) bool { return id >= 0x21 && (id-0x21)%0x1f == 0 }
 
 func (d *udpDatagram) String() string {
 	return fmt.Sprintf("%d:%s", d.size, strings.Join(d.packets, "+"))
@@ -228,6 +443,8 @@ func captureHandshakes(t *testing.T, chromium, tshark, host string, hold time.Du
 	tlsConf.KeyLogWriter = &keylog
 	srv := &uphttp3.Server{
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			// Our client's request gets the page too, which it takes
+			// for a refusal.
 			io.WriteString(w, "<!doctype html><title>merpati</title><p>ok</p>")
 		}),
 		TLSConfig:  uphttp3.ConfigureTLSConfig(tlsConf),
@@ -244,9 +461,16 @@ func captureHandshakes(t *testing.T, chromium, tshark, host string, hold time.Du
 
 	loadWithChromium(ctx, t, chromium, laddr, pin)
 
+	// With the relay's key, the client's requests carry Chromium's header
+	// fields (without, only an Authorization field).
+	relayKey, err := ecdh.X25519().GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
 	var ourAddr net.Addr
 	d, err := NewDialer(ClientConfig{
 		Addr: laddr.String(), ServerName: fpServerName, Pin: pin, Key: auth.NewKey(),
+		AuthKey: relayKey.PublicKey().Bytes(),
 		ListenPacket: func(ctx context.Context) (net.PacketConn, error) {
 			var lc net.ListenConfig
 			c, err := lc.ListenPacket(ctx, "udp", net.JoinHostPort(host, "0"))
@@ -263,11 +487,20 @@ func captureHandshakes(t *testing.T, chromium, tshark, host string, hold time.Du
 	if err != nil {
 		t.Fatalf("our dial: %v", err)
 	}
-	// Wait for our first 1-RTT packet (the HTTP/3 SETTINGS), which comes
-	// with the Finished or after it.
-	for !rec.sawShortHeader(ourAddr.String()) && ctx.Err() == nil {
-		time.Sleep(10 * time.Millisecond)
+	// One request, as Chromium's page load, and its answer: the server's
+	// page, which our client takes for a refusal.
+	st, err := s.OpenStream(ctx)
+	if err != nil {
+		t.Fatalf("our stream: %v", err)
 	}
+	if _, err := io.ReadAll(st); !errors.Is(err, ErrRefused) {
+		t.Fatalf("our stream: read %v, want the page taken for a refusal", err)
+	}
+	st.Close()
+	// quic-go sends a path MTU probe every 5 RTTs (well under a
+	// millisecond each on loopback) from the end of the handshake unless
+	// told not to; any would be in the capture by now.
+	time.Sleep(200 * time.Millisecond)
 	s.Close()
 
 	dir := t.TempDir()
@@ -293,6 +526,13 @@ func captureHandshakes(t *testing.T, chromium, tshark, host string, hold time.Du
 		t.Fatalf("tshark's dissection: %v", err)
 	}
 	ourPort := strconv.Itoa(ourAddr.(*net.UDPAddr).Port)
+	// Chromium's :authority carries the port, which it leaves out for a
+	// relay on 443, and its User-Agent says HeadlessChrome; both are
+	// Huffman-coded in its HEADERS frame (RFC 9204 section 4.1.2).
+	ua := chromeRequestHeader().Get("User-Agent")
+	authority := net.JoinHostPort(fpServerName, strconv.Itoa(laddr.Port))
+	artefact := int(hpack.HuffmanEncodeLength(authority)-hpack.HuffmanEncodeLength(fpServerName)) +
+		int(hpack.HuffmanEncodeLength(strings.Replace(ua, "Chrome/", "HeadlessChrome/", 1))-hpack.HuffmanEncodeLength(ua))
 	for _, port := range order {
 		tr := traces[port]
 		if port == ourPort {
@@ -300,6 +540,7 @@ func captureHandshakes(t *testing.T, chromium, tshark, host string, hold time.Du
 			ours = tr
 		} else {
 			tr.who = "chromium (port " + port + ")"
+			tr.requestArtefact = artefact
 			chrome = append(chrome, tr)
 		}
 	}
@@ -317,10 +558,12 @@ type pdml struct {
 }
 
 type pdmlField struct {
-	Name   string      `xml:"name,attr"`
-	Show   string      `xml:"show,attr"`
-	Fields []pdmlField `xml:"field"`
-	Protos []pdmlField `xml:"proto"`
+	Name     string      `xml:"name,attr"`
+	ShowName string      `xml:"showname,attr"`
+	Show     string      `xml:"show,attr"`
+	Size     int         `xml:"size,attr"`
+	Fields   []pdmlField `xml:"field"`
+	Protos   []pdmlField `xml:"proto"`
 }
 
 // walk calls f for every field below p, depth first, in order.
@@ -348,10 +591,13 @@ func parseClientTraces(out []byte, serverPort int) (map[string]*clientTrace, []s
 	for _, pkt := range doc.Packets {
 		var src, dst, scid string
 		size := -1
-		var quics []*pdmlField
+		var quics, h3s []*pdmlField
 		for i := range pkt.Protos {
 			p := &pkt.Protos[i]
 			switch p.Name {
+			case "http3":
+				// After the quic element of the packet it came in.
+				h3s = append(h3s, p)
 			case "udp":
 				p.walk(func(f *pdmlField) {
 					switch f.Name {
@@ -396,9 +642,12 @@ func parseClientTraces(out []byte, serverPort int) (map[string]*clientTrace, []s
 			return nil, nil, fmt.Errorf("a datagram to the server that tshark did not dissect as QUIC (%d bytes)", size)
 		}
 		d := udpDatagram{size: size}
+		for _, p := range h3s {
+			d.h3 = append(d.h3, parseH3Frames(p)...)
+		}
 		// Each coalesced packet is a quic element of its own.
 		for _, q := range quics {
-			kind, dcid := "?", ""
+			kind, dcid, length := "?", "", 0
 			var acks []uint64
 			var finished bool
 			var cryptoOffset uint64
@@ -412,6 +661,12 @@ func parseClientTraces(out []byte, serverPort int) (map[string]*clientTrace, []s
 					kind = map[string]string{"0": "Initial", "1": "0-RTT", "2": "Handshake"}[f.Show]
 				case "quic.dcid":
 					dcid = f.Show
+				case "quic.packet_length":
+					length, _ = strconv.Atoi(f.Show)
+				case "quic.frame":
+					if strings.HasPrefix(f.ShowName, "ACK") && kind != "Initial" {
+						d.ackBytes += f.Size
+					}
 				case "quic.crypto.offset":
 					cryptoOffset, _ = strconv.ParseUint(f.Show, 10, 64)
 				case "quic.crypto.length":
@@ -434,6 +689,9 @@ func parseClientTraces(out []byte, serverPort int) (map[string]*clientTrace, []s
 				tr.finished, tr.finishedAckDelays = len(tr.datagrams), acks
 			}
 			d.packets = append(d.packets, kind)
+			if kind == "Initial" {
+				d.initialBytes += length
+			}
 			if kind != "Initial" && dcid != "" && !slices.Contains(tr.dcids, dcid) {
 				tr.dcids = append(tr.dcids, dcid)
 			}
@@ -441,6 +699,37 @@ func parseClientTraces(out []byte, serverPort int) (map[string]*clientTrace, []s
 		tr.datagrams = append(tr.datagrams, d)
 	}
 	return traces, order, nil
+}
+
+// parseH3Frames returns the frames in one http3 element of tshark's PDML.
+func parseH3Frames(p *pdmlField) []h3Frame {
+	var frames []h3Frame
+	num := func(f *pdmlField) uint64 {
+		n, _ := strconv.ParseUint(f.Show, 10, 64)
+		return n
+	}
+	p.walk(func(f *pdmlField) {
+		var cur *h3Frame
+		if len(frames) > 0 {
+			cur = &frames[len(frames)-1]
+		}
+		switch {
+		case f.Name == "http3.frame_type":
+			frames = append(frames, h3Frame{typ: num(f)})
+		case cur == nil:
+		case f.Name == "http3.frame_length":
+			cur.length = num(f)
+		case f.Name == "http3.settings.id":
+			cur.settings = append(cur.settings, [2]uint64{num(f), 0})
+		case f.Name == "http3.settings.value" && len(cur.settings) > 0:
+			cur.settings[len(cur.settings)-1][1] = num(f)
+		case f.Name == "http3.priority_update_element_id":
+			cur.element = num(f)
+		case f.Name == "http3.priority_update_field_value":
+			cur.fieldValue = f.Show
+		}
+	})
+	return frames
 }
 
 // lockedBuffer is a bytes.Buffer safe for concurrent use, for a key log.
@@ -524,61 +813,6 @@ func (c *pcapConn) firstHandshake(addr string) bool {
 	}
 	c.held[addr] = true
 	return true
-}
-
-// sawShortHeader reports whether a datagram from addr held a short
-// header (1-RTT) packet, alone or after long header packets.
-func (c *pcapConn) sawShortHeader(addr string) bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for _, r := range c.records {
-		if r.src.String() != addr {
-			continue
-		}
-		for b := r.payload; len(b) > 0; {
-			if b[0]&0x80 == 0 {
-				return true
-			}
-			n := longHeaderPacketLen(b)
-			if n <= 0 || n > len(b) {
-				break
-			}
-			b = b[n:]
-		}
-	}
-	return false
-}
-
-// longHeaderPacketLen returns the length of the long header packet at the
-// start of b (RFC 9000 section 17.2), or 0 if it cannot tell.
-func longHeaderPacketLen(b []byte) int {
-	if len(b) < 7 {
-		return 0
-	}
-	p := 5
-	p += 1 + int(b[p]) // DCID
-	if len(b) <= p {
-		return 0
-	}
-	p += 1 + int(b[p]) // SCID
-	if len(b) <= p {
-		return 0
-	}
-	if (b[0]&0x30)>>4 == 0 { // Initial: token
-		tl, n, err := readVarint(b[p:])
-		if err != nil {
-			return 0
-		}
-		p += n + int(tl)
-	}
-	if len(b) <= p {
-		return 0
-	}
-	l, n, err := readVarint(b[p:])
-	if err != nil {
-		return 0
-	}
-	return p + n + int(l)
 }
 
 // pcap returns the recorded datagrams as a pcap file of raw IP packets

@@ -209,7 +209,11 @@ type Conn struct {
 	firstAckElicitingPacketAfterIdleSentTime monotime.Time
 	// merpati: finishedHoldUntil is when a Chrome-parroting client stops
 	// holding back its Finished (see holdFinished); zero when it does not.
+	// finishedReleased is set when the hold ends, until the packet with the
+	// Finished is sent, which then closes finishedSentChan.
 	finishedHoldUntil monotime.Time
+	finishedReleased  bool
+	finishedSentChan  chan struct{}
 	// pacingDeadline is the time when the next packet should be sent
 	pacingDeadline monotime.Time
 
@@ -570,6 +574,7 @@ func (c *Conn) preSetup() {
 	c.closeChan = make(chan struct{}, 1)
 	c.sendingScheduled = make(chan struct{}, 1)
 	c.handshakeCompleteChan = make(chan struct{})
+	c.finishedSentChan = make(chan struct{}) // merpati
 
 	now := monotime.Now()
 	c.lastPacketReceivedTime = now
@@ -991,10 +996,13 @@ func (c *Conn) handleHandshakeComplete(now monotime.Time) error {
 	if c.perspective == protocol.PerspectiveClient {
 		if c.config.ChromeParrot {
 			c.finishedHoldUntil = now.Add(chromeFinishedHold) // merpati
+		} else {
+			close(c.finishedSentChan) // merpati
 		}
 		c.applyTransportParameters()
 		return nil
 	}
+	close(c.finishedSentChan) // merpati
 
 	// All these only apply to the server side.
 	if err := c.handleHandshakeConfirmed(now); err != nil {
@@ -2592,13 +2600,21 @@ func (c *Conn) sendPackets(now monotime.Time) error {
 		if c.holdFinished(now) { // merpati
 			return nil
 		}
+		// merpati: the packet with the Finished carries the data of
+		// unidirectional streams only (see holdFinished).
+		c.framer.SetUniStreamsOnly(c.finishedReleased)
 		packet, err := c.packer.PackCoalescedPacket(false, c.maxPacketSize(), now, c.version)
+		c.framer.SetUniStreamsOnly(false) // merpati
 		if err != nil || packet == nil {
 			return err
 		}
 		c.sentFirstPacket = true
 		if err := c.sendPackedCoalescedPacket(packet, c.sentPacketHandler.ECNMode(packet.IsOnlyShortHeaderPacket()), now); err != nil {
 			return err
+		}
+		if c.finishedReleased { // merpati
+			c.finishedReleased = false
+			close(c.finishedSentChan)
 		}
 		//nolint:exhaustive // only need to handle pacing-related events here
 		switch c.sentPacketHandler.SendMode(now) {
@@ -2618,18 +2634,22 @@ func (c *Conn) sendPackets(now monotime.Time) error {
 
 // merpati: holdFinished reports whether a Chrome-parroting client holds back
 // its Finished, for at most chromeFinishedHold after its handshake completed,
-// until the application has stream data to send. Chrome's Finished always
-// shares its datagram with a 1-RTT packet carrying its HTTP/3 SETTINGS, which
-// an HTTP/3 client writes as soon as the handshake completes; without the
-// hold the Finished would leave before them.
+// until the application has data queued on a unidirectional stream. Chrome's
+// Finished always shares its datagram with a 1-RTT packet carrying its HTTP/3
+// control stream (SETTINGS), which an HTTP/3 client writes as soon as the
+// handshake completes; without the hold the Finished would leave before
+// them. Once released, the Finished leaves with the data of unidirectional
+// streams only: Chrome's first request goes in a later datagram, and so
+// does ours even when its HEADERS are already queued.
 func (c *Conn) holdFinished(now monotime.Time) bool {
 	if c.finishedHoldUntil.IsZero() {
 		return false
 	}
-	if now.Before(c.finishedHoldUntil) && !c.framer.HasStreamData() {
+	if now.Before(c.finishedHoldUntil) && !c.framer.HasUniStreamData() {
 		return true
 	}
 	c.finishedHoldUntil = 0
+	c.finishedReleased = true
 	return false
 }
 
@@ -3182,6 +3202,33 @@ func (c *Conn) AddPath(t *Transport) (*Path, error) {
 			)
 		},
 	), nil
+}
+
+// FinishedSent returns a channel that is closed once a ChromeParrot client
+// has sent the datagram with its Finished (see holdFinished), so that data
+// written afterwards cannot join the control stream data it carries; for
+// other connections, once the handshake completes. It is not closed when
+// the handshake fails: wait for Context().Done() too.
+//
+// merpati: added.
+func (c *Conn) FinishedSent() <-chan struct{} {
+	return c.finishedSentChan
+}
+
+// SendTogether calls f and packs none of the stream data written meanwhile
+// until f returns, so that what f writes to several streams leaves in one
+// packet if it fits, as Chromium sends a request's PRIORITY_UPDATE and
+// HEADERS. f must not block on sending: it writes with
+// [SendStream.TryWriteAll], not Write.
+//
+// merpati: added.
+func (c *Conn) SendTogether(f func()) {
+	c.framer.Cork()
+	defer func() {
+		c.framer.Uncork()
+		c.scheduleSending()
+	}()
+	f()
 }
 
 // HandshakeComplete blocks until the handshake completes (or fails).

@@ -41,6 +41,13 @@ type framer struct {
 	pathResponses              []*wire.PathResponseFrame
 	connFlowController         *connectionFlowController
 	queuedTooManyControlFrames bool
+
+	// merpati: uniStreamsOnly, while set, leaves the data of bidirectional
+	// streams for a later packet (see Conn.holdFinished); while corked is
+	// above 0, no stream data is packed (see Conn.SendTogether). Under
+	// mutex.
+	uniStreamsOnly bool
+	corked         int
 }
 
 func newFramer(connFlowController *connectionFlowController) *framer {
@@ -63,12 +70,40 @@ func (f *framer) HasData() bool {
 	return len(f.streamsWithControlFrames) > 0 || len(f.controlFrames) > 0 || len(f.pathResponses) > 0
 }
 
-// merpati: HasStreamData says if a stream has data queued, leaving control
-// frames aside.
-func (f *framer) HasStreamData() bool {
+// merpati: HasUniStreamData says if a unidirectional stream has data
+// queued, leaving control frames aside.
+func (f *framer) HasUniStreamData() bool {
 	f.mutex.Lock()
 	defer f.mutex.Unlock()
-	return !f.streamQueue.Empty()
+	for id := range f.activeStreams {
+		if protocol.StreamTypeOf(id) == protocol.StreamTypeUni {
+			return true
+		}
+	}
+	return false
+}
+
+// merpati: SetUniStreamsOnly makes Append leave bidirectional streams'
+// data in the queue while on is true.
+func (f *framer) SetUniStreamsOnly(on bool) {
+	f.mutex.Lock()
+	f.uniStreamsOnly = on
+	f.mutex.Unlock()
+}
+
+// merpati: Cork makes Append leave all stream data in the queue until as
+// many calls of Uncork.
+func (f *framer) Cork() {
+	f.mutex.Lock()
+	f.corked++
+	f.mutex.Unlock()
+}
+
+// merpati: Uncork undoes one Cork.
+func (f *framer) Uncork() {
+	f.mutex.Lock()
+	f.corked--
+	f.mutex.Unlock()
 }
 
 func (f *framer) QueueControlFrame(frame wire.Frame) {
@@ -109,9 +144,16 @@ func (f *framer) Append(
 	f.mutex.Lock()
 	// pop STREAM frames, until less than 128 bytes are left in the packet
 	numActiveStreams := f.streamQueue.Len()
+	if f.corked > 0 { // merpati
+		numActiveStreams = 0
+	}
 	for range numActiveStreams {
 		if protocol.MinStreamFrameSize > maxLen {
 			break
+		}
+		if f.uniStreamsOnly && protocol.StreamTypeOf(f.streamQueue.PeekFront()) == protocol.StreamTypeBidi { // merpati
+			f.streamQueue.PushBack(f.streamQueue.PopFront())
+			continue
 		}
 		sf, blocked := f.getNextStreamFrame(maxLen, v)
 		if sf.Frame != nil {

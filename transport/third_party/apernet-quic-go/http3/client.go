@@ -77,6 +77,13 @@ type ClientConn struct {
 	logger  *slog.Logger
 
 	requestWriter *requestWriter
+
+	// merpati: control are the Transport's Settings, Grease and
+	// PriorityUpdate; with control.settings, controlStr is the control
+	// stream, written under controlMx (see chrome_control.go).
+	control    controlOptions
+	controlMx  sync.Mutex
+	controlStr *quic.SendStream
 }
 
 var _ http.RoundTripper = &ClientConn{}
@@ -88,6 +95,7 @@ func newClientConn(
 	maxResponseHeaderBytes int,
 	disableCompression bool,
 	logger *slog.Logger,
+	control controlOptions, // merpati
 ) *ClientConn {
 	var qlogger qlogwriter.Recorder
 	if qlogTrace := conn.QlogTrace(); qlogTrace != nil && qlogTrace.SupportsSchemas(qlog.EventSchema) {
@@ -101,6 +109,7 @@ func newClientConn(
 		logger:             logger,
 		qlogger:            qlogger,
 		decoder:            qpack.NewDecoder(),
+		control:            control, // merpati
 	}
 	c.goAwayCtx, c.goAwayCancel = context.WithCancel(context.Background())
 	if maxResponseHeaderBytes <= 0 {
@@ -117,6 +126,16 @@ func newClientConn(
 		qlogger,
 		c.logger,
 	)
+	// merpati: Chromium's SETTINGS, GREASE frame and PRIORITY_UPDATEs.
+	if control.settings != nil {
+		if err := c.openOrderedControlStream(); err != nil {
+			if c.logger != nil {
+				c.logger.Debug("setting up connection failed", "error", err)
+			}
+			c.conn.CloseWithError(quic.ApplicationErrorCode(ErrCodeInternalError), "")
+		}
+		return c
+	}
 	// send the SETTINGs frame, using 0-RTT data, if possible
 	go func() {
 		_, err := c.rawConn.openControlStream(&settingsFrame{
@@ -176,7 +195,7 @@ func (c *ClientConn) openRequestStream(
 	hstr := c.rawConn.TrackStream(str)
 	rsp := &http.Response{}
 	trace := httptrace.ContextClientTrace(ctx)
-	return newRequestStream(
+	rs := newRequestStream(
 		newStream(hstr, c.rawConn, trace, func(r io.Reader, hf *headersFrame) error {
 			hdr, err := decodeTrailers(r, hf, maxHeaderBytes, c.decoder, c.qlogger, str.StreamID())
 			if err != nil {
@@ -191,7 +210,11 @@ func (c *ClientConn) openRequestStream(
 		disableCompression,
 		maxHeaderBytes,
 		rsp,
-	), nil
+	)
+	if c.control.priorityUpdate { // merpati
+		rs.writeHeader = func(req *http.Request, gzip bool) error { return c.writeHeaderWithPriority(rs, req, gzip) }
+	}
+	return rs, nil
 }
 
 func (c *ClientConn) handleUnidirectionalStream(str *quic.ReceiveStream) {

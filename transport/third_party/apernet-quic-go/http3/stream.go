@@ -175,6 +175,11 @@ type RequestStream struct {
 	sentRequest   bool
 	requestedGzip bool
 	isConnect     bool
+
+	// merpati: writeHeader, if set, writes the HEADERS frame instead of
+	// requestWriter.WriteRequestHeader (with a PRIORITY_UPDATE, see
+	// chrome_control.go).
+	writeHeader func(req *http.Request, gzip bool) error
 }
 
 func newRequestStream(
@@ -302,6 +307,9 @@ func (s *RequestStream) sendRequestHeader(req *http.Request) error {
 	}
 	s.isConnect = req.Method == http.MethodConnect
 	s.sentRequest = true
+	if s.writeHeader != nil { // merpati
+		return s.writeHeader(req, s.requestedGzip)
+	}
 	return s.requestWriter.WriteRequestHeader(s.str.datagramStream, req, s.requestedGzip, s.str.StreamID(), s.str.qlogger)
 }
 

@@ -100,6 +100,22 @@ type Transport struct {
 
 	Logger *slog.Logger
 
+	// merpati: Settings, if not nil, are a client's SETTINGS, sent in this
+	// order instead of those EnableDatagrams, AdditionalSettings and
+	// MaxResponseHeaderBytes make (which keep their other effects); the
+	// control stream is then opened before NewClientConn returns.
+	Settings []Setting
+	// merpati: Grease, with Settings, adds as Chromium does a reserved
+	// setting (0x1f*N+0x21, random value) at the end of SETTINGS and, after
+	// it on the control stream, a frame of a reserved type with up to 3
+	// random bytes.
+	Grease bool
+	// merpati: PriorityUpdate, with Settings, sends before a request's
+	// HEADERS a PRIORITY_UPDATE frame (RFC 9218) for its stream with its
+	// Priority header field on the control stream, as Chromium does, when
+	// the field is there and not the default "u=3".
+	PriorityUpdate bool
+
 	mutex sync.Mutex
 
 	initOnce sync.Once
@@ -134,6 +150,7 @@ func (t *Transport) init() error {
 				t.MaxResponseHeaderBytes,
 				t.DisableCompression,
 				t.Logger,
+				t.controlOptions(), // merpati
 			)
 		}
 	}
@@ -425,6 +442,14 @@ func (t *Transport) removeClient(hostname string) {
 	delete(t.clients, hostname)
 }
 
+// merpati: controlOptions are Settings, Grease and PriorityUpdate.
+func (t *Transport) controlOptions() controlOptions {
+	if t.Settings == nil {
+		return controlOptions{}
+	}
+	return controlOptions{settings: t.Settings, grease: t.Grease, priorityUpdate: t.PriorityUpdate}
+}
+
 // NewClientConn creates a new HTTP/3 client connection on top of a QUIC connection.
 // Most users should use RoundTrip instead of creating a connection directly.
 // Specifically, it is not needed to perform GET, POST, HEAD and CONNECT requests.
@@ -439,6 +464,7 @@ func (t *Transport) NewClientConn(conn *quic.Conn) *ClientConn {
 		t.MaxResponseHeaderBytes,
 		t.DisableCompression,
 		t.Logger,
+		t.controlOptions(), // merpati
 	)
 	go func() {
 		for {
@@ -465,6 +491,7 @@ func (t *Transport) NewRawClientConn(conn *quic.Conn) *RawClientConn {
 			t.MaxResponseHeaderBytes,
 			t.DisableCompression,
 			t.Logger,
+			t.controlOptions(), // merpati
 		),
 	}
 }
