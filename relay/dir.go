@@ -99,6 +99,12 @@ type Settings struct {
 	// relays made before them, whose links lack "ak": once every person
 	// has a new link (link show), set it false. init writes false.
 	LegacyTokens *bool `json:"legacy_tokens,omitempty"`
+	// IdleTimeout, such as "75s", is how long a TLS-carrier session may
+	// stay without streams before the relay closes it (see
+	// [Config.IdleTimeout]); empty means the cover site's own idle
+	// close, which the relay learns: set it only when that cannot be
+	// learned (the relay logs why) and you know the cover site's.
+	IdleTimeout string `json:"idle_timeout,omitempty"`
 }
 
 // DomainMode reports whether the relay is its own cover site (Domain is
@@ -155,8 +161,33 @@ func (s *Settings) Validate() error {
 	if err := s.validateCover(); err != nil {
 		return err
 	}
+	if _, err := s.idleTimeout(); err != nil {
+		return err
+	}
 	_, err := s.table()
 	return err
+}
+
+// Bounds on Settings.IdleTimeout: web servers close idle connections
+// after seconds to minutes.
+const (
+	minIdleTimeout = time.Second
+	maxIdleTimeout = time.Hour
+)
+
+// idleTimeout returns IdleTimeout parsed: zero when empty.
+func (s *Settings) idleTimeout() (time.Duration, error) {
+	if s.IdleTimeout == "" {
+		return 0, nil
+	}
+	d, err := time.ParseDuration(s.IdleTimeout)
+	if err != nil {
+		return 0, fmt.Errorf("settings: idle_timeout %q: want a duration such as \"75s\"", s.IdleTimeout)
+	}
+	if d < minIdleTimeout || d > maxIdleTimeout {
+		return 0, fmt.Errorf("settings: idle_timeout %q: want between %v and %v", s.IdleTimeout, minIdleTimeout, maxIdleTimeout)
+	}
+	return d, nil
 }
 
 // validateCover checks the cover site's settings: Cover (and SNI), or
@@ -554,7 +585,12 @@ func (d *Dir) settingsConfig() (Config, error) {
 	if err != nil {
 		return Config{}, err
 	}
+	idle, err := d.Settings.idleTimeout()
+	if err != nil {
+		return Config{}, err
+	}
 	return Config{
+		IdleTimeout:  idle,
 		Listen:       d.Settings.Listen,
 		Certificate:  d.Certificate,
 		Cover:        cover,

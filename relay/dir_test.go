@@ -4,6 +4,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/merpati/merpati/relay/access"
 )
@@ -27,6 +28,9 @@ func TestSettingsValidate(t *testing.T) {
 		"ip cover no sni": func(s *Settings) { s.Cover = "https://127.0.0.1:8443" },
 		"bad dc":          func(s *Settings) { s.DC = []string{"two=1.2.3.4:443"} },
 		"bad allow":       func(s *Settings) { s.Allow = []string{"10.0.0.0/33"} },
+		"bad idle":        func(s *Settings) { s.IdleTimeout = "75" },
+		"short idle":      func(s *Settings) { s.IdleTimeout = "500ms" },
+		"long idle":       func(s *Settings) { s.IdleTimeout = "2h" },
 	}
 	for name, mod := range bad {
 		s := good
@@ -39,6 +43,11 @@ func TestSettingsValidate(t *testing.T) {
 	withSNI.Cover, withSNI.SNI = "https://127.0.0.1:8443", "cover.example.org"
 	if err := withSNI.Validate(); err != nil {
 		t.Errorf("ip cover with sni: %v", err)
+	}
+	withIdle := good
+	withIdle.IdleTimeout = "75s"
+	if d, err := withIdle.idleTimeout(); err != nil || d != 75*time.Second || withIdle.Validate() != nil {
+		t.Errorf("idle_timeout 75s: %v, %v", d, err)
 	}
 }
 

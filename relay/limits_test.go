@@ -566,11 +566,12 @@ func TestUnauthLimits(t *testing.T) {
 	}
 }
 
-// TestCoverTiming: an idle connection reaches the cover site about a
-// second after it arrives, while the relay still waits for its hello, so
-// the cover's own idle timeout governs it (the relay used to dial the
-// cover only once HelloTimeout had passed: a connection nginx closes after
-// 60 s was closed after 70). Bytes sent meanwhile still reach the cover.
+// TestCoverTiming: an idle connection reaches the cover site CoverDelay
+// (the production default, 150 ms) after it arrives, while the relay
+// still waits for its hello, so the cover's own idle timeout governs it
+// (the relay used to dial the cover only once HelloTimeout had passed: a
+// connection nginx closes after 60 s was closed after 70). Bytes sent
+// meanwhile still reach the cover.
 func TestCoverTiming(t *testing.T) {
 	got := make(chan []byte, 1)
 	cover := startHoldServer(t, func(c net.Conn) {
@@ -581,16 +582,26 @@ func TestCoverTiming(t *testing.T) {
 	lab := startLimitsLab(t, map[string]access.Entry{"k": {}}, func(c *Config) {
 		c.Cover = cover.addr
 		c.HelloTimeout = time.Minute
+		c.CoverDelay = tlscarrier.DefaultCoverDelay
 	}, nil)
 	c, err := net.Dial("tcp", lab.addr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	for deadline := time.Now().Add(20 * time.Second); cover.accepted.Load() == 0; time.Sleep(20 * time.Millisecond) {
+	start := time.Now()
+	// 5 s: far past 150 ms even on a busy machine, far below HelloTimeout.
+	for deadline := start.Add(5 * time.Second); cover.accepted.Load() == 0; time.Sleep(5 * time.Millisecond) {
 		if time.Now().After(deadline) {
-			t.Fatal("the cover site was not dialled within 20s of an idle connection (HelloTimeout is 1m)")
+			t.Fatalf("the cover site was not dialled within 5 s of an idle connection (CoverDelay %v, HelloTimeout 1m)", tlscarrier.DefaultCoverDelay)
 		}
+	}
+	took := time.Since(start)
+	t.Logf("the cover site was dialled %v after an idle connection arrived (CoverDelay %v)", took.Round(time.Millisecond), tlscarrier.DefaultCoverDelay)
+	// Never earlier: a client's hello, late by less, must find no cover
+	// connection made for it (the bound only errs late on a busy machine).
+	if took < tlscarrier.DefaultCoverDelay*2/3 {
+		t.Errorf("the cover site was dialled %v after an idle connection arrived, before CoverDelay %v", took, tlscarrier.DefaultCoverDelay)
 	}
 	c.Write([]byte("\x16\x03\x01")) // the start of a TLS record, never finished
 	c.(*net.TCPConn).CloseWrite()

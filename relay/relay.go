@@ -30,6 +30,7 @@ import (
 	"github.com/merpati/merpati/transport"
 	"github.com/merpati/merpati/transport/antireplay"
 	"github.com/merpati/merpati/transport/auth"
+	"github.com/merpati/merpati/transport/h2mux"
 	"github.com/merpati/merpati/transport/mtproxy"
 	"github.com/merpati/merpati/transport/quiccarrier"
 	"github.com/merpati/merpati/transport/tlscarrier"
@@ -89,6 +90,13 @@ type Config struct {
 	// (an IPv4 /24 or an IPv6 /64); zero means
 	// [tlscarrier.DefaultMaxUnauthPerSource].
 	MaxUnauthPerSource int
+	// IdleTimeout, if positive, is how long a TLS-carrier session may
+	// stay without streams before the relay closes it (give or take
+	// 2 %, with GOAWAY and close_notify, as a web server does). Zero
+	// means the cover site's own idle close, which [Relay.Run] learns
+	// (see [Relay.LearnIdle]); until it is learned, and when the cover
+	// site keeps idle connections open, [h2mux.DefaultIdleTimeout].
+	IdleTimeout time.Duration
 	// MaxDialsPerKey caps the streams of one access key dialling a
 	// datacenter at once; zero means [DefaultMaxDialsPerKey]. The others
 	// wait their turn, for up to DialTimeout, and are then refused with
@@ -105,6 +113,28 @@ type Config struct {
 // mtproxyWarnSecrets is how many MTProxy secrets make the relay warn
 // that their check shows in a prober's time (about 0.3 ms).
 const mtproxyWarnSecrets = 200
+
+// legacyWarnKeys is how many keys make the relay warn, when legacy tokens
+// are allowed, that checking a hello's plain token against each shows in
+// a prober's time (about 5 us a key, BenchmarkAuthenticate: 0.5 ms).
+const legacyWarnKeys = 100
+
+// warnCheckCosts warns when checking a hello costs enough to show in the
+// time a prober waits for the cover site's answer.
+func (r *Relay) warnCheckCosts() {
+	if n := r.cfg.Keys.MTProxySecrets(); n > mtproxyWarnSecrets {
+		r.log.Warn("many MTProxy secrets: stock apps name no secret in their hello, so the relay checks every hello "+
+			"against each (about 1.2 us apiece) before the cover site's answer goes out, which a prober can time; "+
+			"give MTProxy secrets only to people whose apps need them (link add --no-mtproxy)",
+			"secrets", n, "per_hello", time.Duration(n)*1400*time.Nanosecond)
+	}
+	if n := r.cfg.Keys.Len(); n > legacyWarnKeys && r.live.Load().legacyTokens {
+		r.log.Warn("legacy_tokens is on with many keys: a hello that carries no sealed token (a probe, or a link "+
+			"without \"ak\") is checked against every key (about 5 us apiece) before the cover site's answer goes out, "+
+			"which a prober can time; give everyone a current link (link show) and set \"legacy_tokens\": false in "+SettingsFile,
+			"keys", n, "per_hello", time.Duration(n)*5*time.Microsecond)
+	}
+}
 
 // DefaultMaxDialsPerKey is the default [Config.MaxDialsPerKey]: more than
 // a family of Telegram apps starts at once, and a bound on the sockets one
@@ -140,6 +170,8 @@ func (c *Config) fill() error {
 		return errors.New("relay: Config.MaxUnauthPerSource: must not be negative")
 	case c.MaxDialsPerKey < 0:
 		return errors.New("relay: Config.MaxDialsPerKey: must not be negative")
+	case c.IdleTimeout < 0:
+		return errors.New("relay: Config.IdleTimeout: must not be negative")
 	}
 	if c.MaxDialsPerKey == 0 {
 		c.MaxDialsPerKey = DefaultMaxDialsPerKey
@@ -180,6 +212,10 @@ type Relay struct {
 	quicIDLen int
 	// ready is closed by Run once its listeners are up.
 	ready chan struct{}
+	// idleFixed is Config.IdleTimeout in force, idleLearned the cover
+	// site's idle close as last learned (zero: none), both in
+	// nanoseconds; see [Relay.IdleTimeout].
+	idleFixed, idleLearned atomic.Int64
 }
 
 // New checks cfg and returns a Relay.
@@ -194,6 +230,7 @@ func New(cfg Config) (*Relay, error) {
 		ready:  make(chan struct{}),
 	}
 	r.live.Store(&liveSettings{cover: cfg.Cover, serverName: cfg.ServerName, table: cfg.Table, legacyTokens: cfg.LegacyTokens})
+	r.idleFixed.Store(int64(cfg.IdleTimeout))
 	if cfg.Certificate.PrivateKey != nil {
 		ak, err := auth.RelayAuthKey(cfg.Certificate.PrivateKey)
 		if err != nil {
@@ -271,20 +308,16 @@ func (r *Relay) Run(ctx context.Context) error {
 		return fmt.Errorf("relay: %w", err)
 	}
 	r.log.Info("relay listening", "addr", ln.Addr().String())
-	if n := cfg.Keys.MTProxySecrets(); n > mtproxyWarnSecrets {
-		r.log.Warn("many MTProxy secrets: stock apps name no secret in their hello, so the relay checks every hello "+
-			"against each (about 1.4 us apiece) before the cover site's answer goes out, which a prober can time; "+
-			"give MTProxy secrets only to people whose apps need them (link add --no-mtproxy)",
-			"secrets", n, "per_hello", time.Duration(n)*1400*time.Nanosecond)
-	}
+	r.warnCheckCosts()
 	r.LearnCover(ctx)
+	lctx, stopLearning := context.WithCancel(ctx)
+	var learning sync.WaitGroup
+	defer learning.Wait()
+	defer stopLearning()
 	if r.mirror != nil {
-		mctx, stop := context.WithCancel(ctx)
-		var learning sync.WaitGroup
-		learning.Go(func() { r.mirror.Run(mctx) })
-		defer learning.Wait()
-		defer stop()
+		learning.Go(func() { r.mirror.Run(lctx) })
 	}
+	learning.Go(func() { r.keepIdleLearned(lctx) })
 	tl, err := r.ListenTLS(ln)
 	if err != nil {
 		ln.Close()
@@ -341,6 +374,7 @@ func (r *Relay) ListenTLS(ln net.Listener) (*tlscarrier.Listener, error) {
 		CoverDelay:         r.cfg.CoverDelay,
 		MaxUnauthConns:     r.cfg.MaxUnauthConns,
 		MaxUnauthPerSource: r.cfg.MaxUnauthPerSource,
+		Mux:                h2mux.Config{IdleTimeoutFunc: r.sessionIdle},
 		Mirror:             r.mirror,
 		Logger:             r.log,
 		OnCover:            r.countCover,

@@ -49,7 +49,8 @@ func (r *Relay) dialCoverUDP() (net.Conn, error) {
 
 // Reload applies, while the relay runs, the fields of cfg that can change
 // without a restart: Table (datacenter overrides and allowed ranges),
-// Cover and ServerName (the cover site), and LegacyTokens. It ignores the
+// Cover and ServerName (the cover site), LegacyTokens and IdleTimeout
+// (which applies to each session's next idle period). It ignores the
 // others, which take a restart ([Relay.ReloadDir] names them). Sessions and
 // streams in progress go on: a stream keeps the connection it has, while
 // streams that open later dial within the new Table; connections that do
@@ -70,6 +71,9 @@ func (r *Relay) Reload(ctx context.Context, cfg Config) error {
 	}
 	if cfg.Table == nil {
 		cfg.Table = dc.New()
+	}
+	if cfg.IdleTimeout < 0 {
+		return errors.New("relay: reload: Config.IdleTimeout: must not be negative")
 	}
 	r.reloadMu.Lock()
 	defer r.reloadMu.Unlock()
@@ -115,6 +119,7 @@ func (r *Relay) Reload(ctx context.Context, cfg Config) error {
 		}
 	}
 	r.live.Store(next)
+	r.idleFixed.Store(int64(cfg.IdleTimeout))
 	if newCover {
 		r.log.Info("cover site changed: connections that do not authenticate now go to it", "cover", cfg.Cover)
 		if r.mirror != nil {
@@ -173,6 +178,7 @@ func (r *Relay) ReloadDir(ctx context.Context, cur *Dir) (*Dir, error) {
 		{"dc", !slices.Equal(s.DC, old.DC)},
 		{"allow", !slices.Equal(s.Allow, old.Allow)},
 		{"legacy_tokens", s.legacyTokens() != old.legacyTokens()},
+		{"idle_timeout", s.IdleTimeout != old.IdleTimeout},
 	} {
 		if f.changed {
 			applied = append(applied, f.name)

@@ -44,6 +44,8 @@ type snapshot struct {
 	// without one are left out.
 	mt      []mtproxy.Key
 	mtUsers []*User
+	// mtPrep[i] is mt[i] prepared for checking hellos.
+	mtPrep []*mtproxy.PreparedKey
 }
 
 type fileStamp struct {
@@ -148,6 +150,7 @@ func (k *Keyring) reload(initial bool) (int, error) {
 		snap.keys = append(snap.keys, e.Key)
 		if !e.MTProxySecret.IsZero() {
 			snap.mt = append(snap.mt, e.MTProxySecret)
+			snap.mtPrep = append(snap.mtPrep, e.MTProxySecret.Prepare())
 			snap.mtUsers = append(snap.mtUsers, u)
 		}
 	}
@@ -224,6 +227,9 @@ func (k *Keyring) Watch(ctx context.Context, interval time.Duration) {
 		}
 	}
 }
+
+// Len returns the number of keys in force.
+func (k *Keyring) Len() int { return k.active() }
 
 // MTProxySecrets returns how many keys have an MTProxy secret: each costs
 // an HMAC over every FakeTLS-shaped hello (apps name no secret).
@@ -318,7 +324,7 @@ func (k *Keyring) AuthenticateID(id uint32, digest [32]byte, token []byte, now t
 func (k *Keyring) MatchMTProxy(h *mtproxy.ClientHello, now time.Time, window time.Duration) (*User, mtproxy.Key) {
 	s := k.snap.Load()
 	for i, key := range s.mt {
-		if err := h.Verify(key, now, window); err == nil {
+		if err := h.VerifyPrepared(s.mtPrep[i], now, window); err == nil {
 			u := s.mtUsers[i]
 			if u.Entry().Expired(now) {
 				return nil, mtproxy.Key{}

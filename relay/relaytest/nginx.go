@@ -60,6 +60,20 @@ type Nginx struct {
 // environment variable CI is set.
 func StartNginx(t testing.TB) *Nginx {
 	t.Helper()
+	return StartNginxWith(t, NginxOptions{})
+}
+
+// NginxOptions change an [Nginx]'s configuration.
+type NginxOptions struct {
+	// KeepaliveTimeout, if positive, is nginx's keepalive_timeout: how
+	// long it keeps an idle connection open, HTTP/2 ones included. Zero
+	// leaves nginx's default, 75 s.
+	KeepaliveTimeout time.Duration
+}
+
+// StartNginxWith is [StartNginx] with options.
+func StartNginxWith(t testing.TB, o NginxOptions) *Nginx {
+	t.Helper()
 	if _, err := os.Stat(NginxPath); err != nil {
 		if os.Getenv("CI") != "" {
 			t.Fatalf("nginx is not installed (apt-get install nginx-light): %v", err)
@@ -98,7 +112,11 @@ func StartNginx(t testing.TB) *Nginx {
 		n.addr = ln.Addr().String()
 		ln.Close()
 		config := filepath.Join(dir, "nginx.conf")
-		if err := os.WriteFile(config, []byte(nginxConf(n.addr, dir, site, chainFile, keyFile, os.Geteuid() == 0)), 0o644); err != nil {
+		conf := nginxConf(n.addr, dir, site, chainFile, keyFile, os.Geteuid() == 0)
+		if o.KeepaliveTimeout > 0 {
+			conf = strings.Replace(conf, "http {\n", fmt.Sprintf("http {\n\tkeepalive_timeout %dms;\n", o.KeepaliveTimeout.Milliseconds()), 1)
+		}
+		if err := os.WriteFile(config, []byte(conf), 0o644); err != nil {
 			t.Fatal(err)
 		}
 		if lastErr = n.run(t, config); lastErr == nil {

@@ -15,7 +15,9 @@ import (
 // DefaultReuseProbe (Chrome checks a connection idle for 10 s before
 // sending a request on it, and gives it 10 s, DefaultTimeout, to answer);
 // a server closes a session that has had no stream for DefaultIdleTimeout
-// (nginx, measured: about 66 s), with GOAWAY and then close_notify.
+// (nginx, measured: about 66 s), with GOAWAY and then close_notify. A relay
+// learns its cover site's own idle close and sets it with
+// [Config.IdleTimeoutFunc].
 const (
 	DefaultMaxStreamWindow = 6 << 20
 	DefaultMaxConnWindow   = 15 << 20
@@ -27,11 +29,12 @@ const (
 	DefaultPath            = "/"
 )
 
-// idleJitter is the fraction of IdleTimeout (1/idleJitter of it) added at
-// random to each idle period, and reuseJitter that of ReuseProbe: neither
-// clock ticks at a fixed cadence a censor could match.
+// idleJitter is the fraction of IdleTimeout (1/idleJitter of it) added to
+// or taken from each idle period at random, and reuseJitter that of
+// ReuseProbe (added): neither clock ticks at a fixed cadence a censor could
+// match, and an idle close stays close to the web server's it follows.
 const (
-	idleJitter  = 16 // 64 s: closed after 64–68 s
+	idleJitter  = 50 // ±2 %: 64 s closes after 62.7–65.3 s, 75 s after 73.5–76.5 s
 	reuseJitter = 2  // 10 s: probe after 10–15 s of silence
 )
 
@@ -140,13 +143,21 @@ type Config struct {
 	ReuseProbe time.Duration
 
 	// IdleTimeout is how long a server session may go without an open
-	// stream (plus up to a sixteenth of it, at random) before it closes
+	// stream (give or take 2 %, at random) before it closes
 	// itself as an HTTP/2 web server does: GOAWAY with NO_ERROR naming
 	// the last stream, then the connection is closed (with close_notify
 	// on TLS). The client opens a new session when it next needs one.
 	// Zero means DefaultIdleTimeout; negative never closes. A client
 	// ignores it.
 	IdleTimeout time.Duration
+
+	// IdleTimeoutFunc, if not nil, gives a server session's idle timeout
+	// in place of IdleTimeout each time an idle period starts, so that
+	// it can change while sessions live (a relay learns its cover site's
+	// idle close). A result that is not positive means IdleTimeout. It
+	// is ignored when IdleTimeout is negative, and by a client. It must
+	// be safe for concurrent use and must not block.
+	IdleTimeoutFunc func() time.Duration
 
 	// MaxStreams is how many concurrent streams a server session allows,
 	// advertised as SETTINGS_MAX_CONCURRENT_STREAMS; streams beyond it are

@@ -214,8 +214,9 @@ func newSession(conn net.Conn, cfg Config, client bool) (*Session, error) {
 	s.henc = hpack.NewEncoder(&s.hbuf)
 
 	if !client && cfg.IdleTimeout > 0 {
-		s.idleAt = time.Now().Add(s.idleDelay())
-		s.idleTimer = time.AfterFunc(s.cfg.IdleTimeout, s.idleCheck)
+		d := s.idleDelay()
+		s.idleAt = time.Now().Add(d)
+		s.idleTimer = time.AfterFunc(d, s.idleCheck)
 	}
 	s.wg.Add(2)
 	go s.readLoop()
@@ -581,10 +582,23 @@ func (s *Session) probeLocked() {
 	}()
 }
 
+// idleTimeout returns the idle timeout in force: IdleTimeoutFunc's, else
+// IdleTimeout.
+func (s *Session) idleTimeout() time.Duration {
+	if f := s.cfg.IdleTimeoutFunc; f != nil {
+		if d := f(); d > 0 {
+			return d
+		}
+	}
+	return s.cfg.IdleTimeout
+}
+
 // idleDelay returns how long a server session may stay without streams:
-// IdleTimeout plus up to 1/idleJitter of it.
+// the idle timeout give or take 1/idleJitter of it.
 func (s *Session) idleDelay() time.Duration {
-	return s.cfg.IdleTimeout + rand.N(s.cfg.IdleTimeout/idleJitter+1)
+	d := s.idleTimeout()
+	j := d / idleJitter
+	return d - j + rand.N(2*j+1)
 }
 
 // idleCheck closes a server session that has had no open stream for its
@@ -599,7 +613,7 @@ func (s *Session) idleCheck() {
 		s.mu.Unlock()
 		return
 	}
-	wait := s.cfg.IdleTimeout // streams open: look again later
+	wait := s.idleTimeout() // streams open: look again later
 	if s.numStreams == 0 {
 		wait = time.Until(s.idleAt)
 	}
@@ -686,8 +700,13 @@ func (s *Session) releaseSlotLocked(st *Stream) {
 				if s.goaway {
 					s.kickLocked() // the writer closes the drained session
 				}
-			} else {
-				s.idleAt = time.Now().Add(s.idleDelay())
+			} else if s.idleTimer != nil {
+				// The timer may be set for later than this idle
+				// period ends (a check while streams were open, at
+				// a longer timeout): it runs when the period does.
+				d := s.idleDelay()
+				s.idleAt = time.Now().Add(d)
+				s.idleTimer.Reset(d)
 			}
 		}
 	}

@@ -7,4 +7,4 @@ import "time"
 var ServerHello = serverHello
 
 // Check exposes check to the external tests.
-func (h *ClientHello) Check(key Key) (time.Time, bool) { return h.check(key) }
+func (h *ClientHello) Check(key Key) (time.Time, bool) { return h.check(key.Prepare()) }

@@ -5,6 +5,7 @@ import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"crypto/subtle"
+	"encoding"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -152,9 +153,12 @@ func serverName(data []byte) string {
 
 // check reports whether the hello's random is its digest under key, and if
 // so returns the timestamp it carries. Its cost is one HMAC-SHA256 over
-// the record.
-func (h *ClientHello) check(key Key) (time.Time, bool) {
-	d := digest(key, h.Record)
+// the record, less the key's two pad blocks, hashed ahead.
+func (h *ClientHello) check(key *PreparedKey) (time.Time, bool) {
+	d, ok := key.digest(h.Record)
+	if !ok {
+		return time.Time{}, false
+	}
 	for i := range d {
 		d[i] ^= h.Random[i]
 	}
@@ -166,8 +170,17 @@ func (h *ClientHello) check(key Key) (time.Time, bool) {
 }
 
 // Verify checks the digest under key ([ErrDigest]) and that the timestamp
-// is within window of now ([ErrStale]).
+// is within window of now ([ErrStale]). To check hellos against the same
+// key again and again, prepare it once ([Key.Prepare],
+// [ClientHello.VerifyPrepared]).
 func (h *ClientHello) Verify(key Key, now time.Time, window time.Duration) error {
+	return h.VerifyPrepared(key.Prepare(), now, window)
+}
+
+// VerifyPrepared is [ClientHello.Verify] with a prepared key: the same
+// answer, for less work. It is safe to call concurrently with the same
+// key.
+func (h *ClientHello) VerifyPrepared(key *PreparedKey, now time.Time, window time.Duration) error {
 	ts, ok := h.check(key)
 	if !ok {
 		return ErrDigest
@@ -178,16 +191,60 @@ func (h *ClientHello) Verify(key Key, now time.Time, window time.Duration) error
 	return nil
 }
 
-// digest is HMAC-SHA256(key, record with the random zeroed).
-func digest(key Key, record []byte) [32]byte {
-	m := hmac.New(sha256.New, key[:])
-	m.Write(record[:randomOffset])
+// A PreparedKey is a [Key] ready to check hellos with: the SHA-256 states
+// of HMAC's inner and outer hashes after the key's padded block (RFC
+// 2104, section 2), computed once, where [hmac.New] would hash both blocks
+// again, and allocate, for every hello and secret. A relay checks each
+// MTProxy hello against every secret it has, so this is most of what a
+// hello costs it. A PreparedKey never changes; it is safe for concurrent
+// use.
+type PreparedKey struct {
+	// inner and outer are marshaled SHA-256 states
+	// (encoding.BinaryMarshaler), which a check restores into a fresh
+	// digest of its own.
+	inner, outer []byte
+}
+
+// Prepare returns k prepared for [ClientHello.VerifyPrepared].
+func (k Key) Prepare() *PreparedKey {
+	var pad [sha256.BlockSize]byte
+	state := func(x byte) []byte {
+		for i := range pad {
+			pad[i] = x
+			if i < len(k) {
+				pad[i] ^= k[i]
+			}
+		}
+		h := sha256.New()
+		h.Write(pad[:])
+		// Go's SHA-256 digests marshal their state (crypto/sha256's
+		// doc), and never fail to.
+		b, _ := h.(encoding.BinaryMarshaler).MarshalBinary()
+		return b
+	}
+	return &PreparedKey{inner: state(0x36), outer: state(0x5c)}
+}
+
+// digest is HMAC-SHA256(key, record with the random zeroed). ok is false
+// only if a state did not restore, which Go's SHA-256 never refuses of its
+// own marshaling (and a zero digest would match a hello of zero random).
+func (p *PreparedKey) digest(record []byte) (d [32]byte, ok bool) {
+	h := sha256.New()
+	u, isU := h.(encoding.BinaryUnmarshaler)
+	if !isU || u.UnmarshalBinary(p.inner) != nil {
+		return d, false
+	}
+	h.Write(record[:randomOffset])
 	var zero [randomLen]byte
-	m.Write(zero[:])
-	m.Write(record[randomOffset+randomLen:])
-	var d [32]byte
-	m.Sum(d[:0])
-	return d
+	h.Write(zero[:])
+	h.Write(record[randomOffset+randomLen:])
+	h.Sum(d[:0])
+	if u.UnmarshalBinary(p.outer) != nil {
+		return d, false
+	}
+	h.Write(d[:])
+	h.Sum(d[:0])
+	return d, true
 }
 
 // serverHello builds the proxy's answer to h, which must have passed

@@ -479,19 +479,9 @@ func chromeH3() *http3.Transport {
 // 156.0.8078.108, whose fields these are (headless, its User-Agent says
 // HeadlessChrome).
 func chromeRequestHeader() http.Header {
-	return http.Header{
-		"Sec-Ch-Ua":                 {`"Not:A-Brand";v="8", "Chromium";v="156"`},
-		"Sec-Ch-Ua-Mobile":          {"?0"},
-		"Sec-Ch-Ua-Platform":        {`"Linux"`},
-		"Upgrade-Insecure-Requests": {"1"},
-		"User-Agent":                {"Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/156.0.0.0 Safari/537.36"},
-		"Accept":                    {"text/html,application/xhtml+xml,application/xml;q=0.9,image/jxl,image/avif,image/webp,image/apng,*/*;q=0.8,application/signed-exchange;v=b3;q=0.7"},
-		"Sec-Fetch-Site":            {"none"},
-		"Sec-Fetch-Mode":            {"navigate"},
-		"Sec-Fetch-User":            {"?1"},
-		"Sec-Fetch-Dest":            {"document"},
-		"Accept-Encoding":           {"gzip, deflate, br, zstd"},
-		"Accept-Language":           {"en-US,en;q=0.9"},
-		"Priority":                  {"u=0, i"},
+	h := http.Header{}
+	for _, f := range tlscarrier.ChromePageHeaders() {
+		h.Add(f[0], f[1])
 	}
+	return h
 }

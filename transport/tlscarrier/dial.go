@@ -192,8 +192,18 @@ func (d *Dialer) handshake(ctx context.Context, raw net.Conn) (net.Conn, error) 
 		return nil, err
 	}
 	if p := uc.ConnectionState().NegotiatedProtocol; p != "h2" {
-		uc.Close()
-		return nil, fmt.Errorf("relay negotiated ALPN %q, want h2", p)
+		return nil, fmt.Errorf("relay negotiated ALPN %q, want h2", p) // Dial closes raw
 	}
-	return uc, nil
+	return finConn{uc}, nil
 }
+
+// finConn is a client's TLS connection as its HTTP/2 session holds it:
+// Close closes the TCP connection without a TLS close_notify alert, as
+// Chromium closes its connections (it never sends one: when nginx closes
+// an idle connection with GOAWAY and close_notify, Chromium answers with a
+// FIN alone, issue 14). crypto/tls and uTLS send the alert, a 19-byte
+// record no browser's connection ends with.
+type finConn struct{ *utls.UConn }
+
+// Close closes the TCP connection, sending no alert.
+func (c finConn) Close() error { return c.NetConn().Close() }

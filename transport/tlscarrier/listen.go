@@ -45,6 +45,16 @@ const (
 	// secrets at about 1.4 us each, at most a tenth of a core per
 	// network.
 	DefaultMTProxyChecks = 50
+	// DefaultMTProxyCPU is the default [ListenConfig.MTProxyCPU]: half
+	// a core, all sources together. At about 1.2 us per secret and
+	// hello (BenchmarkMTProxyCheck: 1.1-1.2 ms a hello with 1000
+	// secrets), that is some 400 hellos a second with 1000 secrets and
+	// 4000 with 100: far more than the apps of a relay's users open,
+	// while a flood from many networks, each under its own rate, leaves
+	// the relay the other half of a core (and its other cores) for the
+	// sessions it serves. The budget counts the time checks take, so it
+	// holds whatever the number of secrets.
+	DefaultMTProxyCPU = 0.5
 	// MTProxyWindow is how far a FakeTLS hello's timestamp may be from
 	// the relay's clock. Apps sign with their device clock, which can be
 	// off by a minute or so; the relay's MTProxy replay cache must
@@ -118,6 +128,13 @@ type ListenConfig struct {
 	// relay spend. Others go to the cover site untried. Zero means
 	// [DefaultMTProxyChecks].
 	MTProxyChecks float64
+	// MTProxyCPU bounds the time that checking hellos against the
+	// MTProxy secrets takes, from all sources together, as a share of
+	// one core: a second of checks takes that many seconds, with up to
+	// one second's share at once. A flood from many networks, each
+	// under MTProxyChecks, cannot take more. Hellos over it go to the
+	// cover site untried. Zero means [DefaultMTProxyCPU].
+	MTProxyCPU float64
 	// Mirror, if not nil, shapes key holders' server flight like the
 	// cover site's (see [Mirror]).
 	Mirror *Mirror
@@ -143,6 +160,8 @@ func (c *ListenConfig) fill() error {
 		return errors.New("tlscarrier: ListenConfig.MaxUnauthConns: must not be negative")
 	case c.MaxUnauthPerSource < 0:
 		return errors.New("tlscarrier: ListenConfig.MaxUnauthPerSource: must not be negative")
+	case c.MTProxyCPU < 0:
+		return errors.New("tlscarrier: ListenConfig.MTProxyCPU: must not be negative")
 	}
 	if _, _, err := net.SplitHostPort(c.Cover); err != nil {
 		return fmt.Errorf("tlscarrier: ListenConfig.Cover: %w", err)
@@ -155,6 +174,9 @@ func (c *ListenConfig) fill() error {
 	}
 	if c.MTProxyChecks <= 0 {
 		c.MTProxyChecks = DefaultMTProxyChecks
+	}
+	if c.MTProxyCPU == 0 {
+		c.MTProxyCPU = DefaultMTProxyCPU
 	}
 	if c.MaxUnauthConns == 0 {
 		c.MaxUnauthConns = DefaultMaxUnauthConns
@@ -182,6 +204,8 @@ type Listener struct {
 	warns  warnlimit.Limiter
 	// mtChecks bounds the MTProxy secret checks per source network.
 	mtChecks *netrate.Limiter
+	// mtBudget bounds the time all MTProxy secret checks take.
+	mtBudget *timeBudget
 	// mtCost is a moving average of what an MTProxy check takes, in
 	// nanoseconds.
 	mtCost atomic.Int64
@@ -207,6 +231,7 @@ func Listen(ln net.Listener, cfg ListenConfig) (*Listener, error) {
 		ln:       ln,
 		unauth:   unauthLimiter{max: cfg.MaxUnauthConns, perSource: cfg.MaxUnauthPerSource},
 		mtChecks: netrate.New(cfg.MTProxyChecks, 2*cfg.MTProxyChecks),
+		mtBudget: newTimeBudget(cfg.MTProxyCPU),
 		sessions: make(chan transport.ServerSession),
 		ctx:      ctx,
 		cancel:   cancel,
@@ -295,19 +320,89 @@ func (l *Listener) handle(ctx context.Context, c net.Conn) {
 	if l.cfg.MTProxy != nil && l.mtCheckAllowed(c) {
 		// Not our carrier: maybe a stock Telegram app with an MTProxy
 		// (FakeTLS) secret, told apart by the hello alone.
-		if mh, err := mtproxy.ParseClientHello(rec); err == nil {
-			start := time.Now()
-			key, secret, err := l.cfg.MTProxy.AuthenticateMTProxy(mh, start)
-			l.noteMTCost(time.Since(start))
-			if err == nil {
-				release()
-				early.drop()
-				l.serveMTProxy(ctx, c, br, key, secret, mh)
-				return
-			}
+		mh, err := mtproxy.ParseClientHello(rec)
+		if err == nil {
+			err = l.checkMTProxy(ctx, c, br, mh, release, early)
+		}
+		if err == nil {
+			return
 		}
 	}
 	l.cover(ctx, c, first, "no valid token or MTProxy hello", early)
+}
+
+// checkMTProxy checks h against the MTProxy secrets, if the time budget
+// of those checks allows, and serves c as the app whose secret signed h,
+// returning nil, if one did.
+func (l *Listener) checkMTProxy(ctx context.Context, c net.Conn, br *bufio.Reader, h *mtproxy.ClientHello, release func(), early *earlyCover) error {
+	est, ok := l.mtBudget.take(time.Now(), time.Duration(l.mtCost.Load()))
+	if !ok {
+		l.warns.Warn(l.log, "MTProxy checks over their CPU budget: hellos sent to the cover site untried",
+			"cpu", l.cfg.MTProxyCPU)
+		return errMTBudget
+	}
+	start := time.Now()
+	key, secret, err := l.cfg.MTProxy.AuthenticateMTProxy(h, start)
+	took := time.Since(start)
+	l.noteMTCost(took)
+	l.mtBudget.settle(est, took)
+	if err != nil {
+		return err
+	}
+	release()
+	early.drop()
+	l.serveMTProxy(ctx, c, br, key, secret, h)
+	return nil
+}
+
+// errMTBudget means a hello was not checked against the MTProxy secrets:
+// their checks had taken their share of the CPU ([ListenConfig.MTProxyCPU]).
+var errMTBudget = errors.New("tlscarrier: MTProxy check budget spent")
+
+// A timeBudget is a token bucket of time: it lets work start while the
+// time earlier work took, counted against a refill of rate seconds a
+// second up to a second's worth, has not run out. Work reserves its
+// expected time when it starts (so that many starting at once cannot all
+// pass) and settles the difference when done. It is safe for concurrent
+// use.
+type timeBudget struct {
+	rate  float64 // seconds of work a second
+	burst float64 // nanoseconds
+
+	mu     sync.Mutex
+	tokens float64 // nanoseconds; negative while in debt
+	last   time.Time
+}
+
+func newTimeBudget(rate float64) *timeBudget {
+	burst := rate * float64(time.Second)
+	return &timeBudget{rate: rate, burst: burst, tokens: burst}
+}
+
+// take reports whether work may start at now and, if so, reserves est of
+// the budget for it, which it returns for [timeBudget.settle].
+func (b *timeBudget) take(now time.Time, est time.Duration) (time.Duration, bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if !b.last.IsZero() {
+		if d := now.Sub(b.last); d > 0 {
+			b.tokens = min(b.burst, b.tokens+b.rate*float64(d))
+		}
+	}
+	b.last = now
+	if b.tokens <= 0 {
+		return 0, false
+	}
+	b.tokens -= float64(est)
+	return est, true
+}
+
+// settle counts work that took took against the budget, of which est was
+// reserved when it started.
+func (b *timeBudget) settle(est, took time.Duration) {
+	b.mu.Lock()
+	b.tokens -= float64(took - est)
+	b.mu.Unlock()
 }
 
 // mtSlowCheck is how long an MTProxy check may take before the front

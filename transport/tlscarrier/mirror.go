@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/big"
+	mrand "math/rand/v2"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -29,6 +30,9 @@ type MirrorConfig struct {
 	Certificate tls.Certificate
 	// Interval is how often the cover site's flight is learned again;
 	// zero means 6 hours (a certificate renewal, a server upgrade).
+	// After a failed learn (the cover site down at the relay's start,
+	// say), [Mirror.Run] tries again sooner: after a minute, then twice
+	// as long each time, up to Interval, less up to a quarter at random.
 	Interval time.Duration
 	// Logger receives what cannot be mirrored; nil discards.
 	Logger *slog.Logger
@@ -40,8 +44,11 @@ type MirrorConfig struct {
 // server the cover's key share group, a certificate chain of the cover's
 // lengths (the relay's own leaf, of the cover leaf's length, then the
 // cover's intermediates, with the cover's OCSP staple and SCTs), and the
-// cover's session ticket records (see [Mirror.AfterHandshake]). What it
-// cannot copy it reports ([Mirror.Gaps]).
+// cover's session ticket records: crypto/tls's own where the cover sends
+// its tickets in its first flight, and where it sends them after the
+// client's Finished, filler records of their sizes (lateTickets, which
+// the carrier's accept sends). What it cannot copy it reports
+// ([Mirror.Gaps]).
 type Mirror struct {
 	cfg MirrorConfig
 	log *slog.Logger
@@ -50,7 +57,16 @@ type Mirror struct {
 	// changes, and orders their change with the storing of a flight
 	// learned from the site they name.
 	mu sync.Mutex
+	// failed is set while the last learn failed; Run then retries
+	// sooner than Interval.
+	failed atomic.Bool
+	// retryMin is the first wait after a failed learn (tests shorten
+	// it); it doubles up to cfg.Interval.
+	retryMin time.Duration
 }
+
+// mirrorRetryMin is the first wait of [Mirror.Run] after a failed learn.
+const mirrorRetryMin = time.Minute
 
 // mirrorState is one learned flight and what the relay serves for it.
 type mirrorState struct {
@@ -75,7 +91,7 @@ func NewMirror(cfg MirrorConfig) (*Mirror, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Mirror{cfg: cfg, log: log}, nil
+	return &Mirror{cfg: cfg, log: log, retryMin: mirrorRetryMin}, nil
 }
 
 // Learn learns the cover site's flight now and makes the relay's answer
@@ -86,13 +102,15 @@ func (m *Mirror) Learn(ctx context.Context) ([]string, error) {
 	cover, name := m.cfg.Cover, m.cfg.ServerName
 	m.mu.Unlock()
 	st, err := m.learn(ctx, cover, name)
-	if err != nil {
-		return nil, err
-	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.cfg.Cover != cover || m.cfg.ServerName != name {
+		// Switch learned the new site's flight meanwhile, or tries to.
 		return nil, fmt.Errorf("tlscarrier: the cover site changed from %s while its flight was learned", cover)
+	}
+	m.failed.Store(err != nil)
+	if err != nil {
+		return nil, err
 	}
 	m.cur.Store(st)
 	return st.gaps, nil
@@ -111,6 +129,7 @@ func (m *Mirror) Switch(ctx context.Context, cover, serverName string) ([]string
 	defer m.mu.Unlock()
 	m.cfg.Cover, m.cfg.ServerName = cover, serverName
 	m.cur.Store(st)
+	m.failed.Store(false)
 	return st.gaps, nil
 }
 
@@ -129,6 +148,7 @@ func (m *Mirror) learn(ctx context.Context, cover, serverName string) (*mirrorSt
 		// The FakeTLS answer's key share is the one group apps offer.
 		st.gaps = append(st.gaps, fmt.Sprintf("MTProxy mode answers apps with an X25519 ServerHello; the cover site chose %v", f.Group))
 	}
+	st.gaps = append(st.gaps, mtproxyGaps(f)...)
 	if cert, err := shapeCertificate(m.cfg.Certificate, f); err != nil {
 		st.gaps = append(st.gaps, fmt.Sprintf("certificate: %v", err))
 	} else {
@@ -147,13 +167,25 @@ func (m *Mirror) learn(ctx context.Context, cover, serverName string) (*mirrorSt
 }
 
 // Run learns the cover site's flight every [MirrorConfig.Interval] until
-// ctx is done, logging what changed and what cannot be mirrored.
+// ctx is done, logging what changed and what cannot be mirrored. While
+// the last learn failed, or none was made, it tries again sooner: see
+// [MirrorConfig.Interval].
 func (m *Mirror) Run(ctx context.Context) {
-	t := time.NewTicker(m.cfg.Interval)
-	defer t.Stop()
+	var retry time.Duration // the last wait after a failure; 0 after a success
 	for {
+		wait := m.cfg.Interval
+		if m.failed.Load() || m.cur.Load() == nil {
+			retry = min(max(2*retry, m.retryMin), m.cfg.Interval)
+			// Less up to a quarter at random, so that relays that
+			// failed together do not retry together.
+			wait = retry - mrand.N(retry/4+1)
+		} else {
+			retry = 0
+		}
+		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
+			t.Stop()
 			return
 		case <-t.C:
 		}
@@ -180,12 +212,12 @@ func (m *Mirror) Flight() *Flight {
 }
 
 // Gaps returns what the relay's flight differs in from the cover site's
-// last learned one; nil before it was learned.
+// last learned one; before it was learned, it says so.
 func (m *Mirror) Gaps() []string {
 	if st := m.cur.Load(); st != nil {
 		return st.gaps
 	}
-	return nil
+	return []string{"the cover site's flight is not learned yet (the relay keeps trying): key holders get crypto/tls's own"}
 }
 
 // ApplyHandshake gives a relay TLS server config the cover site's
@@ -247,6 +279,21 @@ func (m *Mirror) lateTickets() []int {
 		return nil
 	}
 	return st.flight.Tickets[st.flight.EarlyTickets:]
+}
+
+// mtproxyGaps lists what of f MTProxy mode's answer to apps does not
+// follow: it sends the cover's encrypted handshake as one
+// ApplicationData record ([Mirror.MTProxyAppData]) and no session ticket,
+// as apps expect of a FakeTLS proxy.
+func mtproxyGaps(f *Flight) []string {
+	var g []string
+	if n := len(f.Handshake); n > 1 {
+		g = append(g, fmt.Sprintf("MTProxy mode answers apps with one ApplicationData record where the cover site sends %d %v", n, f.Handshake))
+	}
+	if n := len(f.Tickets); n > 0 {
+		g = append(g, fmt.Sprintf("MTProxy mode sends apps no session tickets where the cover site sends %d %v", n, f.Tickets))
+	}
+	return g
 }
 
 // Gaps lists what of f a relay's crypto/tls server cannot reproduce,

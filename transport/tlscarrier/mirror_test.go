@@ -5,10 +5,13 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/binary"
+	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -322,5 +325,102 @@ func TestFlightGaps(t *testing.T) {
 		if g := strings.Join(f.Gaps(), "; "); !strings.Contains(g, tc.want) {
 			t.Errorf("gaps %q, want one naming %q", g, tc.want)
 		}
+	}
+}
+
+// TestMirrorRetry: a cover site down when the relay starts is learned
+// once it answers, long before the next Interval, and until then Gaps
+// says the flight is not learned.
+func TestMirrorRetry(t *testing.T) {
+	srv := httptest.NewUnstartedServer(http.NotFoundHandler())
+	srv.EnableHTTP2 = true
+	srv.StartTLS()
+	defer srv.Close()
+	// A front that closes every connection until up, then splices them
+	// to the Go HTTPS server.
+	front, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer front.Close()
+	var up atomic.Bool
+	var tries atomic.Int64
+	go func() {
+		for {
+			c, err := front.Accept()
+			if err != nil {
+				return
+			}
+			tries.Add(1)
+			if !up.Load() {
+				c.Close()
+				continue
+			}
+			go func() {
+				defer c.Close()
+				s, err := net.Dial("tcp", srv.Listener.Addr().String())
+				if err != nil {
+					return
+				}
+				defer s.Close()
+				go func() { io.Copy(s, c); s.(*net.TCPConn).CloseWrite() }()
+				io.Copy(c, s)
+			}()
+		}
+	}()
+	m, err := NewMirror(MirrorConfig{Cover: front.Addr().String(), ServerName: confServerName,
+		Certificate: mirrorCert(t, "ECDSA-P256"), Interval: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.retryMin = 20 * time.Millisecond
+	if _, err := m.Learn(context.Background()); err == nil {
+		t.Fatal("learned the flight of a cover site that is down")
+	}
+	if g := m.Gaps(); len(g) != 1 || !strings.Contains(g[0], "not learned") {
+		t.Errorf("gaps before the flight was learned: %q", g)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		m.Run(ctx)
+	}()
+	defer func() {
+		cancel()
+		<-done
+	}()
+	// Let a few retries fail, then bring the cover site up.
+	for deadline := time.Now().Add(10 * time.Second); tries.Load() < 3; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d tries in 10 s with the cover site down, want a retry every 20 ms doubling", tries.Load())
+		}
+	}
+	up.Store(true)
+	deadline := time.Now().Add(30 * time.Second)
+	for m.Flight() == nil {
+		if time.Now().After(deadline) {
+			t.Fatalf("flight not learned 30 s after the cover site came up (%d tries)", tries.Load())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if g := strings.Join(m.Gaps(), "; "); strings.Contains(g, "not learned") {
+		t.Errorf("gaps once learned: %q", g)
+	}
+	t.Logf("learned after %d tries: %v", tries.Load(), m.Flight())
+}
+
+// TestMTProxyGaps: the relay names how MTProxy mode's answer differs from
+// the cover site's flight.
+func TestMTProxyGaps(t *testing.T) {
+	f := &Flight{Handshake: []int{41, 2326, 286, 58}, Tickets: []int{266, 266}}
+	g := strings.Join(mtproxyGaps(f), "; ")
+	for _, want := range []string{"one ApplicationData record where the cover site sends 4", "no session tickets where the cover site sends 2"} {
+		if !strings.Contains(g, want) {
+			t.Errorf("MTProxy gaps %q, want one naming %q", g, want)
+		}
+	}
+	if g := mtproxyGaps(&Flight{Handshake: []int{2700}}); len(g) != 0 {
+		t.Errorf("MTProxy gaps of a cover that sends one record and no ticket: %q", g)
 	}
 }

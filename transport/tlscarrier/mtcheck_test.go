@@ -86,3 +86,133 @@ func TestMTProxyCheckRate(t *testing.T) {
 		t.Errorf("%d of 8 hellos checked against the secrets, want 4 to %d", n, most)
 	}
 }
+
+// slowMTProxy refuses every MTProxy hello after taking cost to check it,
+// and counts the checks.
+type slowMTProxy struct {
+	cost time.Duration
+	n    atomic.Int64
+}
+
+func (s *slowMTProxy) AuthenticateMTProxy(*mtproxy.ClientHello, time.Time) (transport.Key, mtproxy.Key, error) {
+	s.n.Add(1)
+	time.Sleep(s.cost)
+	return nil, mtproxy.Key{}, transport.ErrUnauthenticated
+}
+
+// TestMTProxyCheckBudget: whatever the per-network rate lets through, the
+// MTProxy checks of all sources together take at most MTProxyCPU of a
+// core; hellos over it go to the cover site untried, which answers them.
+func TestMTProxyCheckBudget(t *testing.T) {
+	cover, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cover.Close()
+	go func() {
+		for {
+			c, err := cover.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				io.Copy(io.Discard, c)
+				c.Write([]byte("cover"))
+			}()
+		}
+	}()
+	certPEM, keyPEM, err := NewCertificate("cover.example")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Each check takes 100 ms, and the budget is 50 ms a second: the
+	// first check finds the budget full and leaves it 50 ms in debt, and
+	// the next one may start only once a second has paid that back.
+	const budget, cost = 0.05, 100 * time.Millisecond
+	mt := &slowMTProxy{cost: cost}
+	l, err := Listen(ln, ListenConfig{Certificate: cert, Auth: refuseAll{}, MTProxy: mt, Cover: cover.Addr().String(),
+		MTProxyChecks: 1000, MTProxyCPU: budget})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	rec := mtproxytest.HelloRecord(t, "cover.example")
+	start := time.Now()
+	const hellos = 10
+	for i := range hellos {
+		mtproxytest.SignClientHello(rec, mtproxy.NewKey(), time.Now())
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		c.Write(rec)
+		c.(*net.TCPConn).CloseWrite()
+		reply, err := io.ReadAll(c)
+		c.Close()
+		if err != nil || string(reply) != "cover" {
+			t.Fatalf("hello %d: %q, %v, want the cover site's answer", i, reply, err)
+		}
+	}
+	// The budget's burst, and what it refilled meanwhile: budget*elapsed
+	// seconds of checks of cost each, plus one check in debt.
+	elapsed := time.Since(start)
+	most := 2 + int64(budget*elapsed.Seconds()/cost.Seconds())
+	n := mt.n.Load()
+	t.Logf("%d of %d hellos checked in %v", n, hellos, elapsed.Round(time.Millisecond))
+	if n < 1 || n > most {
+		t.Errorf("%d of %d hellos checked against the secrets in %v, want 1 to %d", n, hellos, elapsed.Round(time.Millisecond), most)
+	}
+}
+
+// TestTimeBudget checks the bucket's arithmetic on a made-up clock.
+func TestTimeBudget(t *testing.T) {
+	b := newTimeBudget(0.5) // half a second a second, up to 0.5 s
+	now := time.Unix(1_800_000_000, 0)
+	n := 0
+	for range 100 {
+		est, ok := b.take(now, 0)
+		if !ok {
+			break
+		}
+		b.settle(est, 100*time.Millisecond)
+		n++
+	}
+	if n != 5 {
+		t.Fatalf("%d checks of 100 ms from a full budget of 0.5 s, want 5", n)
+	}
+	// One second refills 0.5 s: five more.
+	now = now.Add(time.Second)
+	n = 0
+	for range 100 {
+		est, ok := b.take(now, 100*time.Millisecond)
+		if !ok {
+			break
+		}
+		b.settle(est, 100*time.Millisecond)
+		n++
+	}
+	if n != 5 {
+		t.Errorf("%d checks after a second, want 5", n)
+	}
+	// A reservation holds the budget against others starting at once.
+	now = now.Add(time.Second)
+	n = 0
+	for range 100 {
+		if _, ok := b.take(now, 250*time.Millisecond); ok {
+			n++
+		}
+	}
+	if n != 2 {
+		t.Errorf("%d checks of an expected 250 ms allowed at once, want 2", n)
+	}
+}

@@ -37,12 +37,17 @@ type keyStatus struct {
 // statusReply is the admin socket's answer to GET /status.
 type statusReply struct {
 	Keys []keyStatus `json:"keys"`
+	// NotMirrored is what key holders' TLS flight (and MTProxy mode's
+	// answer) still differs in from the cover site's, as last learned
+	// ([relay.Relay.MirrorGaps]).
+	NotMirrored []string `json:"not_mirrored,omitempty"`
 }
 
-// serveAdmin serves the admin socket in dir until ctx is done. A socket
+// serveAdmin serves the admin socket in dir until ctx is done; gaps, if
+// not nil, says what the relay cannot mirror of the cover site. A socket
 // left by a relay that died is replaced; one a running relay answers on is
 // left alone (the error says so).
-func serveAdmin(ctx context.Context, dir string, m *metrics.Metrics, log *slog.Logger, wg *sync.WaitGroup) error {
+func serveAdmin(ctx context.Context, dir string, m *metrics.Metrics, gaps func() []string, log *slog.Logger, wg *sync.WaitGroup) error {
 	path := filepath.Join(dir, adminSocket)
 	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
 		c.Close()
@@ -65,7 +70,11 @@ func serveAdmin(ctx context.Context, dir string, m *metrics.Metrics, log *slog.L
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
-		json.NewEncoder(w).Encode(liveStatus(m))
+		reply := liveStatus(m)
+		if gaps != nil {
+			reply.NotMirrored = gaps()
+		}
+		json.NewEncoder(w).Encode(reply)
 	})
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug)}
@@ -155,7 +164,33 @@ func cmdStatus(args []string, stdout, stderr io.Writer) error {
 		used += k.Used
 	}
 	fmt.Fprintf(tw, "TOTAL\t%d\t%d\t%s\n", sessions, streams, bytesString(used))
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if len(reply.NotMirrored) > 0 {
+		fmt.Fprintln(stdout)
+		printNotMirrored(stdout, reply.NotMirrored)
+	}
+	return nil
+}
+
+// printNotMirrored prints what the relay cannot mirror of the cover site,
+// one line each.
+func printNotMirrored(w io.Writer, gaps []string) {
+	for _, g := range gaps {
+		fmt.Fprintf(w, "Not mirrored: %s\n", g)
+	}
+}
+
+// printLiveGaps prints what the relay running from dir cannot mirror of
+// the cover site, if one runs and it says; nothing if none runs.
+func printLiveGaps(w io.Writer, dir string) {
+	reply, err := queryStatus(dir)
+	if err != nil || len(reply.NotMirrored) == 0 {
+		return
+	}
+	fmt.Fprintln(w, "\nThe running relay reports what a censor may tell apart from the cover site (merpati-relay status):")
+	printNotMirrored(w, reply.NotMirrored)
 }
 
 // serveMetrics serves the Prometheus endpoint at addr (path /metrics)

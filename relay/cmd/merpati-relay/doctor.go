@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/merpati/merpati/relay"
+	"github.com/merpati/merpati/relay/access"
 	"github.com/merpati/merpati/relay/dc"
 	"github.com/merpati/merpati/relay/selfsite"
 	"github.com/merpati/merpati/transport/quiccarrier"
@@ -90,6 +91,7 @@ func cmdDoctor(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return fmt.Errorf("doctor: %d check(s) failed", doc.fails)
 	}
 	doc.checkDir(d)
+	doc.checkTokens(d)
 	if d.Settings.DomainMode() {
 		doc.checkSite(d)
 		doc.checkOwnSite(ctx, d)
@@ -123,6 +125,35 @@ func (doc *doctor) checkDir(d *relay.Dir) {
 	if len(warnings) == 0 {
 		doc.report(levelOK, "files", "%s and %s are private to the relay's user", relay.KeyFile, relay.KeysFile)
 	}
+}
+
+// legacyWarnKeys is how many keys make doctor warn, as run does, when
+// legacy_tokens is on: checking a hello's plain token against each (about
+// 5 us a key) then shows in a prober's time (0.5 ms).
+const legacyWarnKeys = 100
+
+// checkTokens reports whether plain tokens (legacy_tokens) make a hello's
+// check take time that grows with the number of keys, as run warns.
+func (doc *doctor) checkTokens(d *relay.Dir) {
+	if l := d.Settings.LegacyTokens; l != nil && !*l {
+		doc.report(levelOK, "tokens", "legacy_tokens is off: a hello's check takes the same time with any number of keys")
+		return
+	}
+	entries, err := access.Load(d.KeysPath())
+	if err != nil {
+		doc.report(levelWarn, "tokens", "keys not read: %v", err)
+		return
+	}
+	n := len(entries)
+	if n > legacyWarnKeys {
+		doc.report(levelWarn, "tokens", "legacy_tokens is on (absent means on) with %d keys: every hello without a sealed token, "+
+			"a prober's too, is checked against each key (about %v in all) before the cover site answers, which a prober can time; "+
+			"give everyone a current link (link show, links with \"ak\") and set \"legacy_tokens\": false in %s",
+			n, time.Duration(n)*5*time.Microsecond, relay.SettingsFile)
+		return
+	}
+	doc.report(levelOK, "tokens", "legacy_tokens is on with %d keys (a warning over %d): links without \"ak\" still work; "+
+		"set \"legacy_tokens\": false once everyone has a current link", n, legacyWarnKeys)
 }
 
 // A coverTarget is where doctor reaches a cover site, and how its reports

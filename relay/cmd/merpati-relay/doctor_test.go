@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -13,7 +14,9 @@ import (
 	"time"
 
 	"github.com/merpati/merpati/relay"
+	"github.com/merpati/merpati/relay/access"
 	"github.com/merpati/merpati/relay/relaytest"
+	"github.com/merpati/merpati/transport/auth"
 )
 
 // labDir makes a relay directory on loopback in front of the cover site at
@@ -60,6 +63,7 @@ func TestDoctorHealthy(t *testing.T) {
 	for _, want := range []struct{ level, check, text string }{
 		{"OK", "settings", "is valid"},
 		{"OK", "files", "private"},
+		{"OK", "tokens", "legacy_tokens is off"},
 		{"OK", "cover", "TLS 1.3"},
 		{"OK", "quic", "QUIC carrier on"},
 		{"OK", "clock", "within"},
@@ -214,5 +218,46 @@ func TestDoctorPublic(t *testing.T) {
 	out := buf.String()
 	if !hasLine(out, "WARN", "public", "192.0.2.1:443") || !strings.Contains(out, "NAT") || !hasLine(out, "OK", "public", "127.0.0.1:443 is this host") {
 		t.Errorf("public addresses:\n%s", out)
+	}
+}
+
+// TestDoctorTokens: doctor says whether plain tokens make a hello's check
+// grow with the number of keys, and warns past legacyWarnKeys.
+func TestDoctorTokens(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "relay")
+	if out, err := runCmd(t, "init", "--offline", "--dir", dir, "--public", "relay.example.net:443", "--cover", "https://www.example.org"); err != nil {
+		t.Fatalf("init: %v\n%s", err, out)
+	}
+	d, err := relay.LoadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	check := func() string {
+		var out bytes.Buffer
+		(&doctor{w: &out}).checkTokens(d)
+		return out.String()
+	}
+	if out := check(); !hasLine(out, "OK", "tokens", "legacy_tokens is off") {
+		t.Errorf("a new relay (legacy_tokens false):\n%s", out)
+	}
+	on := true
+	d.Settings.LegacyTokens = &on
+	for _, tc := range []struct {
+		keys        int
+		level, text string
+	}{
+		{legacyWarnKeys, "OK", fmt.Sprintf("legacy_tokens is on with %d keys", legacyWarnKeys)},
+		{legacyWarnKeys + 1, "WARN", fmt.Sprintf("legacy_tokens is on (absent means on) with %d keys", legacyWarnKeys+1)},
+	} {
+		entries := make([]access.Entry, tc.keys)
+		for i := range entries {
+			entries[i] = access.Entry{Name: fmt.Sprint("k", i), Key: auth.NewKey()}
+		}
+		if err := access.Save(d.KeysPath(), entries); err != nil {
+			t.Fatal(err)
+		}
+		if out := check(); !hasLine(out, tc.level, "tokens", tc.text) {
+			t.Errorf("%d keys, legacy_tokens on: want a %s line with %q:\n%s", tc.keys, tc.level, tc.text, out)
+		}
 	}
 }

@@ -414,7 +414,11 @@ func printLink(w io.Writer, d *relay.Dir, e access.Entry) error {
 		return err
 	}
 	fmt.Fprintf(w, "Share link for %q (give it to this person only):\n\n%s\n\n%s\n", e.Name, s, qr)
-	return printProxyLinks(w, d, e)
+	if err := printProxyLinks(w, d, e); err != nil {
+		return err
+	}
+	printLiveGaps(w, d.Path)
+	return nil
 }
 
 // printProxyLinks prints the tg://proxy and https://t.me/proxy links with
@@ -522,9 +526,6 @@ func cmdRun(ctx context.Context, args []string, stderr io.Writer) error {
 			return fmt.Errorf("run: %w", err)
 		}
 	}
-	if err := serveAdmin(ctx, d.Path, cfg.Metrics, log, &wg); err != nil {
-		log.Warn("no live status (merpati-relay status)", "err", err)
-	}
 	if site == nil {
 		wg.Go(func() {
 			if err := d.CheckCover(ctx); err != nil && ctx.Err() == nil {
@@ -537,6 +538,9 @@ func cmdRun(ctx context.Context, args []string, stderr io.Writer) error {
 	rl, err := relay.New(cfg)
 	if err != nil {
 		return err
+	}
+	if err := serveAdmin(ctx, d.Path, cfg.Metrics, rl.MirrorGaps, log, &wg); err != nil {
+		log.Warn("no live status (merpati-relay status)", "err", err)
 	}
 	if site != nil {
 		wg.Go(func() { obtainCertificate(ctx, rl, site, &d.Settings, log) })

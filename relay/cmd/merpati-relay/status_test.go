@@ -38,6 +38,9 @@ func TestStatusAndMetrics(t *testing.T) {
 	if _, err := runCmd(t, "status", "--dir", dir); err == nil || !strings.Contains(err.Error(), "no relay running") {
 		t.Errorf("status without a relay: %v", err)
 	}
+	if out, err := runCmd(t, "link", "show", "owner", "--dir", dir); err != nil || strings.Contains(out, "Not mirrored") {
+		t.Errorf("link show without a relay running: %v, gaps shown:\n%s", err, out)
+	}
 
 	var logs syncBuffer
 	ctx, cancel := context.WithCancel(context.Background())
@@ -104,6 +107,28 @@ func TestStatusAndMetrics(t *testing.T) {
 	}
 	if !regexp.MustCompile(`(?m)^owner\s+1\s+1\s+`).MatchString(out) || !regexp.MustCompile(`(?m)^TOTAL\s+1\s+1\s+`).MatchString(out) {
 		t.Errorf("status does not show owner's session and stream:\n%s", out)
+	}
+	// What the relay cannot mirror of the cover site (httptest's): its key
+	// is ECDSA (init --offline), the cover's RSA, and MTProxy mode's
+	// answer has one record where Go's flight has four, and no ticket.
+	notMirrored := []string{
+		"Not mirrored: the relay's key is ECDSA-P256, the cover site's RSA-2048",
+		"Not mirrored: MTProxy mode answers apps with one ApplicationData record where the cover site sends 4",
+		"Not mirrored: MTProxy mode sends apps no session tickets where the cover site sends 1",
+	}
+	for _, want := range notMirrored {
+		if !strings.Contains(out, want) {
+			t.Errorf("status lacks %q:\n%s", want, out)
+		}
+	}
+	out, err = runCmd(t, "link", "show", "owner", "--dir", dir)
+	if err != nil {
+		t.Fatalf("link show: %v\n%s", err, out)
+	}
+	for _, want := range notMirrored {
+		if !strings.Contains(out, want) {
+			t.Errorf("link show with the relay running lacks %q:\n%s", want, out)
+		}
 	}
 	out, err = runCmd(t, "link", "list", "--dir", dir)
 	if err != nil || !strings.Contains(out, "SESSIONS") || !regexp.MustCompile(`(?m)^owner\s.*\s1\s+1\s*$`).MatchString(out) {
