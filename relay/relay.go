@@ -212,6 +212,9 @@ type Relay struct {
 	quicIDLen int
 	// ready is closed by Run once its listeners are up.
 	ready chan struct{}
+	// quicOff says why Run left the QUIC carrier off although the
+	// settings ask for it ("" while it is on or not asked for).
+	quicOff atomic.Pointer[string]
 	// idleFixed is Config.IdleTimeout in force, idleLearned the cover
 	// site's idle close as last learned (zero: none), both in
 	// nanoseconds; see [Relay.IdleTimeout].
@@ -267,6 +270,16 @@ func (r *Relay) LearnCover(ctx context.Context) error {
 		r.log.Warn("TLS flight not mirrored: " + g)
 	}
 	return nil
+}
+
+// QUICOff says why the running relay left its QUIC carrier off although
+// its settings ask for it, or returns "" if it did not: share links made
+// meanwhile should offer TLS only.
+func (r *Relay) QUICOff() string {
+	if p := r.quicOff.Load(); p != nil {
+		return *p
+	}
+	return ""
 }
 
 // MirrorGaps returns what key holders' TLS flight still differs in from
@@ -335,6 +348,8 @@ func (r *Relay) Run(ctx context.Context) error {
 		ql, err := r.ListenQUIC(pc)
 		switch {
 		case errors.Is(err, quiccarrier.ErrNoHTTP3):
+			why := "the cover site does not serve HTTP/3"
+			r.quicOff.Store(&why)
 			r.log.Error("QUIC carrier off: the cover site does not serve HTTP/3 on UDP, so neither does the relay "+
 				"(its UDP port stays closed, as the cover site's is); clients fall back to TLS. "+
 				"Set \"no_quic\": true in relay.json and share links again (link show) so that they skip QUIC, "+

@@ -18,6 +18,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/merpati/merpati/relay"
 	"github.com/merpati/merpati/relay/metrics"
 )
 
@@ -41,13 +42,23 @@ type statusReply struct {
 	// answer) still differs in from the cover site's, as last learned
 	// ([relay.Relay.MirrorGaps]).
 	NotMirrored []string `json:"not_mirrored,omitempty"`
+	// QUICOff says why the relay left the QUIC carrier off although
+	// relay.json asks for it ([relay.Relay.QUICOff]).
+	QUICOff string `json:"quic_off,omitempty"`
 }
 
-// serveAdmin serves the admin socket in dir until ctx is done; gaps, if
-// not nil, says what the relay cannot mirror of the cover site. A socket
+// liveState is what the admin socket reports of the running relay
+// besides its keys: a *relay.Relay.
+type liveState interface {
+	MirrorGaps() []string
+	QUICOff() string
+}
+
+// serveAdmin serves the admin socket in dir until ctx is done; live, if
+// not nil, is the relay it reports on besides its keys. A socket
 // left by a relay that died is replaced; one a running relay answers on is
 // left alone (the error says so).
-func serveAdmin(ctx context.Context, dir string, m *metrics.Metrics, gaps func() []string, log *slog.Logger, wg *sync.WaitGroup) error {
+func serveAdmin(ctx context.Context, dir string, m *metrics.Metrics, live liveState, log *slog.Logger, wg *sync.WaitGroup) error {
 	path := filepath.Join(dir, adminSocket)
 	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
 		c.Close()
@@ -71,8 +82,8 @@ func serveAdmin(ctx context.Context, dir string, m *metrics.Metrics, gaps func()
 	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		reply := liveStatus(m)
-		if gaps != nil {
-			reply.NotMirrored = gaps()
+		if live != nil {
+			reply.NotMirrored, reply.QUICOff = live.MirrorGaps(), live.QUICOff()
 		}
 		json.NewEncoder(w).Encode(reply)
 	})
@@ -166,6 +177,10 @@ func cmdStatus(args []string, stdout, stderr io.Writer) error {
 	fmt.Fprintf(tw, "TOTAL\t%d\t%d\t%s\n", sessions, streams, bytesString(used))
 	if err := tw.Flush(); err != nil {
 		return err
+	}
+	if reply.QUICOff != "" {
+		fmt.Fprintf(stdout, "\nQUIC carrier off: %s; set \"no_quic\": true in %s and share links again (link show).\n",
+			reply.QUICOff, relay.SettingsFile)
 	}
 	if len(reply.NotMirrored) > 0 {
 		fmt.Fprintln(stdout)

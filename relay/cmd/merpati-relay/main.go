@@ -146,6 +146,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -408,6 +409,14 @@ func learnCover(w io.Writer, s *relay.Settings, checkQUIC bool) (keyKind string)
 
 func printLink(w io.Writer, d *relay.Dir, e access.Entry) error {
 	l := d.Link(e)
+	// A running relay that found its cover site without HTTP/3 serves no
+	// QUIC: links made meanwhile skip it.
+	if reply, err := queryStatus(d.Path); err == nil && reply.QUICOff != "" {
+		l.Carriers = slices.DeleteFunc(l.Carriers, func(c string) bool { return c == link.CarrierQUIC })
+		fmt.Fprintf(w, "The running relay has its QUIC carrier off (%s): this link offers TLS only.\n"+
+			"Set \"no_quic\": true in %s to make that lasting, or give the cover site HTTP/3.\n\n",
+			reply.QUICOff, relay.SettingsFile)
+	}
 	s := l.String()
 	qr, err := link.TerminalQR(s)
 	if err != nil {
@@ -539,7 +548,7 @@ func cmdRun(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if err := serveAdmin(ctx, d.Path, cfg.Metrics, rl.MirrorGaps, log, &wg); err != nil {
+	if err := serveAdmin(ctx, d.Path, cfg.Metrics, rl, log, &wg); err != nil {
 		log.Warn("no live status (merpati-relay status)", "err", err)
 	}
 	if site != nil {

@@ -126,6 +126,14 @@ func TestInitQUICAuto(t *testing.T) {
 		if err != nil {
 			t.Fatalf("link show: %v\n%s", err, out)
 		}
-		t.Logf("with the cover site's HTTP/3 gone since init, link show offers %v", linkIn(t, out).Carriers)
+		// The running relay says so, and links made meanwhile skip QUIC.
+		wantCarriers(t, "link show's link with QUIC off", linkIn(t, out).Carriers, link.CarrierTLS)
+		if !strings.Contains(out, "QUIC carrier off") {
+			t.Errorf("link show does not say the QUIC carrier is off:\n%s", out)
+		}
+		out, err = runCmd(t, "status", "--dir", dir)
+		if err != nil || !strings.Contains(out, "QUIC carrier off: the cover site does not serve HTTP/3") {
+			t.Errorf("status does not say the QUIC carrier is off: %v\n%s", err, out)
+		}
 	})
 }
