@@ -8,15 +8,22 @@
 // transport/relaylist, "DNS publication"). A fetch asks for chunk 0 of
 // today's names (and, when that name does not exist, of yesterday's and
 // tomorrow's, for clocks that are off), learns from it how many chunks
-// there are, asks for the others (at most four at a time) and opens the
-// whole. Nothing the resolver or an observer sees is fixed: the names
-// change daily and differ per audience, the TXT content is ciphertext of
-// a few common lengths, and DoT and DoH queries are padded to blocks of
-// 128 bytes (RFC 8467).
+// there are, asks for the others and opens the whole. The other queries
+// are spread out as a web page's lookups are, not sent in a burst: each
+// waits a random time after the one before (on average [Config.Spread],
+// 150 ms, so a list of a dozen chunks takes one to two seconds), with at
+// most four in flight, and all of them within half of [Config.Timeout].
+// Nothing the resolver or an observer sees is fixed: the names change
+// daily, differ per audience and read like words, the TXT content is
+// ciphertext of a few common lengths, and DoT and DoH queries are padded
+// to blocks of 128 bytes (RFC 8467). When two chunks share a name (a rare
+// collision of derived labels, which the server answers with both
+// records), the chunks of the expected size are tried in turn.
 //
 // A [Fetcher] asks several resolvers, staggered (the first at once, the
-// next after [Config.Stagger] or as soon as an earlier one fails), over
-// these transports:
+// next after [Config.Stagger] or as soon as an earlier one fails; an
+// attempt that has found chunk 0 holds the next one back for as long as
+// its queries are spread over, plus Stagger), over these transports:
 //
 //	https://HOST/PATH   DNS over HTTPS (RFC 8484): GET with the wire-format
 //	                    query, HTTP/2 over a TLS connection whose hello
@@ -51,6 +58,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/url"
@@ -100,11 +108,17 @@ type Config struct {
 	// Fetcher).
 	CachePath string
 	// Stagger is the delay before the next attempt starts while earlier
-	// ones are still running; zero means 300 ms.
+	// ones are still running and none has found chunk 0; zero means
+	// 300 ms.
 	Stagger time.Duration
 	// Timeout bounds one attempt (one resolver, one domain); zero means
 	// 10 seconds.
 	Timeout time.Duration
+	// Spread is the mean of the random wait before each chunk query after
+	// the first (each wait is at least a fifth of it and at most 5.2
+	// times it); zero means 150 ms, negative means no wait. The waits of
+	// one fetch add up to at most half of the time left to the attempt.
+	Spread time.Duration
 	// UDPSize is the EDNS0 payload size offered over UDP; zero means
 	// 1232, and 512 or less sends no EDNS0 option at all (so long answers
 	// come back truncated and are retried over TCP).
@@ -155,6 +169,9 @@ func New(cfg Config) (*Fetcher, error) {
 	}
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = 10 * time.Second
+	}
+	if cfg.Spread == 0 {
+		cfg.Spread = 150 * time.Millisecond
 	}
 	if cfg.UDPSize == 0 {
 		cfg.UDPSize = 1232
@@ -244,6 +261,9 @@ func (f *Fetcher) Fetch(ctx context.Context) (*relaylist.List, error) {
 	}
 	results := make(chan result, len(attempts))
 	failed := make(chan struct{}, len(attempts))
+	// progress carries, once per attempt that found chunk 0, how long its
+	// other queries are spread over.
+	progress := make(chan time.Duration, len(attempts))
 	var wg sync.WaitGroup
 	defer f.Close() // runs after wg.Wait: no attempt is left using a connection
 	defer wg.Wait()
@@ -263,6 +283,13 @@ func (f *Fetcher) Fetch(ctx context.Context) (*relaylist.List, error) {
 		case <-failed:
 			if launched < len(attempts) {
 				timer.Reset(0)
+			}
+			continue
+		case d := <-progress:
+			// That resolver answers: give it the time its queries are
+			// spread over before asking the next one too.
+			if launched < len(attempts) {
+				timer.Reset(d + f.cfg.Stagger)
 			}
 			continue
 		case res := <-results:
@@ -298,7 +325,7 @@ func (f *Fetcher) Fetch(ctx context.Context) (*relaylist.List, error) {
 		wg.Go(func() {
 			actx, cancel := context.WithTimeout(ctx, f.cfg.Timeout)
 			defer cancel()
-			data, l, err := f.fetchFrom(actx, a.r, a.domain, a.aud, minSeq)
+			data, l, err := f.fetchFrom(actx, a.r, a.domain, a.aud, minSeq, func(d time.Duration) { progress <- d })
 			if err != nil {
 				err = fmt.Errorf("%s via %s: %w", strings.TrimSuffix(a.domain, "."), a.r.name(), err)
 				f.log.Debug("bootstrap attempt failed", "err", err)
@@ -324,15 +351,17 @@ func periods(now time.Time) []int64 {
 	return []int64{p, p + 1, p - 1}
 }
 
-// fetchFrom fetches aud's list under zone from one resolver.
-func (f *Fetcher) fetchFrom(ctx context.Context, r resolver, zone string, aud *relaylist.Audience, minSeq uint64) ([]byte, *relaylist.List, error) {
+// fetchFrom fetches aud's list under zone from one resolver. It calls
+// found, once chunk 0 is in, with the time its other queries are spread
+// over.
+func (f *Fetcher) fetchFrom(ctx context.Context, r resolver, zone string, aud *relaylist.Audience, minSeq uint64, found func(time.Duration)) ([]byte, *relaylist.List, error) {
 	var (
-		p      int64
-		chunk0 []byte
-		err    error
+		p     int64
+		cands [][]byte
+		err   error
 	)
 	for _, p = range periods(f.cfg.Now()) {
-		chunk0, err = f.chunk(ctx, r, aud.Name(p, 0, zone))
+		cands, err = f.chunk(ctx, r, aud.Name(p, 0, zone))
 		if !errors.Is(err, errNoName) {
 			break
 		}
@@ -340,31 +369,61 @@ func (f *Fetcher) fetchFrom(ctx context.Context, r resolver, zone string, aud *r
 	if err != nil {
 		return nil, nil, fmt.Errorf("chunk 0: %w", err)
 	}
-	n, err := aud.Count(p, chunk0)
+	var n int
+	for _, c := range sized(cands, aud.ChunkSize(p, 0)) {
+		if n, err = aud.Count(p, c); err == nil {
+			cands = [][]byte{c}
+			break
+		}
+	}
 	if err != nil {
 		return nil, nil, err
 	}
-	chunks := make([][]byte, n)
-	chunks[0] = chunk0
-	errc := make(chan error, n)
+	chunks := make([][][]byte, n) // candidates for each chunk
+	chunks[0] = cands
+	waits := f.waits(ctx, n-1)
+	var spread time.Duration
+	for _, w := range waits {
+		spread += w
+	}
+	found(spread)
+
+	qctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
 	sem := make(chan struct{}, 4)
 	var wg sync.WaitGroup
+	next := time.Now()
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+launch:
 	for i := 1; i < n; i++ {
+		next = next.Add(waits[i-1])
+		timer.Reset(time.Until(next))
+		select {
+		case <-timer.C:
+		case <-qctx.Done():
+			break launch
+		}
+		select {
+		case sem <- struct{}{}:
+		case <-qctx.Done():
+			break launch
+		}
 		wg.Go(func() {
-			sem <- struct{}{}
 			defer func() { <-sem }()
-			var err error
-			if chunks[i], err = f.chunk(ctx, r, aud.Name(p, i, zone)); err != nil {
-				errc <- fmt.Errorf("chunk %d: %w", i, err)
+			cs, err := f.chunk(qctx, r, aud.Name(p, i, zone))
+			if err != nil {
+				cancel(fmt.Errorf("chunk %d: %w", i, err))
+				return
 			}
+			chunks[i] = sized(cs, aud.ChunkSize(p, i))
 		})
 	}
 	wg.Wait()
-	close(errc)
-	if err := <-errc; err != nil {
+	if err := context.Cause(qctx); err != nil {
 		return nil, nil, err
 	}
-	data, err := aud.Open(p, chunks)
+	data, err := open(aud, p, chunks)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -375,8 +434,83 @@ func (f *Fetcher) fetchFrom(ctx context.Context, r resolver, zone string, aud *r
 	return data, l, nil
 }
 
-// chunk queries name's TXT record through r and decodes it.
-func (f *Fetcher) chunk(ctx context.Context, r resolver, name string) ([]byte, error) {
+// waits returns the random waits before each of k chunk queries (see
+// [Config.Spread]): a fifth of the mean plus an exponential wait, cut at
+// five times the mean, scaled down to fit half of the time ctx has left.
+func (f *Fetcher) waits(ctx context.Context, k int) []time.Duration {
+	ws := make([]time.Duration, max(k, 0))
+	mean := f.cfg.Spread
+	if mean <= 0 || k <= 0 {
+		return ws
+	}
+	var total time.Duration
+	for i := range ws {
+		ws[i] = mean/5 + min(time.Duration(rand.ExpFloat64()*float64(mean*4/5)), 5*mean)
+		total += ws[i]
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		if limit := time.Until(dl) / 2; total > limit {
+			for i := range ws {
+				ws[i] = time.Duration(float64(ws[i]) * float64(max(limit, 0)) / float64(total))
+			}
+		}
+	}
+	return ws
+}
+
+// sized returns the chunks of cands that have size bytes, or cands
+// itself if none has (so that opening fails as it should).
+func sized(cands [][]byte, size int) [][]byte {
+	if len(cands) < 2 {
+		return cands
+	}
+	var ok [][]byte
+	for _, c := range cands {
+		if len(c) == size {
+			ok = append(ok, c)
+		}
+	}
+	if len(ok) == 0 {
+		return cands
+	}
+	return ok
+}
+
+// maxTries bounds the combinations of candidate chunks open tries.
+const maxTries = 64
+
+// open opens the chunks of period p, trying each combination of
+// candidates when some name held several (up to maxTries of them).
+func open(aud *relaylist.Audience, p int64, cands [][][]byte) ([]byte, error) {
+	pick := make([]int, len(cands))
+	chunks := make([][]byte, len(cands))
+	var err error
+	for range maxTries {
+		for i, c := range cands {
+			chunks[i] = c[pick[i]]
+		}
+		var data []byte
+		if data, err = aud.Open(p, chunks); err == nil {
+			return data, nil
+		}
+		// The next combination, as an odometer counts.
+		i := 0
+		for ; i < len(pick); i++ {
+			if pick[i]++; pick[i] < len(cands[i]) {
+				break
+			}
+			pick[i] = 0
+		}
+		if i == len(pick) {
+			break
+		}
+	}
+	return nil, err
+}
+
+// chunk queries name's TXT records through r and decodes them: usually
+// one, but two chunks that share a name are both answered.
+func (f *Fetcher) chunk(ctx context.Context, r resolver, name string) ([][]byte, error) {
 	q := new(dns.Msg)
 	q.SetQuestion(name, dns.TypeTXT)
 	q.RecursionDesired = true
@@ -391,14 +525,25 @@ func (f *Fetcher) chunk(ctx context.Context, r resolver, name string) ([]byte, e
 	default:
 		return nil, fmt.Errorf("%w: %s", ErrAnswer, dns.RcodeToString[resp.Rcode])
 	}
+	var (
+		chunks [][]byte
+		bad    error
+	)
 	for _, rr := range resp.Answer {
 		if t, ok := rr.(*dns.TXT); ok && strings.EqualFold(t.Hdr.Name, name) {
 			b, err := relaylist.DecodeTXT(t.Txt)
 			if err != nil {
-				return nil, fmt.Errorf("%w: %w", ErrAnswer, err)
+				bad = fmt.Errorf("%w: %w", ErrAnswer, err)
+				continue
 			}
-			return b, nil
+			chunks = append(chunks, b)
 		}
+	}
+	switch {
+	case len(chunks) > 0:
+		return chunks, nil
+	case bad != nil:
+		return nil, bad
 	}
 	return nil, fmt.Errorf("%w: no TXT record", ErrAnswer)
 }

@@ -532,6 +532,7 @@ func TestUnbound(t *testing.T) {
 					f := fetcher(t, []string{tt.resolver}, func(c *bootstrap.Config) {
 						c.Domains = []string{z}
 						c.UDPSize = tt.udpSize
+						c.Spread = 10 * time.Millisecond // 20 fetches of dozens of chunks
 						c.TLSConfig = &tls.Config{RootCAs: u.roots}
 						c.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 					})

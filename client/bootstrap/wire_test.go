@@ -3,6 +3,7 @@ package bootstrap_test
 import (
 	"bytes"
 	"net"
+	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -23,6 +24,7 @@ type wire struct {
 	txt     []string
 	qsizes  []int
 	asizes  []int
+	times   []time.Time // when each answer passed, in order
 	answers int
 }
 
@@ -86,6 +88,7 @@ func (rec *recorder) record(q, a []byte) {
 	}
 	w.qsizes = append(w.qsizes, len(q))
 	w.asizes = append(w.asizes, len(a))
+	w.times = append(w.times, time.Now())
 	if am.Unpack(a) == nil {
 		for _, rr := range am.Answer {
 			if t, ok := rr.(*dns.TXT); ok {
@@ -148,10 +151,11 @@ func TestWireNoRepeats(t *testing.T) {
 	names := map[string]string{}
 	txts := map[string]string{}
 	var shapes []string
+	label := regexp.MustCompile(`^[a-z]{3,}(-[a-z]{3,})?[0-9]{0,2}$`)
 	for c, w := range caps {
 		for _, n := range w.names {
-			if strings.HasPrefix(n, "_") || strings.ContainsAny(strings.TrimSuffix(n, "."+zone+"."), "0123456789.") {
-				t.Errorf("%s: query name %s has a fixed label, digits or hex", c, n)
+			if l := strings.TrimSuffix(n, "."+zone+"."); !label.MatchString(l) || len(l) > 16 {
+				t.Errorf("%s: query name %s is not one word-like label under the zone", c, n)
 			}
 			if prev, ok := names[n]; ok && prev != c {
 				t.Errorf("query name %s seen in %s and %s", n, prev, c)
@@ -257,6 +261,104 @@ func TestPadding(t *testing.T) {
 		}
 		if opt := p.IsEdns0(); opt == nil || opt.UDPSize() != 1232 {
 			t.Errorf("no EDNS0 1232")
+		}
+	}
+}
+
+// TestSpread: the chunk queries of one fetch are spread out, not sent in
+// a burst: from the first answer to the last there is at least the
+// shortest wait (a fifth of the 150 ms mean) before each chunk after the
+// first. (A lower bound holds however busy the machine is; before the
+// waits a fetch of 16 chunks took about a millisecond.)
+func TestSpread(t *testing.T) {
+	checkLeaks(t)
+	hour := time.Now().Add(time.Hour)
+	addr := startDNS(t, makeList(t, listKey, 20, 1, hour), nil)
+	rec := &recorder{}
+	proxy := rec.start(t, addr)
+	w := &wire{byName: map[string][]string{}}
+	rec.mu.Lock()
+	rec.cur = w
+	rec.mu.Unlock()
+	f := fetcher(t, []string{"udp://" + proxy}, func(c *bootstrap.Config) { c.Timeout = 20 * time.Second })
+	if _, _, err := fetch(t, f); err != nil {
+		t.Fatal(err)
+	}
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	n := len(w.times)
+	if n < 8 {
+		t.Fatalf("%d queries, want a list of several chunks", n)
+	}
+	span := w.times[n-1].Sub(w.times[0])
+	var gaps []time.Duration
+	for i := 1; i < n; i++ {
+		gaps = append(gaps, w.times[i].Sub(w.times[i-1]).Round(time.Millisecond))
+	}
+	t.Logf("%d queries over %v, gaps %v", n, span.Round(time.Millisecond), gaps)
+	if min := time.Duration(n-1) * 150 * time.Millisecond / 5; span < min {
+		t.Errorf("%d queries over %v, want at least %v", n, span, min)
+	}
+}
+
+// TestStaggerWaitsForSpread: while the first resolver answers, its
+// spread-out queries do not make the fetcher ask the next resolver too.
+func TestStaggerWaitsForSpread(t *testing.T) {
+	checkLeaks(t)
+	hour := time.Now().Add(time.Hour)
+	addr := startDNS(t, makeList(t, listKey, 20, 1, hour), nil)
+	first, second := &recorder{}, &recorder{}
+	w1, w2 := &wire{byName: map[string][]string{}}, &wire{byName: map[string][]string{}}
+	first.cur, second.cur = w1, w2
+	p1, p2 := first.start(t, addr), second.start(t, addr)
+	f := fetcher(t, []string{"udp://" + p1, "udp://" + p2}, func(c *bootstrap.Config) {
+		c.Stagger = 100 * time.Millisecond
+		c.Timeout = 20 * time.Second
+	})
+	_, took, err := fetch(t, f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first.mu.Lock()
+	second.mu.Lock()
+	defer first.mu.Unlock()
+	defer second.mu.Unlock()
+	t.Logf("fetch took %v: %d queries to the first resolver, %d to the second", took, len(w1.names), len(w2.names))
+	if took < 300*time.Millisecond || len(w1.names) < 8 {
+		t.Fatalf("fetch took %v with %d queries: the test needs a spread-out fetch", took, len(w1.names))
+	}
+	if len(w2.names) != 0 {
+		t.Errorf("the second resolver was asked %d times while the first answered", len(w2.names))
+	}
+}
+
+// TestSharedLabel: two audiences whose chunk 0 labels collide today (see
+// relay/dnsserver's TestSharedLabel) are both served under the name, and
+// the clients of each keep their own chunk.
+func TestSharedLabel(t *testing.T) {
+	checkLeaks(t)
+	now := time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)
+	keyX := [32]byte{0x77, 7297 & 0xff, 7297 >> 8}
+	keyY := [32]byte{0x77, 14944 & 0xff, 14944 >> 8}
+	p := relaylist.PeriodOf(now)
+	if x, y := relaylist.NewAudience(keyX).Label(p, 0), relaylist.NewAudience(keyY).Label(p, 0); x != y {
+		t.Fatalf("labels %s and %s do not collide", x, y)
+	}
+	exp := now.Add(72 * time.Hour)
+	clock := func() time.Time { return now }
+	for _, order := range [][2][32]byte{{keyX, keyY}, {keyY, keyX}} {
+		addr := startDNSConfig(t, dnsserver.Config{Zone: zone, Now: clock, Audiences: []dnsserver.Audience{
+			{Key: order[0], Lists: [][]byte{makeList(t, listKey, 5, 1, exp)}},
+			{Key: order[1], Lists: [][]byte{makeList(t, listKey, 9, 2, exp)}}}}, nil)
+		for i, key := range order {
+			f := fetcher(t, []string{addr}, func(c *bootstrap.Config) { c.Keys = [][32]byte{key}; c.Now = clock })
+			l, _, err := fetch(t, f)
+			if err != nil {
+				t.Fatalf("audience %d of 2: %v", i+1, err)
+			}
+			if l.Seq != uint64(i+1) {
+				t.Errorf("audience %d of 2 got list %d", i+1, l.Seq)
+			}
 		}
 	}
 }

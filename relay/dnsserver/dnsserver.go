@@ -16,14 +16,20 @@
 //
 // where label, the chunk's size and its content are derived from the
 // audience's bootstrap key and the day p as described in package
-// [relaylist] (section "DNS publication"): word-like labels of 10 to 14
-// letters that change daily, and chunks that are XChaCha20-Poly1305
-// ciphertext in standard base64, 272 to 408 characters in TXT strings of
-// 255 and one shorter. There is no index record, no fixed label and no
-// plaintext: without a link of the audience nobody can tell the names
-// from any other, find them, or read what they hold. The server answers
-// the names of the previous, current and next day (clients' clocks are
-// not exact). Every other name in the zone is NXDOMAIN.
+// [relaylist] (section "DNS publication"): labels drawn from a model of
+// English words (5 to 16 letters, now and then with a digit or two or a
+// hyphen, as host names have) that change daily, and chunks that are
+// XChaCha20-Poly1305 ciphertext in standard base64, 272 to 408
+// characters in TXT strings of 255 and one shorter. There is no index
+// record, no fixed label and no plaintext: without a link of the
+// audience nobody can derive the names, enumerate them or read what they
+// hold, and no simple pattern on a name tells it from a word. What stays
+// visible is what any TXT lookup shows: the zone, and answers of a few
+// hundred base64 characters; whoever knows the zone (from one link) sees
+// every query under it. The server answers the names of the previous,
+// current and next day (clients' clocks are not exact); two chunks whose
+// labels collide are both answered under the name. Every other name in
+// the zone is NXDOMAIN.
 //
 // For zones of up to 44 characters every chunk answer fits 512 bytes, so
 // it needs no EDNS0 and no DPI engine flags it as oversized (nDPI does
@@ -175,11 +181,12 @@ type audience struct {
 	expires []time.Time // per bucket
 }
 
-// nameTable maps the labels of the periods around period to their chunks.
+// nameTable maps the labels of the periods around period to their chunks
+// (usually one; more when derived labels collide).
 type nameTable struct {
 	pub    *published
 	period int64
-	labels map[string]*chunk
+	labels map[string][]*chunk
 }
 
 // chunk is chunk i of an audience's lists in one period.
@@ -316,7 +323,7 @@ func (s *Server) table() (*nameTable, error) {
 // build seals p's lists for the periods around period and names their
 // chunks.
 func (s *Server) build(p *published, period int64) (*nameTable, error) {
-	t := &nameTable{pub: p, period: period, labels: make(map[string]*chunk)}
+	t := &nameTable{pub: p, period: period, labels: make(map[string][]*chunk)}
 	for _, a := range p.auds {
 		for q := period - 1; q <= period+1; q++ {
 			n := 0
@@ -342,14 +349,13 @@ func (s *Server) build(p *published, period int64) (*nameTable, error) {
 			}
 			for i, c := range cs {
 				label := a.a.Label(q, i)
-				if _, dup := t.labels[label]; dup {
+				if len(t.labels[label]) > 0 {
 					// Two derived labels collide (about one chance in
-					// 10^8 per pair): the later one is not served, and its
-					// clients fail authentication and retry later.
-					s.log.Warn("chunk label collision", "audience", a.a.ID(), "period", q, "chunk", i)
-					continue
+					// 10^8 per pair): the name is answered with both
+					// chunks, and clients keep the one that opens.
+					s.log.Debug("chunk label shared", "audience", a.a.ID(), "period", q, "chunk", i)
 				}
-				t.labels[label] = c
+				t.labels[label] = append(t.labels[label], c)
 			}
 		}
 	}
@@ -471,14 +477,23 @@ func (s *Server) answerZone(m *dns.Msg, q dns.Question, name string, from net.Ad
 			m.Rcode = dns.RcodeServerFailure
 			return
 		}
-		c := t.labels[rel]
-		if c == nil {
+		cs := t.labels[rel]
+		if len(cs) == 0 {
 			break
 		}
 		exists = true
 		if want(dns.TypeTXT) {
-			b := s.bucket(c, from, ecs)
-			m.Answer = append(m.Answer, &dns.TXT{Hdr: s.hdr(name, dns.TypeTXT, s.chunkTTL(c, b)), Txt: c.txt[b]})
+			scope := 0
+			for _, c := range cs {
+				b, sc := s.bucket(c, from, ecs)
+				scope = max(scope, sc)
+				m.Answer = append(m.Answer, &dns.TXT{Hdr: s.hdr(name, dns.TypeTXT, s.chunkTTL(c, b)), Txt: c.txt[b]})
+			}
+			if ecs != nil {
+				// RFC 7871 section 7.2.1: the prefix the answer depends
+				// on (zero: the same for everyone).
+				ecs.SourceScope = uint8(scope)
+			}
 		}
 	}
 	if !exists {
@@ -547,13 +562,11 @@ func (s *Server) glue(ttl uint32) []dns.RR {
 }
 
 // bucket picks the list of c's audience a requester sees; see the
-// package documentation. It narrows ecs's scope to the prefix it used.
-func (s *Server) bucket(c *chunk, from net.Addr, ecs *dns.EDNS0_SUBNET) int {
+// package documentation. It also returns the ECS scope of that choice:
+// the prefix length it used, or 0 when c has one list.
+func (s *Server) bucket(c *chunk, from net.Addr, ecs *dns.EDNS0_SUBNET) (int, int) {
 	if len(c.txt) == 1 {
-		if ecs != nil {
-			ecs.SourceScope = 0 // the answer is the same for everyone
-		}
-		return 0
+		return 0, 0
 	}
 	var addr netip.Addr
 	if ecs != nil {
@@ -568,7 +581,6 @@ func (s *Server) bucket(c *chunk, from net.Addr, ecs *dns.EDNS0_SUBNET) int {
 	}
 	if ecs != nil {
 		bits = min(bits, int(ecs.SourceNetmask))
-		ecs.SourceScope = uint8(bits)
 	}
 	prefix, _ := addr.Prefix(bits)
 	h := sha256.New()
@@ -577,7 +589,7 @@ func (s *Server) bucket(c *chunk, from net.Addr, ecs *dns.EDNS0_SUBNET) int {
 	h.Write(binary.BigEndian.AppendUint64(nil, uint64(c.period)))
 	pb, _ := prefix.MarshalBinary()
 	h.Write(pb)
-	return int(binary.BigEndian.Uint64(h.Sum(nil)) % uint64(len(c.txt)))
+	return int(binary.BigEndian.Uint64(h.Sum(nil)) % uint64(len(c.txt))), bits
 }
 
 // Listen opens a UDP socket and a TCP listener on the same address. A port

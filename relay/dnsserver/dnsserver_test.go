@@ -392,3 +392,79 @@ func checkLeaks(t *testing.T) {
 	opts := goleak.IgnoreCurrent()
 	t.Cleanup(func() { goleak.VerifyNone(t, opts) })
 }
+
+// TestSharedLabel: two audiences whose chunk 0 labels collide on one
+// day (found by search; derived labels collide about once in 10^8 pairs)
+// are both answered under the name, and the ECS scope is that of the
+// bucketed one, whichever comes first.
+func TestSharedLabel(t *testing.T) {
+	now := time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)
+	p := relaylist.PeriodOf(now)
+	keyX := [32]byte{0x77, 7297 & 0xff, 7297 >> 8}
+	keyY := [32]byte{0x77, 14944 & 0xff, 14944 >> 8}
+	audX, audY := relaylist.NewAudience(keyX), relaylist.NewAudience(keyY)
+	name := audX.Name(p, 0, "b.test")
+	if other := audY.Name(p, 0, "b.test"); other != name {
+		t.Fatalf("labels %s and %s do not collide: search again for two keys that do", name, other)
+	}
+	bucketsX := [][]byte{signed(t, 4, 1), signed(t, 9, 2)}
+	listY := signed(t, 6, 3)
+	var nX int
+	for _, l := range bucketsX {
+		c, _ := audX.Chunks(p, len(l))
+		nX = max(nX, c)
+	}
+	var wantX [][]byte
+	for _, l := range bucketsX {
+		chunks, err := audX.Seal(p, l, nX)
+		if err != nil {
+			t.Fatal(err)
+		}
+		wantX = append(wantX, chunks[0])
+	}
+	nY, _ := audY.Chunks(p, len(listY))
+	chunksY, err := audY.Seal(p, listY, nY)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, order := range [][]Audience{
+		{{Key: keyX, Lists: bucketsX}, {Key: keyY, Lists: [][]byte{listY}}},
+		{{Key: keyY, Lists: [][]byte{listY}}, {Key: keyX, Lists: bucketsX}},
+	} {
+		s, err := New(Config{Zone: "b.test", Audiences: order, Now: func() time.Time { return now }})
+		if err != nil {
+			t.Fatal(err)
+		}
+		q := new(dns.Msg)
+		q.SetQuestion(name, dns.TypeTXT)
+		q.SetEdns0(1232, false)
+		q.IsEdns0().Option = append(q.IsEdns0().Option, &dns.EDNS0_SUBNET{Code: dns.EDNS0SUBNET, Family: 1,
+			SourceNetmask: 24, Address: net.IPv4(198, 51, 100, 0).To4()})
+		r := s.Answer(q, &net.UDPAddr{IP: net.IPv4(192, 0, 2, 1), Port: 53}, false)
+		var got [][]byte
+		for _, rr := range r.Answer {
+			c, err := relaylist.DecodeTXT(rr.(*dns.TXT).Txt)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got = append(got, c)
+		}
+		if len(got) != 2 {
+			t.Fatalf("%d TXT records under the shared name, want 2", len(got))
+		}
+		hasX := bytes.Equal(got[0], wantX[0]) || bytes.Equal(got[0], wantX[1]) || bytes.Equal(got[1], wantX[0]) || bytes.Equal(got[1], wantX[1])
+		hasY := bytes.Equal(got[0], chunksY[0]) || bytes.Equal(got[1], chunksY[0])
+		if !hasX || !hasY {
+			t.Errorf("shared name answers audience X's chunk %v, Y's %v", hasX, hasY)
+		}
+		var ecs *dns.EDNS0_SUBNET
+		for _, o := range r.IsEdns0().Option {
+			if e, ok := o.(*dns.EDNS0_SUBNET); ok {
+				ecs = e
+			}
+		}
+		if ecs == nil || ecs.SourceScope != 24 {
+			t.Errorf("ECS scope %v, want 24 (one of the chunks depends on the network)", ecs)
+		}
+	}
+}

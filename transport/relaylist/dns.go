@@ -46,20 +46,6 @@ const (
 // mixed from two lists, or are not chunks at all.
 var ErrSealed = errors.New("relaylist: sealed chunks do not open")
 
-// syllables are the pieces of chunk labels: 64 common English syllables,
-// so that labels look like words to DGA heuristics (nDPI's "Suspicious
-// DGA Domain name" counts digits, consonant runs and rare bigrams).
-var syllables = [64]string{
-	"ba", "be", "bi", "bo", "bu", "ca", "ce", "co",
-	"da", "de", "di", "do", "fa", "fe", "fi", "fo",
-	"ga", "ge", "go", "ha", "he", "hi", "ho", "la",
-	"le", "li", "lo", "lu", "ma", "me", "mi", "mo",
-	"na", "ne", "ni", "no", "pa", "pe", "pi", "po",
-	"ra", "re", "ri", "ro", "ru", "sa", "se", "si",
-	"so", "su", "ta", "te", "ti", "to", "tu", "va",
-	"ve", "vi", "ar", "er", "in", "on", "en", "an",
-}
-
 // An Audience holds the keys derived from one bootstrap key. It is safe
 // for concurrent use.
 type Audience struct {
@@ -109,21 +95,19 @@ func (a *Audience) sealKey(p int64) []byte {
 	return k
 }
 
-// shape returns chunk i's label and size in period p.
-func (a *Audience) shape(p int64, i int) (string, int) {
-	h := a.mac(a.nameKey, []byte("name"), binary.BigEndian.AppendUint64(nil, uint64(p)), binary.BigEndian.AppendUint32(nil, uint32(i)))
-	n := 5 + int(h[0])%3
-	var b strings.Builder
-	for j := range n {
-		b.WriteString(syllables[h[1+j]%64])
-	}
-	return b.String(), ChunkSizes[h[8]%4]
+// ChunkSize returns the size in bytes of chunk i in period p (the length
+// of what [DecodeTXT] returns for it): one of [ChunkSizes], picked by the
+// first byte of the chunk's stream.
+func (a *Audience) ChunkSize(p int64, i int) int {
+	return ChunkSizes[newLabelRand(a.nameKey, p, i).byte()%4]
 }
 
-// Label returns the DNS label of chunk i in period p.
+// Label returns the DNS label of chunk i in period p, drawn from the
+// chunk's stream after the byte that picks its size.
 func (a *Audience) Label(p int64, i int) string {
-	l, _ := a.shape(p, i)
-	return l
+	r := newLabelRand(a.nameKey, p, i)
+	r.byte()
+	return r.label()
 }
 
 // Name returns the owner name of chunk i in period p under zone, as a
@@ -140,8 +124,7 @@ func (a *Audience) mask(p int64) uint16 {
 func (a *Audience) capacity(p int64, n int) int {
 	total := 0
 	for i := range n {
-		_, s := a.shape(p, i)
-		total += s
+		total += a.ChunkSize(p, i)
 	}
 	return total
 }
@@ -165,8 +148,7 @@ func validCount(n int) bool {
 func (a *Audience) Chunks(p int64, size int) (int, error) {
 	total := 0
 	for n := 1; n <= MaxChunks; n++ {
-		_, s := a.shape(p, n-1)
-		total += s
+		total += a.ChunkSize(p, n-1)
 		if validCount(n) && total >= size+sealedOver {
 			return n, nil
 		}
@@ -207,7 +189,7 @@ func (a *Audience) Seal(p int64, list []byte, n int) ([][]byte, error) {
 	chunks := make([][]byte, n)
 	off := 0
 	for i := range n {
-		_, s := a.shape(p, i)
+		s := a.ChunkSize(p, i)
 		chunks[i] = stream[off : off+s : off+s]
 		off += s
 	}
@@ -243,7 +225,7 @@ func (a *Audience) Open(p int64, chunks [][]byte) ([]byte, error) {
 	}
 	var stream []byte
 	for i, c := range chunks {
-		if _, s := a.shape(p, i); len(c) != s {
+		if s := a.ChunkSize(p, i); len(c) != s {
 			return nil, fmt.Errorf("%w: chunk %d is %d bytes, want %d", ErrSealed, i, len(c), s)
 		}
 		stream = append(stream, c...)

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -97,9 +98,10 @@ func TestSealedLooksRandom(t *testing.T) {
 		t.Fatal(err)
 	}
 	p := PeriodOf(now)
-	label := regexp.MustCompile(`^[a-z]{10,14}$`)
+	label := regexp.MustCompile(`^[a-z]{3,}(-[a-z]{3,})?[0-9]{0,2}$`)
 	seenName := map[string]string{}
 	seenTXT := map[string]string{}
+	lengths := map[string][]int{} // chunk sizes, by chunk index
 	for _, c := range []struct {
 		name string
 		a    *Audience
@@ -109,9 +111,10 @@ func TestSealedLooksRandom(t *testing.T) {
 		for i, txt := range txts {
 			name := c.a.Name(c.p, i, "b.example.net")
 			l := strings.TrimSuffix(name, ".b.example.net.")
-			if !label.MatchString(l) {
+			if !label.MatchString(l) || len(l) < 5 || len(l) > 16 {
 				t.Errorf("%s: label %q", c.name, l)
 			}
+			lengths[c.name] = append(lengths[c.name], len(strings.Join(txt, "")))
 			if prev, ok := seenName[name]; ok {
 				t.Errorf("%s: name %s also used by %s", c.name, name, prev)
 			}
@@ -135,6 +138,20 @@ func TestSealedLooksRandom(t *testing.T) {
 			default:
 				t.Errorf("%s: chunk %d is %d characters", c.name, i, total)
 			}
+		}
+	}
+	// The sizes of the chunks, taken in order, differ between audiences
+	// and between periods: they are drawn from the key and the period,
+	// not from the chunk's index. (The keys are fixed, so this holds or
+	// fails for good.)
+	for _, pair := range [][2]string{{"A/p", "B/p"}, {"A/p", "A/p+1"}, {"B/p", "A/p+1"}, {"A/p", "A/p-1"}} {
+		a, b := lengths[pair[0]], lengths[pair[1]]
+		n := min(len(a), len(b))
+		if n < 4 {
+			t.Fatalf("%s and %s: %d and %d chunks, want several", pair[0], pair[1], len(a), len(b))
+		}
+		if slices.Equal(a[:n], b[:n]) {
+			t.Errorf("%s and %s: the same sequence of chunk sizes %v", pair[0], pair[1], a[:n])
 		}
 	}
 }

@@ -45,21 +45,30 @@
 // Clients also try the previous and next period (clock skew), and servers
 // answer all three.
 //
-// Names: chunk i of period p is a TXT record at LABEL.ZONE, where LABEL is
-// made of 5 to 7 syllables (two letters each, from a table of 64 common
-// English ones) picked by h = HMAC-SHA256(nameKey, "name" || u64(p) ||
-// u32(i)): h[0] picks the count, h[1..7] the syllables, h[8] the chunk's
-// size. So a label is 10 to 14 letters that read like a word (no digits,
-// no hex, nothing a DGA heuristic flags), changes every day, differs
-// between audiences, and cannot be told from the zone's other names,
-// guessed or enumerated without S. There is no index record and no fixed
-// label.
+// Names: chunk i of period p is a TXT record at LABEL.ZONE. Its shape is
+// drawn from the keyed stream of 32-byte blocks HMAC-SHA256(nameKey,
+// "name" || u64(p) || u32(i) || u32(k)), k = 0, 1, ...: the first byte
+// picks the chunk's size (one of [ChunkSizes], byte mod 4), the following
+// ones the label, by a small generative model of English words (label.go):
+// a length of 5 to 16 letters, then an initial consonant cluster, vowel
+// groups and medial clusters in turn and a final cluster, each picked
+// with the frequency it has in English words (two bytes per pick, big
+// endian, modulo the table's total weight). One label in sixteen ends in
+// a digit or two and one in sixteen joins two words with a hyphen, as
+// host names do. So a label reads like a word or a host name: its length,
+// letters and clusters follow English, a pattern fitted to the model
+// matches about half of real English words too, and nDPI's DGA heuristic
+// flags none. It changes every day, differs between audiences, and cannot
+// be guessed or enumerated without S. Two labels collide with a
+// probability of about 10^-8 per pair; the server then answers both
+// chunks under the name and the client keeps the combination that opens.
+// There is no index record and no fixed label.
 //
 // Sealing: the signed list L (its ed25519 signature inside, see [Sign])
 // travels as one stream cut into n chunks, n a power of two or three
 // times one (1, 2, 3, 4, 6, 8, 12 ... [MaxChunks]) so that the number of
-// queries tells little about the list's length. Chunk i carries size(p, i) bytes, one of [ChunkSizes]
-// picked by h[8]. The stream is
+// queries tells little about the list's length. Chunk i carries
+// [Audience.ChunkSize](p, i) bytes. The stream is
 //
 //	mask(n)  2 bytes, n XOR HMAC(nameKey, "count" || u64(p))[:2]
 //	nonce    24 bytes, HMAC(sealKey(p), "nonce" || L)[:24]

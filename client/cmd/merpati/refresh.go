@@ -11,16 +11,22 @@ package main
 // itself when none of the relays it knows answers. A link with dns= and
 // lk= but no bk= is of the old format, whose list is no longer published:
 // refresh says so, and the user needs a new link.
+//
+// --clock-offset DURATION, left out of the usage text, moves the clock
+// the fetch goes by (which day's names it asks, and the list's expiry):
+// the censor lab uses it to capture the bootstrap of another day.
 
 import (
 	"context"
 	"crypto/ed25519"
 	"encoding/hex"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -62,6 +68,8 @@ func cmdRefresh(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	linkFlag := fs.String("link", "", "share link merpati://... (default: the imported one)")
 	resolvers := fs.String("resolvers", "", "comma-separated resolvers (default: public DoH and DoT resolvers; plain udp:// and tcp:// only if listed here)")
 	logFlags := cmdmain.AddLogFlags(fs, "warn")
+	clockOffset := fs.Duration("clock-offset", 0, "")
+	fs.Usage = func() { usageWithout(fs, "clock-offset") }
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -92,6 +100,7 @@ func cmdRefresh(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		Keys:      l.BootstrapKeys,
 		Resolvers: rs,
 		CachePath: cache,
+		Now:       func() time.Time { return time.Now().Add(*clockOffset) },
 		Logger:    log,
 	})
 	if err != nil {
@@ -111,4 +120,17 @@ func cmdRefresh(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		fmt.Fprintf(stdout, "  %s (%s)\n", strings.Join(e.Relays, ", "), strings.Join(e.Link().CarrierList(), ", "))
 	}
 	return nil
+}
+
+// usageWithout prints fs's usage without the flags named hidden.
+func usageWithout(fs *flag.FlagSet, hidden ...string) {
+	shown := flag.NewFlagSet(fs.Name(), flag.ContinueOnError)
+	shown.SetOutput(fs.Output())
+	fs.VisitAll(func(f *flag.Flag) {
+		if !slices.Contains(hidden, f.Name) {
+			shown.Var(f.Value, f.Name, f.Usage)
+		}
+	})
+	fmt.Fprintf(fs.Output(), "Usage of %s:\n", fs.Name())
+	shown.PrintDefaults()
 }

@@ -6,11 +6,13 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/merpati/merpati/client/bootstrap"
 	"github.com/merpati/merpati/relay/dnsserver"
 	"github.com/merpati/merpati/transport/link"
 	"github.com/merpati/merpati/transport/relaylist"
@@ -67,5 +69,75 @@ func TestRefresh(t *testing.T) {
 		"--resolvers", "udp://" + pc.LocalAddr().String()}, &out, &errOut)
 	if !errors.Is(err, link.ErrOldBootstrap) {
 		t.Errorf("refresh with an old-format link: %v", err)
+	}
+}
+
+// TestDefaultResolversEncrypted: the resolvers asked when the user names
+// none are DoH and DoT only, so that nobody on the path sees the
+// bootstrap's queries; they parse, and they are what refresh uses.
+func TestDefaultResolversEncrypted(t *testing.T) {
+	if len(defaultResolvers) == 0 {
+		t.Fatal("no default resolvers")
+	}
+	for _, r := range defaultResolvers {
+		if !strings.HasPrefix(r, "https://") && !strings.HasPrefix(r, "tls://") {
+			t.Errorf("default resolver %q is not DNS over HTTPS or TLS", r)
+		}
+	}
+	l := testLink()
+	l.Bootstrap, l.ListKey, l.BootstrapKeys = []string{"b.merpati.test"}, make([]byte, 32), [][32]byte{{1}}
+	rs, _, err := bootstrapSettings(t.TempDir(), "", l)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(rs, defaultResolvers) {
+		t.Errorf("refresh without --resolvers asks %v, want the defaults %v", rs, defaultResolvers)
+	}
+	if _, err := bootstrap.New(bootstrap.Config{Domains: l.Bootstrap, ListKey: ed25519.PublicKey(l.ListKey),
+		Keys: l.BootstrapKeys, Resolvers: rs}); err != nil {
+		t.Errorf("default resolvers: %v", err)
+	}
+}
+
+// TestRefreshClockOffset: --clock-offset moves the day whose names are
+// asked, and stays out of the usage text.
+func TestRefreshClockOffset(t *testing.T) {
+	pub, priv, _ := ed25519.GenerateKey(nil)
+	data, err := relaylist.Sign(&relaylist.List{Seq: 3, Expires: time.Now().Add(time.Hour),
+		Entries: []relaylist.Entry{relaylist.FromLink(testLink())}}, priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bk := [32]byte{8, 8, 8}
+	s, err := dnsserver.New(dnsserver.Config{Zone: "b.merpati.test", Audiences: []dnsserver.Audience{{Key: bk, Lists: [][]byte{data}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pc, ln, err := dnsserver.Listen("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() { s.Serve(ctx, pc, ln) })
+	defer func() { cancel(); wg.Wait() }()
+	l := testLink()
+	l.Bootstrap, l.ListKey, l.BootstrapKeys = []string{"b.merpati.test"}, pub, [][32]byte{bk}
+	refresh := func(offset string) error {
+		var out, errOut syncBuffer
+		return run(context.Background(), []string{"refresh", "--config-dir", t.TempDir(), "--link", l.String(),
+			"--resolvers", "udp://" + pc.LocalAddr().String(), "--clock-offset", offset}, &out, &errOut)
+	}
+	// The server answers yesterday's, today's and tomorrow's names.
+	if err := refresh("-24h"); err != nil {
+		t.Errorf("a day back: %v", err)
+	}
+	if err := refresh("-72h"); err == nil {
+		t.Error("three days back: the list was found")
+	}
+	var out, errOut syncBuffer
+	run(context.Background(), []string{"refresh", "-h"}, &out, &errOut)
+	if usage := errOut.String() + out.String(); !strings.Contains(usage, "-resolvers") || strings.Contains(usage, "clock-offset") {
+		t.Errorf("usage:\n%s", usage)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -20,17 +21,36 @@ import (
 // bootCapture is what the censor saw of one bootstrap: the DNS packets
 // on the client's link.
 type bootCapture struct {
+	name   string
 	pcap   string
-	names  []string            // query names, in order
-	txt    map[string][]string // TXT strings of each answered name
-	qsizes []int               // frame sizes of queries
-	asizes []int               // frame sizes of answers
+	key    [link.BootstrapKeySize]byte // the audience's, to tell chunks apart
+	period int64                       // the day fetched
+	names  []string                    // query names, in order
+	txt    map[string][]string         // TXT strings of each answered name
+	qsizes []int                       // frame sizes of queries
+	asizes []int                       // frame sizes of answers
+}
+
+// txtLengths returns the length of each chunk's TXT record, in chunk
+// order (as far as the chunks were captured).
+func (c *bootCapture) txtLengths() []int {
+	a := relaylist.NewAudience(c.key)
+	var lens []int
+	for i := 0; ; i++ {
+		txt, ok := c.txt[strings.TrimSuffix(a.Name(c.period, i, bootZone), ".")]
+		if !ok {
+			return lens
+		}
+		lens = append(lens, len(strings.Join(txt, "")))
+	}
 }
 
 // captureRefresh runs "merpati refresh" with lk in the client host over
 // resolver, with tshark capturing port 53 on the client's link (as the
-// censor would), and returns what was captured.
-func captureRefresh(t *testing.T, lab *censorlab.Lab, name string, lk *link.Link, resolver string) *bootCapture {
+// censor would), and returns what was captured. A clock offset other
+// than zero moves the client's clock (refresh --clock-offset), so that it
+// fetches another day's names.
+func captureRefresh(t *testing.T, lab *censorlab.Lab, name string, lk *link.Link, resolver string, offset time.Duration) *bootCapture {
 	t.Helper()
 	tshark := needTool(t, "tshark")
 	pcap := filepath.Join(lab.Dir, name+".pcap")
@@ -52,7 +72,7 @@ func captureRefresh(t *testing.T, lab *censorlab.Lab, name string, lk *link.Link
 	// "Capturing on" can come before the capture filter is in place.
 	time.Sleep(time.Second)
 	out, err := lab.Run(ctx, censorlab.Client, lab.Bins().Merpati, "refresh", "--link", lk.String(),
-		"--resolvers", resolver, "--config-dir", filepath.Join(lab.Dir, name+"-config"))
+		"--resolvers", resolver, "--config-dir", filepath.Join(lab.Dir, name+"-config"), "--clock-offset", offset.String())
 	if err != nil {
 		t.Fatalf("refresh: %v\n%s", err, out)
 	}
@@ -67,7 +87,8 @@ func captureRefresh(t *testing.T, lab *censorlab.Lab, name string, lk *link.Link
 	if err != nil {
 		t.Fatalf("tshark -r: %v", err)
 	}
-	c := &bootCapture{pcap: pcap, txt: map[string][]string{}}
+	c := &bootCapture{name: name, pcap: pcap, key: lk.BootstrapKeys[0], period: relaylist.PeriodOf(time.Now().Add(offset)),
+		txt: map[string][]string{}}
 	for line := range strings.Lines(string(fields)) {
 		f := strings.Split(strings.TrimRight(line, "\n"), "\t")
 		if len(f) < 3 {
@@ -88,7 +109,8 @@ func captureRefresh(t *testing.T, lab *censorlab.Lab, name string, lk *link.Link
 	if len(c.names) < 2 || len(c.txt) < 2 {
 		t.Fatalf("%s: captured %d queries and %d TXT answers, want several:\n%s", name, len(c.names), len(c.txt), fields)
 	}
-	t.Logf("%s over %s: %d queries of %v bytes, answers of %v bytes", name, resolver, len(c.names), c.qsizes, c.asizes)
+	t.Logf("%s over %s: %d queries of %v bytes, answers of %v bytes; TXT of %v characters", name, resolver,
+		len(c.names), c.qsizes, c.asizes, c.txtLengths())
 	return c
 }
 
@@ -106,43 +128,66 @@ func needTool(t *testing.T, tool string) string {
 
 // TestBootstrapCapture captures, at the censor's position, the
 // bootstraps of two audiences over plain DNS (UDP, and TCP for the
-// second), and checks what the censor learns: no query name, TXT string
-// or sequence of sizes repeats across the audiences; nothing of the old
-// format (the _n index, "v=merpati1", the list's magic) is on the wire;
-// every answer fits 512 bytes; the captured answers open only with their
-// own audience's key; and nDPI's ndpiReader raises no risk on any flow.
-// (Two periods are compared in client/bootstrap's TestWireNoRepeats,
-// where the clock can be moved.)
+// second), and of the first audience on the day before (the client's
+// clock moved back a day; the server answers yesterday's names too), and
+// checks what the censor learns: no query name or TXT string repeats
+// across the audiences or the days, nor does the sequence of TXT lengths
+// taken in chunk order; every name is one word-like label under the
+// zone; nothing of the old format (the _n index, "v=merpati1", the
+// list's magic) is on the wire; every answer fits 512 bytes; the captured
+// answers open only with their own audience's key; and nDPI's ndpiReader
+// raises no risk on any flow.
 func TestBootstrapCapture(t *testing.T) {
 	lab, svc := newLab(t)
 	links := publish(t, lab, svc, 2)
+	udp, tcp := "udp://"+censorlab.DNSAddr+":53", "tcp://"+censorlab.DNSAddr+":53"
 	caps := []*bootCapture{
-		captureRefresh(t, lab, "audience0", links[0], "udp://"+censorlab.DNSAddr+":53"),
-		captureRefresh(t, lab, "audience1", links[1], "udp://"+censorlab.DNSAddr+":53"),
-		captureRefresh(t, lab, "audience1-tcp", links[1], "tcp://"+censorlab.DNSAddr+":53"),
+		captureRefresh(t, lab, "audience0", links[0], udp, 0),
+		captureRefresh(t, lab, "audience1", links[1], udp, 0),
+		captureRefresh(t, lab, "audience0-yesterday", links[0], udp, -24*time.Hour),
+		captureRefresh(t, lab, "audience1-tcp", links[1], tcp, 0),
 	}
-	for i, c := range caps[:2] {
-		o := caps[1-i]
+	if caps[2].period != caps[0].period-1 {
+		t.Fatalf("periods %d and %d, want consecutive days", caps[0].period, caps[2].period)
+	}
+	label := regexp.MustCompile(`^[a-z]{3,}(-[a-z]{3,})?[0-9]{0,2}$`)
+	distinct := caps[:3] // different audiences or days
+	for i, c := range distinct {
 		for _, n := range c.names {
-			if slices.Contains(o.names, n) {
-				t.Errorf("query name %s asked by both audiences", n)
-			}
-			if !strings.HasSuffix(n, "."+bootZone) || strings.ContainsAny(strings.TrimSuffix(n, "."+bootZone), "_.0123456789") {
-				t.Errorf("query name %s: not one word-like label under the zone", n)
+			if l, ok := strings.CutSuffix(n, "."+bootZone); !ok || !label.MatchString(l) || len(l) > 16 {
+				t.Errorf("%s: query name %s is not one word-like label under the zone", c.name, n)
 			}
 		}
-		for n, txt := range c.txt {
-			for _, s := range txt {
-				for _, otxt := range o.txt {
-					if slices.Contains(otxt, s) {
-						t.Errorf("TXT string of %s also sent to the other audience", n)
+		for _, o := range distinct[i+1:] {
+			for _, n := range c.names {
+				if slices.Contains(o.names, n) {
+					t.Errorf("query name %s asked in both %s and %s", n, c.name, o.name)
+				}
+			}
+			for n, txt := range c.txt {
+				for _, s := range txt {
+					for _, otxt := range o.txt {
+						if slices.Contains(otxt, s) {
+							t.Errorf("TXT string of %s in %s also sent in %s", n, c.name, o.name)
+						}
 					}
 				}
 			}
+			// The chunk sizes are drawn per audience and day: their
+			// sequences differ (by chance they agree on 8 chunks once in
+			// 65,536).
+			a, b := c.txtLengths(), o.txtLengths()
+			if k := min(len(a), len(b)); k < 8 {
+				t.Logf("%s and %s: %d chunks in common, too few to compare sizes", c.name, o.name, k)
+			} else if slices.Equal(a[:k], b[:k]) {
+				t.Errorf("%s and %s: the same TXT lengths in chunk order, %v", c.name, o.name, a[:k])
+			}
 		}
+	}
+	for _, c := range caps {
 		for _, sz := range c.asizes {
-			if sz-14-20-8 > 512 { // Ethernet, IPv4 and UDP headers
-				t.Errorf("a %d-byte DNS answer frame: more than 512 bytes of DNS", sz)
+			if sz-14-20-8 > 512 && !strings.HasSuffix(c.name, "-tcp") { // Ethernet, IPv4 and UDP headers
+				t.Errorf("%s: a %d-byte DNS answer frame: more than 512 bytes of DNS", c.name, sz)
 			}
 		}
 		raw, err := os.ReadFile(c.pcap)
@@ -151,22 +196,18 @@ func TestBootstrapCapture(t *testing.T) {
 		}
 		for _, fixed := range []string{"v=merpati1", "\x02_n\x04boot", "TVJMMQ", relaylist.Magic} {
 			if bytes.Contains(raw, []byte(fixed)) {
-				t.Errorf("capture %d contains %q", i, fixed)
+				t.Errorf("capture %s contains %q", c.name, fixed)
 			}
 		}
-	}
-	if slices.Equal(caps[0].asizes, caps[1].asizes) && slices.Equal(caps[0].qsizes, caps[1].qsizes) {
-		t.Error("both audiences' bootstraps have the same sizes")
 	}
 
 	// What the resolver (or the censor) holds is useless without the
 	// link's bootstrap key: audience 0's answers open with its key only.
-	p := relaylist.PeriodOf(time.Now())
-	open := func(c *bootCapture, key [link.BootstrapKeySize]byte, by [link.BootstrapKeySize]byte) error {
-		a, names := relaylist.NewAudience(key), relaylist.NewAudience(by)
+	open := func(c *bootCapture, key [link.BootstrapKeySize]byte) error {
+		a, names := relaylist.NewAudience(key), relaylist.NewAudience(c.key)
 		var chunks [][]byte
 		for i := 0; ; i++ {
-			txt, ok := c.txt[strings.TrimSuffix(names.Name(p, i, bootZone), ".")]
+			txt, ok := c.txt[strings.TrimSuffix(names.Name(c.period, i, bootZone), ".")]
 			if !ok {
 				break
 			}
@@ -176,15 +217,17 @@ func TestBootstrapCapture(t *testing.T) {
 			}
 			chunks = append(chunks, b)
 		}
-		_, err := a.Open(p, chunks)
+		_, err := a.Open(c.period, chunks)
 		return err
 	}
 	k0, k1 := links[0].BootstrapKeys[0], links[1].BootstrapKeys[0]
-	if err := open(caps[0], k0, k0); err != nil {
-		t.Fatalf("audience 0's captured answers do not open with its key: %v", err)
-	}
-	if err := open(caps[0], k1, k0); err == nil {
-		t.Error("audience 0's captured answers open with audience 1's key")
+	for _, c := range []*bootCapture{caps[0], caps[2]} {
+		if err := open(c, k0); err != nil {
+			t.Fatalf("%s: captured answers do not open with the audience's key: %v", c.name, err)
+		}
+		if err := open(c, k1); err == nil {
+			t.Errorf("%s: captured answers open with audience 1's key", c.name)
+		}
 	}
 
 	// nDPI flags nothing: no DGA-looking name, no oversized answer.
