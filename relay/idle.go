@@ -3,6 +3,7 @@ package relay
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 
 	"github.com/merpati/merpati/transport/h2mux"
@@ -53,9 +54,9 @@ func (r *Relay) sessionIdle() time.Duration {
 
 // LearnIdle learns how long the cover site in force keeps a browser's idle
 // HTTP/2 connection open ([tlscarrier.LearnIdleClose]: a page loaded as
-// Chromium loads it, then silence), which TLS-carrier sessions without
+// Chromium loads it, then silence; twice, and the two must agree), which TLS-carrier sessions without
 // streams then wait before the relay closes them, as the cover site would.
-// It takes as long as the cover site waits (nginx: 75 s), at most
+// It takes twice as long as the cover site waits (nginx: 75 s), at most
 // [tlscarrier.MaxIdleWait]; when the cover site has not closed by then,
 // sessions close after [h2mux.DefaultIdleTimeout]. A failure keeps the
 // value last learned. Config.IdleTimeout, when set, takes precedence.
@@ -65,7 +66,7 @@ func (r *Relay) LearnIdle(ctx context.Context) error {
 	if live.serverName == "" {
 		return errors.New("relay: learn the cover site's idle close: Config.ServerName: required")
 	}
-	d, err := tlscarrier.LearnIdleClose(ctx, live.cover, live.serverName, tlscarrier.MaxIdleWait)
+	d, err := learnIdleTwice(ctx, live.cover, live.serverName)
 	if cur := r.live.Load(); cur.cover != live.cover || cur.serverName != live.serverName {
 		return errors.New("relay: the cover site changed while its idle close was learned")
 	}
@@ -87,6 +88,34 @@ func (r *Relay) LearnIdle(ctx context.Context) error {
 	r.log.Info("cover site's idle close learned", "cover_idle", d.Round(time.Millisecond), "idle_timeout", in.Round(time.Millisecond), "from", from)
 	return nil
 }
+
+// learnIdleTwice learns the cover site's idle close twice in a row and
+// returns it if both agree (within idleAgree): a connection that ends
+// because the cover site restarted, or a middlebox dropped it, is not an
+// idle close.
+func learnIdleTwice(ctx context.Context, cover, serverName string) (time.Duration, error) {
+	d1, err := tlscarrier.LearnIdleClose(ctx, cover, serverName, tlscarrier.MaxIdleWait)
+	if err != nil {
+		return 0, err
+	}
+	d2, err := tlscarrier.LearnIdleClose(ctx, cover, serverName, tlscarrier.MaxIdleWait)
+	switch {
+	case errors.Is(err, tlscarrier.ErrNoIdleClose):
+		return 0, fmt.Errorf("the cover site closed one idle connection after %v and kept the next open", d1.Round(time.Millisecond))
+	case err != nil:
+		return 0, err
+	case max(d1, d2)-min(d1, d2) > max(idleAgreeMin, max(d1, d2)/idleAgreeFrac):
+		return 0, fmt.Errorf("the cover site closed two idle connections after %v and %v", d1.Round(time.Millisecond), d2.Round(time.Millisecond))
+	}
+	return max(d1, d2), nil
+}
+
+// Two idle closes of the cover site agree when they differ by at most
+// idleAgreeMin or 1/idleAgreeFrac of the longer.
+const (
+	idleAgreeMin  = time.Second
+	idleAgreeFrac = 10
+)
 
 // keepIdleLearned learns the cover site's idle close until ctx is done:
 // at once, every idleRelearn (idleRetry after a failure), and as soon as

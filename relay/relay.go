@@ -445,10 +445,11 @@ func (r *Relay) ServeListeners(ctx context.Context, ls ...transport.Listener) er
 					continue
 				}
 				closed := r.cfg.Metrics.SessionOpened(sess.Carrier(), sess.Key().Name(), sess.Carrier() != mtproxy.Carrier)
-				sessions.Go(func() {
-					defer untrack()
-					defer closed()
-					r.serveSession(ctx, sess)
+				sessions.Add(1)
+				r.serveSession(ctx, sess, func() {
+					untrack()
+					closed()
+					sessions.Done()
 				})
 			}
 		})
@@ -478,36 +479,58 @@ func (r *Relay) admit(sess transport.ServerSession) (untrack func(), ok bool) {
 }
 
 // serveSession serves one admitted session of any carrier: it enforces
-// the key's stream limit and serves each stream.
-func (r *Relay) serveSession(ctx context.Context, sess transport.ServerSession) {
-	defer sess.Close()
+// the key's stream limit and serves each stream, and calls done once the
+// session and all its streams have ended. A session that can hand over
+// its streams ([transport.StreamServer]) holds no goroutine of its own
+// while idle; any other gets one that waits for its streams.
+func (r *Relay) serveSession(ctx context.Context, sess transport.ServerSession, done func()) {
 	u := sess.Key().(*access.User)
-	log := r.log.With("transport", sess.Carrier(), "key", u.Name())
-	log.Debug("session opened")
+	carrier := sess.Carrier()
+	r.log.Debug("session opened", "transport", carrier, "key", u.Name())
 	var wg sync.WaitGroup
-	defer wg.Wait()
 	stop := context.AfterFunc(ctx, func() { sess.Close() })
-	defer stop()
-	for {
-		st, err := sess.AcceptStream(ctx)
-		if err != nil {
-			log.Debug("session ended", "err", err)
+	end := func(err error) {
+		stop()
+		wg.Wait()
+		sess.Close()
+		r.log.Debug("session ended", "transport", carrier, "key", u.Name(), "err", err)
+		done()
+	}
+	// Each stream is counted in the order streams open, before any
+	// goroutine runs for it.
+	start := func(st transport.Stream) {
+		if !u.AcquireStream() {
+			r.cfg.Metrics.StreamRefused("stream_limit")
+			wg.Go(func() { // the answer is a write, which may wait
+				r.refuseStream(st, u)
+				st.Close()
+			})
 			return
 		}
-		// Count the stream here, in the order streams open, before
-		// any goroutine runs for it.
-		if !r.countStream(st, u) {
-			r.cfg.Metrics.StreamRefused("stream_limit")
-			st.Close()
-			continue
-		}
-		closed := r.cfg.Metrics.StreamOpened(sess.Carrier(), u.Name())
+		closed := r.cfg.Metrics.StreamOpened(carrier, u.Name())
 		wg.Go(func() {
 			defer u.ReleaseStream()
 			defer closed()
-			r.serveCounted(ctx, st, u, sess.Carrier())
+			r.serveCounted(ctx, st, u, carrier)
 		})
 	}
+	if ss, ok := sess.(transport.StreamServer); ok {
+		err := ss.ServeStreams(start, func() { end(nil) })
+		if err == nil {
+			return
+		}
+		r.log.Debug("serve streams", "err", err)
+	}
+	go func() {
+		for {
+			st, err := sess.AcceptStream(ctx)
+			if err != nil {
+				end(err)
+				return
+			}
+			start(st)
+		}
+	}()
 }
 
 // authenticator is the relay's [transport.Authenticator] and
@@ -640,20 +663,14 @@ const maxEarlyData = 16 << 10
 // errEarlyData means a client sent more than maxEarlyData before the reply.
 var errEarlyData = errors.New("relay: more data than allowed before the reply")
 
-// countStream counts a stream of u that has just opened against the key's
-// stream limit. A stream counts from the moment it opens, before its
-// request is read, so a key cannot hold more half-sent streams than open
-// ones. Over the limit, it answers StatusTooManyStreams and reports false;
-// the caller then closes st. Otherwise the caller must call
-// u.ReleaseStream once the stream ends.
-func (r *Relay) countStream(st transport.Stream, u *access.User) bool {
-	if u.AcquireStream() {
-		return true
-	}
+// refuseStream answers a stream of u, which has just opened over the key's
+// stream limit, with StatusTooManyStreams. (A stream counts from the moment
+// it opens, before its request is read, so a key cannot hold more
+// half-sent streams than open ones.) The caller closes st.
+func (r *Relay) refuseStream(st transport.Stream, u *access.User) {
 	r.warns.KeyInfo(r.log, u.Name(), "stream refused: key at its stream limit (max_streams)",
 		"limit", u.Entry().StreamLimit())
 	refuse(st, transport.StatusTooManyStreams)
-	return false
 }
 
 // serveCounted reads the target of a counted stream, dials it if it is

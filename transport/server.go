@@ -78,6 +78,20 @@ type ServerSession interface {
 	Close() error
 }
 
+// A StreamServer is a [ServerSession] that can hand its streams to a
+// function as they open, instead of [ServerSession.AcceptStream], so that
+// an idle session holds no goroutine waiting for its next stream (the
+// relay holds thousands of idle sessions). The relay uses it where a
+// carrier's sessions offer it.
+type StreamServer interface {
+	// ServeStreams calls handle with each stream the client opens, in
+	// the order they open, from the session's own goroutine (handle must
+	// not block), and end, from a goroutine of its own, once the session
+	// has ended and handle has had its last stream. It is called at most
+	// once, instead of AcceptStream.
+	ServeStreams(handle func(Stream), end func()) error
+}
+
 // A Listener is the relay side of one carrier: it yields authenticated
 // sessions and serves everything else as the cover site. It must be safe
 // for concurrent use.

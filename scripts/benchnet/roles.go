@@ -169,7 +169,10 @@ func cmdCover(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		io.WriteString(w, page)
 	})
 	quiet := slog.NewLogLogger(slog.DiscardHandler, slog.LevelError)
-	hs := &http.Server{Handler: handler, TLSConfig: conf.Clone(), ErrorLog: quiet, ReadHeaderTimeout: 10 * time.Second}
+	// Idle connections close after nginx's default keepalive_timeout:
+	// the relay learns the cover site's and closes idle sessions then.
+	hs := &http.Server{Handler: handler, TLSConfig: conf.Clone(), ErrorLog: quiet, ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout: 75 * time.Second}
 	hs.TLSConfig.NextProtos = []string{"h2", "http/1.1"}
 	h3 := &http3.Server{Handler: handler, TLSConfig: http3.ConfigureTLSConfig(conf.Clone())}
 	fmt.Fprintf(stdout, "listening %s\n", ln.Addr())

@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -1002,5 +1003,100 @@ func TestWriteSize(t *testing.T) {
 			t.Errorf("maxFrame %d: %d bytes in %d frames make %d bytes on the wire, want %d",
 				tc.maxFrame, n, frames, got, recordsPerWrite*tlsRecord)
 		}
+	}
+}
+
+// TestServeStreams: ServeStreams hands the server every stream the client
+// opens, those waiting before it was called first, in the order they
+// opened, and calls end once, after the last, when the session ends.
+func TestServeStreams(t *testing.T) {
+	cs, ss := newSessions(t, tcpPair, Config{}, Config{})
+	if err := cs.ServeStreams(func(*Stream) {}, func() {}); !errors.Is(err, ErrWrongSide) {
+		t.Errorf("ServeStreams on a client: %v, want ErrWrongSide", err)
+	}
+	open := func() {
+		st, err := cs.OpenStream(ctxT(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { st.Close() })
+		if _, err := st.Write([]byte{1}); err != nil { // HEADERS go with the first bytes
+			t.Fatal(err)
+		}
+	}
+	for range 3 {
+		open()
+	}
+	for waiting := 0; waiting < 3; time.Sleep(time.Millisecond) {
+		ss.mu.Lock()
+		waiting = len(ss.acceptQ)
+		ss.mu.Unlock()
+	}
+	var mu sync.Mutex
+	var ids []uint32
+	ended := make(chan int, 2)
+	handle := func(st *Stream) {
+		mu.Lock()
+		ids = append(ids, st.id)
+		mu.Unlock()
+		st.Close()
+	}
+	if err := ss.ServeStreams(handle, func() {
+		mu.Lock()
+		ended <- len(ids)
+		mu.Unlock()
+	}); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	if len(ids) != 3 {
+		t.Errorf("ServeStreams returned having handed %d of the 3 waiting streams", len(ids))
+	}
+	mu.Unlock()
+	if err := ss.ServeStreams(handle, func() {}); err == nil {
+		t.Error("a second ServeStreams succeeded")
+	}
+	for range 2 {
+		open()
+	}
+	for n := 0; n < 5; time.Sleep(time.Millisecond) {
+		mu.Lock()
+		n = len(ids)
+		mu.Unlock()
+	}
+	select {
+	case <-ended:
+		t.Fatal("end called while the session lives")
+	default:
+	}
+	cs.Close()
+	select {
+	case n := <-ended:
+		if n != 5 {
+			t.Errorf("end called after %d streams, want 5", n)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("end not called 10 s after the session ended")
+	}
+	if !slices.IsSorted(ids) || len(slices.Compact(slices.Clone(ids))) != 5 {
+		t.Errorf("streams handed in the order %v", ids)
+	}
+	select {
+	case <-ended:
+		t.Error("end called twice")
+	case <-time.After(100 * time.Millisecond):
+	}
+
+	// On a session that has already ended, end is called all the same.
+	_, ss2 := newSessions(t, tcpPair, Config{}, Config{})
+	ss2.Close()
+	ended2 := make(chan struct{})
+	if err := ss2.ServeStreams(func(*Stream) {}, func() { close(ended2) }); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-ended2:
+	case <-time.After(10 * time.Second):
+		t.Fatal("end not called for a session that had ended")
 	}
 }

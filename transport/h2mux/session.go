@@ -51,7 +51,10 @@ type Session struct {
 	hbuf bytes.Buffer
 	dhdr [frameHeaderSz]byte
 
-	acceptCh   chan struct{} // cap 1: acceptQ grew
+	acceptCh chan struct{} // cap 1: acceptQ grew
+	// dispatchMu orders the hand-over of accepted streams to onStream
+	// (see ServeStreams) between the read loop and ServeStreams.
+	dispatchMu sync.Mutex
 	slotCh     chan struct{} // cap 1: a stream slot was freed or the limit rose
 	done       chan struct{} // closed when the session is dead
 	writerDone chan struct{} // closed when writeLoop has returned
@@ -69,12 +72,15 @@ type Session struct {
 	lastPeerID uint32 // server: highest stream ID the peer opened
 	numStreams int    // streams holding a concurrency slot
 	acceptQ    []*Stream
-	writing    bool        // the write token: whoever holds it (the writer, or a stream writing directly) owns bw
-	writerOn   bool        // a writer goroutine runs (see kickLocked)
-	prefaced   bool        // the preface is written; only writers touch it, one at a time
-	wq         []writeItem // frames waiting for the writer, in order
-	cq         []writeItem // connection control frames, written ahead of wq (see enqueueLocked)
-	nCtrl      int         // peer-provoked frames in wq and cq
+	onStream   func(*Stream) // server: takes accepted streams instead of AcceptStream (see ServeStreams)
+	onEnd      func()        // server: called once the read loop has ended, after the last onStream
+	readEnded  bool          // the read loop has returned
+	writing    bool          // the write token: whoever holds it (the writer, or a stream writing directly) owns bw
+	writerOn   bool          // a writer goroutine runs (see kickLocked)
+	prefaced   bool          // the preface is written; only writers touch it, one at a time
+	wq         []writeItem   // frames waiting for the writer, in order
+	cq         []writeItem   // connection control frames, written ahead of wq (see enqueueLocked)
+	nCtrl      int           // peer-provoked frames in wq and cq
 	pings      map[[8]byte]*pingState
 	ready      []*Stream // streams with new data whose readers are not yet woken
 	pingSeq    uint64
@@ -303,15 +309,7 @@ func (s *Session) AcceptStream(ctx context.Context) (*Stream, error) {
 	}
 	for {
 		s.mu.Lock()
-		for len(s.acceptQ) > 0 {
-			st := s.acceptQ[0]
-			s.acceptQ[0] = nil
-			s.acceptQ = s.acceptQ[1:]
-			st.accepted = true
-			if st.finished {
-				s.releaseSlotLocked(st)
-				continue
-			}
+		if st := s.nextAcceptedLocked(); st != nil {
 			s.mu.Unlock()
 			return st, nil
 		}
@@ -1245,6 +1243,7 @@ func (s *Session) fillReader() error {
 
 func (s *Session) readLoop() {
 	defer s.wg.Done()
+	defer s.endReading()
 	err := s.readFrames()
 	var pe *protoError
 	if errors.As(err, &pe) {
@@ -1252,6 +1251,94 @@ func (s *Session) readLoop() {
 		return
 	}
 	s.die(err)
+}
+
+// ServeStreams hands each stream the peer opens to handle, in the order
+// they open, instead of [Session.AcceptStream]; streams already waiting
+// to be accepted go to handle before ServeStreams returns. Once the
+// session has ended and handle has had its last stream, end is called,
+// from a goroutine of its own. handle runs on the session's read loop and
+// must not block (it starts whatever serves the stream): a server thus
+// holds no goroutine per session waiting for streams. It is for servers
+// only, and is called at most once.
+func (s *Session) ServeStreams(handle func(*Stream), end func()) error {
+	if s.client {
+		return fmt.Errorf("h2mux: serve streams: %w", ErrWrongSide)
+	}
+	s.dispatchMu.Lock()
+	s.mu.Lock()
+	if s.onStream != nil {
+		s.mu.Unlock()
+		s.dispatchMu.Unlock()
+		return errors.New("h2mux: serve streams: called twice")
+	}
+	s.onStream, s.onEnd = handle, end
+	ended := s.readEnded
+	s.mu.Unlock()
+	s.dispatchLocked()
+	s.dispatchMu.Unlock()
+	if ended {
+		go end()
+	}
+	return nil
+}
+
+// dispatch hands the accepted streams to onStream, if it is set.
+func (s *Session) dispatch() {
+	s.dispatchMu.Lock()
+	s.dispatchLocked()
+	s.dispatchMu.Unlock()
+}
+
+// dispatchLocked is dispatch with dispatchMu held.
+func (s *Session) dispatchLocked() {
+	for {
+		s.mu.Lock()
+		handle := s.onStream
+		if handle == nil {
+			s.mu.Unlock()
+			return
+		}
+		st := s.nextAcceptedLocked()
+		s.mu.Unlock()
+		if st == nil {
+			return
+		}
+		handle(st)
+	}
+}
+
+// nextAcceptedLocked takes the next stream off acceptQ, or returns nil if
+// none is waiting. s.mu is held.
+func (s *Session) nextAcceptedLocked() *Stream {
+	for len(s.acceptQ) > 0 {
+		st := s.acceptQ[0]
+		s.acceptQ[0] = nil
+		s.acceptQ = s.acceptQ[1:]
+		st.accepted = true
+		if st.finished {
+			s.releaseSlotLocked(st)
+			continue
+		}
+		return st
+	}
+	return nil
+}
+
+// endReading records that the read loop has returned and, if ServeStreams
+// was called, calls its end once any hand-over still running is done.
+func (s *Session) endReading() {
+	s.mu.Lock()
+	s.readEnded = true
+	end := s.onEnd
+	s.mu.Unlock()
+	if end != nil {
+		go func() {
+			s.dispatchMu.Lock() // a hand-over by ServeStreams still running
+			s.dispatchMu.Unlock()
+			end()
+		}()
+	}
 }
 
 // protoError is a connection error (RFC 9113 section 5.4.1): the session
@@ -1334,6 +1421,9 @@ func (s *Session) readFrames() error {
 		}
 		if err := s.handleFrame(f); err != nil {
 			return err
+		}
+		if f.Header().Type == http2.FrameHeaders {
+			s.dispatch()
 		}
 		if !s.frameBuffered() {
 			s.wakeReaders()

@@ -678,8 +678,14 @@ type serverSession struct {
 	key transport.Key
 }
 
+var _ transport.StreamServer = (*serverSession)(nil)
+
 func (s *serverSession) AcceptStream(ctx context.Context) (transport.Stream, error) {
 	return s.Session.AcceptStream(ctx)
+}
+
+func (s *serverSession) ServeStreams(handle func(transport.Stream), end func()) error {
+	return s.Session.ServeStreams(func(st *h2mux.Stream) { handle(st) }, end)
 }
 func (s *serverSession) Key() transport.Key { return s.key }
 func (s *serverSession) Carrier() string    { return "tls" }

@@ -93,6 +93,9 @@ func Serve(ctx context.Context, ln net.Listener, pc net.PacketConn, cert tls.Cer
 		Handler:           h,
 		TLSConfig:         tlsConf,
 		ReadHeaderTimeout: 10 * time.Second,
+		// Idle connections close after nginx's default keepalive_timeout
+		// (relays learn their cover site's and close idle sessions then).
+		IdleTimeout: 75 * time.Second,
 		// Probes that hang up mid-handshake are expected; keep quiet.
 		ErrorLog: log.New(io.Discard, "", 0),
 	}
