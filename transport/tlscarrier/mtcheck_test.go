@@ -25,36 +25,7 @@ func (c *countingMTProxy) AuthenticateMTProxy(*mtproxy.ClientHello, time.Time) (
 // MTProxy secrets at most MTProxyChecks a second (twice that in a burst);
 // the rest go to the cover site untried, which answers them all.
 func TestMTProxyCheckRate(t *testing.T) {
-	cover, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cover.Close()
-	go func() {
-		for {
-			c, err := cover.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				io.Copy(io.Discard, c)
-				c.Write([]byte("cover"))
-			}()
-		}
-	}()
-	certPEM, keyPEM, err := NewCertificate("cover.example")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := tls.X509KeyPair(certPEM, keyPEM)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	cover, cert, ln := mtCheckRig(t)
 	mt := &countingMTProxy{}
 	const rate = 2 // a burst of 4
 	l, err := Listen(ln, ListenConfig{Certificate: cert, Auth: refuseAll{}, MTProxy: mt, Cover: cover.Addr().String(), MTProxyChecks: rate})
@@ -62,23 +33,8 @@ func TestMTProxyCheckRate(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer l.Close()
-	rec := mtproxytest.HelloRecord(t, "cover.example")
 	start := time.Now()
-	for i := range 8 {
-		mtproxytest.SignClientHello(rec, mtproxy.NewKey(), time.Now())
-		c, err := net.Dial("tcp", ln.Addr().String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		c.SetDeadline(time.Now().Add(10 * time.Second))
-		c.Write(rec)
-		c.(*net.TCPConn).CloseWrite()
-		reply, err := io.ReadAll(c)
-		c.Close()
-		if err != nil || string(reply) != "cover" {
-			t.Fatalf("hello %d: %q, %v, want the cover site's answer", i, reply, err)
-		}
-	}
+	sendMTProxyHellos(t, ln.Addr().String(), 8)
 	// The burst of 4, and what the rate refilled meanwhile (on a busy
 	// machine the test may take a while).
 	most := 4 + int64(rate*time.Since(start).Seconds()+1)
@@ -104,39 +60,10 @@ func (s *slowMTProxy) AuthenticateMTProxy(*mtproxy.ClientHello, time.Time) (tran
 // MTProxy checks of all sources together take at most MTProxyCPU of a
 // core; hellos over it go to the cover site untried, which answers them.
 func TestMTProxyCheckBudget(t *testing.T) {
-	cover, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cover.Close()
-	go func() {
-		for {
-			c, err := cover.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				io.Copy(io.Discard, c)
-				c.Write([]byte("cover"))
-			}()
-		}
-	}()
-	certPEM, keyPEM, err := NewCertificate("cover.example")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := tls.X509KeyPair(certPEM, keyPEM)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
 	// Each check takes 100 ms, and the budget is 50 ms a second: the
 	// first check finds the budget full and leaves it 50 ms in debt, and
 	// the next one may start only once a second has paid that back.
+	cover, cert, ln := mtCheckRig(t)
 	const budget, cost = 0.05, 100 * time.Millisecond
 	mt := &slowMTProxy{cost: cost}
 	l, err := Listen(ln, ListenConfig{Certificate: cert, Auth: refuseAll{}, MTProxy: mt, Cover: cover.Addr().String(),
@@ -145,24 +72,9 @@ func TestMTProxyCheckBudget(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer l.Close()
-	rec := mtproxytest.HelloRecord(t, "cover.example")
 	start := time.Now()
 	const hellos = 10
-	for i := range hellos {
-		mtproxytest.SignClientHello(rec, mtproxy.NewKey(), time.Now())
-		c, err := net.Dial("tcp", ln.Addr().String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		c.SetDeadline(time.Now().Add(10 * time.Second))
-		c.Write(rec)
-		c.(*net.TCPConn).CloseWrite()
-		reply, err := io.ReadAll(c)
-		c.Close()
-		if err != nil || string(reply) != "cover" {
-			t.Fatalf("hello %d: %q, %v, want the cover site's answer", i, reply, err)
-		}
-	}
+	sendMTProxyHellos(t, ln.Addr().String(), hellos)
 	// The budget's burst, and what it refilled meanwhile: budget*elapsed
 	// seconds of checks of cost each, plus one check in debt.
 	elapsed := time.Since(start)
@@ -214,5 +126,64 @@ func TestTimeBudget(t *testing.T) {
 	}
 	if n != 2 {
 		t.Errorf("%d checks of an expected 250 ms allowed at once, want 2", n)
+	}
+}
+
+// mtCheckRig starts a cover site that answers "cover" once the client has
+// sent everything, and returns it, with a certificate and a listener for
+// the front door.
+func mtCheckRig(t *testing.T) (cover net.Listener, cert tls.Certificate, ln net.Listener) {
+	t.Helper()
+	cover, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cover.Close() })
+	go func() {
+		for {
+			c, err := cover.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				io.Copy(io.Discard, c)
+				c.Write([]byte("cover"))
+			}()
+		}
+	}()
+	certPEM, keyPEM, err := NewCertificate("cover.example")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cert, err = tls.X509KeyPair(certPEM, keyPEM); err != nil {
+		t.Fatal(err)
+	}
+	if ln, err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
+		t.Fatal(err)
+	}
+	return cover, cert, ln
+}
+
+// sendMTProxyHellos sends n MTProxy hellos, each signed with a new secret,
+// to the front door at addr, one connection each, and requires the cover
+// site's answer to each.
+func sendMTProxyHellos(t *testing.T, addr string, n int) {
+	t.Helper()
+	rec := mtproxytest.HelloRecord(t, "cover.example")
+	for i := range n {
+		mtproxytest.SignClientHello(rec, mtproxy.NewKey(), time.Now())
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		c.Write(rec)
+		c.(*net.TCPConn).CloseWrite()
+		reply, err := io.ReadAll(c)
+		c.Close()
+		if err != nil || string(reply) != "cover" {
+			t.Fatalf("hello %d: %q, %v, want the cover site's answer", i, reply, err)
+		}
 	}
 }
