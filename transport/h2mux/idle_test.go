@@ -294,17 +294,8 @@ func TestStreamsKeepSessionOpen(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		cs, ss, cw, sw := bubbleSessions(t, Config{}, Config{})
 		bubbleEcho(t, ss)
-		st, err := cs.OpenStream(context.Background())
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := st.Write([]byte("x")); err != nil {
-			t.Fatal(err)
-		}
+		st := openEchoed(t, cs)
 		buf := make([]byte, 1)
-		if _, err := io.ReadFull(st, buf); err != nil {
-			t.Fatal(err)
-		}
 		time.Sleep(5 * time.Minute)
 		synctest.Wait()
 		select {
@@ -352,17 +343,7 @@ func TestIdleTimeoutFunc(t *testing.T) {
 		fn := func() time.Duration { return time.Duration(idle.Load()) }
 		cs, ss, _, sw := bubbleSessions(t, Config{}, Config{IdleTimeoutFunc: fn})
 		bubbleEcho(t, ss)
-		st, err := cs.OpenStream(context.Background())
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := st.Write([]byte("x")); err != nil {
-			t.Fatal(err)
-		}
-		buf := make([]byte, 1)
-		if _, err := io.ReadFull(st, buf); err != nil {
-			t.Fatal(err)
-		}
+		st := openEchoed(t, cs)
 		time.Sleep(10 * time.Second)
 		const learned = 8 * time.Second
 		idle.Store(int64(learned))
@@ -646,4 +627,21 @@ func TestGoAwayCutsStream(t *testing.T) {
 			})
 		})
 	}
+}
+
+// openEchoed opens a stream on cs and has a byte echoed on it (by
+// bubbleEcho), so that the stream is open on both sides.
+func openEchoed(t *testing.T, cs *Session) transport.Stream {
+	t.Helper()
+	st, err := cs.OpenStream(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Write([]byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(st, make([]byte, 1)); err != nil {
+		t.Fatal(err)
+	}
+	return st
 }
