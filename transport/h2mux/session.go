@@ -1334,8 +1334,10 @@ func (s *Session) endReading() {
 	s.mu.Unlock()
 	if end != nil {
 		go func() {
-			s.dispatchMu.Lock() // a hand-over by ServeStreams still running
-			s.dispatchMu.Unlock()
+			// After any hand-over by ServeStreams still running; none
+			// comes after it.
+			s.dispatchMu.Lock()
+			defer s.dispatchMu.Unlock()
 			end()
 		}()
 	}
