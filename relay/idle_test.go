@@ -26,7 +26,7 @@ func TestLearnIdleTwice(t *testing.T) {
 		ok     bool
 	}{
 		{"agree", []time.Duration{1500 * time.Millisecond, 1500 * time.Millisecond}, true},
-		{"differ", []time.Duration{500 * time.Millisecond, 3 * time.Second}, false},
+		{"differ", []time.Duration{500 * time.Millisecond, 5 * time.Second}, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			addr := startIdleCover(t, tc.closes)
@@ -37,7 +37,7 @@ func TestLearnIdleTwice(t *testing.T) {
 			switch {
 			case tc.ok && err != nil:
 				t.Fatal(err)
-			case tc.ok && (d < tc.closes[0] || d > tc.closes[0]+time.Second):
+			case tc.ok && (d < tc.closes[0] || d > tc.closes[0]+3*time.Second): // a late timer on a busy machine
 				t.Errorf("learned %v, want about %v", d, tc.closes[0])
 			case !tc.ok && err == nil:
 				t.Errorf("learned %v from closes after %v", d, tc.closes)
