@@ -150,6 +150,9 @@ func TestQUICViewDiff(t *testing.T) {
 	same.Handshake[1].Long += 2
 	same.Handshake[1].Size += 60 // a coalesced 1-RTT packet
 	same.Handshake[1].Packets = []string{"Handshake", "1-RTT"}
+	// An acknowledgement sent alone after the flight (Caddy, now and
+	// then).
+	same.Handshake = append(same.Handshake, Datagram{Size: 40, Long: 40, Packets: []string{"Handshake"}})
 	same.MeanGET = time.Second
 	same.Addr = "127.0.0.2:8443"
 	same.Header = http.Header{"Alt-Svc": {`h3=":8443"; ma=86400`}, "Content-Length": {"6"}}
@@ -172,10 +175,13 @@ func TestQUICViewDiff(t *testing.T) {
 		"datagram size":   func(v *QUICView) { v.Handshake[0].Size, v.Handshake[0].Long = 1280, 1280 },
 		"datagram layout": func(v *QUICView) { v.Handshake[1].Packets = []string{"Initial", "Handshake"} },
 		"datagram count":  func(v *QUICView) { v.Handshake = v.Handshake[:1] },
-		"status":          func(v *QUICView) { v.Status = 404 },
-		"header":          func(v *QUICView) { v.Header.Set("Server", "Caddy") },
-		"Alt-Svc port":    func(v *QUICView) { v.Header.Set("Alt-Svc", `h3=":444"; ma=86400`) },
-		"body":            func(v *QUICView) { v.Body = []byte("hello!") },
+		"large last": func(v *QUICView) {
+			v.Handshake = append(v.Handshake, Datagram{Size: 300, Long: 300, Packets: []string{"Handshake"}})
+		},
+		"status":       func(v *QUICView) { v.Status = 404 },
+		"header":       func(v *QUICView) { v.Header.Set("Server", "Caddy") },
+		"Alt-Svc port": func(v *QUICView) { v.Header.Set("Alt-Svc", `h3=":444"; ma=86400`) },
+		"body":         func(v *QUICView) { v.Body = []byte("hello!") },
 	} {
 		v := base()
 		change(v)
