@@ -645,3 +645,51 @@ func openEchoed(t *testing.T, cs *Session) transport.Stream {
 	}
 	return st
 }
+
+// TestIdleTimerStaysStopped: a stream that ends after its session died
+// does not arm the idle timer again (which would keep the dead session in
+// memory until it ran).
+func TestIdleTimerStaysStopped(t *testing.T) {
+	c, s := tcpPair(t)
+	cs, err := Client(c, Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ss, err := Server(s, Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ss.Close()
+	st := openAccepted(t, cs, ss)
+	c.Close() // the client's connection drops with the stream open
+	<-ss.Done()
+	st.Close()
+	cs.Close()
+	ss.mu.Lock()
+	armed := ss.idleTimer.Stop()
+	ss.mu.Unlock()
+	if armed {
+		t.Error("a stream ending after its session died armed the idle timer again")
+	}
+}
+
+// openAccepted opens a stream from cs, accepts it on ss, and returns
+// the server's end once a byte has crossed.
+func openAccepted(t *testing.T, cs, ss *Session) transport.Stream {
+	t.Helper()
+	st, err := cs.OpenStream(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Write([]byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	sst, err := ss.AcceptStream(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(sst, make([]byte, 1)); err != nil {
+		t.Fatal(err)
+	}
+	return sst
+}

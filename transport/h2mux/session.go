@@ -698,7 +698,9 @@ func (s *Session) releaseSlotLocked(st *Stream) {
 				if s.goaway {
 					s.kickLocked() // the writer closes the drained session
 				}
-			} else if s.idleTimer != nil {
+			} else if s.idleTimer != nil && s.err == nil && !s.closing {
+				// (A dead or closing session's timer stays stopped:
+				// it would keep the session in memory until it ran.)
 				// The timer may be set for later than this idle
 				// period ends (a check while streams were open, at
 				// a longer timeout): it runs when the period does.
