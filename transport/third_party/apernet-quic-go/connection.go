@@ -214,6 +214,7 @@ type Conn struct {
 	finishedHoldUntil monotime.Time
 	finishedReleased  bool
 	finishedSentChan  chan struct{}
+	finishedSentShut  bool // finishedSentChan is closed
 	// pacingDeadline is the time when the next packet should be sent
 	pacingDeadline monotime.Time
 
@@ -997,12 +998,12 @@ func (c *Conn) handleHandshakeComplete(now monotime.Time) error {
 		if c.config.ChromeParrot {
 			c.finishedHoldUntil = now.Add(chromeFinishedHold) // merpati
 		} else {
-			close(c.finishedSentChan) // merpati
+			c.closeFinishedSent() // merpati
 		}
 		c.applyTransportParameters()
 		return nil
 	}
-	close(c.finishedSentChan) // merpati
+	c.closeFinishedSent() // merpati
 
 	// All these only apply to the server side.
 	if err := c.handleHandshakeConfirmed(now); err != nil {
@@ -1043,6 +1044,11 @@ func (c *Conn) handleHandshakeConfirmed(now monotime.Time) error {
 	}
 
 	c.handshakeConfirmed = true
+	// merpati: the Finished has been sent, if not in the packet that
+	// ended the hold (see holdFinished) then in a probe packet (which the
+	// hold does not gate); from now on sendPackets no longer looks.
+	c.finishedHoldUntil, c.finishedReleased = 0, false
+	c.closeFinishedSent()
 	c.cryptoStreamHandler.SetHandshakeConfirmed()
 
 	if !c.config.DisablePathMTUDiscovery && c.conn.capabilities().DF {
@@ -2614,7 +2620,7 @@ func (c *Conn) sendPackets(now monotime.Time) error {
 		}
 		if c.finishedReleased { // merpati
 			c.finishedReleased = false
-			close(c.finishedSentChan)
+			c.closeFinishedSent()
 		}
 		//nolint:exhaustive // only need to handle pacing-related events here
 		switch c.sentPacketHandler.SendMode(now) {
@@ -2630,6 +2636,14 @@ func (c *Conn) sendPackets(now monotime.Time) error {
 		return c.sendPacketsWithGSO(now)
 	}
 	return c.sendPacketsWithoutGSO(now)
+}
+
+// merpati: closeFinishedSent closes finishedSentChan, once.
+func (c *Conn) closeFinishedSent() {
+	if !c.finishedSentShut {
+		c.finishedSentShut = true
+		close(c.finishedSentChan)
+	}
 }
 
 // merpati: holdFinished reports whether a Chrome-parroting client holds back
@@ -3206,7 +3220,9 @@ func (c *Conn) AddPath(t *Transport) (*Path, error) {
 
 // FinishedSent returns a channel that is closed once a ChromeParrot client
 // has sent the datagram with its Finished (see holdFinished), so that data
-// written afterwards cannot join the control stream data it carries; for
+// written afterwards cannot join the control stream data it carries (or,
+// should the Finished have left in a probe packet, once the handshake is
+// confirmed); for
 // other connections, once the handshake completes. It is not closed when
 // the handshake fails: wait for Context().Done() too.
 //
