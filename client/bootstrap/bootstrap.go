@@ -267,6 +267,7 @@ func (f *Fetcher) Fetch(ctx context.Context) (*relaylist.List, error) {
 	var wg sync.WaitGroup
 	defer f.Close() // runs after wg.Wait: no attempt is left using a connection
 	defer wg.Wait()
+	defer cancel() // before wg.Wait: the attempts still running give up at once
 	start := time.Now()
 	var errs []error
 	pending := 0
@@ -408,6 +409,11 @@ launch:
 		case sem <- struct{}{}:
 		case <-qctx.Done():
 			break launch
+		}
+		// The next wait counts from now if this query waited for a
+		// slot: the ones after it must not leave back to back.
+		if now := time.Now(); now.After(next) {
+			next = now
 		}
 		wg.Go(func() {
 			defer func() { <-sem }()
@@ -641,8 +647,11 @@ func padded(q *dns.Msg) *dns.Msg {
 	return q
 }
 
-// exchangeConn sends q on c and reads the answer, checking its ID.
+// exchangeConn sends q on c and reads the answer, checking its ID. It
+// gives up as soon as ctx is done (the DNS client heeds only its deadline).
 func exchangeConn(ctx context.Context, c net.Conn, q *dns.Msg, udpSize uint16) (*dns.Msg, error) {
+	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
 	co := &dns.Conn{Conn: c, UDPSize: udpSize}
 	cl := &dns.Client{UDPSize: udpSize}
 	if _, ok := c.(net.PacketConn); !ok {

@@ -605,3 +605,28 @@ func TestKdig(t *testing.T) {
 	}
 	t.Logf("kdig chunk over TCP:\n%s", out)
 }
+
+// TestFetchLeavesLosers: once a resolver has given the list, Fetch returns
+// without waiting for an attempt still asking a resolver that never
+// answers (it used to wait for the DNS client's 2 s read timeout there:
+// 2.05 s, against 0.2 s now).
+func TestFetchLeavesLosers(t *testing.T) {
+	checkLeaks(t)
+	addr := startDNS(t, makeList(t, listKey, 2, 1, time.Now().Add(time.Hour)), nil)
+	silent, err := net.ListenPacket("udp", "127.0.0.1:0") // reads nothing, answers nothing
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	f := fetcher(t, []string{"udp://" + silent.LocalAddr().String(), addr}, func(c *bootstrap.Config) {
+		c.Stagger = 100 * time.Millisecond
+		c.Timeout = 30 * time.Second
+	})
+	_, took, err := fetch(t, f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if took > 1500*time.Millisecond {
+		t.Errorf("Fetch took %v: it waited for the silent resolver's attempt", took)
+	}
+}
