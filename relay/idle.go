@@ -57,7 +57,7 @@ func (r *Relay) sessionIdle() time.Duration {
 // Chromium loads it, then silence; twice, and the two must agree), which TLS-carrier sessions without
 // streams then wait before the relay closes them, as the cover site would.
 // It takes twice as long as the cover site waits (nginx: 75 s), at most
-// [tlscarrier.MaxIdleWait]; when the cover site has not closed by then,
+// twice [tlscarrier.MaxIdleWait]; when the cover site has not closed by then,
 // sessions close after [h2mux.DefaultIdleTimeout]. A failure keeps the
 // value last learned. Config.IdleTimeout, when set, takes precedence.
 // [Relay.Run] calls it in the background at start and keeps it fresh.

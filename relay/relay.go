@@ -126,7 +126,7 @@ func (r *Relay) warnCheckCosts() {
 		r.log.Warn("many MTProxy secrets: stock apps name no secret in their hello, so the relay checks every hello "+
 			"against each (about 1.2 us apiece) before the cover site's answer goes out, which a prober can time; "+
 			"give MTProxy secrets only to people whose apps need them (link add --no-mtproxy)",
-			"secrets", n, "per_hello", time.Duration(n)*1400*time.Nanosecond)
+			"secrets", n, "per_hello", time.Duration(n)*1200*time.Nanosecond)
 	}
 	if n := r.cfg.Keys.Len(); n > legacyWarnKeys && r.live.Load().legacyTokens {
 		r.log.Warn("legacy_tokens is on with many keys: a hello that carries no sealed token (a probe, or a link "+

@@ -85,8 +85,9 @@ type ServerSession interface {
 // carrier's sessions offer it.
 type StreamServer interface {
 	// ServeStreams calls handle with each stream the client opens, in
-	// the order they open, from the session's own goroutine (handle must
-	// not block), and end, from a goroutine of its own, once the session
+	// the order they open, from the session's own goroutine (those
+	// already waiting, from the caller's; handle must not block), and
+	// end, from a goroutine of its own, once the session
 	// has ended and handle has had its last stream. It is called at most
 	// once, instead of AcceptStream.
 	ServeStreams(handle func(Stream), end func()) error

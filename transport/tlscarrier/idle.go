@@ -81,6 +81,11 @@ func LearnIdleClose(ctx context.Context, addr, serverName string, wait time.Dura
 		}
 		return 0, fmt.Errorf("tlscarrier: learn idle close of %s: %w", addr, err)
 	}
+	if ctx.Err() != nil {
+		// The connection ended because ctx did (see the AfterFunc
+		// above), not because the server closed it.
+		return 0, fmt.Errorf("tlscarrier: learn idle close of %s: %w", addr, ctx.Err())
+	}
 	return idle, nil
 }
 

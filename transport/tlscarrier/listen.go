@@ -42,7 +42,7 @@ const (
 	// DefaultMTProxyChecks is the default [ListenConfig.MTProxyChecks]:
 	// far more new connections a second than the apps of a network
 	// open (a Telegram app opens a handful at start), and, with 1000
-	// secrets at about 1.4 us each, at most a tenth of a core per
+	// secrets at about 1.2 us each, at most a tenth of a core per
 	// network.
 	DefaultMTProxyChecks = 50
 	// DefaultMTProxyCPU is the default [ListenConfig.MTProxyCPU]: half
@@ -131,7 +131,9 @@ type ListenConfig struct {
 	// MTProxyCPU bounds the time that checking hellos against the
 	// MTProxy secrets takes, from all sources together, as a share of
 	// one core: a second of checks takes that many seconds, with up to
-	// one second's share at once. A flood from many networks, each
+	// one second's share at once. Checks are timed by the clock, not
+	// the CPU, so on a busy machine (or with many checks at once) the
+	// budget runs out sooner than a share of a core would. A flood from many networks, each
 	// under MTProxyChecks, cannot take more. Hellos over it go to the
 	// cover site untried. Zero means [DefaultMTProxyCPU].
 	MTProxyCPU float64
@@ -384,12 +386,13 @@ func newTimeBudget(rate float64) *timeBudget {
 func (b *timeBudget) take(now time.Time, est time.Duration) (time.Duration, bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if !b.last.IsZero() {
-		if d := now.Sub(b.last); d > 0 {
-			b.tokens = min(b.burst, b.tokens+b.rate*float64(d))
-		}
+	switch d := now.Sub(b.last); {
+	case b.last.IsZero():
+		b.last = now
+	case d > 0: // a caller whose now is behind last refills nothing
+		b.tokens = min(b.burst, b.tokens+b.rate*float64(d))
+		b.last = now
 	}
-	b.last = now
 	if b.tokens <= 0 {
 		return 0, false
 	}

@@ -127,6 +127,18 @@ func TestTimeBudget(t *testing.T) {
 	if n != 2 {
 		t.Errorf("%d checks of an expected 250 ms allowed at once, want 2", n)
 	}
+	// Callers whose clocks reach the budget out of order refill one
+	// interval once, not twice.
+	b = newTimeBudget(0.5)
+	now = now.Add(time.Second)
+	b.take(now, 500*time.Millisecond) // spends the whole budget
+	if _, ok := b.take(now.Add(time.Second), 500*time.Millisecond); !ok {
+		t.Fatal("a second's refill refused a check") // and spends it
+	}
+	b.take(now, 0) // a caller whose clock read a second ago
+	if _, ok := b.take(now.Add(time.Second), 0); ok {
+		t.Error("one second refilled the budget twice")
+	}
 }
 
 // mtCheckRig starts a cover site that answers "cover" once the client has
