@@ -146,7 +146,7 @@ func (m *Mirror) learn(ctx context.Context, cover, serverName string) (*mirrorSt
 	st.gaps = append(st.gaps, f.Gaps()...)
 	if f.Group != utls.X25519 {
 		// The FakeTLS answer's key share is the one group apps offer.
-		st.gaps = append(st.gaps, fmt.Sprintf("MTProxy mode answers apps with an X25519 ServerHello; the cover site chose %v", f.Group))
+		st.gaps = append(st.gaps, fmt.Sprintf(MTProxyGap+"answers apps with an X25519 ServerHello; the cover site chose %v", f.Group))
 	}
 	st.gaps = append(st.gaps, mtproxyGaps(f)...)
 	if cert, err := shapeCertificate(m.cfg.Certificate, f); err != nil {
@@ -281,6 +281,11 @@ func (m *Mirror) lateTickets() []int {
 	return st.flight.Tickets[st.flight.EarlyTickets:]
 }
 
+// MTProxyGap begins each of [Mirror.Gaps] that concerns MTProxy mode's
+// answer to stock apps only (they take exactly that answer), not key
+// holders' flight.
+const MTProxyGap = "MTProxy mode "
+
 // mtproxyGaps lists what of f MTProxy mode's answer to apps does not
 // follow: it sends the cover's encrypted handshake as one
 // ApplicationData record ([Mirror.MTProxyAppData]) and no session ticket,
@@ -288,10 +293,10 @@ func (m *Mirror) lateTickets() []int {
 func mtproxyGaps(f *Flight) []string {
 	var g []string
 	if n := len(f.Handshake); n > 1 {
-		g = append(g, fmt.Sprintf("MTProxy mode answers apps with one ApplicationData record where the cover site sends %d %v", n, f.Handshake))
+		g = append(g, fmt.Sprintf(MTProxyGap+"answers apps with one ApplicationData record where the cover site sends %d %v", n, f.Handshake))
 	}
 	if n := len(f.Tickets); n > 0 {
-		g = append(g, fmt.Sprintf("MTProxy mode sends apps no session tickets where the cover site sends %d %v", n, f.Tickets))
+		g = append(g, fmt.Sprintf(MTProxyGap+"sends apps no session tickets where the cover site sends %d %v", n, f.Tickets))
 	}
 	return g
 }
