@@ -40,6 +40,7 @@ type cryptoStreamHandler interface {
 	GetSessionTicket() ([]byte, error)
 	NextEvent() handshake.Event
 	DiscardInitialKeys()
+	GetHandshakeSealer() (handshake.LongHeaderSealer, error) // merpati: for sendProbePacket
 	HandleMessage([]byte, protocol.EncryptionLevel) error
 	io.Closer
 	ConnectionState() handshake.ConnectionState
@@ -2543,6 +2544,13 @@ func (c *Conn) triggerSending(now monotime.Time) error {
 		c.blocked = blockModeCongestionLimited
 		return c.maybeSendAckOnlyPacket(now)
 	case ackhandler.SendPTOInitial, ackhandler.SendPTOHandshake, ackhandler.SendPTOAppData:
+		// merpati: while the Finished is held (see holdFinished), a probe
+		// waits for it: its Handshake packet would carry the Finished alone.
+		// The datagram with the Finished, whose Handshake and 1-RTT packets
+		// are both ack-eliciting, is then the probe (or the two of a PTO).
+		if !c.finishedHoldUntil.IsZero() || c.finishedReleased {
+			return c.sendPackets(now)
+		}
 		if err := c.sendProbePacket(sendMode, now); err != nil {
 			return err
 		}
@@ -2808,6 +2816,20 @@ func (c *Conn) sendProbePacket(sendMode ackhandler.SendMode, now monotime.Time) 
 	switch sendMode {
 	case ackhandler.SendPTOInitial:
 		encLevel = protocol.EncryptionInitial
+		// merpati: a client that has Handshake keys probes with a Handshake
+		// packet (RFC 9000 section 8.1, RFC 9002 section 6.2.4), as Chromium
+		// does; sending it drops the Initial keys (RFC 9001 section 4.9.1). The
+		// server has the whole ClientHello once it sent its ServerHello, so
+		// there is nothing left to repeat in an Initial packet. quic-go kept
+		// probing with padded Initial packets (a PING, or the ClientHello
+		// again) until it sent its Finished: one at every PTO, of a few
+		// milliseconds after a loopback RTT, for as long as the server's
+		// Handshake flight was late.
+		if c.perspective == protocol.PerspectiveClient {
+			if _, err := c.cryptoStreamHandler.GetHandshakeSealer(); err == nil {
+				encLevel = protocol.EncryptionHandshake
+			}
+		}
 	case ackhandler.SendPTOHandshake:
 		encLevel = protocol.EncryptionHandshake
 	case ackhandler.SendPTOAppData:
