@@ -19,34 +19,13 @@ import (
 )
 
 func TestRefresh(t *testing.T) {
-	pub, priv, _ := ed25519.GenerateKey(nil)
 	relayLink := testLink()
 	relayLink.Relays = []string{"relay2.example.net:443"}
-	data, err := relaylist.Sign(&relaylist.List{Seq: 2, Expires: time.Now().Add(time.Hour),
-		Entries: []relaylist.Entry{relaylist.FromLink(relayLink)}}, priv)
-	if err != nil {
-		t.Fatal(err)
-	}
-	bk := [32]byte{7, 7, 7}
-	s, err := dnsserver.New(dnsserver.Config{Zone: "b.merpati.test", Audiences: []dnsserver.Audience{{Key: bk, Lists: [][]byte{data}}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	pc, ln, err := dnsserver.Listen("127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	wg.Go(func() { s.Serve(ctx, pc, ln) })
-	defer func() { cancel(); wg.Wait() }()
-
-	l := testLink()
-	l.Bootstrap, l.ListKey, l.BootstrapKeys = []string{"b.merpati.test"}, pub, [][32]byte{bk}
+	l, resolver := startBootstrap(t, 2, relayLink)
 	dir := t.TempDir()
 	var out, errOut syncBuffer
-	err = run(context.Background(), []string{"refresh", "--config-dir", dir, "--link", l.String(),
-		"--resolvers", "udp://" + pc.LocalAddr().String()}, &out, &errOut)
+	err := run(context.Background(), []string{"refresh", "--config-dir", dir, "--link", l.String(),
+		"--resolvers", resolver}, &out, &errOut)
 	if err != nil {
 		t.Fatalf("refresh: %v\n%s", err, errOut.String())
 	}
@@ -66,7 +45,7 @@ func TestRefresh(t *testing.T) {
 	// A link of the old format is told what to do.
 	l.BootstrapKeys = nil
 	err = run(context.Background(), []string{"refresh", "--config-dir", dir, "--link", l.String(),
-		"--resolvers", "udp://" + pc.LocalAddr().String()}, &out, &errOut)
+		"--resolvers", resolver}, &out, &errOut)
 	if !errors.Is(err, link.ErrOldBootstrap) {
 		t.Errorf("refresh with an old-format link: %v", err)
 	}
@@ -102,31 +81,11 @@ func TestDefaultResolversEncrypted(t *testing.T) {
 // TestRefreshClockOffset: --clock-offset moves the day whose names are
 // asked, and stays out of the usage text.
 func TestRefreshClockOffset(t *testing.T) {
-	pub, priv, _ := ed25519.GenerateKey(nil)
-	data, err := relaylist.Sign(&relaylist.List{Seq: 3, Expires: time.Now().Add(time.Hour),
-		Entries: []relaylist.Entry{relaylist.FromLink(testLink())}}, priv)
-	if err != nil {
-		t.Fatal(err)
-	}
-	bk := [32]byte{8, 8, 8}
-	s, err := dnsserver.New(dnsserver.Config{Zone: "b.merpati.test", Audiences: []dnsserver.Audience{{Key: bk, Lists: [][]byte{data}}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	pc, ln, err := dnsserver.Listen("127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	wg.Go(func() { s.Serve(ctx, pc, ln) })
-	defer func() { cancel(); wg.Wait() }()
-	l := testLink()
-	l.Bootstrap, l.ListKey, l.BootstrapKeys = []string{"b.merpati.test"}, pub, [][32]byte{bk}
+	l, resolver := startBootstrap(t, 3, testLink())
 	refresh := func(offset string) error {
 		var out, errOut syncBuffer
 		return run(context.Background(), []string{"refresh", "--config-dir", t.TempDir(), "--link", l.String(),
-			"--resolvers", "udp://" + pc.LocalAddr().String(), "--clock-offset", offset}, &out, &errOut)
+			"--resolvers", resolver, "--clock-offset", offset}, &out, &errOut)
 	}
 	// The server answers yesterday's, today's and tomorrow's names.
 	if err := refresh("-24h"); err != nil {
@@ -140,4 +99,34 @@ func TestRefreshClockOffset(t *testing.T) {
 	if usage := errOut.String() + out.String(); !strings.Contains(usage, "-resolvers") || strings.Contains(usage, "clock-offset") {
 		t.Errorf("usage:\n%s", usage)
 	}
+}
+
+// startBootstrap serves, on a DNS server on loopback until the test ends,
+// a relay list of sequence seq with relay's entry for one audience, and
+// returns a link (testLink's) with that bootstrap and the server as a
+// --resolvers value.
+func startBootstrap(t *testing.T, seq uint64, relay *link.Link) (*link.Link, string) {
+	t.Helper()
+	pub, priv, _ := ed25519.GenerateKey(nil)
+	data, err := relaylist.Sign(&relaylist.List{Seq: seq, Expires: time.Now().Add(time.Hour),
+		Entries: []relaylist.Entry{relaylist.FromLink(relay)}}, priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bk := [32]byte{byte(seq), 7, 7}
+	s, err := dnsserver.New(dnsserver.Config{Zone: "b.merpati.test", Audiences: []dnsserver.Audience{{Key: bk, Lists: [][]byte{data}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pc, ln, err := dnsserver.Listen("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() { s.Serve(ctx, pc, ln) })
+	t.Cleanup(func() { cancel(); wg.Wait() })
+	l := testLink()
+	l.Bootstrap, l.ListKey, l.BootstrapKeys = []string{"b.merpati.test"}, pub, [][32]byte{bk}
+	return l, "udp://" + pc.LocalAddr().String()
 }
