@@ -945,36 +945,58 @@ func (s *Session) writeCtrl(items []writeItem, maxFrame int) error {
 // window. A client sends the settings Chrome sends, in Chrome's order.
 func (s *Session) writePreface() error {
 	s.takeWriter()
+	if err := writePreface(s.bw, s.wf, s.client, s.cfg); err != nil {
+		return err
+	}
+	return s.bw.Flush()
+}
+
+// writePreface writes the first flight of a client (or server) session
+// with cfg, filled, to w, whose framer is fr.
+func writePreface(w io.StringWriter, fr *http2.Framer, client bool, cfg Config) error {
 	var settings []http2.Setting
-	if s.client {
-		if _, err := s.bw.WriteString(http2.ClientPreface); err != nil {
+	if client {
+		if _, err := w.WriteString(http2.ClientPreface); err != nil {
 			return err
 		}
 		settings = append(settings,
 			http2.Setting{ID: http2.SettingHeaderTableSize, Val: clientTable},
 			http2.Setting{ID: http2.SettingEnablePush, Val: 0},
-			http2.Setting{ID: http2.SettingInitialWindowSize, Val: uint32(s.cfg.MaxStreamWindow)},
+			http2.Setting{ID: http2.SettingInitialWindowSize, Val: uint32(cfg.MaxStreamWindow)},
 			http2.Setting{ID: http2.SettingMaxHeaderListSize, Val: clientHdrList},
 		)
 	} else {
 		settings = append(settings,
-			http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: uint32(s.cfg.MaxStreams)},
-			http2.Setting{ID: http2.SettingInitialWindowSize, Val: uint32(s.cfg.MaxStreamWindow)},
+			http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: uint32(cfg.MaxStreams)},
+			http2.Setting{ID: http2.SettingInitialWindowSize, Val: uint32(cfg.MaxStreamWindow)},
 			http2.Setting{ID: http2.SettingMaxHeaderListSize, Val: serverHdrList},
 		)
 	}
-	if s.cfg.MaxFrameSize != minFrameSize {
-		settings = append(settings, http2.Setting{ID: http2.SettingMaxFrameSize, Val: uint32(s.cfg.MaxFrameSize)})
+	if cfg.MaxFrameSize != minFrameSize {
+		settings = append(settings, http2.Setting{ID: http2.SettingMaxFrameSize, Val: uint32(cfg.MaxFrameSize)})
 	}
-	if err := s.wf.WriteSettings(settings...); err != nil {
+	if err := fr.WriteSettings(settings...); err != nil {
 		return err
 	}
-	if inc := s.cfg.MaxConnWindow - initialWindow; inc > 0 {
-		if err := s.wf.WriteWindowUpdate(0, uint32(inc)); err != nil {
-			return err
-		}
+	if inc := cfg.MaxConnWindow - initialWindow; inc > 0 {
+		return fr.WriteWindowUpdate(0, uint32(inc))
 	}
-	return s.bw.Flush()
+	return nil
+}
+
+// ClientPreface returns the first flight of a client session with the
+// default Config: the connection preface, Chromium's SETTINGS in its
+// order, and its connection WINDOW_UPDATE, as Chromium sends them in its
+// first record. Whoever must open an HTTP/2 connection as Chromium does
+// writes it.
+func ClientPreface() []byte {
+	cfg, err := Config{}.fill()
+	if err != nil {
+		panic("h2mux: the default Config does not fill: " + err.Error())
+	}
+	var b bytes.Buffer
+	writePreface(&b, http2.NewFramer(&b, nil), true, cfg)
+	return b.Bytes()
 }
 
 func (s *Session) writeItem(it *writeItem, maxFrame int) error {

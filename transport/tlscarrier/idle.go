@@ -12,6 +12,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/merpati/merpati/transport/h2mux"
 	utls "github.com/refraction-networking/utls"
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
@@ -89,18 +90,6 @@ func LearnIdleClose(ctx context.Context, addr, serverName string, wait time.Dura
 	return idle, nil
 }
 
-// chromeH2Settings are the SETTINGS Chromium 156 sends, in its order.
-var chromeH2Settings = []http2.Setting{
-	{ID: http2.SettingHeaderTableSize, Val: 65536},
-	{ID: http2.SettingEnablePush, Val: 0},
-	{ID: http2.SettingInitialWindowSize, Val: 6291456},
-	{ID: http2.SettingMaxHeaderListSize, Val: 262144},
-}
-
-// chromeH2WindowUpdate is the connection WINDOW_UPDATE increment Chromium
-// sends with its SETTINGS (a 15 MiB window).
-const chromeH2WindowUpdate = 15663105
-
 // ChromePageHeaders returns the header fields, after the pseudo-header
 // fields, of Chromium 156's request for a page on Linux, in its order and
 // lower case, for requests that must look like one (over HTTP/2 here,
@@ -132,11 +121,8 @@ func idleH2(c net.Conn, raw net.Conn, serverName string, wait time.Duration) (ti
 	// its second: the request's HEADERS.
 	var out bytes.Buffer
 	fr := http2.NewFramer(&out, nil)
-	out.WriteString(http2.ClientPreface)
-	fr.WriteSettings(chromeH2Settings...)
-	fr.WriteWindowUpdate(0, chromeH2WindowUpdate)
 	raw.SetDeadline(time.Now().Add(idleResponseTimeout))
-	if _, err := c.Write(out.Bytes()); err != nil {
+	if _, err := c.Write(h2mux.ClientPreface()); err != nil {
 		return 0, fmt.Errorf("write preface: %w", err)
 	}
 	var block bytes.Buffer
