@@ -18,6 +18,27 @@ func runCmd(t *testing.T, args ...string) (string, error) {
 	return out.String() + errOut.String(), err
 }
 
+// startRun runs "run" with args in the background until the test ends
+// (then it requires a clean exit, and shows the relay's log if the test
+// failed), and returns the relay's log as it grows.
+func startRun(t *testing.T, args ...string) *syncBuffer {
+	t.Helper()
+	logs := &syncBuffer{}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, append([]string{"run"}, args...), logs, logs) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("run: %v", err)
+		}
+		if t.Failed() {
+			t.Logf("relay's log:\n%s", logs.String())
+		}
+	})
+	return logs
+}
+
 // TestOperatorFlow walks through what an operator does: init, add people,
 // list, show, revoke.
 func TestOperatorFlow(t *testing.T) {

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
 	"os"
 	"path/filepath"
@@ -87,19 +86,7 @@ func TestInitQUICAuto(t *testing.T) {
 		if !relaytest.UDPClosed(cov.Addr()) {
 			t.Fatal("the cover site's UDP port is not closed after StopHTTP3")
 		}
-		var logs syncBuffer
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan error, 1)
-		go func() { done <- run(ctx, []string{"run", "--dir", dir}, &logs, &logs) }()
-		defer func() {
-			cancel()
-			if err := <-done; err != nil {
-				t.Errorf("run: %v", err)
-			}
-			if t.Failed() {
-				t.Logf("relay's log:\n%s", logs.String())
-			}
-		}()
+		logs := startRun(t, "--dir", dir)
 		// run decides on the QUIC carrier after its TLS listener is up:
 		// it either turns it off, with a reason, or listens.
 		const off, on = "QUIC carrier off", "transport=quic"

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
 	"io"
 	"net"
@@ -51,19 +50,7 @@ func TestRunReloadsSettingsOnSIGHUP(t *testing.T) {
 	owner := linkIn(t, out)
 	owner.Carriers = []string{link.CarrierTLS}
 
-	var logs syncBuffer
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- run(ctx, []string{"run", "--dir", dir}, &logs, &logs) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("run: %v", err)
-		}
-		if t.Failed() {
-			t.Logf("relay's log:\n%s", logs.String())
-		}
-	}()
+	logs := startRun(t, "--dir", dir)
 	waitLog := func(s string) {
 		t.Helper()
 		for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
