@@ -177,7 +177,12 @@ func TestIdleLikeChromium(t *testing.T) {
 	}
 	t.Logf("client's answer to the close: Chromium %d records then %s, key holder %d records then %s",
 		len(ci.clientClose), ci.clientEnd, len(ri.clientClose), ri.clientEnd)
-	if len(ri.clientClose) != len(ci.clientClose) || ri.clientEnd != ci.clientEnd {
+	// Chromium ends with a FIN, or with an RST when it closes its socket
+	// before reading nginx's close_notify (unread bytes turn the kernel's
+	// FIN into an RST); both have been seen here. What it never does is
+	// answer with a record, and a FIN is what it sends when it has read
+	// everything, as the key holder's client does.
+	if len(ri.clientClose) != len(ci.clientClose) || (ci.clientEnd != "RST" && ri.clientEnd != ci.clientEnd) {
 		t.Errorf("the key holder answered the relay's close with records %v then %s; Chromium answers nginx's with %v then %s",
 			ri.clientClose, ri.clientEnd, ci.clientClose, ci.clientEnd)
 	}
