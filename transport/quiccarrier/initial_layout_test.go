@@ -84,6 +84,15 @@ func TestChromiumQUICInitialLayout(t *testing.T) {
 		}{{"flight", 0}, {"held", 20 * time.Millisecond}} {
 			t.Run(family.name+"/"+mode.name, func(t *testing.T) {
 				chrome, ours := captureHandshakes(t, chromium, tshark, family.host, mode.hold)
+				for try := 1; mode.hold > 0 && try < 3 && serverMissedPTO(ours); try++ {
+					// Nothing from the server before our client's first
+					// probe time-out: the server (on a machine busy with
+					// the race detector) was slower than the hold, and
+					// probing with Initials is then right, for Chromium
+					// too. That is not the case under test: again.
+					t.Logf("try %d: %s: probed before the server's first datagram came; capturing again", try, ours)
+					chrome, ours = captureHandshakes(t, chromium, tshark, family.host, mode.hold)
+				}
 				for _, c := range chrome {
 					t.Logf("%s", c)
 				}
@@ -196,6 +205,13 @@ func checkInitialDatagrams(t *testing.T, chrome []*clientTrace, ours *clientTrac
 			t.Errorf("ours: a datagram with Initial packets of %s, a kind chromium does not send (%v)", k, slices.Sorted(maps.Keys(chromeKinds)))
 		}
 	}
+}
+
+// serverMissedPTO reports whether c probed with Initial packets before
+// it had anything from the server: no ACK in its Initial packets, and
+// datagrams of CRYPTO and PING.
+func serverMissedPTO(c *clientTrace) bool {
+	return len(c.ackDelays["Initial"]) == 0 && slices.Contains(c.initialKinds(), "CRYPTO+PING")
 }
 
 // Margins of checkH3Layout, in bytes. Taken out of the sizes compared is
