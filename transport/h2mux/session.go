@@ -756,6 +756,9 @@ func (s *Session) writeLoop() {
 			s.die(de.err)
 			return
 		}
+		// Every other error leaves the writer holding the write token,
+		// which it keeps: the buffer is nobody else's.
+		s.releaseWriter()
 		s.die(fmt.Errorf("h2mux: write: %w", err))
 	}
 }
@@ -785,6 +788,11 @@ func (s *Session) writeFrames() error {
 		// Each round takes the write token (see Session.writing) and
 		// gives it back at its end, under s.mu throughout.
 		if s.err != nil {
+			if !s.writing {
+				// Back to the pool; a stream that holds the token
+				// returns the buffer itself (see writeDirect).
+				s.releaseWriter()
+			}
 			s.mu.Unlock()
 			return nil
 		}
@@ -867,7 +875,11 @@ func (s *Session) writeFrames() error {
 				return err
 			}
 			if it.kind == itemGoAway {
-				return s.bw.Flush()
+				// The last frame: nothing is written after it, and
+				// the token stays taken.
+				err := s.bw.Flush()
+				s.releaseWriter()
+				return err
 			}
 			*it = writeItem{} // drop references to streams and buffers
 		}
@@ -891,9 +903,7 @@ func (s *Session) writeDirect(it *writeItem) error {
 		err = s.bw.Flush()
 	}
 	s.mu.Lock()
-	if err == nil {
-		s.releaseWriter()
-	}
+	s.releaseWriter() // on error too: the session is dying
 	s.writing = false
 	if len(s.wq)+len(s.cq) > 0 {
 		s.kickLocked()
