@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"sync/atomic"
 	"time"
 
 	"github.com/merpati/merpati/transport/auth"
@@ -54,15 +55,7 @@ func Accept(ctx context.Context, conn net.Conn, read []byte, cfg ServerConfig) (
 	if timeout <= 0 {
 		timeout = 10 * time.Second
 	}
-	conf := &tls.Config{
-		Certificates: []tls.Certificate{cfg.Certificate},
-		NextProtos:   []string{"h2", "http/1.1"},
-		MinVersion:   tls.VersionTLS13,
-	}
-	if cfg.Mirror != nil {
-		cfg.Mirror.serverConfig(conf)
-	}
-	tc := tls.Server(&prefixConn{Conn: conn, prefix: read}, conf)
+	tc := tls.Server(&prefixConn{Conn: conn, prefix: read}, serverTLSConfig(&cfg))
 	hctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	if err := tc.HandshakeContext(hctx); err != nil {
@@ -88,6 +81,40 @@ func Accept(ctx context.Context, conn net.Conn, read []byte, cfg ServerConfig) (
 		return nil, fmt.Errorf("http/2 session: %w", err)
 	}
 	return s, nil
+}
+
+// lastServerConf holds the TLS config of the latest certificate and
+// mirrored flight. Every handshake with them shares it, as a server's
+// handshakes share one config: the config's slices and crypto/tls's
+// session ticket keys are made once, not once per session.
+var lastServerConf atomic.Pointer[serverConf]
+
+type serverConf struct {
+	leaf *[]byte      // the certificate, told by its chain's array
+	st   *mirrorState // nil without a mirror or a learned flight
+	conf *tls.Config
+}
+
+// serverTLSConfig returns the TLS config for a handshake with cfg.
+func serverTLSConfig(cfg *ServerConfig) *tls.Config {
+	var st *mirrorState
+	if cfg.Mirror != nil {
+		st = cfg.Mirror.cur.Load()
+	}
+	leaf := &cfg.Certificate.Certificate[0]
+	if c := lastServerConf.Load(); c != nil && c.leaf == leaf && c.st == st {
+		return c.conf
+	}
+	conf := &tls.Config{
+		Certificates: []tls.Certificate{cfg.Certificate},
+		NextProtos:   []string{"h2", "http/1.1"},
+		MinVersion:   tls.VersionTLS13,
+	}
+	if st != nil {
+		st.serverConfig(conf)
+	}
+	lastServerConf.Store(&serverConf{leaf: leaf, st: st, conf: conf})
+	return conf
 }
 
 // prefixConn reads prefix before reading from Conn.

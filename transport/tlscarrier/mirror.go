@@ -225,10 +225,13 @@ func (m *Mirror) Gaps() []string {
 // was learned it leaves c alone. The QUIC carrier uses it for key
 // holders' handshakes, whose datagram sizes follow the chain.
 func (m *Mirror) ApplyHandshake(c *tls.Config) {
-	st := m.cur.Load()
-	if st == nil {
-		return
+	if st := m.cur.Load(); st != nil {
+		st.applyHandshake(c)
 	}
+}
+
+// applyHandshake gives c the chain and key share group of st.
+func (st *mirrorState) applyHandshake(c *tls.Config) {
 	c.Certificates = []tls.Certificate{st.cert}
 	if st.flight.Group != 0 {
 		c.CurvePreferences = []tls.CurveID{tls.CurveID(st.flight.Group)}
@@ -236,12 +239,8 @@ func (m *Mirror) ApplyHandshake(c *tls.Config) {
 }
 
 // serverConfig adjusts a relay TLS server config for the cover's flight.
-func (m *Mirror) serverConfig(c *tls.Config) {
-	st := m.cur.Load()
-	if st == nil {
-		return
-	}
-	m.ApplyHandshake(c)
+func (st *mirrorState) serverConfig(c *tls.Config) {
+	st.applyHandshake(c)
 	if len(st.flight.Tickets) == st.flight.EarlyTickets {
 		// The cover sends its tickets (if any) in its first flight, as
 		// crypto/tls does: one, in a record of the same size when the
