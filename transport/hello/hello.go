@@ -247,11 +247,28 @@ func parseMessage(raw []byte) (*ClientHello, error) {
 	return h, nil
 }
 
+// countExtensions counts the extensions in exts by their lengths alone,
+// so that their slices are made to size: a bound from the block's length
+// (4 bytes each at least) would be some 25 times too large for a
+// Chromium hello. Truncation is parseExtensions' to report.
+func countExtensions(exts cursor) int {
+	n := 0
+	for len(exts) >= 4 {
+		l := 4 + (int(exts[2])<<8 | int(exts[3]))
+		n++
+		if l > len(exts) {
+			break
+		}
+		exts = exts[l:]
+	}
+	return n
+}
+
 // parseExtensions fills h from the extensions block (RFC 8446, Section 4.2).
 func (h *ClientHello) parseExtensions(exts cursor) error {
-	// Each extension takes at least 4 bytes, which bounds both slices.
-	h.Extensions = make([]uint16, 0, len(exts)/4)
-	h.extData = make([][]byte, 0, len(exts)/4)
+	n := countExtensions(exts)
+	h.Extensions = make([]uint16, 0, n)
+	h.extData = make([][]byte, 0, n)
 	var seen [1 << 16 / 64]uint64 // a bit per extension type
 	for len(exts) > 0 {
 		typ, ok := exts.uint16()

@@ -164,6 +164,10 @@ func TestParseFields(t *testing.T) {
 	if len(h.Extensions) != 18 || h.Extensions[0] != 0x0a0a || h.Extensions[17] != 0x1a1a {
 		t.Errorf("Extensions = %x", h.Extensions)
 	}
+	// Made to size: a relay parses a hello per connection.
+	if cap(h.Extensions) != 18 || cap(h.extData) != 18 {
+		t.Errorf("extension slices of capacity %d and %d for 18 extensions", cap(h.Extensions), cap(h.extData))
+	}
 	if d, ok := h.ExtensionData(0x1a1a); !ok || !bytes.Equal(d, []byte{0}) {
 		t.Errorf("ExtensionData(0x1a1a) = %x, %v", d, ok)
 	}

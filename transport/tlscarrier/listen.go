@@ -274,6 +274,11 @@ func (l *Listener) Close() error {
 // Addr returns the listener's network address.
 func (l *Listener) Addr() net.Addr { return l.ln.Addr() }
 
+// helloReaders lends handle its buffer for a first record, which can be
+// as long as 16 KiB: one per connection was the largest allocation of a
+// new session.
+var helloReaders = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, hello.MaxRecordLen) }}
+
 // handle tells an authenticated connection from everything else by its
 // first TLS record. It runs in the accept loop's goroutine for c, which
 // closes c when handle returns or the listener closes.
@@ -287,29 +292,42 @@ func (l *Listener) handle(ctx context.Context, c net.Conn) {
 	// Read through a buffer so that bytes arriving with the hello (in the
 	// same segment) are forwarded with it, in one write: a cover site
 	// then sees the same segments as if it had been dialled directly.
-	br := bufio.NewReaderSize(c, hello.MaxRecordLen)
+	br := helloReaders.Get().(*bufio.Reader)
+	br.Reset(c)
 	rec, err := hello.ReadRecord(br)
 	c.SetReadDeadline(time.Time{})
 	extra, _ := br.Peek(br.Buffered())
 	first := append(rec, extra...)
+	// Only an MTProxy check reads on through br; everyone else has all
+	// of its bytes in first.
+	freeReader := func() {
+		br.Reset(nil)
+		helloReaders.Put(br)
+	}
 	if err != nil {
+		freeReader()
 		l.cover(ctx, c, first, "no complete TLS hello", early)
 		return
 	}
 	h, err := hello.Parse(rec)
 	if err != nil {
+		freeReader()
 		l.cover(ctx, c, first, "unparsable hello", early)
 		return
 	}
 	if digest, token, ok := HelloToken(h); ok {
 		key, err := l.cfg.Auth.Authenticate(transport.Proof{Carrier: "tls", Digest: digest, Token: token, Random: h.Random, KeyShare: h.X25519Share})
 		if err == nil {
+			freeReader()
 			release()
 			early.drop()
 			l.serveCarrier(ctx, c, first, key)
 			return
 		}
 		l.log.Debug("token refused", "err", err)
+	}
+	if l.cfg.MTProxy == nil {
+		freeReader()
 	}
 	// Not a key holder's hello (a sealed token costs the same to check
 	// whatever the number of keys). Checking it for an MTProxy secret
