@@ -18,8 +18,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -428,7 +430,11 @@ func (r *Relay) ServeListeners(ctx context.Context, ls ...transport.Listener) er
 		wg   sync.WaitGroup
 		once sync.Once
 		ferr error
+		live sessionSet
 	)
+	// One hook closes every session when ctx is done, rather than one
+	// per session: an idle session costs the relay only what it must.
+	defer context.AfterFunc(ctx, live.closeAll)()
 	for _, l := range ls {
 		wg.Go(func() {
 			defer l.Close()
@@ -452,13 +458,19 @@ func (r *Relay) ServeListeners(ctx context.Context, ls ...transport.Listener) er
 					sess.Close()
 					continue
 				}
-				closed := r.cfg.Metrics.SessionOpened(sess.Carrier(), sess.Key().Name(), sess.Carrier() != mtproxy.Carrier)
 				sessions.Add(1)
-				r.serveSession(ctx, sess, func() {
-					untrack()
-					closed()
-					sessions.Done()
-				})
+				ss := &servedSession{
+					r:        r,
+					ctx:      ctx,
+					sess:     sess,
+					u:        sess.Key().(*access.User),
+					carrier:  sess.Carrier(),
+					untrack:  untrack,
+					closed:   r.cfg.Metrics.SessionOpened(sess.Carrier(), sess.Key().Name(), sess.Carrier() != mtproxy.Carrier),
+					sessions: &sessions,
+					live:     &live,
+				}
+				ss.serve()
 			}
 		})
 	}
@@ -486,59 +498,125 @@ func (r *Relay) admit(sess transport.ServerSession) (untrack func(), ok bool) {
 	return untrack, true
 }
 
-// serveSession serves one admitted session of any carrier: it enforces
-// the key's stream limit and serves each stream, and calls done once the
-// session and all its streams have ended. A session that can hand over
-// its streams ([transport.StreamServer]) holds no goroutine of its own
-// while idle; any other gets one that waits for its streams.
-func (r *Relay) serveSession(ctx context.Context, sess transport.ServerSession, done func()) {
-	u := sess.Key().(*access.User)
-	carrier := sess.Carrier()
-	r.log.Debug("session opened", "transport", carrier, "key", u.Name())
-	var wg sync.WaitGroup
-	stop := context.AfterFunc(ctx, func() { sess.Close() })
-	end := func(err error) {
-		stop()
-		wg.Wait()
-		sess.Close()
-		r.log.Debug("session ended", "transport", carrier, "key", u.Name(), "err", err)
-		done()
+// A servedSession is an admitted session while the relay serves it (see
+// [servedSession.serve]). It holds all the relay keeps per session, in
+// one allocation.
+type servedSession struct {
+	r       *Relay
+	ctx     context.Context
+	sess    transport.ServerSession
+	u       *access.User
+	carrier string
+	// untrack and closed end the session's count against its key and in
+	// the metrics; sessions is ServeListeners' count of live sessions.
+	untrack, closed func()
+	sessions        *sync.WaitGroup
+	live            *sessionSet
+	streams         sync.WaitGroup
+}
+
+// serve serves the session: it enforces the key's stream limit and
+// serves each stream, and ends the session's counts once it and all its
+// streams have ended. A session that can hand over its streams
+// ([transport.StreamServer]) holds no goroutine of its own while idle;
+// any other gets one that waits for its streams.
+func (s *servedSession) serve() {
+	s.r.log.Debug("session opened", "transport", s.carrier, "key", s.u.Name())
+	if !s.live.add(s.sess) {
+		// The relay is stopping.
+		s.end(context.Canceled)
+		return
 	}
-	// Each stream is counted in the order streams open, before any
-	// goroutine runs for it.
-	start := func(st transport.Stream) {
-		if !u.AcquireStream() {
-			r.cfg.Metrics.StreamRefused("stream_limit")
-			wg.Go(func() { // the answer is a write, which may wait
-				r.refuseStream(st, u)
-				st.Close()
-			})
-			return
-		}
-		closed := r.cfg.Metrics.StreamOpened(carrier, u.Name())
-		wg.Go(func() {
-			defer u.ReleaseStream()
-			defer closed()
-			r.serveCounted(ctx, st, u, carrier)
-		})
-	}
-	if ss, ok := sess.(transport.StreamServer); ok {
-		err := ss.ServeStreams(start, func() { end(nil) })
+	if ss, ok := s.sess.(transport.StreamServer); ok {
+		err := ss.ServeStreams(s.start, s.ended)
 		if err == nil {
 			return
 		}
-		r.log.Debug("serve streams", "err", err)
+		s.r.log.Debug("serve streams", "err", err)
 	}
 	go func() {
 		for {
-			st, err := sess.AcceptStream(ctx)
+			st, err := s.sess.AcceptStream(s.ctx)
 			if err != nil {
-				end(err)
+				s.end(err)
 				return
 			}
-			start(st)
+			s.start(st)
 		}
 	}()
+}
+
+// start serves a new stream. Each stream is counted in the order streams
+// open, before any goroutine runs for it.
+func (s *servedSession) start(st transport.Stream) {
+	if !s.u.AcquireStream() {
+		s.r.cfg.Metrics.StreamRefused("stream_limit")
+		s.streams.Go(func() { // the answer is a write, which may wait
+			s.r.refuseStream(st, s.u)
+			st.Close()
+		})
+		return
+	}
+	closed := s.r.cfg.Metrics.StreamOpened(s.carrier, s.u.Name())
+	s.streams.Go(func() {
+		defer s.u.ReleaseStream()
+		defer closed()
+		s.r.serveCounted(s.ctx, st, s.u, s.carrier)
+	})
+}
+
+// ended is end for a session that handed over its streams: it reports
+// no error.
+func (s *servedSession) ended() { s.end(nil) }
+
+// end waits for the session's streams, closes it and ends its counts.
+func (s *servedSession) end(err error) {
+	s.live.remove(s.sess)
+	s.streams.Wait()
+	s.sess.Close()
+	s.r.log.Debug("session ended", "transport", s.carrier, "key", s.u.Name(), "err", err)
+	s.untrack()
+	s.closed()
+	s.sessions.Done()
+}
+
+// A sessionSet holds the sessions being served, to close them all when
+// the relay stops.
+type sessionSet struct {
+	mu     sync.Mutex
+	m      map[transport.ServerSession]struct{}
+	closed bool
+}
+
+// add adds sess, unless the set was closed: then it reports false.
+func (s *sessionSet) add(sess transport.ServerSession) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	if s.m == nil {
+		s.m = make(map[transport.ServerSession]struct{})
+	}
+	s.m[sess] = struct{}{}
+	return true
+}
+
+func (s *sessionSet) remove(sess transport.ServerSession) {
+	s.mu.Lock()
+	delete(s.m, sess)
+	s.mu.Unlock()
+}
+
+// closeAll closes every session in the set, and any added later.
+func (s *sessionSet) closeAll() {
+	s.mu.Lock()
+	s.closed = true
+	all := slices.Collect(maps.Keys(s.m))
+	s.mu.Unlock()
+	for _, sess := range all {
+		sess.Close()
+	}
 }
 
 // authenticator is the relay's [transport.Authenticator] and

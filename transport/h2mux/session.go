@@ -33,7 +33,6 @@ type Session struct {
 	conn   net.Conn
 	cfg    Config
 	client bool
-	log    *slog.Logger
 
 	// Read side, owned by the readLoop goroutine. br is nil while the
 	// loop waits for the peer with nothing buffered (see fillReader);
@@ -55,7 +54,7 @@ type Session struct {
 	// dispatchMu orders the hand-over of accepted streams to onStream
 	// (see ServeStreams) between the read loop and ServeStreams.
 	dispatchMu sync.Mutex
-	slotCh     chan struct{} // cap 1: a stream slot was freed or the limit rose
+	slotCh     chan struct{} // client: cap 1: a stream slot was freed or the limit rose; nil on a server, which opens none
 	done       chan struct{} // closed when the session is dead
 	writerDone chan struct{} // closed when writeLoop has returned
 	dieOnce    sync.Once
@@ -178,22 +177,15 @@ func newSession(conn net.Conn, cfg Config, client bool) (*Session, error) {
 	if client && cfg.Authority == "" {
 		cfg.Authority = conn.RemoteAddr().String()
 	}
-	side := "server"
-	if client {
-		side = "client"
-	}
 	s := &Session{
 		conn:           conn,
 		cfg:            cfg,
 		client:         client,
-		log:            cfg.Logger.With("transport", "h2mux", "side", side),
 		src:            pendingReader{conn: conn},
 		acceptCh:       make(chan struct{}, 1),
-		slotCh:         make(chan struct{}, 1),
 		done:           make(chan struct{}),
 		writerDone:     make(chan struct{}),
 		streams:        make(map[uint32]*Stream),
-		pings:          make(map[[8]byte]*pingState),
 		nextID:         1,
 		peerMaxStreams: maxStreamID, // section 5.1.2: unlimited until the peer says otherwise
 		peerMaxFrame:   minFrameSize,
@@ -206,6 +198,9 @@ func newSession(conn net.Conn, cfg Config, client bool) (*Session, error) {
 		heardAt:  time.Now(),
 		writing:  true, // the writer's, for the preface
 		writerOn: true,
+	}
+	if client {
+		s.slotCh = make(chan struct{}, 1)
 	}
 	s.fr = http2.NewFramer(io.Discard, sessionReader{s})
 	s.fr.SetMaxReadFrameSize(uint32(cfg.MaxFrameSize))
@@ -360,6 +355,9 @@ func (s *Session) sendPingLocked() (*pingState, chan struct{}) {
 	binary.BigEndian.PutUint64(data[:], s.pingSeq)
 	p := &pingState{sent: time.Now(), done: make(chan struct{}), data: data}
 	s.dropOrphanPingsLocked()
+	if s.pings == nil {
+		s.pings = make(map[[8]byte]*pingState) // most sessions never ping
+	}
 	s.pings[data] = p
 	if s.heard == nil {
 		s.heard = make(chan struct{})
@@ -507,7 +505,7 @@ func (s *Session) die(err error) {
 			s.cfg.OnClose()
 		}
 		if !errors.Is(err, ErrSessionClosed) {
-			s.log.Debug("session ended", "err", err)
+			s.logger().Debug("session ended", "err", err)
 		}
 	})
 }
@@ -622,7 +620,7 @@ func (s *Session) idleCheck() {
 	}
 	s.goAwayLocked(ErrIdleClosed, http2.ErrCodeNo)
 	s.mu.Unlock()
-	s.log.Debug("closing idle session")
+	s.logger().Debug("closing idle session")
 	s.finishShutdown(ErrIdleClosed)
 }
 
@@ -1201,6 +1199,16 @@ var (
 	writerPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, writeBufSize) }}
 )
 
+// logger returns the session's logger. It is made when a message is
+// logged, which is rare, rather than kept by every session.
+func (s *Session) logger() *slog.Logger {
+	side := "server"
+	if s.client {
+		side = "client"
+	}
+	return s.cfg.Logger.With("transport", "h2mux", "side", side)
+}
+
 // takeWriter gives the writer a buffer, if it has none.
 func (s *Session) takeWriter() {
 	if s.bw == nil {
@@ -1619,7 +1627,7 @@ func (s *Session) onStreamError(se http2.StreamError) error {
 	if st == nil && s.idleLocked(se.StreamID) {
 		return connError(http2.ErrCodeProtocol, "stream error on idle stream %d", se.StreamID)
 	}
-	s.log.Debug("stream error", "stream", se.StreamID, "err", se)
+	s.logger().Debug("stream error", "stream", se.StreamID, "err", se)
 	return s.resetLocked(st, se.StreamID, se.Code, fmt.Errorf("h2mux: stream %d: %v: %w", se.StreamID, se.Code, ErrStreamReset))
 }
 
@@ -1915,7 +1923,7 @@ func (s *Session) onGoAway(f *http2.GoAwayFrame) error {
 		s.goawayCode = f.ErrCode // a later GOAWAY may report an error, not take one back
 	}
 	s.goaway = true
-	s.log.Debug("peer sent GOAWAY", "last_stream", f.LastStreamID, "code", f.ErrCode)
+	s.logger().Debug("peer sent GOAWAY", "last_stream", f.LastStreamID, "code", f.ErrCode)
 	// Section 6.8: streams above the last one the peer processed were
 	// never seen by it; fail them, with an error that says they may be
 	// retried on another session (it wraps net.ErrClosed).
