@@ -165,6 +165,15 @@ type Config struct {
 	// Zero means DefaultMaxStreams.
 	MaxStreams int
 
+	// PrefaceNow makes Server and Client write the session's first
+	// flight (preface, SETTINGS, WINDOW_UPDATE) before they return, in
+	// the caller's goroutine, instead of in the session's writer; an
+	// error doing so is theirs. conn must take the write without a
+	// reader at the other end (TCP and TLS connections do, a net.Pipe
+	// does not). A relay uses it to send the first flight together with
+	// what it wrote just before, and without a goroutine for it.
+	PrefaceNow bool
+
 	// Logger receives debug messages about the session. Nil discards
 	// them.
 	Logger *slog.Logger

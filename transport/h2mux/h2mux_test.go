@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -1098,5 +1099,55 @@ func TestServeStreams(t *testing.T) {
 	case <-ended2:
 	case <-time.After(10 * time.Second):
 		t.Fatal("end not called for a session that had ended")
+	}
+}
+
+// countingConn counts the bytes written to it.
+type countingConn struct {
+	net.Conn
+	n atomic.Int64
+}
+
+func (c *countingConn) Write(b []byte) (int, error) {
+	n, err := c.Conn.Write(b)
+	c.n.Add(int64(n))
+	return n, err
+}
+
+// TestPrefaceNow: with PrefaceNow, Server and Client have written their
+// first flight when they return, and the sessions then work as usual.
+func TestPrefaceNow(t *testing.T) {
+	c, s := tcpPair(t)
+	cc, sc := &countingConn{Conn: c}, &countingConn{Conn: s}
+	ss, err := Server(sc, Config{PrefaceNow: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ss.Close() })
+	// SETTINGS with MAX_CONCURRENT_STREAMS and INITIAL_WINDOW_SIZE at
+	// least, and a WINDOW_UPDATE.
+	if n := sc.n.Load(); n < 9+12+13 {
+		t.Errorf("server wrote %d bytes before Server returned, want its first flight", n)
+	}
+	cs, err := Client(cc, Config{PrefaceNow: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cs.Close() })
+	if n := cc.n.Load(); n < int64(len(http2.ClientPreface))+9 {
+		t.Errorf("client wrote %d bytes before Client returned, want its first flight", n)
+	}
+	echoServer(t, ss)
+	st, err := cs.OpenStream(ctxT(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if _, err := st.Write([]byte("ping")); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 4)
+	if _, err := io.ReadFull(st, buf); err != nil || string(buf) != "ping" {
+		t.Fatalf("echo %q, %v", buf, err)
 	}
 }

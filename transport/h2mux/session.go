@@ -214,14 +214,27 @@ func newSession(conn net.Conn, cfg Config, client bool) (*Session, error) {
 	s.wf = http2.NewFramer(sessionWriter{s}, nil)
 	s.henc = hpack.NewEncoder(&s.hbuf)
 
+	if cfg.PrefaceNow {
+		s.prefaced = true
+		err := s.writePreface()
+		s.releaseWriter()
+		if err != nil {
+			return nil, fmt.Errorf("h2mux: write preface: %w", err)
+		}
+		// Nothing else is queued yet: the writer starts when something is.
+		s.writing, s.writerOn = false, false
+	}
 	if !client && cfg.IdleTimeout > 0 {
 		d := s.idleDelay()
 		s.idleAt = time.Now().Add(d)
 		s.idleTimer = time.AfterFunc(d, s.idleCheck)
 	}
-	s.wg.Add(2)
+	s.wg.Add(1)
 	go s.readLoop()
-	go s.writeLoop()
+	if !cfg.PrefaceNow {
+		s.wg.Add(1)
+		go s.writeLoop()
+	}
 	if cfg.KeepAlive > 0 {
 		s.wg.Add(1)
 		go s.keepAlive()

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -55,7 +56,8 @@ func Accept(ctx context.Context, conn net.Conn, read []byte, cfg ServerConfig) (
 	if timeout <= 0 {
 		timeout = 10 * time.Second
 	}
-	tc := tls.Server(&prefixConn{Conn: conn, prefix: read}, serverTLSConfig(&cfg))
+	pc := &prefixConn{Conn: conn, prefix: read}
+	tc := tls.Server(pc, serverTLSConfig(&cfg))
 	hctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	if err := tc.HandshakeContext(hctx); err != nil {
@@ -64,6 +66,9 @@ func Accept(ctx context.Context, conn net.Conn, read []byte, cfg ServerConfig) (
 	if p := tc.ConnectionState().NegotiatedProtocol; p != "h2" {
 		return nil, fmt.Errorf("client negotiated ALPN %q, want h2", p)
 	}
+	// What the relay sends now (tickets, SETTINGS) leaves in one write,
+	// as a web server's does.
+	pc.cork()
 	if cfg.Mirror != nil {
 		// The cover site's session tickets after the client's Finished:
 		// records of their sizes, which the client's HTTP/2 layer
@@ -76,9 +81,15 @@ func Accept(ctx context.Context, conn net.Conn, read []byte, cfg ServerConfig) (
 			}
 		}
 	}
-	s, err := h2mux.Server(tc, cfg.Mux)
+	mux := cfg.Mux
+	mux.PrefaceNow = true
+	s, err := h2mux.Server(tc, mux)
 	if err != nil {
 		return nil, fmt.Errorf("http/2 session: %w", err)
+	}
+	if err := pc.uncork(); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("tls: %w", err)
 	}
 	return s, nil
 }
@@ -117,10 +128,45 @@ func serverTLSConfig(cfg *ServerConfig) *tls.Config {
 	return conf
 }
 
-// prefixConn reads prefix before reading from Conn.
+// prefixConn reads prefix before reading from Conn. While corked, what
+// is written to it waits in a buffer, to be written at once by uncork.
 type prefixConn struct {
 	net.Conn
 	prefix []byte
+
+	wmu    sync.Mutex
+	corked bool
+	wbuf   []byte
+}
+
+func (c *prefixConn) cork() {
+	c.wmu.Lock()
+	c.corked = true
+	c.wmu.Unlock()
+}
+
+// uncork writes what was written since cork, and lets writes through.
+func (c *prefixConn) uncork() error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	c.corked = false
+	b := c.wbuf
+	c.wbuf = nil
+	if len(b) == 0 {
+		return nil
+	}
+	_, err := c.Conn.Write(b)
+	return err
+}
+
+func (c *prefixConn) Write(b []byte) (int, error) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.corked {
+		c.wbuf = append(c.wbuf, b...)
+		return len(b), nil
+	}
+	return c.Conn.Write(b)
 }
 
 func (c *prefixConn) Read(b []byte) (int, error) {
