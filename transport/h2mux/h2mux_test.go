@@ -1151,3 +1151,56 @@ func TestPrefaceNow(t *testing.T) {
 		t.Fatalf("echo %q, %v", buf, err)
 	}
 }
+
+// TestHeaderTableSize: the server's HPACK encoder, made at its first
+// response, heeds the client's HEADER_TABLE_SIZE as if made at once: a
+// limit at or above the default size changes nothing; a smaller one, even
+// if raised again before the response, makes the response's header block
+// begin with a dynamic table size update to the smallest (RFC 7541
+// section 4.2).
+func TestHeaderTableSize(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		limits []uint32
+		update bool // the response begins with a size update to 0
+	}{
+		{"raised", []uint32{65536}, false},
+		{"lowered", []uint32{0}, true},
+		{"lowered, then raised", []uint32{0, 65536}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rc, ss := newRawClient(t, Config{})
+			go func() {
+				io.WriteString(rc.conn, http2.ClientPreface)
+				for _, l := range tc.limits {
+					rc.fr.WriteSettings(http2.Setting{ID: http2.SettingHeaderTableSize, Val: l})
+				}
+				// :method POST, :scheme https, :path /, :authority x.
+				block := []byte{0x83, 0x87, 0x84, 0x41, 0x01, 'x'}
+				rc.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: block, EndHeaders: true})
+			}()
+			go func() {
+				st, err := ss.AcceptStream(ctxT(t))
+				if err == nil {
+					st.Write([]byte("x"))
+				}
+			}()
+			for {
+				rc.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+				f, err := rc.fr.ReadFrame()
+				if err != nil {
+					t.Fatal(err)
+				}
+				h, ok := f.(*http2.HeadersFrame)
+				if !ok {
+					continue
+				}
+				b := h.HeaderBlockFragment()
+				if got := len(b) > 0 && b[0] == 0x20; got != tc.update {
+					t.Errorf("response header block %x: begins with a size update to 0: %v, want %v", b, got, tc.update)
+				}
+				return
+			}
+		})
+	}
+}

@@ -44,11 +44,15 @@ type Session struct {
 
 	// Write side, owned by the writeLoop goroutine. bw is nil while the
 	// writer has nothing to write (see takeWriter).
-	bw   *bufio.Writer
-	wf   *http2.Framer
-	henc *hpack.Encoder
-	hbuf bytes.Buffer
-	dhdr [frameHeaderSz]byte
+	wb *writeBuf     // lent from writerPool while writing (see takeWriter)
+	bw *bufio.Writer // wb's
+	wf *http2.Framer // wb's, writing to bw
+	// henc is made for the first header block (see encoder); until then
+	// hencLimit keeps the peer's HEADER_TABLE_SIZE, if it raised it.
+	henc      *hpack.Encoder
+	hencLimit uint32
+	hbuf      bytes.Buffer
+	dhdr      [frameHeaderSz]byte
 
 	acceptCh chan struct{} // cap 1: acceptQ grew
 	// dispatchMu orders the hand-over of accepted streams to onStream
@@ -211,8 +215,6 @@ func newSession(conn net.Conn, cfg Config, client bool) (*Session, error) {
 	}
 	s.fr.ReadMetaHeaders = hpack.NewDecoder(table, nil)
 	s.fr.MaxHeaderListSize = hdrList
-	s.wf = http2.NewFramer(sessionWriter{s}, nil)
-	s.henc = hpack.NewEncoder(&s.hbuf)
 
 	if cfg.PrefaceNow {
 		s.prefaced = true
@@ -1029,8 +1031,14 @@ func (s *Session) writeItem(it *writeItem, maxFrame int) error {
 	case itemSettingsAck:
 		if it.table {
 			// Section 6.5.3: the new HEADER_TABLE_SIZE applies from our
-			// acknowledgement on; the encoder signals the change.
-			s.henc.SetMaxDynamicTableSizeLimit(it.val)
+			// acknowledgement on; the encoder signals the change. One
+			// not made yet starts at the default size, which a limit
+			// as large leaves alone (RFC 7541 section 4.2).
+			if s.henc == nil && it.val >= defaultTable {
+				s.hencLimit = it.val
+			} else {
+				s.encoder().SetMaxDynamicTableSizeLimit(it.val)
+			}
 		}
 		return s.wf.WriteSettingsAck()
 	case itemWindowUpdate:
@@ -1114,16 +1122,29 @@ func (s *Session) takePadWindow(st *Stream, want int) int {
 // response (server) into s.hbuf and returns it.
 func (s *Session) encodeHeaders() []byte {
 	s.hbuf.Reset()
+	enc := s.encoder()
 	if s.client {
 		// Chrome's pseudo-header order.
-		s.henc.WriteField(hpack.HeaderField{Name: ":method", Value: "POST"})
-		s.henc.WriteField(hpack.HeaderField{Name: ":authority", Value: s.cfg.Authority})
-		s.henc.WriteField(hpack.HeaderField{Name: ":scheme", Value: "https"})
-		s.henc.WriteField(hpack.HeaderField{Name: ":path", Value: s.cfg.Path})
+		enc.WriteField(hpack.HeaderField{Name: ":method", Value: "POST"})
+		enc.WriteField(hpack.HeaderField{Name: ":authority", Value: s.cfg.Authority})
+		enc.WriteField(hpack.HeaderField{Name: ":scheme", Value: "https"})
+		enc.WriteField(hpack.HeaderField{Name: ":path", Value: s.cfg.Path})
 	} else {
-		s.henc.WriteField(hpack.HeaderField{Name: ":status", Value: "200"})
+		enc.WriteField(hpack.HeaderField{Name: ":status", Value: "200"})
 	}
 	return s.hbuf.Bytes()
+}
+
+// encoder returns the session's HPACK encoder, made on first use: a
+// session that never opens or answers a stream has none.
+func (s *Session) encoder() *hpack.Encoder {
+	if s.henc == nil {
+		s.henc = hpack.NewEncoder(&s.hbuf)
+		if s.hencLimit != 0 {
+			s.henc.SetMaxDynamicTableSizeLimit(s.hencLimit)
+		}
+	}
+	return s.henc
 }
 
 // writeHeaders writes an encoded header block as HEADERS plus
@@ -1209,8 +1230,17 @@ var zeroPad [maxPadLen]byte
 // an idle session holds none (a relay keeps thousands of idle sessions).
 var (
 	readerPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, readBufSize) }}
-	writerPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, writeBufSize) }}
+	writerPool = sync.Pool{New: func() any {
+		bw := bufio.NewWriterSize(nil, writeBufSize)
+		return &writeBuf{bw: bw, fr: http2.NewFramer(bw, nil)}
+	}}
 )
+
+// A writeBuf is a connection write buffer and a framer writing to it.
+type writeBuf struct {
+	bw *bufio.Writer
+	fr *http2.Framer
+}
 
 // logger returns the session's logger. It is made when a message is
 // logged, which is rare, rather than kept by every session.
@@ -1225,7 +1255,8 @@ func (s *Session) logger() *slog.Logger {
 // takeWriter gives the writer a buffer, if it has none.
 func (s *Session) takeWriter() {
 	if s.bw == nil {
-		s.bw = writerPool.Get().(*bufio.Writer)
+		s.wb = writerPool.Get().(*writeBuf)
+		s.bw, s.wf = s.wb.bw, s.wb.fr
 		s.bw.Reset(s.conn)
 	}
 }
@@ -1235,16 +1266,10 @@ func (s *Session) takeWriter() {
 func (s *Session) releaseWriter() {
 	if s.bw != nil {
 		s.bw.Reset(nil)
-		writerPool.Put(s.bw)
-		s.bw = nil
+		writerPool.Put(s.wb)
+		s.wb, s.bw, s.wf = nil, nil, nil
 	}
 }
-
-// sessionWriter is the write framer's destination: the writer's buffer
-// of the moment.
-type sessionWriter struct{ s *Session }
-
-func (w sessionWriter) Write(p []byte) (int, error) { return w.s.bw.Write(p) }
 
 // sessionReader is the read framer's source: the reader's buffer of the
 // moment.
