@@ -18,10 +18,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"maps"
 	"net"
 	"os"
-	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -33,6 +31,7 @@ import (
 	"github.com/merpati/merpati/transport"
 	"github.com/merpati/merpati/transport/antireplay"
 	"github.com/merpati/merpati/transport/auth"
+	"github.com/merpati/merpati/transport/closeset"
 	"github.com/merpati/merpati/transport/h2mux"
 	"github.com/merpati/merpati/transport/mtproxy"
 	"github.com/merpati/merpati/transport/quiccarrier"
@@ -430,11 +429,11 @@ func (r *Relay) ServeListeners(ctx context.Context, ls ...transport.Listener) er
 		wg   sync.WaitGroup
 		once sync.Once
 		ferr error
-		live sessionSet
+		live closeset.Set[*servedSession]
 	)
 	// One hook closes every session when ctx is done, rather than one
 	// per session: an idle session costs the relay only what it must.
-	defer context.AfterFunc(ctx, live.closeAll)()
+	defer context.AfterFunc(ctx, live.CloseAll)()
 	for _, l := range ls {
 		wg.Go(func() {
 			defer l.Close()
@@ -511,7 +510,7 @@ type servedSession struct {
 	// the metrics; sessions is ServeListeners' count of live sessions.
 	untrack, closed func()
 	sessions        *sync.WaitGroup
-	live            *sessionSet
+	live            *closeset.Set[*servedSession]
 	streams         sync.WaitGroup
 }
 
@@ -522,7 +521,7 @@ type servedSession struct {
 // any other gets one that waits for its streams.
 func (s *servedSession) serve() {
 	s.r.log.Debug("session opened", "transport", s.carrier, "key", s.u.Name())
-	if !s.live.add(s.sess) {
+	if !s.live.Add(s) {
 		// The relay is stopping.
 		s.end(context.Canceled)
 		return
@@ -565,58 +564,24 @@ func (s *servedSession) start(st transport.Stream) {
 	})
 }
 
+// Close closes the session (the relay stops); end follows.
+func (s *servedSession) Close() error { return s.sess.Close() }
+
 // ended is end for a session that handed over its streams: it reports
 // no error.
 func (s *servedSession) ended() { s.end(nil) }
 
 // end waits for the session's streams, closes it and ends its counts.
+// The session stays in the set the relay closes when it stops until its
+// streams have ended: a stop while they finish closes it.
 func (s *servedSession) end(err error) {
-	s.live.remove(s.sess)
 	s.streams.Wait()
+	s.live.Remove(s)
 	s.sess.Close()
 	s.r.log.Debug("session ended", "transport", s.carrier, "key", s.u.Name(), "err", err)
 	s.untrack()
 	s.closed()
 	s.sessions.Done()
-}
-
-// A sessionSet holds the sessions being served, to close them all when
-// the relay stops.
-type sessionSet struct {
-	mu     sync.Mutex
-	m      map[transport.ServerSession]struct{}
-	closed bool
-}
-
-// add adds sess, unless the set was closed: then it reports false.
-func (s *sessionSet) add(sess transport.ServerSession) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed {
-		return false
-	}
-	if s.m == nil {
-		s.m = make(map[transport.ServerSession]struct{})
-	}
-	s.m[sess] = struct{}{}
-	return true
-}
-
-func (s *sessionSet) remove(sess transport.ServerSession) {
-	s.mu.Lock()
-	delete(s.m, sess)
-	s.mu.Unlock()
-}
-
-// closeAll closes every session in the set, and any added later.
-func (s *sessionSet) closeAll() {
-	s.mu.Lock()
-	s.closed = true
-	all := slices.Collect(maps.Keys(s.m))
-	s.mu.Unlock()
-	for _, sess := range all {
-		sess.Close()
-	}
 }
 
 // authenticator is the relay's [transport.Authenticator] and

@@ -12,6 +12,8 @@ import (
 	"net"
 	"sync"
 	"time"
+
+	"github.com/merpati/merpati/transport/closeset"
 )
 
 // Backoff after a temporary Accept error, as in net/http's Server.Serve.
@@ -45,7 +47,13 @@ func Serve(ctx context.Context, ln net.Listener, log *slog.Logger, handle Handle
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	defer cancel()
-	stop := context.AfterFunc(ctx, func() { ln.Close() })
+	// Closing the connections when the loop stops unblocks handlers
+	// busy reading or copying, and ends the connections kept open.
+	var live closeset.Set[*keeper]
+	stop := context.AfterFunc(ctx, func() {
+		ln.Close()
+		live.CloseAll()
+	})
 	defer stop()
 
 	var backoff time.Duration
@@ -68,12 +76,14 @@ func Serve(ctx context.Context, ln net.Listener, log *slog.Logger, handle Handle
 		}
 		backoff = 0
 		wg.Go(func() {
-			// Closing conn when the loop stops unblocks a handler
-			// busy reading or copying.
-			k := &keeper{stop: context.AfterFunc(ctx, func() { conn.Close() })}
+			k := &keeper{live: &live, conn: conn}
+			if !live.Add(k) {
+				conn.Close() // the loop is stopping
+				return
+			}
 			handle(context.WithValue(ctx, keeperKey{}, k), conn)
 			if !k.kept {
-				k.stop()
+				live.Remove(k)
 				conn.Close()
 			}
 		})
@@ -81,10 +91,19 @@ func Serve(ctx context.Context, ln net.Listener, log *slog.Logger, handle Handle
 }
 
 // A keeper is the state [Keep] changes, in the context of a handler.
+// It is also the connection's entry in the set the loop closes at its
+// end.
 type keeper struct {
 	kept bool
-	stop func() bool // unregisters the close at the loop's end
+	live *closeset.Set[*keeper]
+	conn net.Conn
 }
+
+// release takes a kept connection out of the loop's set.
+func (k *keeper) release() { k.live.Remove(k) }
+
+// Close closes the connection (the loop stops).
+func (k *keeper) Close() error { return k.conn.Close() }
 
 type keeperKey struct{}
 
@@ -100,7 +119,7 @@ func Keep(ctx context.Context) (release func(), ok bool) {
 		return nil, false
 	}
 	k.kept = true
-	return func() { k.stop() }, true
+	return k.release, true
 }
 
 // isTemporary reports whether an Accept error is worth retrying, the way
