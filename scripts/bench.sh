@@ -13,7 +13,8 @@
 #   scripts/bench.sh -only tls,plain-tls -tests idle -sessions 10000
 #
 # Paths (-only): tls plain-tls quic plain-quic mtproxy splice.
-# Tests (-tests): 1 (one stream down/up, CPU per GiB), 100 (-streams × -psize
+# Tests (-tests): 1 (one stream down/up, CPU per GiB, system calls per MiB on
+# the TCP paths), 100 (-streams × -psize
 # down/up), open (stream opens/s), rtt (100-byte round trip p50/p99),
 # hs (handshakes/s and CPU per handshake), idle (relay memory and CPU per
 # idle session at each of -sessions; tls and plain-tls).

@@ -663,31 +663,36 @@ const gib = 1 << 30
 
 // testSingle measures one stream down then up.
 func (l *lab) testSingle(p *path) error {
-	var dc, dr float64
+	var dc, dr, sc, sr float64
 	for _, mode := range []byte{modeDown, modeUp} {
 		s, err := p.open()
 		if err != nil {
 			return err
 		}
 		buf := packet(l.cfg.buf)
-		c0 := cpuOf(p.client, p.server)
+		c0, s0 := cpuOf(p.client, p.server), syscallsOf(p.client, p.server)
 		t0 := time.Now()
 		err = transfer(s, mode, l.cfg.size, buf)
 		el := time.Since(t0).Seconds()
-		c1 := cpuOf(p.client, p.server)
+		c1, s1 := cpuOf(p.client, p.server), syscallsOf(p.client, p.server)
 		s.Close()
 		if err != nil {
 			return err
 		}
 		dc += c1[0] - c0[0]
 		dr += c1[1] - c0[1]
+		sc += s1[0] - s0[0]
+		sr += s1[1] - s0[1]
 		l.record(p.name, "1-"+string(mode), float64(l.cfg.size)/1e6/el)
 	}
 	gibs := float64(2*l.cfg.size) / gib
+	mibs := gibs * 1024
 	if p.client != nil {
 		l.record(p.name, "cpu1-client", dc/gibs)
+		l.record(p.name, "sys1-client", sc/mibs)
 	}
 	l.record(p.name, "cpu1-relay", dr/gibs)
+	l.record(p.name, "sys1-relay", sr/mibs)
 	return nil
 }
 

@@ -5,6 +5,7 @@ import (
 	"context"
 	"io"
 	"net"
+	"os"
 	"path/filepath"
 	"regexp"
 	"sync"
@@ -156,5 +157,30 @@ func TestTunnels(t *testing.T) {
 	if s, err := socksDial(tlsCli, "127.0.0.1:1"); err == nil {
 		s.Close()
 		t.Error("tls-client: CONNECT to a closed port succeeded")
+	}
+}
+
+// TestSyscalls: the count from /proc/PID/io grows with this process's own
+// system calls.
+func TestSyscalls(t *testing.T) {
+	n0, err := syscalls(os.Getpid())
+	if err != nil {
+		t.Skipf("no /proc/PID/io here: %v", err)
+	}
+	f, err := os.Open(os.DevNull)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	buf := make([]byte, 1)
+	for range 10 {
+		f.Read(buf)
+	}
+	n1, err := syscalls(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n1-n0 < 10 {
+		t.Errorf("10 reads counted as %v system calls", n1-n0)
 	}
 }

@@ -225,6 +225,44 @@ func rssKB(pid int) (int64, error) {
 	return 0, fmt.Errorf("/proc/%d/status: no VmRSS", pid)
 }
 
+// syscalls returns how many read-like and write-like system calls pid
+// has made (syscr and syscw in /proc/PID/io).
+func syscalls(pid int) (float64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/io", pid))
+	if err != nil {
+		return 0, err
+	}
+	var n, found float64
+	for line := range strings.Lines(string(b)) {
+		k, v, ok := strings.Cut(line, ":")
+		if !ok || (k != "syscr" && k != "syscw") {
+			continue
+		}
+		c, err := strconv.ParseUint(strings.TrimSpace(v), 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("/proc/%d/io: %s: %w", pid, k, err)
+		}
+		n += float64(c)
+		found++
+	}
+	if found != 2 {
+		return 0, fmt.Errorf("/proc/%d/io: no syscr and syscw", pid)
+	}
+	return n, nil
+}
+
+// syscallsOf returns the read and write system calls of each of ps so
+// far (nil entries, and processes whose counts cannot be read, give 0).
+func syscallsOf(ps ...*proc) []float64 {
+	out := make([]float64, len(ps))
+	for i, p := range ps {
+		if p != nil {
+			out[i], _ = syscalls(p.pid())
+		}
+	}
+	return out
+}
+
 // cpuOf returns the CPU seconds of each of ps (nil entries give 0).
 func cpuOf(ps ...*proc) []float64 {
 	out := make([]float64, len(ps))

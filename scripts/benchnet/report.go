@@ -77,6 +77,19 @@ func (l *lab) report(w io.Writer) {
 			pair(r.med(p, "rtt-p50"), r.med(p, "rtt-p99"), 0, "/"),
 			hs)
 	}
+	if l.wantsTest("1") {
+		// syscr and syscw count read(2), write(2) and their vector
+		// forms, not recvmsg(2) and sendmsg(2): the QUIC paths' UDP
+		// calls would be missing from their rows.
+		fmt.Fprintf(w, "\nSystem calls per MiB carried, TCP paths, 1 stream down and up (reads and writes: syscr+syscw of /proc/PID/io):\n\n")
+		fmt.Fprintln(w, "| path | client side | relay side |")
+		fmt.Fprintln(w, "|---|---|---|")
+		for _, p := range c.only {
+			if p != "quic" && p != "plain-quic" {
+				fmt.Fprintf(w, "| %s | %s | %s |\n", p, num(r.med(p, "sys1-client"), 1), num(r.med(p, "sys1-relay"), 1))
+			}
+		}
+	}
 	var idle []string
 	for _, p := range c.only {
 		if slices.Contains(idlePaths, p) && l.wantsTest("idle") {
