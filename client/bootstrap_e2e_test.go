@@ -10,7 +10,6 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"sync"
 	"testing"
 	"time"
 
@@ -31,24 +30,8 @@ var testBootKey = [link.BootstrapKeySize]byte{1, 2, 3, 4, 5, 6, 7, 8, 9}
 // `merpati-relay dns` would, and returns the address.
 func startListDNS(t testing.TB, zone string, list []byte) string {
 	t.Helper()
-	s, err := dnsserver.New(dnsserver.Config{Zone: zone, Audiences: []dnsserver.Audience{{Key: testBootKey, Lists: [][]byte{list}}},
+	return relaytest.StartDNS(t, dnsserver.Config{Zone: zone, Audiences: []dnsserver.Audience{{Key: testBootKey, Lists: [][]byte{list}}},
 		Logger: relaytest.Logger(t, "dns")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	pc, ln, err := dnsserver.Listen("127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		if err := s.Serve(ctx, pc, ln); err != nil {
-			t.Errorf("dns: %v", err)
-		}
-	})
-	t.Cleanup(func() { cancel(); wg.Wait() })
-	return pc.LocalAddr().String()
 }
 
 // TestBootstrapE2E: the only relay in the user's link is dead (a closed

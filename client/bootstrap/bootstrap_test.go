@@ -30,6 +30,7 @@ import (
 
 	"github.com/merpati/merpati/client/bootstrap"
 	"github.com/merpati/merpati/relay/dnsserver"
+	"github.com/merpati/merpati/relay/relaytest"
 	"github.com/merpati/merpati/transport/relaylist"
 )
 
@@ -86,6 +87,9 @@ func startDNS(t testing.TB, list []byte, wrap func(*dns.Msg)) string {
 // startDNSConfig is startDNS with the server's whole Config.
 func startDNSConfig(t testing.TB, cfg dnsserver.Config, wrap func(*dns.Msg)) string {
 	t.Helper()
+	if wrap == nil {
+		return relaytest.StartDNS(t, cfg)
+	}
 	s, err := dnsserver.New(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -96,22 +100,18 @@ func startDNSConfig(t testing.TB, cfg dnsserver.Config, wrap func(*dns.Msg)) str
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
-	if wrap == nil {
-		wg.Go(func() { s.Serve(ctx, pc, ln) })
-	} else {
-		h := dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) {
-			_, udp := w.RemoteAddr().(*net.UDPAddr)
-			m := s.Answer(r, w.RemoteAddr(), udp)
-			wrap(m)
-			w.WriteMsg(m)
-		})
-		for _, srv := range []*dns.Server{{PacketConn: pc, Handler: h}, {Listener: ln, Handler: h}} {
-			started := make(chan struct{})
-			srv.NotifyStartedFunc = func() { close(started) }
-			wg.Go(func() { srv.ActivateAndServe() })
-			<-started
-			wg.Go(func() { <-ctx.Done(); srv.Shutdown() })
-		}
+	h := dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) {
+		_, udp := w.RemoteAddr().(*net.UDPAddr)
+		m := s.Answer(r, w.RemoteAddr(), udp)
+		wrap(m)
+		w.WriteMsg(m)
+	})
+	for _, srv := range []*dns.Server{{PacketConn: pc, Handler: h}, {Listener: ln, Handler: h}} {
+		started := make(chan struct{})
+		srv.NotifyStartedFunc = func() { close(started) }
+		wg.Go(func() { srv.ActivateAndServe() })
+		<-started
+		wg.Go(func() { <-ctx.Done(); srv.Shutdown() })
 	}
 	t.Cleanup(func() { cancel(); wg.Wait() })
 	return pc.LocalAddr().String()

@@ -8,12 +8,12 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/merpati/merpati/client/bootstrap"
 	"github.com/merpati/merpati/relay/dnsserver"
+	"github.com/merpati/merpati/relay/relaytest"
 	"github.com/merpati/merpati/transport/link"
 	"github.com/merpati/merpati/transport/relaylist"
 )
@@ -114,19 +114,8 @@ func startBootstrap(t *testing.T, seq uint64, relay *link.Link) (*link.Link, str
 		t.Fatal(err)
 	}
 	bk := [32]byte{byte(seq), 7, 7}
-	s, err := dnsserver.New(dnsserver.Config{Zone: "b.merpati.test", Audiences: []dnsserver.Audience{{Key: bk, Lists: [][]byte{data}}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	pc, ln, err := dnsserver.Listen("127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	wg.Go(func() { s.Serve(ctx, pc, ln) })
-	t.Cleanup(func() { cancel(); wg.Wait() })
+	addr := relaytest.StartDNS(t, dnsserver.Config{Zone: "b.merpati.test", Audiences: []dnsserver.Audience{{Key: bk, Lists: [][]byte{data}}}})
 	l := testLink()
 	l.Bootstrap, l.ListKey, l.BootstrapKeys = []string{"b.merpati.test"}, pub, [][32]byte{bk}
-	return l, "udp://" + pc.LocalAddr().String()
+	return l, "udp://" + addr
 }
