@@ -253,22 +253,18 @@ func syscalls(pid int) (float64, error) {
 
 // syscallsOf returns the read and write system calls of each of ps so
 // far (nil entries, and processes whose counts cannot be read, give 0).
-func syscallsOf(ps ...*proc) []float64 {
-	out := make([]float64, len(ps))
-	for i, p := range ps {
-		if p != nil {
-			out[i], _ = syscalls(p.pid())
-		}
-	}
-	return out
-}
+func syscallsOf(ps ...*proc) []float64 { return perProc(syscalls, ps) }
 
 // cpuOf returns the CPU seconds of each of ps (nil entries give 0).
-func cpuOf(ps ...*proc) []float64 {
+func cpuOf(ps ...*proc) []float64 { return perProc(cpuSeconds, ps) }
+
+// perProc returns read(pid) for each of ps, 0 for nil entries and
+// failed reads.
+func perProc(read func(pid int) (float64, error), ps []*proc) []float64 {
 	out := make([]float64, len(ps))
 	for i, p := range ps {
 		if p != nil {
-			out[i], _ = cpuSeconds(p.pid())
+			out[i], _ = read(p.pid())
 		}
 	}
 	return out

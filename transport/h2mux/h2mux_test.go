@@ -1138,17 +1138,8 @@ func TestPrefaceNow(t *testing.T) {
 		t.Errorf("client wrote %d bytes before Client returned, want its first flight", n)
 	}
 	echoServer(t, ss)
-	st, err := cs.OpenStream(ctxT(t))
-	if err != nil {
+	if err := roundTrip(t, cs, "ping"); err != nil {
 		t.Fatal(err)
-	}
-	defer st.Close()
-	if _, err := st.Write([]byte("ping")); err != nil {
-		t.Fatal(err)
-	}
-	buf := make([]byte, 4)
-	if _, err := io.ReadFull(st, buf); err != nil || string(buf) != "ping" {
-		t.Fatalf("echo %q, %v", buf, err)
 	}
 }
 

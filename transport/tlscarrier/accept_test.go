@@ -37,14 +37,7 @@ func (c *writeLog) log() []int {
 // leaves in one write, so in one TCP segment as from a web server, and
 // the client reads the tickets' records first, then the preface.
 func TestAcceptOneWrite(t *testing.T) {
-	certPEM, keyPEM, err := NewCertificate("cover.example")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := tls.X509KeyPair(certPEM, keyPEM)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cert, _ := confCert(t)
 	tickets := []int{282, 282}
 	m := &Mirror{}
 	m.cur.Store(&mirrorState{cert: cert, flight: &Flight{Tickets: tickets}})
@@ -82,7 +75,7 @@ func TestAcceptOneWrite(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	tc := tls.Client(c, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"h2"}, ServerName: "cover.example"})
+	tc := tls.Client(c, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"h2"}, ServerName: confServerName})
 	if err := tc.Handshake(); err != nil {
 		t.Fatal(err)
 	}
