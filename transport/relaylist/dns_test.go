@@ -18,8 +18,8 @@ func testAudience(b byte) *Audience {
 	return NewAudience([link.BootstrapKeySize]byte(bytes.Repeat([]byte{b}, link.BootstrapKeySize)))
 }
 
-// sealTXT seals data for period p and returns each chunk's TXT strings.
-func sealTXT(t testing.TB, a *Audience, p int64, data []byte) [][]string {
+// seal seals data for period p in as many chunks as a publishes.
+func seal(t testing.TB, a *Audience, p int64, data []byte) [][]byte {
 	t.Helper()
 	n, err := a.Chunks(p, len(data))
 	if err != nil {
@@ -29,8 +29,14 @@ func sealTXT(t testing.TB, a *Audience, p int64, data []byte) [][]string {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return chunks
+}
+
+// sealTXT seals data for period p and returns each chunk's TXT strings.
+func sealTXT(t testing.TB, a *Audience, p int64, data []byte) [][]string {
+	t.Helper()
 	var txts [][]string
-	for _, c := range chunks {
+	for _, c := range seal(t, a, p, data) {
 		txts = append(txts, EncodeTXT(c))
 	}
 	return txts
@@ -166,11 +172,8 @@ func TestOpenWithoutSecret(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	n, _ := a.Chunks(p, len(data))
-	chunks, err := a.Seal(p, data, n)
-	if err != nil {
-		t.Fatal(err)
-	}
+	chunks := seal(t, a, p, data)
+	n := len(chunks)
 	if n < 2 {
 		t.Fatalf("want several chunks, got %d", n)
 	}
@@ -272,14 +275,8 @@ func FuzzOpen(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
-	n, err := a.Chunks(p, len(data))
-	if err != nil {
-		f.Fatal(err)
-	}
-	chunks, err := a.Seal(p, data, n)
-	if err != nil {
-		f.Fatal(err)
-	}
+	chunks := seal(f, a, p, data)
+	n := len(chunks)
 	f.Add(chunks[0], chunks[1], uint8(2))
 	f.Add(chunks[0], chunks[1], uint8(n))
 	f.Add(chunks[0], []byte{}, uint8(1))

@@ -117,11 +117,8 @@ func TestOpenWithAnotherSecret(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	n, _ := a.Chunks(p, len(data))
-	chunks, err := a.Seal(p, data, n)
-	if err != nil {
-		t.Fatal(err)
-	}
+	chunks := seal(t, a, p, data)
+	n := len(chunks)
 	// An audience with a's names but another secret: the chunk count
 	// unmasks right, and only the AEAD stands in the way.
 	other := &Audience{secret: testAudience(2).secret, nameKey: a.nameKey}
