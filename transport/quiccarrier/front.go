@@ -135,14 +135,18 @@ type frontDoor struct {
 	maxFlows, maxPerSource int
 	idle                   time.Duration
 
-	in     chan datagram // a key holder's datagrams, for quic-go
-	out    chan datagram // quic-go's datagrams, for sendLoop
-	sent   chan struct{} // closed when sendLoop has sent what was queued before Close
-	batch  batchConn     // pc's, if it is a UDP socket
-	rd     *deadline.Deadline
-	closed chan struct{}
-	once   sync.Once
-	wg     sync.WaitGroup
+	in    chan datagram // a key holder's datagrams, for quic-go
+	out   chan datagram // quic-go's datagrams, for sendLoop
+	sent  chan struct{} // closed when sendLoop has sent what was queued before Close
+	batch batchConn     // pc's, if it is a UDP socket
+	// gso and gro are the kernel's offloads on pc (see udpOffload).
+	gso, gro bool
+	// groReads counts reads that brought several datagrams at once.
+	groReads atomic.Uint64
+	rd       *deadline.Deadline
+	closed   chan struct{}
+	once     sync.Once
+	wg       sync.WaitGroup
 
 	mu        sync.Mutex
 	flows     map[netip.AddrPort]*flow
@@ -164,10 +168,11 @@ const datagramBuf = 2048
 
 var datagramPool = sync.Pool{New: func() any { b := make([]byte, datagramBuf); return &b }}
 
-// readBatch is how many datagrams one system call reads, and writeBatch
-// how many it sends, where the socket allows (recvmmsg and sendmmsg on
-// Linux): quic-go reads in batches on a bare socket, and sends bursts in
-// one call (GSO), which it cannot do through the door.
+// readBatch is how many datagrams (or GRO buffers) one system call reads,
+// and writeBatch how many it sends, where the socket allows (recvmmsg and
+// sendmmsg on Linux, with GSO and GRO where the kernel has them): quic-go
+// reads in batches on a bare socket, and sends bursts in one call (GSO),
+// which it cannot do through the door, so the door does both for it.
 const (
 	readBatch  = 16
 	writeBatch = 16
@@ -188,6 +193,9 @@ func newFrontDoor(pc net.PacketConn, cover *net.UDPAddr, auth transport.Authenti
 		closed:    make(chan struct{}),
 		flows:     map[netip.AddrPort]*flow{},
 		perSource: map[netip.Prefix][]*flow{},
+	}
+	if f.batch != nil {
+		f.gso, f.gro = udpOffload(pc)
 	}
 	f.wg.Go(f.readLoop)
 	if f.batch != nil {
@@ -235,10 +243,7 @@ func (f *frontDoor) WriteTo(b []byte, addr net.Addr) (int, error) {
 // still queued, and closes f.sent.
 func (f *frontDoor) sendLoop() {
 	defer close(f.sent)
-	ms := make([]ipv4.Message, writeBatch)
-	for i := range ms {
-		ms[i].Buffers = make([][]byte, 1)
-	}
+	s := newSender(f)
 	ds := make([]datagram, 0, writeBatch)
 	closing := false
 	for {
@@ -262,26 +267,117 @@ func (f *frontDoor) sendLoop() {
 		if len(ds) == 0 {
 			return // closing, and nothing is left
 		}
-		for i, d := range ds {
-			ms[i].Buffers[0], ms[i].Addr = d.b, d.to
-		}
-		for sent := 0; sent < len(ds); {
-			n, err := f.batch.WriteBatch(ms[sent:len(ds)], 0)
-			if err != nil || n <= 0 {
-				// Send the first alone, whatever befell it, and go
-				// on with the rest.
-				f.pc.WriteTo(ds[sent].b, ds[sent].to)
-				n = 1
-			}
-			sent += n
-		}
+		s.send(ds)
 		for i := range ds {
 			datagramPool.Put(ds[i].bp)
 			ds[i] = datagram{}
-			ms[i].Buffers[0], ms[i].Addr = nil, nil
 		}
 		ds = ds[:0]
 	}
+}
+
+// A sender sends batches of datagrams for sendLoop: each run of datagrams
+// to one address that GSO can carry (all of one size, the last perhaps
+// shorter) as one message, and the messages in one system call.
+type sender struct {
+	f     *frontDoor
+	gso   bool // f.gso, until the kernel refuses a segmented send
+	ms    []ipv4.Message
+	runs  [][2]int // the datagrams of each message: ds[lo:hi]
+	buf   []byte   // the runs' bytes, end to end (writeBatch*datagramBuf fits)
+	oobs  [][]byte // each message's segment size control message
+	nmsgs int      // messages sent, for tests
+}
+
+func newSender(f *frontDoor) *sender {
+	s := &sender{
+		f: f, gso: f.gso,
+		ms:   make([]ipv4.Message, writeBatch),
+		runs: make([][2]int, writeBatch),
+		buf:  make([]byte, 0, writeBatch*datagramBuf),
+		oobs: make([][]byte, writeBatch),
+	}
+	for i := range s.ms {
+		s.ms[i].Buffers = make([][]byte, 1)
+		s.oobs[i] = make([]byte, segmentSizeLen)
+	}
+	return s
+}
+
+// send sends ds (at most writeBatch datagrams, none over datagramBuf).
+func (s *sender) send(ds []datagram) {
+	k := 0
+	s.buf = s.buf[:0]
+	for i := 0; i < len(ds); k++ {
+		j := i + 1
+		if s.gso {
+			j = gsoRun(ds, i)
+		}
+		m := &s.ms[k]
+		m.Addr, m.OOB = ds[i].to, nil
+		if j-i == 1 {
+			m.Buffers[0] = ds[i].b
+		} else {
+			start := len(s.buf)
+			for _, d := range ds[i:j] {
+				s.buf = append(s.buf, d.b...)
+			}
+			m.Buffers[0] = s.buf[start:]
+			m.OOB = segmentSizeMsg(s.oobs[k], len(ds[i].b))
+		}
+		s.runs[k] = [2]int{i, j}
+		i = j
+	}
+	for sent := 0; sent < k; {
+		n, err := s.f.batch.WriteBatch(s.ms[sent:k], 0)
+		if err != nil || n <= 0 {
+			// Send the first message's datagrams one by one, whatever
+			// befell it, and go on with the rest.
+			run := s.runs[sent]
+			if run[1]-run[0] > 1 && isGSOError(err) {
+				s.gso = false
+				s.f.log.Info("quic front door: the kernel cannot segment sends here; sending datagrams one by one", "err", err)
+			}
+			for _, d := range ds[run[0]:run[1]] {
+				s.f.pc.WriteTo(d.b, d.to)
+			}
+			n = 1
+		}
+		sent += n
+	}
+	s.nmsgs += k
+	for i := range s.ms[:k] {
+		s.ms[i].Buffers[0], s.ms[i].Addr, s.ms[i].OOB = nil, nil, nil
+	}
+}
+
+// gsoRun returns the end of the run of datagrams from ds[i] that one
+// segmented send can carry: to the same address, each as long as ds[i],
+// except that the last may be shorter.
+func gsoRun(ds []datagram, i int) int {
+	size := len(ds[i].b)
+	j := i + 1
+	for j < len(ds) && sameAddr(ds[j].to, ds[i].to) {
+		n := len(ds[j].b)
+		if n > size || n == 0 {
+			break
+		}
+		j++
+		if n < size {
+			break
+		}
+	}
+	return j
+}
+
+// sameAddr reports whether a and b are the same UDP address.
+func sameAddr(a, b net.Addr) bool {
+	if a == b {
+		return true
+	}
+	ua, ok := a.(*net.UDPAddr)
+	ub, ok2 := b.(*net.UDPAddr)
+	return ok && ok2 && ua.Port == ub.Port && ua.IP.Equal(ub.IP) && ua.Zone == ub.Zone
 }
 
 // Close closes the socket and every cover flow, and waits for the door's
@@ -361,7 +457,8 @@ func newBatchConn(pc net.PacketConn) batchConn {
 }
 
 // readLoop reads the socket until it closes: readBatch datagrams per
-// system call on a UDP socket, one at a time on another PacketConn.
+// system call on a UDP socket, one at a time on another PacketConn. A
+// buffer that GRO coalesced is cut back into its datagrams.
 func (f *frontDoor) readLoop() {
 	read, n := f.readOne, 1
 	if f.batch != nil {
@@ -370,6 +467,9 @@ func (f *frontDoor) readLoop() {
 	ms := make([]ipv4.Message, n)
 	for i := range ms {
 		ms[i].Buffers = [][]byte{make([]byte, maxDatagram)}
+		if f.gro {
+			ms[i].OOB = make([]byte, oobSpace)
+		}
 	}
 	for {
 		n, err := read(ms, 0)
@@ -390,9 +490,20 @@ func (f *frontDoor) readLoop() {
 		}
 		for i := range ms[:n] {
 			if ua, ok := ms[i].Addr.(*net.UDPAddr); ok {
-				f.dispatch(ms[i].Buffers[0][:ms[i].N], ua)
+				b := ms[i].Buffers[0][:ms[i].N]
+				size := 0
+				if ms[i].NN > 0 {
+					size = segmentSize(ms[i].OOB[:ms[i].NN])
+				}
+				if size > 0 && len(b) > size {
+					f.groReads.Add(1)
+					for ; len(b) > size; b = b[size:] {
+						f.dispatch(b[:size], ua)
+					}
+				}
+				f.dispatch(b, ua)
 			}
-			ms[i].Addr = nil
+			ms[i].Addr, ms[i].NN = nil, 0
 		}
 	}
 }
