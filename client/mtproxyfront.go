@@ -81,7 +81,7 @@ func (c *Client) handleMTProxy(ctx context.Context, conn net.Conn, secret mtprox
 	if c.mtReplay.Seen(h.Random[:]) {
 		return errReplay
 	}
-	app, in, err := mtproxy.AcceptApp(conn, bufio.NewReaderSize(br, 32<<10), secret.Key, h)
+	app, in, err := mtproxy.AcceptApp(conn, br, secret.Key, h)
 	if err != nil {
 		return err
 	}

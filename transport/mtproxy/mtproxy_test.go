@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"crypto/rand"
 	"encoding/base64"
+	"encoding/binary"
 	"errors"
 	"io"
 	"net"
@@ -407,18 +408,79 @@ func FuzzAcceptInit(f *testing.F) {
 	})
 }
 
+// FuzzTLSConnRead reads b through a TLSConn, with read sizes and a split
+// between bytes read ahead and the conn taken from the input, and checks
+// what it gets against a plain record parser: the payloads of the
+// ApplicationData records up to an alert, an error or the end.
 func FuzzTLSConnRead(f *testing.F) {
-	f.Add([]byte("\x14\x03\x03\x00\x01\x01\x17\x03\x03\x00\x03abc"))
-	f.Add([]byte("\x17\x03\x03\x00\x05ab"))
-	f.Add([]byte("\x15\x03\x03\x00\x02\x01\x00"))
-	f.Fuzz(func(t *testing.T, b []byte) {
-		c := mtproxy.NewTLSConn(nil, bytes.NewReader(b))
-		got, _ := io.ReadAll(c)
-		if len(got) > len(b) {
-			t.Fatal("read more than the input")
+	f.Add([]byte("\x14\x03\x03\x00\x01\x01\x17\x03\x03\x00\x03abc"), uint16(7), uint8(3))
+	f.Add([]byte("\x17\x03\x03\x00\x05ab"), uint16(0), uint8(1))
+	f.Add([]byte("\x15\x03\x03\x00\x02\x01\x00"), uint16(2), uint8(0))
+	f.Add([]byte("\x17\x03\x03\x00\x02ab\x17\x03\x03\x00\x01c\x16\x03\x03\x00\x00"), uint16(9), uint8(2))
+	f.Fuzz(func(t *testing.T, b []byte, split uint16, step uint8) {
+		want, clean := parseRecords(b)
+		conn := readerConn{r: bytes.NewReader(b[min(int(split), len(b)):])}
+		var ahead io.Reader
+		if split > 0 {
+			ahead = bytes.NewReader(b[:min(int(split), len(b))])
+		}
+		c := mtproxy.NewTLSConn(conn, ahead)
+		var got []byte
+		buf := make([]byte, int(step)+1)
+		var err error
+		for err == nil {
+			var n int
+			n, err = c.Read(buf)
+			got = append(got, buf[:n]...)
+		}
+		if !bytes.Equal(got, want) {
+			t.Fatalf("read %x, want %x (%v)", got, want, err)
+		}
+		if clean != (err == io.EOF) {
+			t.Fatalf("ended with %v; the input ends cleanly: %v", err, clean)
 		}
 	})
 }
+
+// parseRecords returns the ApplicationData payloads of the records in b,
+// up to an alert, a record a TLSConn refuses, or the end, and whether b
+// ends cleanly (an alert, or the end of a whole record).
+func parseRecords(b []byte) (payload []byte, clean bool) {
+	for {
+		if len(b) == 0 {
+			return payload, true
+		}
+		if len(b) < 5 {
+			return payload, false
+		}
+		typ, n := b[0], int(binary.BigEndian.Uint16(b[3:5]))
+		switch {
+		case b[1] != 3:
+			return payload, false
+		case typ == 0x15:
+			return payload, true
+		case typ == 0x17, typ == 0x14 && n == 1:
+		default:
+			return payload, false
+		}
+		rest := b[5:]
+		if typ == 0x17 {
+			payload = append(payload, rest[:min(n, len(rest))]...)
+		}
+		if len(rest) < n {
+			return payload, false
+		}
+		b = rest[n:]
+	}
+}
+
+// readerConn is a conn whose reads come from r.
+type readerConn struct {
+	net.Conn
+	r io.Reader
+}
+
+func (c readerConn) Read(p []byte) (int, error) { return c.r.Read(p) }
 
 func TestTLSConnRead(t *testing.T) {
 	rec := func(typ byte, payload string) string {
@@ -436,21 +498,38 @@ func TestTLSConnRead(t *testing.T) {
 		{"truncated", rec(0x17, "abc")[:6], []string{"a"}, io.ErrUnexpectedEOF},
 		{"bad type", rec(0x17, "ok") + rec(0x16, "hs"), []string{"ok"}, nil},
 	} {
-		c := mtproxy.NewTLSConn(nil, bufio.NewReader(strings.NewReader(tc.in)))
-		buf := make([]byte, 100)
-		var err error
-		for i, want := range tc.reads {
-			var n int
-			n, err = c.Read(buf)
-			if string(buf[:n]) != want {
-				t.Errorf("%s: read %d: %q, want %q (%v)", tc.name, i, buf[:n], want, err)
+		for _, ahead := range []bool{false, true} {
+			conn := readerConn{r: strings.NewReader(tc.in)}
+			var r io.Reader
+			if ahead {
+				// 16 bytes read ahead, as the relay's hello reader
+				// holds what came after the hello: read first, then
+				// the rest from the conn.
+				br := bufio.NewReaderSize(conn, 16)
+				br.Peek(1)
+				r = br
 			}
-		}
-		if err == nil {
-			_, err = c.Read(buf)
-		}
-		if tc.err != nil && !errors.Is(err, tc.err) || tc.err == nil && err == nil {
-			t.Errorf("%s: error %v, want %v", tc.name, err, tc.err)
+			c := mtproxy.NewTLSConn(conn, r)
+			var got string
+			buf := make([]byte, 100)
+			var err error
+			for err == nil && len(got) < len(strings.Join(tc.reads, "")) {
+				var n int
+				n, err = c.Read(buf)
+				got += string(buf[:n])
+				if !ahead && string(buf[:n]) != tc.reads[0] {
+					t.Errorf("%s: read %q, want %q at once (%v)", tc.name, buf[:n], tc.reads[0], err)
+				}
+			}
+			if want := strings.Join(tc.reads, ""); got != want {
+				t.Errorf("%s (ahead %v): read %q, want %q", tc.name, ahead, got, want)
+			}
+			if err == nil {
+				_, err = c.Read(buf)
+			}
+			if tc.err != nil && !errors.Is(err, tc.err) || tc.err == nil && err == nil {
+				t.Errorf("%s (ahead %v): error %v, want %v", tc.name, ahead, err, tc.err)
+			}
 		}
 	}
 }

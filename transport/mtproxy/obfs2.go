@@ -162,9 +162,8 @@ func newCTR(key, iv []byte) cipher.Stream {
 // themselves, as with any net.Conn carrying a stream cipher.
 type ObfsConn struct {
 	net.Conn
-	c    Ciphers
-	wmu  sync.Mutex
-	wbuf []byte
+	c   Ciphers
+	wmu sync.Mutex
 }
 
 // NewObfsConn returns conn with c applied.
@@ -181,18 +180,31 @@ func (o *ObfsConn) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// Write encrypts p into a buffer of its own (p is left alone) and writes
-// it. After a short write the stream is out of step and the conn must be
-// closed.
+// Write encrypts p into a borrowed buffer (p is left alone) and writes
+// it, a batch's worth at a time. After a short write the stream is out of
+// step and the conn must be closed.
 func (o *ObfsConn) Write(p []byte) (int, error) {
 	o.wmu.Lock()
 	defer o.wmu.Unlock()
-	if cap(o.wbuf) < len(p) {
-		o.wbuf = make([]byte, len(p))
+	bp := getBuf()
+	defer putBuf(bp)
+	b := (*bp)[:cap(*bp)]
+	sent := 0
+	for len(p) > 0 {
+		n := min(len(p), len(b))
+		if rest := len(p) - n; rest > 0 && rest < MinRecordLen {
+			// The next write would be a record too short to send.
+			n -= MinRecordLen
+		}
+		o.c.Enc.XORKeyStream(b[:n], p[:n])
+		m, err := o.Conn.Write(b[:n])
+		sent += m
+		if err != nil {
+			return sent, err
+		}
+		p = p[n:]
 	}
-	b := o.wbuf[:len(p)]
-	o.c.Enc.XORKeyStream(b, p)
-	return o.Conn.Write(b)
+	return sent, nil
 }
 
 // CloseWrite half-closes the underlying conn, if it can.

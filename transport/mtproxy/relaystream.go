@@ -43,7 +43,6 @@ type relayStream struct {
 	wmu     sync.Mutex
 	reply   []byte // the relay's reply, while incomplete
 	replied bool
-	wbuf    []byte
 	shape   *shaper // cuts the datacenter's packets into the app's records
 }
 
@@ -137,24 +136,31 @@ func (s *relayStream) Write(p []byte) (int, error) {
 	if len(p) == 0 {
 		return n, nil
 	}
-	if cap(s.wbuf) < len(p) {
-		s.wbuf = make([]byte, len(p))
-	}
-	b := s.wbuf[:len(p)]
-	s.dc.Dec.XORKeyStream(b, p)
-	if out := s.shape.push(b); len(out) > 0 {
-		if _, err := s.app.Write(out); err != nil {
-			return n, err
+	bp := getBuf()
+	defer putBuf(bp)
+	defer s.shape.release()
+	for len(p) > 0 {
+		// Leave the shaper room for what it holds and adds.
+		b := (*bp)[:min(len(p), cap(*bp)-shaperSlack)]
+		s.dc.Dec.XORKeyStream(b, p[:len(b)])
+		if out := s.shape.push(b); len(out) > 0 {
+			if _, err := s.app.Write(out); err != nil {
+				return n, err
+			}
 		}
+		n += len(b)
+		p = p[len(b):]
 	}
-	return n + len(p), nil
+	return n, nil
 }
 
 // CloseWrite sends the app what the shaper holds, then half-closes.
 func (s *relayStream) CloseWrite() error {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
-	if out := s.shape.end(); len(out) > 0 {
+	out := s.shape.end()
+	defer s.shape.release()
+	if len(out) > 0 {
 		if _, err := s.app.Write(out); err != nil {
 			return err
 		}

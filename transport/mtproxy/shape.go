@@ -44,7 +44,9 @@ const maxPacket = 1 << 24
 //     tiny packet goes out as it is: no stock app speaks them over FakeTLS.
 //
 // The shaper reads lengths from the datacenter's bytes and never allocates
-// by them: what it holds is always under 2*MinRecordLen bytes.
+// by them: what it holds between calls is always under 2*MinRecordLen
+// bytes, in an array of its own. A call borrows a buffer for the chunk it
+// returns, which release gives back.
 type shaper struct {
 	proto Protocol
 	// raw is set once the stream turned out not to be MTProto framing
@@ -52,7 +54,8 @@ type shaper struct {
 	// come.
 	raw  bool
 	buf  []byte // received bytes not yet sent; whole packet headers only
-	out  []byte // the last chunk returned
+	held [2 * MinRecordLen]byte
+	big  *[]byte // borrowed by push or end for buf and the chunk
 	hdr  [4]byte
 	nhdr int // bytes of the current packet's header so far, held in hdr
 	left int // payload bytes of the current packet still to come
@@ -61,15 +64,40 @@ type shaper struct {
 	start int
 }
 
-func newShaper(p Protocol) *shaper { return &shaper{proto: p} }
+// shaperSlack is the room a chunk needs beyond the bytes pushed: the held
+// bytes, a packet header and NOP packets.
+const shaperSlack = 2*MinRecordLen + 4 + 2*nopMax
+
+func newShaper(p Protocol) *shaper {
+	s := &shaper{proto: p}
+	s.buf = s.held[:0]
+	return s
+}
+
+// take borrows a buffer for a call and moves the held bytes into it.
+func (s *shaper) take() {
+	s.release()
+	s.big = getBuf()
+	s.buf = append((*s.big)[:0], s.buf...)
+}
+
+// release gives back the buffer of the last chunk returned; the chunk is
+// then no longer valid.
+func (s *shaper) release() {
+	if s.big != nil {
+		putBuf(s.big)
+		s.big = nil
+	}
+}
 
 // push takes the next plaintext bytes from the datacenter and returns what
 // may be sent to the app now, possibly nothing. The chunk is valid until
-// the next call.
+// the next call or release.
 func (s *shaper) push(p []byte) []byte {
 	if s.raw {
 		return p
 	}
+	s.take()
 	for len(p) > 0 {
 		if s.left > 0 {
 			n := min(s.left, len(p))
@@ -86,10 +114,9 @@ func (s *shaper) push(p []byte) []byte {
 				// Not MTProto framing: pass everything on, held bytes
 				// first, rather than wait for a packet that never ends.
 				s.raw = true
-				out := append(append(s.out[:0], s.buf...), s.hdr[:s.nhdr]...)
+				out := append(s.buf, s.hdr[:s.nhdr]...)
 				out = append(out, p...)
-				s.buf, s.nhdr, s.left = s.buf[:0], 0, 0
-				s.out = out
+				s.buf, s.nhdr, s.left = s.held[:0], 0, 0
 				return out
 			}
 			s.start = len(s.buf)
@@ -168,6 +195,7 @@ func (s *shaper) end() []byte {
 	if s.raw {
 		return nil
 	}
+	s.take()
 	b := s.boundary()
 	s.buf = append(s.buf, s.hdr[:s.nhdr]...)
 	s.nhdr, s.left = 0, 0
@@ -178,25 +206,20 @@ func (s *shaper) end() []byte {
 	return s.cut(b, true)
 }
 
-// cut takes the first n bytes of buf as the next chunk. If they end at a
-// packet boundary and make less than MinRecordLen bytes, NOP packets
-// follow them, where the framing has them.
+// cut takes the first n bytes of buf as the next chunk, and moves the
+// rest back into the shaper's own array. If they end at a packet boundary
+// and make less than MinRecordLen bytes, NOP packets follow them, where
+// the framing has them.
 func (s *shaper) cut(n int, boundary bool) []byte {
+	out := s.buf[:n]
+	s.buf = append(s.held[:0], s.buf[n:]...)
 	if n == 0 {
 		return nil
-	}
-	var out []byte
-	if n == len(s.buf) { // the usual case: swap the buffers, copy nothing
-		out, s.buf = s.buf, s.out[:0]
-	} else {
-		out = append(s.out[:0], s.buf[:n]...)
-		s.buf = s.buf[:copy(s.buf, s.buf[n:])]
 	}
 	if boundary && s.proto == PaddedIntermediate {
 		out = s.appendNOPs(out)
 	}
 	s.start = max(0, s.start-n)
-	s.out = out
 	return out
 }
 

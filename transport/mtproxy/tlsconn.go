@@ -16,121 +16,117 @@ import (
 // none shorter than [MinRecordLen] unless the write is, and sent in one
 // write where they fit.
 //
+// A TLSConn holds no buffer while idle: a Read reads the connection
+// straight into its caller's buffer and takes the record headers out in
+// place, and a Write borrows its buffer from a pool.
+//
 // Reads and writes may run concurrently with each other, but not with
 // themselves.
 type TLSConn struct {
 	net.Conn
-	r    io.Reader
-	left int  // payload bytes left in the record being read
-	eof  bool // an alert, or EOF after the last record, was read
+	ahead io.Reader // bytes read ahead of the records, read first; nil once drained
+	hdr   [recordHeaderLen]byte
+	nhdr  int   // bytes of a record header read so far
+	left  int   // payload bytes left in the record being read
+	skip  bool  // the record being read is a ChangeCipherSpec: its byte is dropped
+	eof   bool  // an alert was read
+	rerr  error // a read error held back while bytes read with it are returned
 
-	wmu  sync.Mutex
-	wbuf []byte
+	wmu sync.Mutex
 }
 
-// NewTLSConn returns a TLSConn on conn whose reads come from r (conn
-// itself if r is nil; a buffered reader over conn when bytes were read
-// ahead). It writes no ChangeCipherSpec record of its own: the app's, sent
-// before its first ApplicationData record, is the app's to write.
+// NewTLSConn returns a TLSConn on conn whose reads come first from r, if
+// r is not nil: a reader over conn that read bytes ahead (a
+// *bufio.Reader, which the TLSConn lets go once it has nothing buffered;
+// any other reader is read until it ends).
 func NewTLSConn(conn net.Conn, r io.Reader) *TLSConn {
-	if r == nil {
-		r = conn
-	}
-	return &TLSConn{Conn: conn, r: r}
+	return &TLSConn{Conn: conn, ahead: r}
 }
 
-// Read reads application data. It returns what one record holds, and
-// continues into the following records as far as their bytes are already
-// buffered (when reads come from a *bufio.Reader), so that a reader with a
-// large buffer gets large reads: the relay then forwards big chunks.
+// Read reads application data: the payloads of as many records as one
+// read of the connection brings, up to len(p).
 func (t *TLSConn) Read(p []byte) (int, error) {
-	if t.eof {
-		return 0, io.EOF
+	if len(p) == 0 {
+		return 0, nil
 	}
-	n := 0
-	for n < len(p) {
-		if t.left == 0 {
-			if n > 0 && t.buffered() < recordHeaderLen+1 {
-				break // the next record is not all here: do not block
-			}
-			if err := t.readHeader(); err != nil {
-				if n > 0 && err == io.EOF {
-					t.eof = true
-					break
-				}
-				return n, err
-			}
-			if t.left == 0 {
-				continue
-			}
+	for {
+		if t.eof {
+			return 0, io.EOF
 		}
-		m := min(len(p)-n, t.left)
-		if n > 0 {
-			if m = min(m, t.buffered()); m == 0 {
-				break
+		if t.rerr != nil {
+			return 0, t.rerr
+		}
+		n, err := t.src().Read(p)
+		k, perr := t.strip(p[:n])
+		if perr != nil {
+			t.rerr = perr
+			return k, perr
+		}
+		if err == io.EOF && t.ahead != nil {
+			t.ahead, err = nil, nil // what was read ahead has ended: on to conn
+		}
+		if err != nil {
+			if err == io.EOF && (t.left > 0 || t.nhdr > 0) {
+				err = fmt.Errorf("mtproxy: record: %w", io.ErrUnexpectedEOF)
 			}
+			t.rerr = err
 		}
-		k, err := t.r.Read(p[n : n+m])
-		n += k
-		t.left -= k
-		if err == io.EOF && t.left > 0 {
-			return n, fmt.Errorf("mtproxy: record payload: %w", io.ErrUnexpectedEOF)
-		}
-		if err != nil && err != io.EOF {
-			return n, err
-		}
-		if err == io.EOF {
-			break // the next Read reports it at a record boundary
+		if k > 0 || t.eof {
+			return k, nil
 		}
 	}
-	return n, nil
 }
 
-// buffered returns how many bytes can be read without blocking, as far as
-// is known.
-func (t *TLSConn) buffered() int {
-	if br, ok := t.r.(*bufio.Reader); ok {
-		return br.Buffered()
+// src returns what to read next: the bytes read ahead, while some are
+// left, else the connection.
+func (t *TLSConn) src() io.Reader {
+	if br, ok := t.ahead.(*bufio.Reader); ok && br.Buffered() == 0 {
+		t.ahead = nil
 	}
-	return 0
+	if t.ahead != nil {
+		return t.ahead
+	}
+	return t.Conn
 }
 
-// readHeader reads record headers until one of application data, which it
-// leaves in t.left (possibly zero). ChangeCipherSpec records are skipped;
-// an alert is io.EOF.
-func (t *TLSConn) readHeader() error {
-	var hdr [recordHeaderLen]byte
-	if _, err := io.ReadFull(t.r, hdr[:]); err != nil {
-		if err == io.ErrUnexpectedEOF {
-			return fmt.Errorf("mtproxy: record header: %w", err)
+// strip takes the record headers (and ChangeCipherSpec payloads) out of
+// b, the next bytes read, moving the application data to the front, and
+// returns its length. After an alert the rest is dropped.
+func (t *TLSConn) strip(b []byte) (int, error) {
+	w := 0
+	for i := 0; i < len(b); {
+		if t.left > 0 {
+			m := min(t.left, len(b)-i)
+			if !t.skip {
+				w += copy(b[w:], b[i:i+m])
+			}
+			t.left -= m
+			i += m
+			continue
 		}
-		return err
-	}
-	n := int(binary.BigEndian.Uint16(hdr[3:]))
-	switch {
-	case hdr[1] != 3:
-		return fmt.Errorf("mtproxy: record version %#x%02x", hdr[1], hdr[2])
-	case hdr[0] == recordApplication:
-		t.left = n
-	case hdr[0] == recordChangeCipher && n == 1:
-		var b [1]byte
-		if _, err := io.ReadFull(t.r, b[:]); err != nil {
-			return fmt.Errorf("mtproxy: change cipher spec: %w", noEOF(err))
+		t.hdr[t.nhdr] = b[i]
+		t.nhdr++
+		i++
+		if t.nhdr < recordHeaderLen {
+			continue
 		}
-	case hdr[0] == recordAlert:
-		t.eof = true
-		return io.EOF
-	default:
-		return fmt.Errorf("mtproxy: unexpected record type %#x", hdr[0])
+		t.nhdr = 0
+		n := int(binary.BigEndian.Uint16(t.hdr[3:]))
+		switch typ := t.hdr[0]; {
+		case t.hdr[1] != 3:
+			return w, fmt.Errorf("mtproxy: record version %#x%02x", t.hdr[1], t.hdr[2])
+		case typ == recordApplication:
+			t.left, t.skip = n, false
+		case typ == recordChangeCipher && n == 1:
+			t.left, t.skip = n, true
+		case typ == recordAlert:
+			t.eof = true
+			return w, nil
+		default:
+			return w, fmt.Errorf("mtproxy: unexpected record type %#x", typ)
+		}
 	}
-	return nil
-}
-
-func noEOF(err error) error {
-	if err == io.EOF {
-		return io.ErrUnexpectedEOF
-	}
-	return err
+	return w, nil
 }
 
 // maxWriteBatch bounds the bytes Write buffers before writing to the conn.
@@ -143,9 +139,11 @@ const maxWriteBatch = 4 * (maxPayload + recordHeaderLen)
 func (t *TLSConn) Write(p []byte) (int, error) {
 	t.wmu.Lock()
 	defer t.wmu.Unlock()
+	bp := getBuf()
+	defer putBuf(bp)
 	sent, batched := 0, 0
-	b := t.wbuf[:0]
-	defer func() { t.wbuf = b[:0] }()
+	b := (*bp)[:0]
+	defer func() { *bp = b[:0] }()
 	for len(p) > 0 {
 		n := recordLen(len(p))
 		b = append(b, recordApplication, version12[0], version12[1], byte(n>>8), byte(n))

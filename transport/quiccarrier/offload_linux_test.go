@@ -111,4 +111,3 @@ func TestFrontDoorGRO(t *testing.T) {
 		t.Errorf("the door read %d coalesced buffers, want 1", n)
 	}
 }
-

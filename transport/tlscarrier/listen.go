@@ -532,13 +532,14 @@ func (l *Listener) serveCarrier(ctx context.Context, c net.Conn, first []byte, k
 // the connection.
 func (l *Listener) serveMTProxy(ctx context.Context, c net.Conn, br *bufio.Reader, key transport.Key, secret mtproxy.Key, h *mtproxy.ClientHello) {
 	c.SetDeadline(time.Now().Add(mtproxyHandshakeTimeout))
-	// A large read buffer lets TLSConn return several records per read,
-	// so the relay forwards big chunks with few system calls.
 	appData := 0
 	if l.cfg.Mirror != nil {
 		appData = l.cfg.Mirror.MTProxyAppData()
 	}
-	app, in, err := mtproxy.AcceptAppSized(c, bufio.NewReaderSize(br, 32<<10), secret, h, appData)
+	// br holds what came after the hello; the app's TLSConn reads it
+	// first, then lets it go and reads c straight into the relay's
+	// buffers, several records at a time.
+	app, in, err := mtproxy.AcceptAppSized(c, br, secret, h, appData)
 	c.SetDeadline(time.Time{})
 	if err != nil {
 		l.log.Debug("MTProxy handshake failed", "transport", mtproxy.Carrier, "key", key.Name(), "err", err)
