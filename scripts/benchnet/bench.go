@@ -36,8 +36,12 @@ var allTests = []string{"1", "100", "open", "rtt", "hs", "idle"}
 // idlePaths those whose idle sessions test idle measures.
 var (
 	hsPaths   = []string{"tls", "plain-tls", "quic", "plain-quic"}
-	idlePaths = []string{"tls", "plain-tls"}
+	idlePaths = allPaths
 )
+
+// twoConnPaths are the paths whose relay side holds two TCP connections
+// per idle session (the app's and the datacenter's).
+var twoConnPaths = []string{"mtproxy", "splice"}
 
 // coverName is the relay's server name (its link's sni).
 const coverName = "cover.bench.test"
@@ -213,7 +217,12 @@ type lab struct {
 	link                        *link.Link
 	secret                      mtproxy.Secret
 	hello                       []byte
-	idleDir, idleAddr, idleLink string
+	// The idle test's relays: TLS carrier and MTProxy mode, and QUIC.
+	idleDir, idleAddr, idleLink             string
+	idleSecret                              mtproxy.Secret
+	idleQUICDir, idleQUICAddr, idleQUICLink string
+
+	nofile uint64 // RLIMIT_NOFILE, raised
 
 	paths  map[string]*path
 	res    results
@@ -264,10 +273,10 @@ func (l *lab) setup(ctx context.Context) error {
 			return fmt.Errorf("run: --bin: %w", err)
 		}
 	}
-	if nofile, err := raiseNoFile(); err != nil {
+	if l.nofile, err = raiseNoFile(); err != nil {
 		return fmt.Errorf("raise RLIMIT_NOFILE: %w", err)
-	} else if need := uint64(slices.Max(l.cfg.sessions)) + 1000; l.wantsTest("idle") && nofile < need {
-		return fmt.Errorf("RLIMIT_NOFILE is %d, test idle needs about %d: raise it (ulimit -n) or lower --sessions", nofile, need)
+	} else if need := uint64(slices.Max(l.cfg.sessions)) + 1000; l.wantsTest("idle") && l.nofile < need {
+		return fmt.Errorf("RLIMIT_NOFILE is %d, test idle needs about %d: raise it (ulimit -n) or lower --sessions", l.nofile, need)
 	}
 	if l.cfg.workdir != "" {
 		l.dir = l.cfg.workdir
@@ -311,12 +320,19 @@ func (l *lab) setup(ctx context.Context) error {
 			return err
 		}
 	}
-	if l.wantsTest("idle") && l.wants("tls") {
+	if l.wantsTest("idle") && (l.wants("tls") || l.wants("mtproxy")) {
 		var lk *link.Link
-		if l.idleDir, l.idleAddr, lk, _, err = l.initRelay("relay-idle", false); err != nil {
+		if l.idleDir, l.idleAddr, lk, l.idleSecret, err = l.initRelay("relay-idle", false); err != nil {
 			return err
 		}
 		l.idleLink = lk.String()
+	}
+	if l.wantsTest("idle") && l.wants("quic") {
+		var lk *link.Link
+		if l.idleQUICDir, l.idleQUICAddr, lk, _, err = l.initRelay("relay-idle-quic", true); err != nil {
+			return err
+		}
+		l.idleQUICLink = lk.String()
 	}
 	for _, carrier := range []string{"tls", "quic"} {
 		if !l.wants(carrier) {
@@ -833,10 +849,14 @@ var (
 
 // sessionsDriver starts the many-sessions driver for p against addr.
 func (l *lab) sessionsDriver(kind, addr, linkText string) (*proc, error) {
-	args := []string{"sessions", "--kind", kind, "--addr", addr}
-	if linkText != "" {
+	args := []string{"sessions", "--kind", kind, "--addr", addr, "--buf=" + strconv.Itoa(l.cfg.buf)}
+	switch {
+	case kind == "mtproxy":
+		args = append(args, "--secret", linkText)
+	case kind == "splice":
+	case linkText != "":
 		args = append(args, "--link", linkText)
-	} else {
+	default:
 		args = append(args, "--pin", l.pin)
 	}
 	d, err := startInteractive("sessions-"+kind, l.logs, l.self, args...)
@@ -892,23 +912,49 @@ func (l *lab) testHandshake(p *path) error {
 }
 
 // testIdle measures, for each --sessions count, the memory and CPU a
-// fresh relay (or tls-server) spends on that many idle sessions (or
-// connections). Each count gets a fresh server, so that its delta starts
-// from the same baseline and no session outlives the relay's idle timeout
-// (64 s without a stream) before it is counted.
+// fresh relay (or tls-server, quic-server, splice) spends on that many
+// idle sessions (or connections). Each count gets a fresh server, so that
+// its delta starts from the same baseline and no session outlives the
+// relay's idle timeout (64 s without a stream) before it is counted.
+// Carrier sessions and tunnel connections idle without a stream; an
+// MTProxy (or splice) connection is itself the app's stream to its
+// datacenter, and idles after echoing one --buf packet, as an app's
+// connections idle between uses.
 func (l *lab) testIdle(ctx context.Context, p *path) error {
 	for _, n := range l.cfg.sessions {
+		if slices.Contains(twoConnPaths, p.name) && uint64(2*n+1000) > l.nofile {
+			l.logf("%s: no idle test at %d sessions: the relay side needs two descriptors a session, RLIMIT_NOFILE is %d", p.name, n, l.nofile)
+			continue
+		}
 		var srv *proc
 		var addr, linkText string
 		var err error
-		if p.name == "tls" {
+		bufArg := "--buf=" + strconv.Itoa(l.cfg.buf)
+		switch p.name {
+		case "tls", "mtproxy":
 			srv, err = l.runRelay("relay-idle", l.idleDir)
 			addr, linkText = l.idleAddr, l.idleLink
-		} else {
-			srv, addr, err = l.startRole("tls-server-idle", "tls-server", "--cert", l.tunnelCert, "--key", l.tunnelKey,
-				"--buf="+strconv.Itoa(l.cfg.buf))
+			if p.name == "mtproxy" {
+				linkText = l.idleSecret.String()
+			}
+		case "quic":
+			if srv, err = l.runRelay("relay-idle-quic", l.idleQUICDir); err == nil {
+				_, _, err = srv.waitFor(regexp.MustCompile(`relay listening.*transport=quic`), 0, 30*time.Second)
+			}
+			addr, linkText = l.idleQUICAddr, l.idleQUICLink
+		case "plain-tls":
+			srv, addr, err = l.startRole("tls-server-idle", "tls-server", "--cert", l.tunnelCert, "--key", l.tunnelKey, bufArg)
+		case "plain-quic":
+			srv, addr, err = l.startRole("quic-server-idle", "quic-server", "--cert", l.tunnelCert, "--key", l.tunnelKey, bufArg)
+		case "splice":
+			srv, addr, err = l.startRole("splice-idle", "splice", "--to", l.obfsAddr, bufArg)
+		default:
+			return fmt.Errorf("no idle test for path %s", p.name)
 		}
 		if err != nil {
+			if srv != nil {
+				l.drop(srv)
+			}
 			return err
 		}
 		err = l.idleOnce(ctx, p.name, srv, addr, linkText, n)

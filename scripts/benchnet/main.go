@@ -15,7 +15,7 @@
 //	benchnet quic-server --listen ADDR --cert FILE --key FILE [--buf 64KiB]
 //	benchnet quic-client --listen ADDR --server ADDR --pin HEX [--buf 64KiB]
 //	benchnet splice --listen ADDR --to ADDR [--buf 64KiB]
-//	benchnet sessions --kind tls|plain-tls|quic|plain-quic --addr ADDR (--link LINK | --pin HEX)
+//	benchnet sessions --kind tls|plain-tls|quic|plain-quic|mtproxy|splice --addr ADDR (--link LINK | --pin HEX | --secret SECRET) [--buf 64KiB]
 //
 // run is the benchmark: it starts every other role below as a child
 // process of its own, plus the real merpati-relay and merpati binaries
@@ -45,10 +45,14 @@
 //	       (plain-tls, plain-quic) opened by the sessions driver process,
 //	       8 at a time: handshakes/s, and CPU per handshake of the driver
 //	       and of the relay side
-//	idle   tls and plain-tls only: for each of --sessions, a fresh relay
-//	       (or tls-server) and a sessions driver holding that many idle
-//	       sessions (without streams) or connections: relay-side memory
-//	       per session (VmRSS delta) and CPU (percent of one core over
+//	idle   for each of --sessions, a fresh relay (or tls-server,
+//	       quic-server, splice) and a sessions driver holding that many
+//	       idle carrier sessions (without streams), tunnel connections,
+//	       or app connections to the DC (mtproxy, splice: each echoes
+//	       one --buf packet first, and holds two TCP connections on the
+//	       relay side, so a count needs twice its descriptors and is
+//	       left out where RLIMIT_NOFILE is short): relay-side memory per
+//	       session (VmRSS delta) and CPU (percent of one core over
 //	       --idle-window). A fresh server per count keeps every session
 //	       younger than the relay's idle timeout (64 s without a stream).
 //

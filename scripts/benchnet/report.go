@@ -97,7 +97,8 @@ func (l *lab) report(w io.Writer) {
 		}
 	}
 	if len(idle) > 0 {
-		fmt.Fprintf(w, "\nIdle sessions (tls: carrier sessions without streams; plain-tls: TLS connections), relay side; CPU over %v:\n\n", c.idleWindow)
+		fmt.Fprintf(w, "\nIdle sessions, relay side (tls, quic: carrier sessions without streams; plain-tls, plain-quic: tunnel connections;\n"+
+			"mtproxy, splice: app connections to the DC after one %s echo, two TCP connections each); CPU over %v:\n\n", formatSize(int64(c.buf)), c.idleWindow)
 		fmt.Fprintln(w, "| path | sessions | relay KB/session (VmRSS delta) | relay idle CPU, % of a core |")
 		fmt.Fprintln(w, "|---|---|---|---|")
 		for _, p := range idle {

@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"strconv"
 	"strings"
@@ -18,6 +19,8 @@ import (
 	"github.com/merpati/merpati/transport"
 	"github.com/merpati/merpati/transport/auth"
 	"github.com/merpati/merpati/transport/link"
+	"github.com/merpati/merpati/transport/mtproxy"
+	"github.com/merpati/merpati/transport/mtproxy/mtproxytest"
 	"github.com/merpati/merpati/transport/quiccarrier"
 	"github.com/merpati/merpati/transport/tlscarrier"
 )
@@ -28,9 +31,11 @@ import (
 const openConcurrency = 8
 
 // cmdSessions is the many-sessions driver: it opens idle carrier sessions
-// (tls, quic: with the link's key, straight to the relay) or idle
-// connections (plain-tls, plain-quic: to the tunnel server) on command and
-// holds them. Commands, one a line on standard input:
+// (tls, quic: with the link's key, straight to the relay), idle
+// connections (plain-tls, plain-quic: to the tunnel server) or idle app
+// connections to the datacenter (mtproxy: FakeTLS to the relay; splice:
+// through the one-hop splice), each of which first echoes one packet, on
+// command and holds them. Commands, one a line on standard input:
 //
 //	open N    open N more; answers "opened N SECONDS" or "error ..."
 //	count     answers "sessions N", those still alive
@@ -38,14 +43,23 @@ const openConcurrency = 8
 // End of input closes them all and ends the process.
 func cmdSessions(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("sessions", stderr)
-	kind := fs.String("kind", "", "tls, plain-tls, quic or plain-quic (required)")
-	addr := fs.String("addr", "", "relay or tunnel server address (required)")
+	kind := fs.String("kind", "", "tls, plain-tls, quic, plain-quic, mtproxy or splice (required)")
+	addr := fs.String("addr", "", "relay, tunnel server or splice address (required)")
 	linkText := fs.String("link", "", "merpati:// link (tls, quic)")
 	pin := fs.String("pin", "", "hex SHA-256 of the tunnel server certificate's SubjectPublicKeyInfo (plain-tls, plain-quic)")
+	secret := fs.String("secret", "", "the relay's MTProxy secret, as a tg://proxy link has it (mtproxy)")
+	bufSize := sizeValue(64 << 10)
+	fs.Var(&bufSize, "buf", "the packet each mtproxy or splice connection echoes before it idles")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	dial, err := sessionDialer(*kind, *addr, *linkText, *pin)
+	var dial sessionDial
+	var err error
+	if *kind == "mtproxy" || *kind == "splice" {
+		dial, err = appDialer(*kind, *addr, *secret, int(bufSize))
+	} else {
+		dial, err = sessionDialer(*kind, *addr, *linkText, *pin)
+	}
 	if err != nil {
 		return fmt.Errorf("sessions: %w", err)
 	}
@@ -178,4 +192,53 @@ func sessionDialer(kind, addr, linkText, pin string) (sessionDial, error) {
 		}, nil
 	}
 	return nil, fmt.Errorf("--kind %q: want tls, plain-tls, quic or plain-quic", kind)
+}
+
+// appDialer opens the app connections of the mtproxy and splice paths:
+// each completes its handshakes (FakeTLS and obfuscated2 to the relay, or
+// obfuscated2 through the splice), echoes one packet of size bytes
+// through the datacenter, and is then held idle.
+func appDialer(kind, addr, secretText string, size int) (sessionDial, error) {
+	if addr == "" {
+		return nil, fmt.Errorf("--addr is required")
+	}
+	var hs func(c net.Conn) (net.Conn, error)
+	if kind == "mtproxy" {
+		secret, err := mtproxy.ParseSecret(secretText)
+		if err != nil {
+			return nil, fmt.Errorf("--secret: %w", err)
+		}
+		rec, err := helloRecord(secret.Host)
+		if err != nil {
+			return nil, err
+		}
+		hs = func(c net.Conn) (net.Conn, error) {
+			return mtproxytest.ClientHandshake(c, secret, rec, time.Now(), mtproxy.PaddedIntermediate, dcObfs)
+		}
+	} else {
+		hs = func(c net.Conn) (net.Conn, error) { return mtproxy.StartDC(c, mtproxy.PaddedIntermediate, dcObfs) }
+	}
+	msg := append(header(modeEcho, 0), packet(size)...)
+	return func(ctx context.Context) (func(), func() bool, error) {
+		c, err := dialSpread(addr)
+		if err != nil {
+			return nil, nil, err
+		}
+		if dl, ok := ctx.Deadline(); ok {
+			c.SetDeadline(dl)
+		}
+		s, err := hs(c)
+		if err == nil {
+			_, err = s.Write(msg)
+		}
+		if err == nil {
+			_, err = io.ReadFull(s, make([]byte, size))
+		}
+		if err != nil {
+			c.Close()
+			return nil, nil, fmt.Errorf("%s connection: %w", kind, err)
+		}
+		c.SetDeadline(time.Time{})
+		return func() { c.Close() }, func() bool { return true }, nil
+	}, nil
 }

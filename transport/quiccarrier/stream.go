@@ -130,29 +130,62 @@ func (s *stream) Read(b []byte) (int, error) {
 	s.rmu.Lock()
 	defer s.rmu.Unlock()
 	for len(s.cur) == 0 {
-		if s.curBuf != nil {
-			chunkPool.Put(s.curBuf)
-			s.curBuf = nil
+		if err := s.nextChunk(); err != nil {
+			return 0, err
 		}
-		if s.rerr != nil {
-			return 0, s.rerr
-		}
-		c, err := deadline.Recv(s.rdl, s.chunks, s.closed)
-		if err != nil {
-			return 0, fmt.Errorf("quiccarrier: %w", err)
-		}
-		if c.buf == nil && c.err == nil {
-			// The channel cannot close; a zero chunk means nothing.
-			continue
-		}
-		if c.buf != nil {
-			s.curBuf, s.cur = c.buf, (*c.buf)[:c.n]
-		}
-		s.rerr = c.err
 	}
 	n := copy(b, s.cur)
 	s.cur = s.cur[n:]
 	return n, nil
+}
+
+// SpliceTo writes what the stream reads to w straight from the reader
+// goroutine's chunks, sparing [transport.Splice] a copy (see
+// [transport.Splicer]). It honours the read deadline as Read does.
+func (s *stream) SpliceTo(w io.Writer, count func(int)) (int64, error) {
+	s.rmu.Lock()
+	defer s.rmu.Unlock()
+	var total int64
+	for {
+		if len(s.cur) == 0 {
+			if err := s.nextChunk(); err == io.EOF {
+				return total, nil
+			} else if err != nil {
+				return total, err
+			}
+			continue
+		}
+		n, err := w.Write(s.cur)
+		s.cur = s.cur[n:]
+		total += int64(n)
+		if count != nil && n > 0 {
+			count(n)
+		}
+		if err != nil {
+			return total, err
+		}
+	}
+}
+
+// nextChunk lets the spent chunk go and takes the next one into cur, or
+// returns the reader's final error once all was read. s.rmu is held.
+func (s *stream) nextChunk() error {
+	if s.curBuf != nil {
+		chunkPool.Put(s.curBuf)
+		s.curBuf = nil
+	}
+	if s.rerr != nil {
+		return s.rerr
+	}
+	c, err := deadline.Recv(s.rdl, s.chunks, s.closed)
+	if err != nil {
+		return fmt.Errorf("quiccarrier: %w", err)
+	}
+	if c.buf != nil {
+		s.curBuf, s.cur = c.buf, (*c.buf)[:c.n]
+	}
+	s.rerr = c.err
+	return nil
 }
 
 func (s *stream) Write(b []byte) (int, error) {
