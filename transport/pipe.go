@@ -47,10 +47,15 @@ type closeWriter interface{ CloseWrite() error }
 // copyHalf copies src to dst. On a clean EOF from src it half-closes dst;
 // on any other error it aborts both conns.
 //
-// It reads into a small buffer of its own and takes a big one from the
-// pool only while reads fill the small one, giving it back after a short
-// read: a relay's many quiet streams (Telegram keeps connections open for
-// hours) then hold 2 KiB each, not a big buffer per direction.
+// A relay's many quiet streams (Telegram keeps connections open for
+// hours) must not each hold a big buffer per direction. copyHalf reads
+// into a small buffer of its own and takes a big one from the pool only
+// while reads fill the small one, giving it back after a short read. A
+// burst that ends with a longer read would leave the big buffer held by
+// the read that waits for the next burst: where src can wait for data
+// without a buffer (a TCP conn, a [ReadWaiter]), copyHalf gives the big
+// buffer back after any read that did not fill it (src was drained), and
+// takes it again only once more data is there.
 func copyHalf(dst, src net.Conn, count func(int), abort func()) int64 {
 	if sp, ok := src.(Splicer); ok {
 		total, err := sp.SpliceTo(dst, count)
@@ -68,6 +73,7 @@ func copyHalf(dst, src net.Conn, count func(int), abort func()) int64 {
 			size = n
 		}
 	}
+	waits := canWait(src)
 	small := make([]byte, smallBuf)
 	buf := small
 	var bufp *[]byte
@@ -77,7 +83,15 @@ func copyHalf(dst, src net.Conn, count func(int), abort func()) int64 {
 		}
 	}()
 	var total int64
+	drained := false // a read did not fill the big buffer: wait before taking it again
 	for {
+		if drained {
+			drained = false
+			if WaitRead(src) {
+				bufp = bufPool.Get().(*[]byte)
+				buf = (*bufp)[:size]
+			}
+		}
 		n, rerr := src.Read(buf)
 		if n > 0 {
 			w, werr := dst.Write(buf[:n])
@@ -94,9 +108,10 @@ func copyHalf(dst, src net.Conn, count func(int), abort func()) int64 {
 		case bufp == nil && n == len(buf):
 			bufp = bufPool.Get().(*[]byte)
 			buf = (*bufp)[:size]
-		case bufp != nil && n < size/8:
+		case bufp != nil && (n < size/8 || waits && n < len(buf)):
 			bufPool.Put(bufp)
 			bufp, buf = nil, small
+			drained = n >= size/8
 		}
 		if rerr != nil {
 			if errors.Is(rerr, io.EOF) {
@@ -110,6 +125,15 @@ func copyHalf(dst, src net.Conn, count func(int), abort func()) int64 {
 			return total
 		}
 	}
+}
+
+// canWait reports whether WaitRead can wait for c.
+func canWait(c net.Conn) bool {
+	switch c.(type) {
+	case ReadWaiter, *net.TCPConn:
+		return true
+	}
+	return false
 }
 
 // Buffer sizes of copyHalf: the big one is what a TLS tunnel's copy loop

@@ -10,6 +10,8 @@ import (
 	"io"
 	"net"
 	"sync"
+
+	"github.com/merpati/merpati/transport"
 )
 
 // InitLen is the length of an obfuscated2 init.
@@ -209,6 +211,10 @@ func (o *ObfsConn) Write(p []byte) (int, error) {
 
 // CloseWrite half-closes the underlying conn, if it can.
 func (o *ObfsConn) CloseWrite() error { return closeWrite(o.Conn) }
+
+// WaitRead waits for the underlying conn to have something to read (see
+// [transport.ReadWaiter]).
+func (o *ObfsConn) WaitRead() bool { return transport.WaitRead(o.Conn) }
 
 func closeWrite(c net.Conn) error {
 	if cw, ok := c.(interface{ CloseWrite() error }); ok {

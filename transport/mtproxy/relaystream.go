@@ -103,6 +103,22 @@ func (s *relayStream) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// WaitRead waits until a Read would not block (see
+// [transport.ReadWaiter]): at once while the open request or the init is
+// still to be read, or before the reply has come (a Read then waits for
+// it), else as the app's connection waits.
+func (s *relayStream) WaitRead() bool {
+	select {
+	case <-s.ready:
+	default:
+		return false
+	}
+	s.rmu.Lock()
+	ready := len(s.req) > 0 || len(s.pending) > 0 || s.readyErr != nil
+	s.rmu.Unlock()
+	return ready || s.app.WaitRead()
+}
+
 // errRefused is returned after the relay refused the stream.
 var errRefused = errors.New("mtproxy: relay refused the stream")
 

@@ -7,6 +7,8 @@ import (
 	"io"
 	"net"
 	"sync"
+
+	"github.com/merpati/merpati/transport"
 )
 
 // A TLSConn carries a byte stream in TLS ApplicationData records, as both
@@ -75,6 +77,25 @@ func (t *TLSConn) Read(p []byte) (int, error) {
 			return k, nil
 		}
 	}
+}
+
+// WaitRead waits until a Read would not block (see
+// [transport.ReadWaiter]): at once if an end or bytes read ahead are
+// there, else as the conn waits.
+func (t *TLSConn) WaitRead() bool {
+	if t.eof || t.rerr != nil {
+		return true
+	}
+	switch r := t.ahead.(type) {
+	case nil:
+	case *bufio.Reader:
+		if r.Buffered() > 0 {
+			return true
+		}
+	default:
+		return false
+	}
+	return transport.WaitRead(t.Conn)
 }
 
 // src returns what to read next: the bytes read ahead, while some are

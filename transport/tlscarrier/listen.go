@@ -493,6 +493,10 @@ func (c *admittedConn) CloseWrite() error {
 	return errors.New("tlscarrier: connection cannot half-close")
 }
 
+// WaitRead waits for the connection to have something to read (see
+// [transport.ReadWaiter]).
+func (c *admittedConn) WaitRead() bool { return transport.WaitRead(c.Conn) }
+
 // serveCarrier completes an authenticated connection (TLS handshake, then
 // HTTP/2) and hands the session to Accept. The connection outlives the
 // handler (acceptloop.Keep): a relay keeps thousands of idle sessions,
