@@ -554,7 +554,20 @@ func (l *Listener) serveMTProxy(ctx context.Context, c net.Conn, br *bufio.Reade
 		l.log.Debug("MTProxy init refused", "transport", mtproxy.Carrier, "key", key.Name(), "err", err)
 		return
 	}
-	l.deliver(ctx, newOneStreamSession(st, key))
+	s := newOneStreamSession(st, key)
+	// As a carrier session, the connection outlives the handler: no
+	// goroutine (with the hello's record on its stack) waits for it.
+	release, kept := acceptloop.Keep(ctx)
+	if !kept {
+		l.deliver(ctx, s)
+		return
+	}
+	s.onEnd = release
+	select {
+	case l.sessions <- s:
+	case <-ctx.Done():
+		s.Close()
+	}
 }
 
 // deliver hands s to Accept and waits until s has ended, or closes it if
@@ -725,6 +738,7 @@ type oneStreamSession struct {
 	given     bool
 	done      chan struct{}
 	closeOnce sync.Once
+	onEnd     func() // if not nil, called once when the session ends
 }
 
 func newOneStreamSession(st transport.Stream, key transport.Key) *oneStreamSession {
@@ -760,6 +774,9 @@ func (s *oneStreamSession) Close() error {
 	s.closeOnce.Do(func() {
 		s.st.(*closeNotifyStream).Stream.Close()
 		close(s.done)
+		if s.onEnd != nil {
+			s.onEnd()
+		}
 	})
 	return nil
 }
@@ -770,6 +787,10 @@ type closeNotifyStream struct {
 	transport.Stream
 	onClose func()
 }
+
+// WaitRead waits for the stream to have something to read, where it can
+// (see [transport.ReadWaiter]).
+func (c *closeNotifyStream) WaitRead() bool { return transport.WaitRead(c.Stream) }
 
 func (c *closeNotifyStream) Close() error {
 	err := c.Stream.Close()

@@ -1,16 +1,22 @@
 package tlscarrier
 
 import (
+	"context"
 	"crypto/tls"
 	"io"
 	"net"
+	"runtime"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"go.uber.org/goleak"
+
 	"github.com/merpati/merpati/transport"
 	"github.com/merpati/merpati/transport/mtproxy"
 	"github.com/merpati/merpati/transport/mtproxy/mtproxytest"
+	"github.com/merpati/merpati/transport/transporttest"
 )
 
 // countingMTProxy refuses every MTProxy hello and counts the checks.
@@ -197,5 +203,83 @@ func sendMTProxyHellos(t *testing.T, addr string, n int) {
 		if err != nil || string(reply) != "cover" {
 			t.Fatalf("hello %d: %q, %v, want the cover site's answer", i, reply, err)
 		}
+	}
+}
+
+// oneSecret accepts the MTProxy hellos its secret signed.
+type oneSecret struct{ s mtproxy.Secret }
+
+func (o oneSecret) AuthenticateMTProxy(h *mtproxy.ClientHello, now time.Time) (transport.Key, mtproxy.Key, error) {
+	if err := h.Verify(o.s.Key, now, MTProxyWindow); err != nil {
+		return nil, mtproxy.Key{}, transport.ErrUnauthenticated
+	}
+	return transporttest.KeyName("app"), o.s.Key, nil
+}
+
+// TestMTProxySessionKept: once an app's MTProxy connection is handed on as
+// a session, no goroutine of the listener's waits for it (the handler,
+// with the hello's record on its stack, has returned), and closing the
+// listener still ends the session and closes the app's connection.
+func TestMTProxySessionKept(t *testing.T) {
+	leaks := goleak.IgnoreCurrent()
+	t.Cleanup(func() { goleak.VerifyNone(t, leaks) }) // runs last
+	cover, cert, ln := mtCheckRig(t)
+	secret, _ := mtproxy.NewSecret("cover.example")
+	l, err := Listen(ln, ListenConfig{Certificate: cert, Auth: refuseAll{}, MTProxy: oneSecret{secret}, Cover: cover.Addr().String()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := mtproxytest.ClientHandshake(c, secret, mtproxytest.HelloRecord(t, secret.Host), time.Now(), mtproxy.PaddedIntermediate, 2); err != nil {
+		t.Fatal(err)
+	}
+	s, err := l.Accept(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Carrier() != mtproxy.Carrier {
+		t.Fatalf("a %s session, want %s", s.Carrier(), mtproxy.Carrier)
+	}
+	st, err := s.AcceptStream(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// As a relay does: answer the open request, then read the stream
+	// until it fails, and close it.
+	if _, err := transport.ReadOpenRequest(st); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := (transport.OpenReply{Status: transport.StatusOK}).WriteTo(st); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		io.Copy(io.Discard, st)
+		st.Close()
+	}()
+	for end := time.Now().Add(10 * time.Second); ; {
+		buf := make([]byte, 1<<20)
+		stacks := string(buf[:runtime.Stack(buf, true)])
+		if !strings.Contains(stacks, "serveMTProxy") {
+			break
+		}
+		if time.Now().After(end) {
+			t.Fatalf("a goroutine still serves the handed-on MTProxy connection:\n%s", stacks)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	l.Close()
+	select {
+	case <-s.Done():
+	case <-time.After(10 * time.Second):
+		t.Fatal("the session did not end with the listener")
+	}
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.Copy(io.Discard, c); err != nil {
+		t.Fatalf("the app's connection did not end: %v", err)
 	}
 }
