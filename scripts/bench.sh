@@ -17,7 +17,9 @@
 # the TCP paths), 100 (-streams × -psize
 # down/up), open (stream opens/s), rtt (100-byte round trip p50/p99),
 # hs (handshakes/s and CPU per handshake), idle (relay memory and CPU per
-# idle session at each of -sessions; every path).
+# idle session at each of -sessions; every path), idle-stream (the same
+# with a stream open in each session, after an echo; tls, plain-tls, quic,
+# plain-quic).
 # -workdir DIR keeps the relay directories and every process's log there.
 # MERPATI_CPUPROFILE=/tmp/prof.%p makes every merpati, merpati-relay and benchnet
 # process write a CPU profile (go tool pprof /tmp/prof.PID).

@@ -30,18 +30,23 @@ import (
 var allPaths = []string{"tls", "plain-tls", "quic", "plain-quic", "mtproxy", "splice"}
 
 // The tests, in the order they run in each round.
-var allTests = []string{"1", "100", "open", "rtt", "hs", "idle"}
+var allTests = []string{"1", "100", "open", "rtt", "hs", "idle", "idle-stream"}
 
 // hsPaths are the paths with a handshake of their own (test hs);
 // idlePaths those whose idle sessions test idle measures.
 var (
 	hsPaths   = []string{"tls", "plain-tls", "quic", "plain-quic"}
 	idlePaths = allPaths
+	// streamIdlePaths are those whose idle sessions test idle-stream
+	// measures with a stream open (the others' sessions are streams).
+	streamIdlePaths = hsPaths
 )
 
 // twoConnPaths are the paths whose relay side holds two TCP connections
-// per idle session (the app's and the datacenter's).
+// per idle session (the app's and the datacenter's); with a stream open
+// (test idle-stream), the TCP paths do too.
 var twoConnPaths = []string{"mtproxy", "splice"}
+
 
 // coverName is the relay's server name (its link's sni).
 const coverName = "cover.bench.test"
@@ -275,7 +280,7 @@ func (l *lab) setup(ctx context.Context) error {
 	}
 	if l.nofile, err = raiseNoFile(); err != nil {
 		return fmt.Errorf("raise RLIMIT_NOFILE: %w", err)
-	} else if need := uint64(slices.Max(l.cfg.sessions)) + 1000; l.wantsTest("idle") && l.nofile < need {
+	} else if need := uint64(slices.Max(l.cfg.sessions)) + 1000; (l.wantsTest("idle") || l.wantsTest("idle-stream")) && l.nofile < need {
 		return fmt.Errorf("RLIMIT_NOFILE is %d, test idle needs about %d: raise it (ulimit -n) or lower --sessions", l.nofile, need)
 	}
 	if l.cfg.workdir != "" {
@@ -320,14 +325,15 @@ func (l *lab) setup(ctx context.Context) error {
 			return err
 		}
 	}
-	if l.wantsTest("idle") && (l.wants("tls") || l.wants("mtproxy")) {
+	idle := l.wantsTest("idle") || l.wantsTest("idle-stream")
+	if idle && (l.wants("tls") || l.wants("mtproxy")) {
 		var lk *link.Link
 		if l.idleDir, l.idleAddr, lk, l.idleSecret, err = l.initRelay("relay-idle", false); err != nil {
 			return err
 		}
 		l.idleLink = lk.String()
 	}
-	if l.wantsTest("idle") && l.wants("quic") {
+	if idle && l.wants("quic") {
 		var lk *link.Link
 		if l.idleQUICDir, l.idleQUICAddr, lk, _, err = l.initRelay("relay-idle-quic", true); err != nil {
 			return err
@@ -614,7 +620,11 @@ func (l *lab) measure(ctx context.Context) error {
 					}
 				case "idle":
 					if slices.Contains(idlePaths, name) {
-						err = l.testIdle(ctx, p)
+						err = l.testIdle(ctx, p, false)
+					}
+				case "idle-stream":
+					if slices.Contains(streamIdlePaths, name) {
+						err = l.testIdle(ctx, p, true)
 					}
 				}
 				if errors.Is(err, errStop) {
@@ -848,8 +858,8 @@ var (
 )
 
 // sessionsDriver starts the many-sessions driver for p against addr.
-func (l *lab) sessionsDriver(kind, addr, linkText string) (*proc, error) {
-	args := []string{"sessions", "--kind", kind, "--addr", addr, "--buf=" + strconv.Itoa(l.cfg.buf)}
+func (l *lab) sessionsDriver(kind, addr, linkText string, extra ...string) (*proc, error) {
+	args := append([]string{"sessions", "--kind", kind, "--addr", addr, "--buf=" + strconv.Itoa(l.cfg.buf)}, extra...)
 	switch {
 	case kind == "mtproxy":
 		args = append(args, "--secret", linkText)
@@ -920,9 +930,14 @@ func (l *lab) testHandshake(p *path) error {
 // MTProxy (or splice) connection is itself the app's stream to its
 // datacenter, and idles after echoing one --buf packet, as an app's
 // connections idle between uses.
-func (l *lab) testIdle(ctx context.Context, p *path) error {
+//
+// With stream set (test idle-stream), each carrier session or tunnel
+// connection first opens a stream to the DC, echoes one --buf packet on
+// it, and keeps it open: an app's session between its messages.
+func (l *lab) testIdle(ctx context.Context, p *path, stream bool) error {
 	for _, n := range l.cfg.sessions {
-		if slices.Contains(twoConnPaths, p.name) && uint64(2*n+1000) > l.nofile {
+		two := slices.Contains(twoConnPaths, p.name) || stream && (p.name == "tls" || p.name == "plain-tls")
+		if two && uint64(2*n+1000) > l.nofile {
 			l.logf("%s: no idle test at %d sessions: the relay side needs two descriptors a session, RLIMIT_NOFILE is %d", p.name, n, l.nofile)
 			continue
 		}
@@ -957,7 +972,7 @@ func (l *lab) testIdle(ctx context.Context, p *path) error {
 			}
 			return err
 		}
-		err = l.idleOnce(ctx, p.name, srv, addr, linkText, n)
+		err = l.idleOnce(ctx, p.name, srv, addr, linkText, n, stream)
 		l.drop(srv)
 		if err != nil {
 			return err
@@ -966,7 +981,7 @@ func (l *lab) testIdle(ctx context.Context, p *path) error {
 	return nil
 }
 
-func (l *lab) idleOnce(ctx context.Context, kind string, srv *proc, addr, linkText string, n int) error {
+func (l *lab) idleOnce(ctx context.Context, kind string, srv *proc, addr, linkText string, n int, stream bool) error {
 	sleep := func(d time.Duration) error {
 		select {
 		case <-ctx.Done():
@@ -982,7 +997,11 @@ func (l *lab) idleOnce(ctx context.Context, kind string, srv *proc, addr, linkTe
 	if err != nil {
 		return err
 	}
-	d, err := l.sessionsDriver(kind, addr, linkText)
+	var extra []string
+	if stream {
+		extra = []string{"--stream", "--dc", l.dcAddr}
+	}
+	d, err := l.sessionsDriver(kind, addr, linkText, extra...)
 	if err != nil {
 		return err
 	}
@@ -1010,7 +1029,11 @@ func (l *lab) idleOnce(ctx context.Context, kind string, srv *proc, addr, linkTe
 		l.logf("warning: %s: only %d of %d idle sessions still alive after the measurement", kind, live, n)
 	}
 	suffix := "@" + strconv.Itoa(n)
-	l.record(kind, "idle-kb"+suffix, float64(rss1-rss0)/float64(n))
-	l.record(kind, "idle-cpu"+suffix, (c1[0]-c0[0])/l.cfg.idleWindow.Seconds()*100)
+	prefix := "idle"
+	if stream {
+		prefix = "idlest"
+	}
+	l.record(kind, prefix+"-kb"+suffix, float64(rss1-rss0)/float64(n))
+	l.record(kind, prefix+"-cpu"+suffix, (c1[0]-c0[0])/l.cfg.idleWindow.Seconds()*100)
 	return nil
 }

@@ -15,7 +15,8 @@
 //	benchnet quic-server --listen ADDR --cert FILE --key FILE [--buf 64KiB]
 //	benchnet quic-client --listen ADDR --server ADDR --pin HEX [--buf 64KiB]
 //	benchnet splice --listen ADDR --to ADDR [--buf 64KiB]
-//	benchnet sessions --kind tls|plain-tls|quic|plain-quic|mtproxy|splice --addr ADDR (--link LINK | --pin HEX | --secret SECRET) [--buf 64KiB]
+//	benchnet sessions --kind tls|plain-tls|quic|plain-quic|mtproxy|splice --addr ADDR (--link LINK | --pin HEX | --secret SECRET)
+//	             [--buf 64KiB] [--stream [--dc ADDR]]
 //
 // run is the benchmark: it starts every other role below as a child
 // process of its own, plus the real merpati-relay and merpati binaries
@@ -55,6 +56,12 @@
 //	       session (VmRSS delta) and CPU (percent of one core over
 //	       --idle-window). A fresh server per count keeps every session
 //	       younger than the relay's idle timeout (64 s without a stream).
+//	idle-stream
+//	       tls, plain-tls, quic, plain-quic: test idle with each session
+//	       (or tunnel connection) holding a stream to the DC open after
+//	       echoing one --buf packet on it, as an app's session between
+//	       its messages (on the TCP paths a count needs twice its
+//	       descriptors, as above).
 //
 // MTProxy and splice connections come from loopback addresses in 250
 // different /24 networks in turn: the relay checks at most 50 MTProxy

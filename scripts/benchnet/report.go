@@ -108,6 +108,24 @@ func (l *lab) report(w io.Writer) {
 			}
 		}
 	}
+	var idlest []string
+	for _, p := range c.only {
+		if slices.Contains(streamIdlePaths, p) && l.wantsTest("idle-stream") {
+			idlest = append(idlest, p)
+		}
+	}
+	if len(idlest) > 0 {
+		fmt.Fprintf(w, "\nIdle sessions with a stream open, relay side (each session or connection echoed one %s packet on a stream\n"+
+			"to the DC and keeps it open; the TCP paths hold two TCP connections each); CPU over %v:\n\n", formatSize(int64(c.buf)), c.idleWindow)
+		fmt.Fprintln(w, "| path | sessions | relay KB/session (VmRSS delta) | relay idle CPU, % of a core |")
+		fmt.Fprintln(w, "|---|---|---|---|")
+		for _, p := range idlest {
+			for _, n := range c.sessions {
+				s := "@" + strconv.Itoa(n)
+				fmt.Fprintf(w, "| %s | %d | %s | %s |\n", p, n, num(r.med(p, "idlest-kb"+s), 1), num(r.med(p, "idlest-cpu"+s), 2))
+			}
+		}
+	}
 
 	// Ratios of the targets.
 	var lines []string

@@ -49,7 +49,9 @@ func cmdSessions(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	pin := fs.String("pin", "", "hex SHA-256 of the tunnel server certificate's SubjectPublicKeyInfo (plain-tls, plain-quic)")
 	secret := fs.String("secret", "", "the relay's MTProxy secret, as a tg://proxy link has it (mtproxy)")
 	bufSize := sizeValue(64 << 10)
-	fs.Var(&bufSize, "buf", "the packet each mtproxy or splice connection echoes before it idles")
+	fs.Var(&bufSize, "buf", "the packet each mtproxy or splice connection (or, with --stream, each stream) echoes before it idles")
+	stream := fs.Bool("stream", false, "tls, plain-tls, quic, plain-quic: open a stream to the DC in each session, echo a packet and keep it open")
+	dc := fs.String("dc", "", "the DC's address, for --stream through the plain tunnels")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -58,7 +60,10 @@ func cmdSessions(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	if *kind == "mtproxy" || *kind == "splice" {
 		dial, err = appDialer(*kind, *addr, *secret, int(bufSize))
 	} else {
-		dial, err = sessionDialer(*kind, *addr, *linkText, *pin)
+		dial, err = sessionDialer(*kind, *addr, *linkText, *pin, *dc)
+		if err == nil && *stream {
+			dial = withStream(dial, int(bufSize))
+		}
 	}
 	if err != nil {
 		return fmt.Errorf("sessions: %w", err)
@@ -95,15 +100,15 @@ func cmdSessions(ctx context.Context, args []string, stdout, stderr io.Writer) e
 				wg.Go(func() {
 					for next.Add(1) <= int64(n) && ctx.Err() == nil {
 						dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-						c, ok, err := dial(dctx)
+						h, err := dial(dctx)
 						cancel()
 						if err != nil {
 							firstErr.CompareAndSwap(nil, err)
 							return
 						}
 						mu.Lock()
-						closer = append(closer, c)
-						alive = append(alive, ok)
+						closer = append(closer, h.close)
+						alive = append(alive, h.alive)
 						mu.Unlock()
 					}
 				})
@@ -131,11 +136,55 @@ func cmdSessions(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	return nil
 }
 
-// A sessionDial opens one session and returns how to close it and how to
-// tell whether it is still alive.
-type sessionDial func(ctx context.Context) (closeFn func(), alive func() bool, err error)
+// A sessionDial opens one session.
+type sessionDial func(ctx context.Context) (*held, error)
 
-func sessionDialer(kind, addr, linkText, pin string) (sessionDial, error) {
+// A held session: how to close it, tell whether it is still alive, and
+// open a stream to the DC in it (nil where it has none to open).
+type held struct {
+	close func()
+	alive func() bool
+	open  func(ctx context.Context) (io.ReadWriteCloser, error)
+}
+
+// withStream makes each session of dial open a stream to the DC, echo a
+// packet of size bytes on it, and keep it open (closed with the session).
+func withStream(dial sessionDial, size int) sessionDial {
+	msg := append(header(modeEcho, 0), packet(size)...)
+	return func(ctx context.Context) (*held, error) {
+		h, err := dial(ctx)
+		if err != nil {
+			return nil, err
+		}
+		st, err := h.open(ctx)
+		if err == nil {
+			if dl, ok := ctx.Deadline(); ok {
+				if c, ok := st.(interface{ SetDeadline(time.Time) error }); ok {
+					c.SetDeadline(dl)
+					defer c.SetDeadline(time.Time{})
+				}
+			}
+			if _, err = st.Write(msg); err == nil {
+				_, err = io.ReadFull(st, make([]byte, size))
+			}
+			if err != nil {
+				st.Close()
+			}
+		}
+		if err != nil {
+			h.close()
+			return nil, fmt.Errorf("stream: %w", err)
+		}
+		closeSession := h.close
+		h.close = func() { st.Close(); closeSession() }
+		return h, nil
+	}
+}
+
+// sessionDialer opens carrier sessions (tls, quic) or tunnel connections
+// (plain-tls, plain-quic); their streams go to DC dcPlain, or through the
+// tunnel to dc.
+func sessionDialer(kind, addr, linkText, pin, dc string) (sessionDial, error) {
 	if addr == "" {
 		return nil, fmt.Errorf("--addr is required")
 	}
@@ -158,12 +207,39 @@ func sessionDialer(kind, addr, linkText, pin string) (sessionDial, error) {
 		if err != nil {
 			return nil, err
 		}
-		return func(ctx context.Context) (func(), func() bool, error) {
+		return func(ctx context.Context) (*held, error) {
 			s, err := d.Dial(ctx)
 			if err != nil {
-				return nil, nil, err
+				return nil, err
 			}
-			return func() { s.Close() }, func() bool { return s.Err() == nil }, nil
+			return &held{
+				close: func() { s.Close() },
+				alive: func() bool { return s.Err() == nil },
+				open: func(ctx context.Context) (io.ReadWriteCloser, error) {
+					st, err := s.OpenStream(ctx)
+					if err != nil {
+						return nil, err
+					}
+					// As a merpati client: nothing after the open
+					// request until the relay's reply.
+					if dl, ok := ctx.Deadline(); ok {
+						st.SetDeadline(dl)
+					}
+					_, err = transport.OpenRequest{Target: transport.DCTarget(dcPlain)}.WriteTo(st)
+					var r transport.OpenReply
+					if err == nil {
+						r, err = transport.ReadOpenReply(st)
+					}
+					if err == nil && r.Status != transport.StatusOK {
+						err = &transport.StatusError{Status: r.Status}
+					}
+					if err != nil {
+						st.Close()
+						return nil, err
+					}
+					return st, nil
+				},
+			}, nil
 		}, nil
 	case "plain-tls":
 		conf, err := pinnedConfig(pin, tunnelName, tunnelALPN)
@@ -171,28 +247,51 @@ func sessionDialer(kind, addr, linkText, pin string) (sessionDial, error) {
 			return nil, err
 		}
 		d := &tls.Dialer{Config: conf}
-		return func(ctx context.Context) (func(), func() bool, error) {
+		return func(ctx context.Context) (*held, error) {
 			c, err := d.DialContext(ctx, "tcp", addr)
 			if err != nil {
-				return nil, nil, err
+				return nil, err
 			}
-			return func() { c.Close() }, func() bool { return true }, nil
+			return &held{
+				close: func() { c.Close() },
+				alive: func() bool { return true },
+				open: func(context.Context) (io.ReadWriteCloser, error) {
+					// The connection is the stream.
+					return nopCloser{c}, openTunnel(c, dc)
+				},
+			}, nil
 		}, nil
 	case "plain-quic":
 		conf, err := pinnedConfig(pin, tunnelName, tunnelALPN)
 		if err != nil {
 			return nil, err
 		}
-		return func(ctx context.Context) (func(), func() bool, error) {
+		return func(ctx context.Context) (*held, error) {
 			c, err := quic.DialAddr(ctx, addr, conf, quicTunnelConfig())
 			if err != nil {
-				return nil, nil, err
+				return nil, err
 			}
-			return func() { c.CloseWithError(0, "") }, func() bool { return c.Context().Err() == nil }, nil
+			return &held{
+				close: func() { c.CloseWithError(0, "") },
+				alive: func() bool { return c.Context().Err() == nil },
+				open: func(ctx context.Context) (io.ReadWriteCloser, error) {
+					st, err := c.OpenStreamSync(ctx)
+					if err != nil {
+						return nil, err
+					}
+					return st, openTunnel(st, dc)
+				},
+			}, nil
 		}, nil
 	}
-	return nil, fmt.Errorf("--kind %q: want tls, plain-tls, quic or plain-quic", kind)
+	return nil, fmt.Errorf("--kind %q: want tls, plain-tls, quic, plain-quic, mtproxy or splice", kind)
 }
+
+// nopCloser is a connection that is its session's stream: the session
+// closes it.
+type nopCloser struct{ net.Conn }
+
+func (nopCloser) Close() error { return nil }
 
 // appDialer opens the app connections of the mtproxy and splice paths:
 // each completes its handshakes (FakeTLS and obfuscated2 to the relay, or
@@ -219,10 +318,10 @@ func appDialer(kind, addr, secretText string, size int) (sessionDial, error) {
 		hs = func(c net.Conn) (net.Conn, error) { return mtproxy.StartDC(c, mtproxy.PaddedIntermediate, dcObfs) }
 	}
 	msg := append(header(modeEcho, 0), packet(size)...)
-	return func(ctx context.Context) (func(), func() bool, error) {
+	return func(ctx context.Context) (*held, error) {
 		c, err := dialSpread(addr)
 		if err != nil {
-			return nil, nil, err
+			return nil, err
 		}
 		if dl, ok := ctx.Deadline(); ok {
 			c.SetDeadline(dl)
@@ -236,9 +335,9 @@ func appDialer(kind, addr, secretText string, size int) (sessionDial, error) {
 		}
 		if err != nil {
 			c.Close()
-			return nil, nil, fmt.Errorf("%s connection: %w", kind, err)
+			return nil, fmt.Errorf("%s connection: %w", kind, err)
 		}
 		c.SetDeadline(time.Time{})
-		return func() { c.Close() }, func() bool { return true }, nil
+		return &held{close: func() { c.Close() }, alive: func() bool { return true }}, nil
 	}, nil
 }
