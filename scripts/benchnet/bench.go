@@ -47,7 +47,6 @@ var (
 // (test idle-stream), the TCP paths do too.
 var twoConnPaths = []string{"mtproxy", "splice"}
 
-
 // coverName is the relay's server name (its link's sni).
 const coverName = "cover.bench.test"
 
