@@ -90,42 +90,12 @@ func (l *lab) report(w io.Writer) {
 			}
 		}
 	}
-	var idle []string
-	for _, p := range c.only {
-		if slices.Contains(idlePaths, p) && l.wantsTest("idle") {
-			idle = append(idle, p)
-		}
-	}
-	if len(idle) > 0 {
-		fmt.Fprintf(w, "\nIdle sessions, relay side (tls, quic: carrier sessions without streams; plain-tls, plain-quic: tunnel connections;\n"+
-			"mtproxy, splice: app connections to the DC after one %s echo, two TCP connections each); CPU over %v:\n\n", formatSize(int64(c.buf)), c.idleWindow)
-		fmt.Fprintln(w, "| path | sessions | relay KB/session (VmRSS delta) | relay idle CPU, % of a core |")
-		fmt.Fprintln(w, "|---|---|---|---|")
-		for _, p := range idle {
-			for _, n := range c.sessions {
-				s := "@" + strconv.Itoa(n)
-				fmt.Fprintf(w, "| %s | %d | %s | %s |\n", p, n, num(r.med(p, "idle-kb"+s), 1), num(r.med(p, "idle-cpu"+s), 2))
-			}
-		}
-	}
-	var idlest []string
-	for _, p := range c.only {
-		if slices.Contains(streamIdlePaths, p) && l.wantsTest("idle-stream") {
-			idlest = append(idlest, p)
-		}
-	}
-	if len(idlest) > 0 {
-		fmt.Fprintf(w, "\nIdle sessions with a stream open, relay side (each session or connection echoed one %s packet on a stream\n"+
-			"to the DC and keeps it open; the TCP paths hold two TCP connections each); CPU over %v:\n\n", formatSize(int64(c.buf)), c.idleWindow)
-		fmt.Fprintln(w, "| path | sessions | relay KB/session (VmRSS delta) | relay idle CPU, % of a core |")
-		fmt.Fprintln(w, "|---|---|---|---|")
-		for _, p := range idlest {
-			for _, n := range c.sessions {
-				s := "@" + strconv.Itoa(n)
-				fmt.Fprintf(w, "| %s | %d | %s | %s |\n", p, n, num(r.med(p, "idlest-kb"+s), 1), num(r.med(p, "idlest-cpu"+s), 2))
-			}
-		}
-	}
+	l.idleTable(w, "idle", idlePaths, "idle", fmt.Sprintf("Idle sessions, relay side (tls, quic: carrier sessions without streams; "+
+		"plain-tls, plain-quic: tunnel connections;\nmtproxy, splice: app connections to the DC after one %s echo, "+
+		"two TCP connections each); CPU over %v:", formatSize(int64(c.buf)), c.idleWindow))
+	l.idleTable(w, "idle-stream", streamIdlePaths, "idlest", fmt.Sprintf("Idle sessions with a stream open, relay side "+
+		"(each session or connection echoed one %s packet on a stream\nto the DC and keeps it open; the TCP paths hold "+
+		"two TCP connections each); CPU over %v:", formatSize(int64(c.buf)), c.idleWindow))
 
 	// Ratios of the targets.
 	var lines []string
@@ -169,5 +139,32 @@ func (l *lab) report(w io.Writer) {
 	}
 	if len(lines) > 0 {
 		fmt.Fprintf(w, "\nRatios (of the medians):\n%s\n", strings.Join(lines, "\n"))
+	}
+}
+
+// idleTable prints, under title, the relay's memory and CPU per idle
+// session that test measured (metrics prefix-kb@N and prefix-cpu@N) on
+// those of paths that ran.
+func (l *lab) idleTable(w io.Writer, test string, paths []string, prefix, title string) {
+	if !l.wantsTest(test) {
+		return
+	}
+	var ran []string
+	for _, p := range l.cfg.only {
+		if slices.Contains(paths, p) {
+			ran = append(ran, p)
+		}
+	}
+	if len(ran) == 0 {
+		return
+	}
+	fmt.Fprintf(w, "\n%s\n\n", title)
+	fmt.Fprintln(w, "| path | sessions | relay KB/session (VmRSS delta) | relay idle CPU, % of a core |")
+	fmt.Fprintln(w, "|---|---|---|---|")
+	for _, p := range ran {
+		for _, n := range l.cfg.sessions {
+			s := "@" + strconv.Itoa(n)
+			fmt.Fprintf(w, "| %s | %d | %s | %s |\n", p, n, num(l.res.med(p, prefix+"-kb"+s), 1), num(l.res.med(p, prefix+"-cpu"+s), 2))
+		}
 	}
 }
