@@ -100,13 +100,13 @@ func TestSpliceIdleMemory(t *testing.T) {
 	}
 	// The splices' last writes may still be returning their buffers.
 	per := (float64(heap()) - float64(base)) / n
-	for end := time.Now().Add(10 * time.Second); per > 16<<10 && time.Now().Before(end); {
+	for end := time.Now().Add(10 * time.Second); per > 32<<10 && time.Now().Before(end); {
 		time.Sleep(50 * time.Millisecond)
 		per = (float64(heap()) - float64(base)) / n
 	}
 	runtime.KeepAlive(keep)
 	t.Logf("%.1f KB of heap per quiet splice", per/1000)
-	if per > 16<<10 {
-		t.Errorf("a quiet splice holds %.1f KB of heap, want under 16 KiB", per/1000)
+	if per > 32<<10 {
+		t.Errorf("a quiet splice holds %.1f KB of heap, want under 32 KiB", per/1000)
 	}
 }
