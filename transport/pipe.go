@@ -73,7 +73,7 @@ func copyHalf(dst, src net.Conn, count func(int), abort func()) int64 {
 			size = n
 		}
 	}
-	waits := canWait(src)
+	wait := waiter(src) // nil where src cannot wait for data without a buffer
 	small := make([]byte, smallBuf)
 	buf := small
 	var bufp *[]byte
@@ -87,7 +87,7 @@ func copyHalf(dst, src net.Conn, count func(int), abort func()) int64 {
 	for {
 		if drained {
 			drained = false
-			if WaitRead(src) {
+			if wait() {
 				bufp = bufPool.Get().(*[]byte)
 				buf = (*bufp)[:size]
 			}
@@ -108,7 +108,7 @@ func copyHalf(dst, src net.Conn, count func(int), abort func()) int64 {
 		case bufp == nil && n == len(buf):
 			bufp = bufPool.Get().(*[]byte)
 			buf = (*bufp)[:size]
-		case bufp != nil && (n < size/8 || waits && n < len(buf)):
+		case bufp != nil && (n < size/8 || wait != nil && n < len(buf)):
 			bufPool.Put(bufp)
 			bufp, buf = nil, small
 			drained = n >= size/8
@@ -125,15 +125,6 @@ func copyHalf(dst, src net.Conn, count func(int), abort func()) int64 {
 			return total
 		}
 	}
-}
-
-// canWait reports whether WaitRead can wait for c.
-func canWait(c net.Conn) bool {
-	switch c.(type) {
-	case ReadWaiter, *net.TCPConn:
-		return true
-	}
-	return false
 }
 
 // Buffer sizes of copyHalf: the big one is what a TLS tunnel's copy loop

@@ -17,11 +17,19 @@ type ReadWaiter interface {
 // own WaitRead, or for a TCP connection a poll of its socket. It returns
 // false if c offers neither.
 func WaitRead(c net.Conn) bool {
-	switch c := c.(type) {
-	case ReadWaiter:
-		return c.WaitRead()
-	case *net.TCPConn:
-		return waitSocket(c)
+	if wait := waiter(c); wait != nil {
+		return wait()
 	}
 	return false
+}
+
+// waiter returns how WaitRead waits for c, or nil if it cannot.
+func waiter(c net.Conn) func() bool {
+	switch c := c.(type) {
+	case ReadWaiter:
+		return c.WaitRead
+	case *net.TCPConn:
+		return func() bool { return waitSocket(c) }
+	}
+	return nil
 }

@@ -40,7 +40,9 @@ type TLSConn struct {
 // NewTLSConn returns a TLSConn on conn whose reads come first from r, if
 // r is not nil: a reader over conn that read bytes ahead (a
 // *bufio.Reader, which the TLSConn lets go once it has nothing buffered;
-// any other reader is read until it ends).
+// any other reader is read until it ends). It writes no ChangeCipherSpec
+// record of its own: the app's, sent before its first ApplicationData
+// record, is the app's to write.
 func NewTLSConn(conn net.Conn, r io.Reader) *TLSConn {
 	return &TLSConn{Conn: conn, ahead: r}
 }
@@ -86,14 +88,11 @@ func (t *TLSConn) WaitRead() bool {
 	if t.eof || t.rerr != nil {
 		return true
 	}
-	switch r := t.ahead.(type) {
-	case nil:
-	case *bufio.Reader:
-		if r.Buffered() > 0 {
-			return true
-		}
-	default:
-		return false
+	if r := t.readAhead(); r != nil {
+		// At once from a *bufio.Reader, which holds its bytes;
+		// another reader's Read might block.
+		_, buffered := r.(*bufio.Reader)
+		return buffered
 	}
 	return transport.WaitRead(t.Conn)
 }
@@ -101,13 +100,19 @@ func (t *TLSConn) WaitRead() bool {
 // src returns what to read next: the bytes read ahead, while some are
 // left, else the connection.
 func (t *TLSConn) src() io.Reader {
+	if r := t.readAhead(); r != nil {
+		return r
+	}
+	return t.Conn
+}
+
+// readAhead returns the reader of the bytes read ahead while some are
+// left (as far as is known), else nil: a drained *bufio.Reader is let go.
+func (t *TLSConn) readAhead() io.Reader {
 	if br, ok := t.ahead.(*bufio.Reader); ok && br.Buffered() == 0 {
 		t.ahead = nil
 	}
-	if t.ahead != nil {
-		return t.ahead
-	}
-	return t.Conn
+	return t.ahead
 }
 
 // strip takes the record headers (and ChangeCipherSpec payloads) out of

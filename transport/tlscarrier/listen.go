@@ -517,7 +517,13 @@ func (l *Listener) serveCarrier(ctx context.Context, c net.Conn, first []byte, k
 		l.log.Debug("carrier handshake failed", "key", key.Name(), "err", err)
 		return
 	}
-	s := &serverSession{Session: sess, key: key}
+	l.handOn(ctx, &serverSession{Session: sess, key: key}, kept)
+}
+
+// handOn hands s to Accept. The handler returns at once if its
+// connection was kept ([acceptloop.Keep]: s releases it as it ends), and
+// waits for s to end ([Listener.deliver]) if not.
+func (l *Listener) handOn(ctx context.Context, s transport.ServerSession, kept bool) {
 	if !kept {
 		l.deliver(ctx, s)
 		return
@@ -558,16 +564,8 @@ func (l *Listener) serveMTProxy(ctx context.Context, c net.Conn, br *bufio.Reade
 	// As a carrier session, the connection outlives the handler: no
 	// goroutine (with the hello's record on its stack) waits for it.
 	release, kept := acceptloop.Keep(ctx)
-	if !kept {
-		l.deliver(ctx, s)
-		return
-	}
 	s.onEnd = release
-	select {
-	case l.sessions <- s:
-	case <-ctx.Done():
-		s.Close()
-	}
+	l.handOn(ctx, s, kept)
 }
 
 // deliver hands s to Accept and waits until s has ended, or closes it if
