@@ -573,18 +573,7 @@ func echoOnce(p *path) error {
 		return err
 	}
 	defer s.Close()
-	msg := packet(openEchoLen)
-	if _, err := s.Write(append(header(modeEcho, 0), msg...)); err != nil {
-		return err
-	}
-	got := make([]byte, len(msg))
-	if _, err := io.ReadFull(s, got); err != nil {
-		return err
-	}
-	if string(got) != string(msg) {
-		return errors.New("echo differs")
-	}
-	return nil
+	return echo(s, packet(openEchoLen))
 }
 
 // errStop means the benchmark was interrupted.

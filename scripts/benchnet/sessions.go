@@ -150,7 +150,7 @@ type held struct {
 // withStream makes each session of dial open a stream to the DC, echo a
 // packet of size bytes on it, and keep it open (closed with the session).
 func withStream(dial sessionDial, size int) sessionDial {
-	msg := append(header(modeEcho, 0), packet(size)...)
+	pkt := packet(size)
 	return func(ctx context.Context) (*held, error) {
 		h, err := dial(ctx)
 		if err != nil {
@@ -164,10 +164,7 @@ func withStream(dial sessionDial, size int) sessionDial {
 					defer c.SetDeadline(time.Time{})
 				}
 			}
-			if _, err = st.Write(msg); err == nil {
-				_, err = io.ReadFull(st, make([]byte, size))
-			}
-			if err != nil {
+			if err = echo(st, pkt); err != nil {
 				st.Close()
 			}
 		}
@@ -317,7 +314,7 @@ func appDialer(kind, addr, secretText string, size int) (sessionDial, error) {
 	} else {
 		hs = func(c net.Conn) (net.Conn, error) { return mtproxy.StartDC(c, mtproxy.PaddedIntermediate, dcObfs) }
 	}
-	msg := append(header(modeEcho, 0), packet(size)...)
+	pkt := packet(size)
 	return func(ctx context.Context) (*held, error) {
 		c, err := dialSpread(addr)
 		if err != nil {
@@ -328,10 +325,7 @@ func appDialer(kind, addr, secretText string, size int) (sessionDial, error) {
 		}
 		s, err := hs(c)
 		if err == nil {
-			_, err = s.Write(msg)
-		}
-		if err == nil {
-			_, err = io.ReadFull(s, make([]byte, size))
+			err = echo(s, pkt)
 		}
 		if err != nil {
 			c.Close()

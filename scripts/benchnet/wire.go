@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -67,6 +68,22 @@ func packet(n int) []byte {
 		p[i] = byte(i)
 	}
 	return p
+}
+
+// echo asks the fake DC at the end of s to echo, sends it pkt and reads
+// pkt back: what a new stream or an idle session carries first.
+func echo(s io.ReadWriter, pkt []byte) error {
+	if _, err := s.Write(append(header(modeEcho, 0), pkt...)); err != nil {
+		return err
+	}
+	got := make([]byte, len(pkt))
+	if _, err := io.ReadFull(s, got); err != nil {
+		return err
+	}
+	if !bytes.Equal(got, pkt) {
+		return errors.New("echo differs")
+	}
+	return nil
 }
 
 // sizeValue is a byte count flag that takes plain numbers and KiB, MiB,

@@ -214,38 +214,11 @@ func TestRelayStreamRecords(t *testing.T) {
 // serveDC accepts one app on srv as a relay does, answers its open request
 // and writes chunks to its stream as the datacenter's, encrypted.
 func serveDC(srv net.Conn, s mtproxy.Secret, chunks [][]byte) error {
-	hdr := make([]byte, 5)
-	if _, err := io.ReadFull(srv, hdr); err != nil {
-		return err
-	}
-	rec := append(hdr, make([]byte, int(binary.BigEndian.Uint16(hdr[3:])))...)
-	if _, err := io.ReadFull(srv, rec[5:]); err != nil {
-		return err
-	}
-	h, err := mtproxy.ParseClientHello(rec)
-	if err != nil {
-		return err
-	}
-	app, in, err := mtproxy.AcceptApp(srv, nil, s.Key, h)
-	if err != nil {
-		return err
-	}
-	st, err := mtproxy.NewRelayStream(app, in)
+	st, err := acceptRelayStream(srv, s)
 	if err != nil {
 		return err
 	}
 	defer st.Close()
-	req, err := transport.ReadOpenRequest(st)
-	if err != nil {
-		return err
-	}
-	if req.Target != transport.DCTarget(2) {
-		return errors.New("open request for another DC")
-	}
-	reply, _ := transport.OpenReply{Status: transport.StatusOK}.AppendBinary(nil)
-	if _, err := st.Write(reply); err != nil {
-		return err
-	}
 	var init [mtproxy.InitLen]byte
 	if _, err := io.ReadFull(st, init[:]); err != nil {
 		return err
@@ -354,8 +327,8 @@ func TestRelayStreamIdleMemory(t *testing.T) {
 }
 
 // acceptRelayStream accepts one app on srv as a relay does and answers
-// its open request; the stream is then the relay's, with the relay's
-// obfuscated2 init to be read first.
+// its open request, which must be for DC 2; the stream is then the
+// relay's, with the relay's obfuscated2 init to be read first.
 func acceptRelayStream(srv net.Conn, s mtproxy.Secret) (transport.Stream, error) {
 	hdr := make([]byte, 5)
 	if _, err := io.ReadFull(srv, hdr); err != nil {
@@ -377,11 +350,16 @@ func acceptRelayStream(srv net.Conn, s mtproxy.Secret) (transport.Stream, error)
 	if err != nil {
 		return nil, err
 	}
-	if _, err := transport.ReadOpenRequest(st); err != nil {
-		return nil, err
+	req, err := transport.ReadOpenRequest(st)
+	if err == nil && req.Target != transport.DCTarget(2) {
+		err = errors.New("open request for another DC")
 	}
-	reply, _ := transport.OpenReply{Status: transport.StatusOK}.AppendBinary(nil)
-	if _, err := st.Write(reply); err != nil {
+	if err == nil {
+		reply, _ := transport.OpenReply{Status: transport.StatusOK}.AppendBinary(nil)
+		_, err = st.Write(reply)
+	}
+	if err != nil {
+		st.Close()
 		return nil, err
 	}
 	return st, nil
