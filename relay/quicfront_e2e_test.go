@@ -2,12 +2,18 @@ package relay_test
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
+	"io"
 	"net"
+	"net/http"
 	"slices"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/quic-go/quic-go"
+	"github.com/quic-go/quic-go/http3"
 
 	"github.com/merpati/merpati/relay/access"
 	"github.com/merpati/merpati/relay/relaytest"
@@ -214,18 +220,23 @@ func handshakeDatagrams(t *testing.T, l *link.Link, key auth.Key) (sizes []int, 
 	return rec.sizes(), err == nil
 }
 
-// sizeRecorder records the sizes of long header datagrams read.
+// sizeRecorder records the sizes of long header datagrams read, and the
+// largest datagram of all.
 type sizeRecorder struct {
 	net.PacketConn
-	mu sync.Mutex
-	n  []int
+	mu      sync.Mutex
+	n       []int
+	largest int
 }
 
 func (r *sizeRecorder) ReadFrom(b []byte) (int, net.Addr, error) {
 	n, addr, err := r.PacketConn.ReadFrom(b)
-	if err == nil && n > 0 && b[0]&0x80 != 0 {
+	if err == nil && n > 0 {
 		r.mu.Lock()
-		r.n = append(r.n, n)
+		if b[0]&0x80 != 0 {
+			r.n = append(r.n, n)
+		}
+		r.largest = max(r.largest, n)
 		r.mu.Unlock()
 	}
 	return n, addr, err
@@ -235,6 +246,106 @@ func (r *sizeRecorder) sizes() []int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return slices.Clone(r.n)
+}
+
+func (r *sizeRecorder) max() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.largest
+}
+
+// TestQUICDownloadDatagrams: past the handshake, a key holder's download
+// through the relay must leave in datagrams as large as a visitor's
+// download from the cover site through the same address. Caddy, as quic-go
+// on a bare socket does, sets the don't-fragment bit and finds the path's
+// MTU, then fills it; quic-go behind the front door used to be denied the
+// socket's options, and sent no datagram above 1,280 bytes for ever: one
+// look at a flow's largest datagrams told a relay's session from a
+// visitor's.
+func TestQUICDownloadDatagrams(t *testing.T) {
+	cov := relaytest.StartCaddy(t)
+	r := relaytest.Start(t, cov, relaytest.Options{SamePort: true})
+	l := r.AddKey(t, "alice", access.Entry{})
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+
+	// A visitor downloads the cover site's large file over HTTP/3.
+	visitor := &sizeRecorder{}
+	var tr *quic.Transport
+	h3 := &http3.Transport{
+		TLSClientConfig: &tls.Config{ServerName: relaytest.CoverName, InsecureSkipVerify: true},
+		Dial: func(ctx context.Context, addr string, tlsConf *tls.Config, conf *quic.Config) (*quic.Conn, error) {
+			raddr, err := net.ResolveUDPAddr("udp", addr)
+			if err != nil {
+				return nil, err
+			}
+			pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+			if err != nil {
+				return nil, err
+			}
+			visitor.PacketConn = pc
+			tr = &quic.Transport{Conn: visitor}
+			return tr.DialEarly(ctx, raddr, tlsConf, conf)
+		},
+	}
+	defer func() {
+		h3.Close()
+		if tr != nil {
+			tr.Close()
+			visitor.Close()
+		}
+	}()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "https://"+r.Addr+relaytest.CaddyLargeFile, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := h3.RoundTrip(req)
+	if err != nil {
+		t.Fatalf("visitor's download: %v", err)
+	}
+	n, err := io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if err != nil || n != relaytest.CaddyLargeSize {
+		t.Fatalf("visitor's download: %d bytes of %d, %v", n, relaytest.CaddyLargeSize, err)
+	}
+
+	// A key holder downloads as much through the relay (an echo of what
+	// it sends).
+	holder := &sizeRecorder{}
+	d, err := quiccarrier.NewDialer(quiccarrier.ClientConfig{
+		Addr: l.Relays[0], ServerName: l.SNI, Pin: l.Pin, Key: auth.Key(l.Key), AuthKey: l.AuthKey,
+		ListenPacket: func(ctx context.Context) (net.PacketConn, error) {
+			pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+			holder.PacketConn = pc
+			return holder, err
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := d.Dial(ctx)
+	if err != nil {
+		t.Fatalf("key holder's session: %v", err)
+	}
+	defer s.Close()
+	st, err := relaytest.Open(s, relaytest.Target(t, relaytest.StartEcho(t)))
+	if err != nil {
+		t.Fatalf("key holder's stream: %v", err)
+	}
+	defer st.Close()
+	go st.Write(make([]byte, relaytest.CaddyLargeSize))
+	if n, err := io.CopyN(io.Discard, st, relaytest.CaddyLargeSize); err != nil {
+		t.Fatalf("key holder's download: %d bytes of %d, %v", n, relaytest.CaddyLargeSize, err)
+	}
+
+	got, want := holder.max(), visitor.max()
+	t.Logf("largest datagram: key holder's %d, visitor's %d", got, want)
+	// quic-go's search for the MTU stops within a few bytes of it, where
+	// it stops depends on which probes were lost or late.
+	const slack = 32
+	if got < want-slack || got > want+slack {
+		t.Errorf("largest datagram of a key holder's download %d bytes, of a visitor's %d", got, want)
+	}
 }
 
 // TestQUICProberRepeats: a prober that connects again and again from one

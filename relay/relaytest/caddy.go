@@ -33,8 +33,8 @@ const CaddyPath = "/usr/bin/caddy"
 // process on 127.0.0.1 as a cover site: one port number for TCP (HTTP/1.1
 // and HTTP/2) and UDP (HTTP/3), a certificate made for [CoverName] (ECDSA
 // P-256, 90 days, self-signed), and a static file server whose index.html
-// is [CoverPage]. It answers GET and HEAD with the page, and other methods
-// with 405, as [Cover] does.
+// is [CoverPage], beside a large file ([CaddyLargeFile]). It answers GET
+// and HEAD with the page, and other methods with 405, as [Cover] does.
 //
 // Its configuration keeps it on the machine: the admin endpoint,
 // automatic HTTPS (ACME, redirects) and OCSP stapling are off, every
@@ -73,6 +73,11 @@ func StartCaddy(t testing.TB) *Caddy {
 	if err := os.Chtimes(index, coverModTime, coverModTime); err != nil {
 		t.Fatal(err)
 	}
+	// A large file, as a real site has (pictures, videos): what a
+	// visitor's download looks like on the wire, past the handshake.
+	if err := os.WriteFile(filepath.Join(site, strings.TrimPrefix(CaddyLargeFile, "/")), make([]byte, CaddyLargeSize), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	certFile, keyFile := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
 	var err error
 	if c.cert, err = writeCoverCert(certFile, keyFile); err != nil {
@@ -102,6 +107,13 @@ func StartCaddy(t testing.TB) *Caddy {
 	t.Fatalf("caddy did not start: %v\nlogs:\n%s", lastErr, c.logs)
 	return nil
 }
+
+// CaddyLargeFile is the path of a file of CaddyLargeSize bytes on Caddy's
+// site (beside its index.html).
+const (
+	CaddyLargeFile = "/large.bin"
+	CaddyLargeSize = 2 << 20
+)
 
 // Addr returns Caddy's "host:port", on TCP and UDP.
 func (c *Caddy) Addr() string { return c.addr }

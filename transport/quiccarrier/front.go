@@ -418,9 +418,36 @@ func (f *frontDoor) SetReadDeadline(t time.Time) error {
 
 func (f *frontDoor) SetWriteDeadline(t time.Time) error { return f.pc.SetWriteDeadline(t) }
 
+// SyscallConn lets quic-go set the socket's options as it does on a bare
+// socket: the don't-fragment bit, without which it turns path MTU
+// discovery off and never sends a datagram above 1280 bytes, where the
+// cover site's server (quic-go in Caddy, nginx) grows its datagrams to
+// what the path carries; and its buffer sizes. It cannot read or write
+// through it: quic-go must read through the door, not around it (it
+// would only try to on a conn with ReadMsgUDP, which the door has not).
+func (f *frontDoor) SyscallConn() (syscall.RawConn, error) {
+	c, ok := f.pc.(syscall.Conn)
+	if !ok {
+		return nil, errors.ErrUnsupported
+	}
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	return controlOnly{rc}, nil
+}
+
+// controlOnly is a socket's syscall.RawConn that only lets its user set
+// options.
+type controlOnly struct{ rc syscall.RawConn }
+
+func (c controlOnly) Control(f func(fd uintptr)) error { return c.rc.Control(f) }
+
+func (controlOnly) Read(func(fd uintptr) bool) error  { return errors.ErrUnsupported }
+func (controlOnly) Write(func(fd uintptr) bool) error { return errors.ErrUnsupported }
+
 // SetReadBuffer and SetWriteBuffer size the socket's buffers, which
-// quic-go raises (to 7 MB) as it would on a bare socket. The door has no
-// SyscallConn: quic-go must read through it, not around it.
+// quic-go raises (to 7 MB) as it would on a bare socket.
 func (f *frontDoor) SetReadBuffer(n int) error {
 	if c, ok := f.pc.(interface{ SetReadBuffer(int) error }); ok {
 		return c.SetReadBuffer(n)
