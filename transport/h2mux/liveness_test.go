@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -236,5 +237,91 @@ func TestServerAcksUpload(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("no connection WINDOW_UPDATE for 64 KiB read")
+	}
+}
+
+// TestServerAcksFastUpload checks that on a fast uplink a server session
+// returns connection window once per serverWindowEvery, not per
+// serverWindowStep: 4 MiB read at once used to cost 128 WINDOW_UPDATE
+// frames, records and writes.
+func TestServerAcksFastUpload(t *testing.T) {
+	const size = 4 << 20 // within the server's 6 MiB stream and 15 MiB connection windows
+	rc, ss := newRawClient(t, Config{})
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer rc.conn.Close()
+	read := make(chan int64, 1)
+	wg.Go(func() {
+		st, err := ss.AcceptStream(context.Background())
+		if err != nil {
+			read <- 0
+			return
+		}
+		n, _ := io.CopyN(io.Discard, st, size)
+		read <- n
+	})
+	if _, err := rc.conn.Write([]byte(http2.ClientPreface)); err != nil {
+		t.Fatal(err)
+	}
+	ready := make(chan struct{}) // the server's SETTINGS and its opening WINDOW_UPDATE came
+	var updates atomic.Int64     // connection WINDOW_UPDATEs for what the application read
+	wg.Go(func() {
+		settings, opened, signalled := false, false, false
+		for {
+			f, err := rc.fr.ReadFrame()
+			if err != nil {
+				return
+			}
+			switch f := f.(type) {
+			case *http2.SettingsFrame:
+				settings = settings || !f.IsAck()
+			case *http2.WindowUpdateFrame:
+				if f.StreamID != 0 {
+					continue
+				}
+				if !opened {
+					opened = true
+				} else {
+					updates.Add(1)
+				}
+			}
+			if settings && opened && !signalled {
+				close(ready)
+				signalled = true
+			}
+		}
+	})
+	if err := rc.fr.WriteSettings(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-ready:
+	case <-time.After(5 * time.Second):
+		t.Fatal("no SETTINGS and WINDOW_UPDATE from the server")
+	}
+	block := []byte{0x83, 0x87, 0x84, 0x41, 0x01, 'x'} // POST https / x
+	if err := rc.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: block, EndHeaders: true}); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	chunk := make([]byte, 16384)
+	for sent := 0; sent < size; sent += len(chunk) {
+		if err := rc.fr.WriteData(1, false, chunk); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := <-read; n != size {
+		t.Fatalf("server read %d bytes of %d", n, size)
+	}
+	elapsed := time.Since(start)
+	// Frames queued before the read ended may still be on their way.
+	time.Sleep(50 * time.Millisecond)
+	got := updates.Load()
+	// One per serverWindowEvery, one per serverWindowMax, and the first.
+	limit := int64(elapsed/serverWindowEvery) + size/serverWindowMax + 1
+	t.Logf("%d connection WINDOW_UPDATEs for %d bytes read in %v (limit %d; one per %d bytes would be %d)",
+		got, size, elapsed, limit, serverWindowStep, size/serverWindowStep)
+	if got > limit {
+		t.Errorf("%d connection WINDOW_UPDATEs for %d bytes read in %v, want at most %d", got, size, elapsed, limit)
 	}
 }

@@ -101,9 +101,10 @@ type Session struct {
 	peerMaxStreams uint32
 	peerMaxFrame   uint32
 	peerInitWindow int64
-	connSend       int64 // bytes we may still send on the connection
-	connRecv       int64 // bytes the peer may still send on the connection
-	connUnacked    int64 // bytes read by the application but not yet returned with WINDOW_UPDATE
+	connSend       int64     // bytes we may still send on the connection
+	connRecv       int64     // bytes the peer may still send on the connection
+	connUnacked    int64     // bytes read by the application but not yet returned with WINDOW_UPDATE
+	connUpdated    time.Time // server: when the last connection WINDOW_UPDATE was queued
 }
 
 // itemKind says what frame a writeItem produces.
@@ -734,11 +735,7 @@ func (s *Session) consumedLocked(st *Stream, n int64) {
 		return
 	}
 	s.connUnacked += n
-	step := int64(s.cfg.MaxConnWindow / 2)
-	if !s.client {
-		step = min(step, serverWindowStep)
-	}
-	if s.connUnacked >= step {
+	if s.connUnacked >= int64(s.cfg.MaxConnWindow/2) || !s.client && s.serverWindowDueLocked() {
 		s.enqueueLocked(writeItem{kind: itemWindowUpdate, val: uint32(s.connUnacked)})
 		s.connRecv += s.connUnacked
 		s.connUnacked = 0
@@ -752,6 +749,26 @@ func (s *Session) consumedLocked(st *Stream, n int64) {
 		st.recvAvail += st.unacked
 		st.unacked = 0
 	}
+}
+
+// serverWindowDueLocked reports whether a server session returns its
+// consumed connection window now: once serverWindowStep bytes are due
+// and serverWindowEvery has passed since the last return, or once
+// serverWindowMax bytes are due.
+func (s *Session) serverWindowDueLocked() bool {
+	switch {
+	case s.connUnacked < serverWindowStep:
+		return false
+	case s.connUnacked >= serverWindowMax:
+	default:
+		if now := time.Now(); now.Sub(s.connUpdated) >= serverWindowEvery {
+			s.connUpdated = now
+			return true
+		}
+		return false
+	}
+	s.connUpdated = time.Now()
+	return true
 }
 
 // ---- writer ----
