@@ -75,7 +75,10 @@
 // ([ListenConfig.Mirror]): an observer sees datagrams of the sizes the
 // cover site sends the same client (TestQUICHandshakeShape, in front of a
 // quic-go cover; a cover on another QUIC stack packs its flight its own
-// way).
+// way). Past the handshake quic-go finds the path's MTU and fills it, as
+// the cover site's server does on its bare socket: the door lets it set
+// the socket's don't-fragment option (TestQUICDownloadDatagrams compares a
+// key holder's download with a visitor's from Caddy, through one address).
 //
 // What it does not hide: with an older link's plain token, an on-path
 // attacker who holds back a user's first Initial and sends one of its own
