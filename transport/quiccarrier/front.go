@@ -208,14 +208,9 @@ func newFrontDoor(pc net.PacketConn, cover *net.UDPAddr, auth transport.Authenti
 
 // ReadFrom gives quic-go the next datagram of a key holder.
 func (f *frontDoor) ReadFrom(b []byte) (int, net.Addr, error) {
-	var d datagram
-	select {
-	case d = <-f.in: // while datagrams wait, without a select on three channels
-	default:
-		var err error
-		if d, err = deadline.Recv(f.rd, f.in, f.closed); err != nil {
-			return 0, nil, err
-		}
+	d, err := deadline.Recv(f.rd, f.in, f.closed)
+	if err != nil {
+		return 0, nil, err
 	}
 	n := copy(b, d.b)
 	if d.bp != nil {
@@ -234,11 +229,6 @@ func (f *frontDoor) WriteTo(b []byte, addr net.Addr) (int, error) {
 	d := datagram{bp: datagramPool.Get().(*[]byte)}
 	d.b = append((*d.bp)[:0], b...)
 	d.to = addr
-	select {
-	case f.out <- d: // while there is room, without a select on two channels
-		return len(b), nil
-	default:
-	}
 	select {
 	case f.out <- d:
 		return len(b), nil
