@@ -197,6 +197,22 @@ func testQUICHandshakeShape(t *testing.T, cov *relaytest.Cover) {
 // to the cover site, whose certificate fails the pin).
 func handshakeDatagrams(t *testing.T, l *link.Link, key auth.Key) (sizes []int, ok bool) {
 	t.Helper()
+	d, rec := recordingDialer(t, l, key)
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	s, err := d.Dial(ctx)
+	if err == nil {
+		s.Close()
+	} else if key == auth.Key(l.Key) {
+		t.Logf("key holder's dial: %v", err)
+	}
+	return rec.sizes(), err == nil
+}
+
+// recordingDialer returns a QUIC dialer to l's relay with key, as l's
+// client's, whose socket records the datagrams it reads.
+func recordingDialer(t *testing.T, l *link.Link, key auth.Key) (*quiccarrier.Dialer, *sizeRecorder) {
+	t.Helper()
 	rec := &sizeRecorder{}
 	d, err := quiccarrier.NewDialer(quiccarrier.ClientConfig{
 		Addr: l.Relays[0], ServerName: l.SNI, Pin: l.Pin, Key: key, AuthKey: l.AuthKey,
@@ -209,15 +225,7 @@ func handshakeDatagrams(t *testing.T, l *link.Link, key auth.Key) (sizes []int, 
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
-	defer cancel()
-	s, err := d.Dial(ctx)
-	if err == nil {
-		s.Close()
-	} else if key == auth.Key(l.Key) {
-		t.Logf("key holder's dial: %v", err)
-	}
-	return rec.sizes(), err == nil
+	return d, rec
 }
 
 // sizeRecorder records the sizes of long header datagrams read, and the
@@ -311,18 +319,7 @@ func TestQUICDownloadDatagrams(t *testing.T) {
 
 	// A key holder downloads as much through the relay (an echo of what
 	// it sends).
-	holder := &sizeRecorder{}
-	d, err := quiccarrier.NewDialer(quiccarrier.ClientConfig{
-		Addr: l.Relays[0], ServerName: l.SNI, Pin: l.Pin, Key: auth.Key(l.Key), AuthKey: l.AuthKey,
-		ListenPacket: func(ctx context.Context) (net.PacketConn, error) {
-			pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-			holder.PacketConn = pc
-			return holder, err
-		},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	d, holder := recordingDialer(t, l, auth.Key(l.Key))
 	s, err := d.Dial(ctx)
 	if err != nil {
 		t.Fatalf("key holder's session: %v", err)
