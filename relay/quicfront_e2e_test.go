@@ -263,8 +263,8 @@ func (r *sizeRecorder) max() int {
 }
 
 // TestQUICDownloadDatagrams: past the handshake, a key holder's download
-// through the relay must leave in datagrams as large as a visitor's
-// download from the cover site through the same address. Caddy, as quic-go
+// through the relay must grow its datagrams past the first 1,280 bytes, as
+// a visitor's download from the cover site through the same address does. Caddy, as quic-go
 // on a bare socket does, sets the don't-fragment bit and finds the path's
 // MTU, then fills it; quic-go behind the front door used to be denied the
 // socket's options, and sent no datagram above 1,280 bytes for ever: one
@@ -337,11 +337,16 @@ func TestQUICDownloadDatagrams(t *testing.T) {
 
 	got, want := holder.max(), visitor.max()
 	t.Logf("largest datagram: key holder's %d, visitor's %d", got, want)
-	// quic-go's search for the MTU stops within a few bytes of it, where
-	// it stops depends on which probes were lost or late.
-	const slack = 32
-	if got < want-slack || got > want+slack {
-		t.Errorf("largest datagram of a key holder's download %d bytes, of a visitor's %d", got, want)
+	// Both servers start at quic-go's 1,280 bytes and search upwards, up
+	// to its 1,452; how far each search got in one download depends on
+	// which of its probes were late (Caddy's reached 1,389 to 1,439 here).
+	const initial, most = 1280, 1452
+	if want <= initial {
+		t.Fatalf("the visitor's largest datagram from Caddy is %d bytes: no path MTU search to compare with", want)
+	}
+	if got <= initial || got > most {
+		t.Errorf("largest datagram of a key holder's download %d bytes, of a visitor's %d: want above %d, as the visitor's, and at most %d",
+			got, want, initial, most)
 	}
 }
 
