@@ -842,7 +842,7 @@ func (l *lab) testRTT(p *path) error {
 
 var (
 	openedRE   = regexp.MustCompile(`^(?:opened \d+ ([0-9.]+)|error (.*))$`)
-	sessionsRE = regexp.MustCompile(`^sessions (\d+)$`)
+	sessionsRE = regexp.MustCompile(`^sessions (\d+)(; .*)?$`)
 )
 
 // sessionsDriver starts the many-sessions driver for p against addr.
@@ -1014,7 +1014,14 @@ func (l *lab) idleOnce(ctx context.Context, kind string, srv *proc, addr, linkTe
 		return err
 	}
 	if live, _ := strconv.Atoi(m[1]); live != n {
-		l.logf("warning: %s: only %d of %d idle sessions still alive after the measurement", kind, live, n)
+		// QUIC sessions without a stream end at the idle timeout (30 s)
+		// by design, as Chromium's idle connections do: the client
+		// pings only while streams are open.
+		why := ""
+		if m[2] != "" {
+			why = " (most ended with " + strings.TrimPrefix(m[2], "; ") + ")"
+		}
+		l.logf("warning: %s: only %d of %d idle sessions still alive after the measurement%s", kind, live, n, why)
 	}
 	suffix := "@" + strconv.Itoa(n)
 	prefix := "idle"

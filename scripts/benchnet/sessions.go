@@ -38,7 +38,8 @@ const openConcurrency = 8
 // command and holds them. Commands, one a line on standard input:
 //
 //	open N    open N more; answers "opened N SECONDS" or "error ..."
-//	count     answers "sessions N", those still alive
+//	count     answers "sessions N", those still alive, followed by why
+//	          the most of the others ended ("sessions N; K: REASON")
 //
 // End of input closes them all and ends the process.
 func cmdSessions(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -71,7 +72,7 @@ func cmdSessions(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	var (
 		mu     sync.Mutex
 		closer []func()
-		alive  []func() bool
+		ended  []func() error
 	)
 	defer func() {
 		mu.Lock()
@@ -108,7 +109,7 @@ func cmdSessions(ctx context.Context, args []string, stdout, stderr io.Writer) e
 						}
 						mu.Lock()
 						closer = append(closer, h.close)
-						alive = append(alive, h.alive)
+						ended = append(ended, h.ended)
 						mu.Unlock()
 					}
 				})
@@ -122,13 +123,26 @@ func cmdSessions(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		case len(f) == 1 && f[0] == "count":
 			mu.Lock()
 			live := 0
-			for _, ok := range alive {
-				if ok() {
+			why := map[string]int{}
+			for _, ended := range ended {
+				if err := ended(); err != nil {
+					why[err.Error()]++
+				} else {
 					live++
 				}
 			}
 			mu.Unlock()
-			fmt.Fprintf(stdout, "sessions %d\n", live)
+			top := ""
+			for r, k := range why {
+				if top == "" || k > why[top] || k == why[top] && r < top {
+					top = r
+				}
+			}
+			if top == "" {
+				fmt.Fprintf(stdout, "sessions %d\n", live)
+			} else {
+				fmt.Fprintf(stdout, "sessions %d; %d: %s\n", live, why[top], strings.ReplaceAll(top, "\n", " "))
+			}
 		default:
 			fmt.Fprintf(stdout, "error unknown command %q\n", sc.Text())
 		}
@@ -139,11 +153,11 @@ func cmdSessions(ctx context.Context, args []string, stdout, stderr io.Writer) e
 // A sessionDial opens one session.
 type sessionDial func(ctx context.Context) (*held, error)
 
-// A held session: how to close it, tell whether it is still alive, and
+// A held session: how to close it, tell why it ended (nil while alive), and
 // open a stream to the DC in it (nil where it has none to open).
 type held struct {
 	close func()
-	alive func() bool
+	ended func() error
 	open  func(ctx context.Context) (io.ReadWriteCloser, error)
 }
 
@@ -211,7 +225,7 @@ func sessionDialer(kind, addr, linkText, pin, dc string) (sessionDial, error) {
 			}
 			return &held{
 				close: func() { s.Close() },
-				alive: func() bool { return s.Err() == nil },
+				ended: s.Err,
 				open: func(ctx context.Context) (io.ReadWriteCloser, error) {
 					st, err := s.OpenStream(ctx)
 					if err != nil {
@@ -251,7 +265,7 @@ func sessionDialer(kind, addr, linkText, pin, dc string) (sessionDial, error) {
 			}
 			return &held{
 				close: func() { c.Close() },
-				alive: func() bool { return true },
+				ended: func() error { return nil },
 				open: func(context.Context) (io.ReadWriteCloser, error) {
 					// The connection is the stream.
 					return nopCloser{c}, openTunnel(c, dc)
@@ -270,7 +284,7 @@ func sessionDialer(kind, addr, linkText, pin, dc string) (sessionDial, error) {
 			}
 			return &held{
 				close: func() { c.CloseWithError(0, "") },
-				alive: func() bool { return c.Context().Err() == nil },
+				ended: func() error { return context.Cause(c.Context()) },
 				open: func(ctx context.Context) (io.ReadWriteCloser, error) {
 					st, err := c.OpenStreamSync(ctx)
 					if err != nil {
@@ -332,6 +346,6 @@ func appDialer(kind, addr, secretText string, size int) (sessionDial, error) {
 			return nil, fmt.Errorf("%s connection: %w", kind, err)
 		}
 		c.SetDeadline(time.Time{})
-		return &held{close: func() { c.Close() }, alive: func() bool { return true }}, nil
+		return &held{close: func() { c.Close() }, ended: func() error { return nil }}, nil
 	}, nil
 }
