@@ -756,18 +756,14 @@ func (s *Session) consumedLocked(st *Stream, n int64) {
 // and serverWindowEvery has passed since the last return, or once
 // serverWindowMax bytes are due.
 func (s *Session) serverWindowDueLocked() bool {
-	switch {
-	case s.connUnacked < serverWindowStep:
-		return false
-	case s.connUnacked >= serverWindowMax:
-	default:
-		if now := time.Now(); now.Sub(s.connUpdated) >= serverWindowEvery {
-			s.connUpdated = now
-			return true
-		}
+	if s.connUnacked < serverWindowStep {
 		return false
 	}
-	s.connUpdated = time.Now()
+	now := time.Now()
+	if s.connUnacked < serverWindowMax && now.Sub(s.connUpdated) < serverWindowEvery {
+		return false
+	}
+	s.connUpdated = now
 	return true
 }
 
