@@ -264,12 +264,12 @@ func (r *sizeRecorder) max() int {
 
 // TestQUICDownloadDatagrams: past the handshake, a key holder's download
 // through the relay must grow its datagrams past the first 1,280 bytes, as
-// a visitor's download from the cover site through the same address does. Caddy, as quic-go
-// on a bare socket does, sets the don't-fragment bit and finds the path's
-// MTU, then fills it; quic-go behind the front door used to be denied the
-// socket's options, and sent no datagram above 1,280 bytes for ever: one
-// look at a flow's largest datagrams told a relay's session from a
-// visitor's.
+// a visitor's download from the cover site through the same address does.
+// Caddy, as quic-go on a bare socket does, sets the don't-fragment bit and
+// finds the path's MTU, then fills it; quic-go behind the front door used
+// to be denied the socket's options, and sent no datagram above 1,280
+// bytes for ever: one look at a flow's largest datagrams told a relay's
+// session from a visitor's.
 func TestQUICDownloadDatagrams(t *testing.T) {
 	cov := relaytest.StartCaddy(t)
 	r := relaytest.Start(t, cov, relaytest.Options{SamePort: true})
