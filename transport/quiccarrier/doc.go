@@ -42,7 +42,11 @@
 // from the relay's port. A prober therefore holds a QUIC connection with
 // the cover site itself: its certificate chain, transport parameters,
 // version negotiation, HTTP/3 SETTINGS, headers, bodies and timing. The
-// relay's connection IDs have the cover site's length. A relay runs the
+// relay's connection IDs have the cover site's length (4 bytes behind
+// Caddy): random, but for a MAC at their end by which the door knows a key
+// holder who arrives from a new address, and never one that another
+// connection uses or used lately (quic-go would give it to the new
+// connection, and the old one would die). A relay runs the
 // carrier only in front of a cover site that serves HTTP/3
 // ([CheckCover]); otherwise its UDP port stays closed, as the cover
 // site's is.

@@ -103,6 +103,12 @@ type flow struct {
 	// one that arrived rebound, by connection ID), random that hello's.
 	key    transport.Key
 	random [32]byte
+	// cid is the relay's connection ID in the client's latest short
+	// header packet of a relay flow (zero before one), which the sweep
+	// keeps reserved (see cidGen); rebound marks a relay flow that
+	// arrived by connection ID.
+	cid     cidKey
+	rebound bool
 }
 
 func (f *flow) touch() { f.last.Store(time.Now().UnixNano()) }
@@ -153,6 +159,10 @@ type frontDoor struct {
 	unauth    int                      // flows not (yet) a key holder's
 	perSource map[netip.Prefix][]*flow // the same, per source network
 	lastScan  time.Time                // of evictAny
+	// rebound counts the relay flows that arrived by connection ID
+	// (capped at maxFlows), inUse is sweep's buffer.
+	rebound int
+	inUse   []cidKey
 }
 
 type datagram struct {
@@ -561,6 +571,9 @@ func (f *frontDoor) dispatch(d []byte, from *net.UDPAddr) {
 	fl.touch()
 	switch fl.state {
 	case flowRelay:
+		if id, ok := quicinitial.ShortDCID(d, f.cids.n); ok {
+			copy(fl.cid[:], id)
+		}
 		f.mu.Unlock()
 		f.deliver(d, fl.addr)
 	case flowCover:
@@ -579,10 +592,11 @@ func (f *frontDoor) newFlow(d []byte, addr *net.UDPAddr, ap netip.AddrPort) *flo
 	fl := &flow{addr: addr, born: time.Now()}
 	if dcid, ok := quicinitial.ShortDCID(d, f.cids.n); ok && f.cids.valid(dcid) {
 		// A key holder's connection from a new address.
-		if len(f.flows) >= 2*f.maxFlows {
+		if f.rebound >= f.maxFlows {
 			return nil
 		}
-		fl.state = flowRelay
+		fl.state, fl.rebound = flowRelay, true
+		f.rebound++
 		f.flows[ap] = fl
 		return fl
 	}
@@ -815,6 +829,10 @@ func (f *frontDoor) release(fl *flow) {
 // remove forgets fl and closes its cover socket. f.mu is held.
 func (f *frontDoor) remove(fl *flow) {
 	f.release(fl)
+	if fl.rebound {
+		f.rebound--
+		fl.rebound = false
+	}
 	ap := fl.addr.AddrPort()
 	delete(f.flows, netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()))
 	if fl.up != nil {
@@ -823,7 +841,7 @@ func (f *frontDoor) remove(fl *flow) {
 	fl.state = flowCover // a late judgement must not revive it
 }
 
-// sweepLoop ends idle flows, and judges the undecided after judgeTimeout.
+// sweepLoop runs sweep every second.
 func (f *frontDoor) sweepLoop() {
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
@@ -837,17 +855,24 @@ func (f *frontDoor) sweepLoop() {
 	}
 }
 
+// sweep ends idle flows, judges the undecided after judgeTimeout, and
+// keeps the connection IDs that relay flows use reserved.
 func (f *frontDoor) sweep(now time.Time) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	inUse := f.inUse[:0]
 	for _, fl := range f.flows {
 		switch {
 		case now.Sub(time.Unix(0, fl.last.Load())) > f.idle:
 			f.remove(fl)
 		case fl.state == flowJudging && !fl.judging && now.Sub(fl.born) > judgeTimeout:
 			f.decide(fl, false)
+		case fl.state == flowRelay && fl.cid != cidKey{}:
+			inUse = append(inUse, fl.cid)
 		}
 	}
+	f.cids.keep(inUse, now)
+	f.inUse = inUse
 }
 
 // sourceNet returns the network a source address is counted in: its /24
@@ -861,23 +886,62 @@ func sourceNet(a netip.Addr) netip.Prefix {
 	return p
 }
 
-// cidGen makes the relay's connection IDs: n bytes, the first half random,
-// the rest a MAC of it under a secret of the listener's, so that the
-// front door recognises a key holder's connection arriving from a new
-// address (RFC 9000 section 9.3) without keeping a table of IDs. To anyone
-// else the IDs are random.
+// cidGen makes the relay's connection IDs: n bytes, random but for a MAC
+// of the random part under a secret of the listener's at their end, so
+// that the front door recognises a key holder's connection arriving from
+// a new address (RFC 9000 section 9.3) without keeping a table of IDs. To
+// anyone else the IDs are random.
+//
+// No two connections may share an ID: quic-go gives a new connection its
+// first ID even if a live connection has it, whose packets then go to the
+// new one, which cannot read them, and it dies at its idle timeout. With
+// random IDs alone that happens to a share of new connections that grows
+// with the live ones over the number of possible IDs: with 4-byte IDs
+// (quic-go's own length, and so Caddy's, whose length the relay takes on)
+// and half of them a MAC, 2^16, it was 1 in 50 new connections at 3,000
+// live ones. So the generator keeps the IDs it made, and those the front
+// door sees in use (see [frontDoor.sweep]), reserved for ttl after they
+// were made or last seen, and makes none equal to a reserved one.
 type cidGen struct {
-	n      int
+	n      int // bytes of an ID
+	macLen int // bytes of its MAC, at its end
 	secret [32]byte
+	ttl    time.Duration
+
+	mu         sync.Mutex
+	reserved   map[cidKey]int64 // until when (Unix nanoseconds)
+	lastExpire time.Time
 }
+
+// cidKey is a connection ID as a map key: its bytes, then zeros.
+type cidKey [maxCIDLen]byte
+
+// Connection ID lengths (RFC 9000 section 17.2 allows 0 to 20; the MAC
+// needs a few bytes, and the random part more).
+const (
+	minCIDLen = 4
+	maxCIDLen = 20
+	// minCIDRandom is the least random bytes an ID has: 4-byte IDs get a
+	// 1-byte MAC and 2^24 values rather than half and half.
+	minCIDRandom = 3
+	// strongMAC is the least MAC bytes that the front door trusts alone;
+	// a shorter MAC, which one in 256 random IDs passes, counts only for
+	// an ID that is reserved (made or seen in use lately).
+	strongMAC = 2
+	// cidTries bounds the draws of one ID; each hits a reserved one with
+	// the odds of reserved IDs over possible ones.
+	cidTries = 64
+)
 
 var _ quic.ConnectionIDGenerator = (*cidGen)(nil)
 
-func newCIDGen(n int) (*cidGen, error) {
-	if n < 4 || n > 20 {
-		return nil, fmt.Errorf("connection ID length %d: want 4 to 20", n)
+// newCIDGen returns a generator of n-byte IDs that stay reserved for ttl
+// after they were made or last seen in use.
+func newCIDGen(n int, ttl time.Duration) (*cidGen, error) {
+	if n < minCIDLen || n > maxCIDLen {
+		return nil, fmt.Errorf("connection ID length %d: want %d to %d", n, minCIDLen, maxCIDLen)
 	}
-	g := &cidGen{n: n}
+	g := &cidGen{n: n, macLen: min(n/2, n-minCIDRandom), ttl: ttl, reserved: map[cidKey]int64{}}
 	rand.Read(g.secret[:])
 	return g, nil
 }
@@ -885,18 +949,70 @@ func newCIDGen(n int) (*cidGen, error) {
 func (g *cidGen) mac(random []byte) []byte {
 	m := hmac.New(sha256.New, g.secret[:])
 	m.Write(random)
-	return m.Sum(nil)[:g.n-g.n/2]
+	return m.Sum(nil)[:g.macLen]
 }
 
 func (g *cidGen) GenerateConnectionID() (quic.ConnectionID, error) {
 	b := make([]byte, g.n)
-	rand.Read(b[:g.n/2])
-	copy(b[g.n/2:], g.mac(b[:g.n/2]))
-	return quic.ConnectionIDFromBytes(b), nil
+	r := g.n - g.macLen
+	now := time.Now()
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for range cidTries {
+		rand.Read(b[:r])
+		copy(b[r:], g.mac(b[:r]))
+		k := keyOf(b)
+		if _, taken := g.reserved[k]; !taken {
+			g.reserved[k] = now.Add(g.ttl).UnixNano()
+			return quic.ConnectionIDFromBytes(b), nil
+		}
+	}
+	return quic.ConnectionID{}, fmt.Errorf("quiccarrier: no free %d-byte connection ID in %d draws (%d reserved)", g.n, cidTries, len(g.reserved))
 }
 
 func (g *cidGen) ConnectionIDLen() int { return g.n }
 
+func keyOf(id []byte) cidKey {
+	var k cidKey
+	copy(k[:], id)
+	return k
+}
+
+// valid reports whether id is one of the relay's.
 func (g *cidGen) valid(id []byte) bool {
-	return len(id) == g.n && hmac.Equal(id[g.n/2:], g.mac(id[:g.n/2]))
+	if len(id) != g.n {
+		return false
+	}
+	r := g.n - g.macLen
+	if !hmac.Equal(id[r:], g.mac(id[:r])) {
+		return false
+	}
+	if g.macLen >= strongMAC {
+		return true
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	_, ok := g.reserved[keyOf(id)]
+	return ok
+}
+
+// keep reserves ids, seen in use at now, for another ttl, and lets the
+// reservations end that ran out (a scan of them all, at most every
+// ttl/8).
+func (g *cidGen) keep(ids []cidKey, now time.Time) {
+	until := now.Add(g.ttl).UnixNano()
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for _, k := range ids {
+		g.reserved[k] = until
+	}
+	if now.Sub(g.lastExpire) < g.ttl/8 {
+		return
+	}
+	g.lastExpire = now
+	for k, t := range g.reserved {
+		if t < now.UnixNano() {
+			delete(g.reserved, k)
+		}
+	}
 }

@@ -48,7 +48,9 @@ type ListenConfig struct {
 	// front door relays to the cover site or is still judging, in all
 	// and per source network; datagrams of new addresses over the caps
 	// are dropped. Zero means [DefaultMaxUnauthFlows] and
-	// [DefaultMaxUnauthPerSource].
+	// [DefaultMaxUnauthPerSource]. MaxUnauthFlows also caps the key
+	// holders' addresses that arrived by connection ID, from a new
+	// address (RFC 9000 section 9), whose hello the door did not see.
 	MaxUnauthFlows, MaxUnauthPerSource int
 	// FlowIdle ends a client address's flow after this long without a
 	// datagram either way; zero means [DefaultFlowIdle].
@@ -118,10 +120,6 @@ func Listen(pc net.PacketConn, cfg ListenConfig) (*Listener, error) {
 	if cfg.ConnIDLen == 0 {
 		cfg.ConnIDLen = DefaultConnIDLen
 	}
-	cids, err := newCIDGen(cfg.ConnIDLen)
-	if err != nil {
-		return nil, fmt.Errorf("quiccarrier: ListenConfig.ConnIDLen: %w", err)
-	}
 	if cfg.MaxUnauthFlows <= 0 {
 		cfg.MaxUnauthFlows = DefaultMaxUnauthFlows
 	}
@@ -133,6 +131,13 @@ func Listen(pc net.PacketConn, cfg ListenConfig) (*Listener, error) {
 	}
 	if cfg.IdleTimeout <= 0 {
 		cfg.IdleTimeout = 60 * time.Second
+	}
+	// An ID stays reserved as long as a flow or a connection lasts
+	// without a datagram: past that, the connection that used it has
+	// ended.
+	cids, err := newCIDGen(cfg.ConnIDLen, max(cfg.FlowIdle, cfg.IdleTimeout))
+	if err != nil {
+		return nil, fmt.Errorf("quiccarrier: ListenConfig.ConnIDLen: %w", err)
 	}
 	if cfg.MaxStreams <= 0 {
 		cfg.MaxStreams = DefaultMaxStreams
