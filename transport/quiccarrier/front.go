@@ -889,8 +889,9 @@ func sourceNet(a netip.Addr) netip.Prefix {
 // cidGen makes the relay's connection IDs: n bytes, random but for a MAC
 // of the random part under a secret of the listener's at their end, so
 // that the front door recognises a key holder's connection arriving from
-// a new address (RFC 9000 section 9.3) without keeping a table of IDs. To
-// anyone else the IDs are random.
+// a new address (RFC 9000 section 9.3) by its ID alone (4-byte IDs, whose
+// MAC is one byte, must also be reserved; see below). To anyone else the
+// IDs are random.
 //
 // No two connections may share an ID: quic-go gives a new connection its
 // first ID even if a live connection has it, whose packets then go to the
