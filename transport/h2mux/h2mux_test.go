@@ -1195,3 +1195,74 @@ func TestHeaderTableSize(t *testing.T) {
 		})
 	}
 }
+
+// readRecorder counts the bytes that reads of at most small bytes took
+// from the connection.
+type readRecorder struct {
+	net.Conn
+	small int
+	n     atomic.Int64
+}
+
+func (c *readRecorder) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if len(p) <= c.small {
+		c.n.Add(int64(n))
+	}
+	return n, err
+}
+
+// TestLargeDataSkipsReadBuffer: a large DATA frame that arrives at an idle
+// session is read straight into its chunk; only its header goes through
+// small reads (were the read buffer to fetch the header, it would take the
+// first 4 KiB of the payload along, which would be copied twice).
+func TestLargeDataSkipsReadBuffer(t *testing.T) {
+	c, s := net.Pipe()
+	rec := &readRecorder{Conn: s, small: readBufSize}
+	cs, err := Client(c, Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ss, err := Server(rec, Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cs.Close()
+		ss.Close()
+	})
+	ctx := ctxT(t)
+	st, err := cs.OpenStream(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sst := make(chan *Stream, 1)
+	go func() {
+		st, _ := ss.AcceptStream(ctx)
+		sst <- st
+	}()
+	// Past the padded first writes (paddedWrites), whose padding may cut
+	// a frame in two.
+	buf := make([]byte, 16<<10)
+	for range paddedWrites + 1 {
+		if _, err := st.Write([]byte("open")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	server := <-sst
+	if server == nil {
+		t.Fatal("no stream accepted")
+	}
+	if _, err := io.ReadFull(server, buf[:4*(paddedWrites+1)]); err != nil {
+		t.Fatal(err)
+	}
+	rec.n.Store(0)
+	payload := bytes.Repeat([]byte{7}, len(buf))
+	go st.Write(payload)
+	if _, err := io.ReadFull(server, buf); err != nil || !bytes.Equal(buf, payload) {
+		t.Fatalf("read %v", err)
+	}
+	if n := rec.n.Load(); n > frameHeaderSz {
+		t.Errorf("small reads took %d bytes of a %d-byte DATA frame, want its %d-byte header only", n, len(payload), frameHeaderSz)
+	}
+}

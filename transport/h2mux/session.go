@@ -40,6 +40,7 @@ type Session struct {
 	br    *bufio.Reader
 	src   pendingReader
 	first [1]byte
+	hdr   [frameHeaderSz]byte // a frame header read on its own (see readData)
 	fr    *http2.Framer
 
 	// Write side, owned by the writeLoop goroutine. bw is nil while the
@@ -1544,13 +1545,31 @@ func readErr(err error) error {
 // own (see recvBuf), which the read buffer, smaller than the payload,
 // lets the connection fill directly; a small one is copied from its chunk
 // into the stream's last one where it fits (see onData).
+//
+// With nothing in the read buffer, the header is read on its own, and a
+// large payload then straight from the connection: were the buffer to
+// read the header, it would take the payload's first 4 KiB with it, to be
+// copied a second time. A frame left to the buffer or the framer goes
+// back in front of the connection (see pendingReader).
 func (s *Session) readData() (bool, error) {
-	h, err := s.br.Peek(frameHeaderSz)
-	if err != nil || http2.FrameType(h[3]) != http2.FrameData {
-		return false, nil
+	var h []byte
+	exact := s.br.Buffered() == 0
+	if exact {
+		if _, err := io.ReadFull(&s.src, s.hdr[:]); err != nil {
+			return true, readErr(err)
+		}
+		h = s.hdr[:]
+	} else {
+		var err error
+		if h, err = s.br.Peek(frameHeaderSz); err != nil {
+			return false, nil
+		}
 	}
 	length := int(h[0])<<16 | int(h[1])<<8 | int(h[2])
-	if length > s.cfg.MaxFrameSize {
+	if http2.FrameType(h[3]) != http2.FrameData || length > s.cfg.MaxFrameSize || exact && length < readBufSize {
+		if exact {
+			s.src.pending = s.hdr[:]
+		}
 		return false, nil
 	}
 	flags := http2.Flags(h[4])
@@ -1559,10 +1578,14 @@ func (s *Session) readData() (bool, error) {
 	if id == 0 {
 		return false, connError(http2.ErrCodeProtocol, "DATA on stream 0")
 	}
-	s.br.Discard(frameHeaderSz)
+	var r io.Reader = &s.src
+	if !exact {
+		s.br.Discard(frameHeaderSz)
+		r = s.br
+	}
 	c := newChunk(length)
 	payload := c.data[:length]
-	if _, err := io.ReadFull(s.br, payload); err != nil {
+	if _, err := io.ReadFull(r, payload); err != nil {
 		freeChunk(c)
 		return true, readErr(err)
 	}
@@ -1577,7 +1600,7 @@ func (s *Session) readData() (bool, error) {
 	c.off, c.end = off, off+len(data)
 	s.mu.Lock()
 	s.heardLocked()
-	err = s.onData(id, int64(length), data, flags.Has(http2.FlagDataEndStream), c)
+	err := s.onData(id, int64(length), data, flags.Has(http2.FlagDataEndStream), c)
 	s.mu.Unlock()
 	return true, err
 }
