@@ -75,7 +75,7 @@ func newStream() *stream {
 
 // A chunk is what one read of the underlying stream gave.
 type chunk struct {
-	buf *[]byte // from getChunk; nil with an error only
+	buf *[]byte // from chunkPool; nil with an error only
 	n   int
 	err error
 }
@@ -83,39 +83,9 @@ type chunk struct {
 // chunkSize is the most one underlying read takes: the reader goroutine
 // holds at most one chunk ahead of Read, so the relay's flow control still
 // sees a slow reader.
-//
-// A read that returns less than its buffer took all there was, which
-// mostly ends a burst: the next read then waits, for seconds or minutes
-// on an app's idle connection, holding its buffer. So that read gets a
-// buffer of smallChunkSize, and only one that fills it is followed by
-// reads of chunkSize again: an idle stream holds 2 KiB, not 32 (a relay
-// with 3,000 streams open held 100 MB in them, a third of its heap).
-const (
-	chunkSize      = 32 << 10
-	smallChunkSize = 2 << 10
-)
+const chunkSize = 32 << 10
 
-var (
-	chunkPool      = sync.Pool{New: func() any { b := make([]byte, chunkSize); return &b }}
-	smallChunkPool = sync.Pool{New: func() any { b := make([]byte, smallChunkSize); return &b }}
-)
-
-// getChunk returns a buffer of chunkSize, or of smallChunkSize if small.
-func getChunk(small bool) *[]byte {
-	if small {
-		return smallChunkPool.Get().(*[]byte)
-	}
-	return chunkPool.Get().(*[]byte)
-}
-
-// putChunk returns a buffer of getChunk's to its pool.
-func putChunk(bp *[]byte) {
-	if len(*bp) == smallChunkSize {
-		smallChunkPool.Put(bp)
-	} else {
-		chunkPool.Put(bp)
-	}
-}
+var chunkPool = sync.Pool{New: func() any { b := make([]byte, chunkSize); return &b }}
 
 // start starts the reader goroutine; call it once the fields are set. The
 // goroutine ends when the underlying stream fails or ends (Close cancels
@@ -129,13 +99,11 @@ func (s *stream) pump() {
 			return
 		}
 	}
-	small := true // the peer has sent nothing yet
 	for {
-		bp := getChunk(small)
+		bp := chunkPool.Get().(*[]byte)
 		n, err := s.r.Read(*bp)
-		small = n < len(*bp)
 		if !s.send(chunk{buf: bp, n: n, err: err}) {
-			putChunk(bp)
+			chunkPool.Put(bp)
 			return
 		}
 		if err != nil {
@@ -203,7 +171,7 @@ func (s *stream) SpliceTo(w io.Writer, count func(int)) (int64, error) {
 // returns the reader's final error once all was read. s.rmu is held.
 func (s *stream) nextChunk() error {
 	if s.curBuf != nil {
-		putChunk(s.curBuf)
+		chunkPool.Put(s.curBuf)
 		s.curBuf = nil
 	}
 	if s.rerr != nil {
