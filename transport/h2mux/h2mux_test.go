@@ -1217,20 +1217,12 @@ func (c *readRecorder) Read(p []byte) (int, error) {
 // small reads (were the read buffer to fetch the header, it would take the
 // first 4 KiB of the payload along, which would be copied twice).
 func TestLargeDataSkipsReadBuffer(t *testing.T) {
-	c, s := net.Pipe()
-	rec := &readRecorder{Conn: s, small: readBufSize}
-	cs, err := Client(c, Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ss, err := Server(rec, Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cs.Close()
-		ss.Close()
-	})
+	var rec *readRecorder
+	cs, ss := newSessions(t, func(testing.TB) (net.Conn, net.Conn) {
+		c, s := net.Pipe()
+		rec = &readRecorder{Conn: s, small: readBufSize}
+		return c, rec
+	}, Config{}, Config{})
 	ctx := ctxT(t)
 	st, err := cs.OpenStream(ctx)
 	if err != nil {
