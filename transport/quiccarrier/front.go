@@ -572,7 +572,7 @@ func (f *frontDoor) dispatch(d []byte, from *net.UDPAddr) {
 	switch fl.state {
 	case flowRelay:
 		if id, ok := quicinitial.ShortDCID(d, f.cids.n); ok {
-			copy(fl.cid[:], id)
+			fl.cid = cidKeyOf(id)
 		}
 		f.mu.Unlock()
 		f.deliver(d, fl.addr)
@@ -962,7 +962,7 @@ func (g *cidGen) GenerateConnectionID() (quic.ConnectionID, error) {
 	for range cidTries {
 		rand.Read(b[:r])
 		copy(b[r:], g.mac(b[:r]))
-		k := keyOf(b)
+		k := cidKeyOf(b)
 		if _, taken := g.reserved[k]; !taken {
 			g.reserved[k] = now.Add(g.ttl).UnixNano()
 			return quic.ConnectionIDFromBytes(b), nil
@@ -973,7 +973,8 @@ func (g *cidGen) GenerateConnectionID() (quic.ConnectionID, error) {
 
 func (g *cidGen) ConnectionIDLen() int { return g.n }
 
-func keyOf(id []byte) cidKey {
+// cidKeyOf returns id as a map key.
+func cidKeyOf(id []byte) cidKey {
 	var k cidKey
 	copy(k[:], id)
 	return k
@@ -993,7 +994,7 @@ func (g *cidGen) valid(id []byte) bool {
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	_, ok := g.reserved[keyOf(id)]
+	_, ok := g.reserved[cidKeyOf(id)]
 	return ok
 }
 

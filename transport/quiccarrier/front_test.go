@@ -356,7 +356,7 @@ func TestCIDGenReserve(t *testing.T) {
 	used, _ := g.GenerateConnectionID()
 	unused, _ := g.GenerateConnectionID()
 	start := time.Now()
-	g.keep([]cidKey{keyOf(used.Bytes())}, start.Add(ttl/2))
+	g.keep([]cidKey{cidKeyOf(used.Bytes())}, start.Add(ttl/2))
 	g.keep(nil, start.Add(ttl+time.Second))
 	if !g.valid(used.Bytes()) {
 		t.Errorf("the ID in use was let go")
