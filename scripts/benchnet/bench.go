@@ -746,7 +746,7 @@ func openMany(p *path, n int) ([]stream, error) {
 
 // testMany measures --streams concurrent streams down then up.
 func (l *lab) testMany(p *path) error {
-	var dc, dr float64
+	var dc, dr, sc, sr float64
 	for _, mode := range []byte{modeDown, modeUp} {
 		ss, err := openMany(p, l.cfg.streams)
 		if err != nil {
@@ -763,12 +763,12 @@ func (l *lab) testMany(p *path) error {
 			})
 		}
 		time.Sleep(50 * time.Millisecond) // every goroutine at the start line
-		c0 := cpuOf(p.client, p.server)
+		c0, s0 := cpuOf(p.client, p.server), syscallsOf(p.client, p.server)
 		t0 := time.Now()
 		close(startc)
 		wg.Wait()
 		el := time.Since(t0).Seconds()
-		c1 := cpuOf(p.client, p.server)
+		c1, s1 := cpuOf(p.client, p.server), syscallsOf(p.client, p.server)
 		for _, s := range ss {
 			s.Close()
 		}
@@ -780,13 +780,18 @@ func (l *lab) testMany(p *path) error {
 		}
 		dc += c1[0] - c0[0]
 		dr += c1[1] - c0[1]
+		sc += s1[0] - s0[0]
+		sr += s1[1] - s0[1]
 		l.record(p.name, "100-"+string(mode), float64(l.cfg.psize)*float64(len(ss))/1e6/el)
 	}
 	gibs := float64(2*l.cfg.psize*int64(l.cfg.streams)) / gib
+	mibs := gibs * 1024
 	if p.client != nil {
 		l.record(p.name, "cpu100-client", dc/gibs)
+		l.record(p.name, "sys100-client", sc/mibs)
 	}
 	l.record(p.name, "cpu100-relay", dr/gibs)
+	l.record(p.name, "sys100-relay", sr/mibs)
 	return nil
 }
 
