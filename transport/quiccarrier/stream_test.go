@@ -80,8 +80,10 @@ func (r *scriptedReader) awaitWaiting(t *testing.T) (int, []int) {
 }
 
 // TestStreamWaitsInSmallBuffer: the reader goroutine waits for data in a
-// 2 KiB buffer, and goes on in a 32 KiB chunk after a read fills that;
-// the bytes come out whole and in order.
+// 2 KiB buffer after a read of less than that, in a 32 KiB one after a
+// read that filled 2 KiB or more; it hands on each read at once, so that a
+// message of exactly 2 KiB is not held back waiting for more; the bytes
+// come out whole and in order.
 func TestStreamWaitsInSmallBuffer(t *testing.T) {
 	r := newScriptedReader()
 	st := newStream()
@@ -89,48 +91,38 @@ func TestStreamWaitsInSmallBuffer(t *testing.T) {
 	st.cancelRead, st.cancelWrite = r.cancel, func() {}
 	st.start()
 	defer st.Close()
+	st.SetReadDeadline(time.Now().Add(10 * time.Second))
 
-	if size, _ := r.awaitWaiting(t); size != smallChunkSize {
-		t.Fatalf("the first read waits in a buffer of %d bytes, want %d", size, smallChunkSize)
+	steps := []struct {
+		size int // delivered at once
+		wait int // the buffer of the read that waits afterwards
+	}{
+		{0, smallChunkSize},   // nothing yet
+		{100, smallChunkSize}, // a small message
+		{2048, chunkSize},     // exactly the small buffer: handed on, not held
+		{40000, chunkSize},    // a burst: 32 KiB, then 7,232 bytes
+		{100, smallChunkSize}, // small again
+		{smallChunkSize - 1, smallChunkSize},
 	}
-	var sent bytes.Buffer
-	small := bytes.Repeat([]byte{'s'}, 100)
-	sent.Write(small)
-	r.deliver(small)
-	got := make([]byte, len(small))
-	if _, err := io.ReadFull(st, got); err != nil {
-		t.Fatal(err)
-	}
-	if !bytes.Equal(got, small) {
-		t.Fatal("the small message came out wrong")
-	}
-	if size, _ := r.awaitWaiting(t); size != smallChunkSize {
-		t.Fatalf("after a short read the reader waits in a buffer of %d bytes, want %d", size, smallChunkSize)
-	}
-
-	burst := make([]byte, 40000)
-	for i := range burst {
-		burst[i] = byte(i * 7)
-	}
-	sent.Write(burst)
-	r.deliver(burst)
-	rest := make([]byte, len(burst))
-	if _, err := io.ReadFull(st, rest); err != nil {
-		t.Fatal(err)
-	}
-	if !bytes.Equal(rest, burst) {
-		t.Fatal("the burst came out wrong")
-	}
-	size, sizes := r.awaitWaiting(t)
-	if size != smallChunkSize {
-		t.Fatalf("after a burst the reader waits in a buffer of %d bytes, want %d", size, smallChunkSize)
-	}
-	// 100 bytes in the small buffer; then the burst: 2 KiB, 30 KiB on
-	// into the big chunk, 2 KiB, the rest (5,184 bytes) into another;
-	// then the wait.
-	big := chunkSize - smallChunkSize
-	want := []int{smallChunkSize, smallChunkSize, big, smallChunkSize, big, smallChunkSize}
-	if !slices.Equal(sizes, want) {
-		t.Fatalf("read buffer sizes %v, want %v", sizes, want)
+	seq := 0
+	for i, step := range steps {
+		msg := make([]byte, step.size)
+		for j := range msg {
+			msg[j] = byte(seq)
+			seq = seq*7 + 3
+		}
+		if step.size > 0 {
+			r.deliver(msg)
+			got := make([]byte, len(msg))
+			if _, err := io.ReadFull(st, got); err != nil {
+				t.Fatalf("step %d: reading %d bytes: %v", i, len(msg), err)
+			}
+			if !bytes.Equal(got, msg) {
+				t.Fatalf("step %d: %d bytes came out wrong", i, len(msg))
+			}
+		}
+		if size, sizes := r.awaitWaiting(t); size != step.wait {
+			t.Fatalf("step %d (%d bytes): the reader waits in a buffer of %d bytes, want %d (reads so far: %v)", i, step.size, size, step.wait, sizes)
+		}
 	}
 }
