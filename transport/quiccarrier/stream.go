@@ -75,46 +75,17 @@ func newStream() *stream {
 
 // A chunk is what one read of the underlying stream gave.
 type chunk struct {
-	buf *[]byte // from getChunk; nil with an error only
+	buf *[]byte // from chunkPool; nil with an error only
 	n   int
 	err error
 }
 
-// chunkSize is the most a chunk holds: the reader goroutine holds at most
-// one chunk ahead of Read, so the relay's flow control still sees a slow
-// reader.
-//
-// A read waits for the next bytes, for seconds or minutes on an app's quiet
-// connection, holding its buffer. After a read that brought less than
-// smallChunkSize bytes (an app's message on a quiet connection: MTProto's
-// acknowledgements, pings and most messages are that small), the next
-// read takes a buffer of smallChunkSize, and one that fills that buffer
-// is followed by reads of chunkSize again: a stream whose last message was
-// small waits in 2 KiB, not 32 (a relay with 3,000 streams open held 100
-// MB in them, a third of its heap). Taking the small buffer after any read
-// that did not fill its buffer cost 6% on 100 streams (6efdda1): HTTP/3
-// ends a read at each DATA frame's end, mostly with more than 2 KiB, so
-// that rule took small buffers in the middle of transfers. A read is never
-// held back to wait for more: the peer may be waiting for an answer to
-// what it brought.
-const (
-	chunkSize      = 32 << 10
-	smallChunkSize = 2 << 10
-)
+// chunkSize is the most one underlying read takes: the reader goroutine
+// holds at most one chunk ahead of Read, so the relay's flow control still
+// sees a slow reader.
+const chunkSize = 32 << 10
 
-var (
-	chunkPool      = sync.Pool{New: func() any { b := make([]byte, chunkSize); return &b }}
-	smallChunkPool = sync.Pool{New: func() any { b := make([]byte, smallChunkSize); return &b }}
-)
-
-// putChunk returns a chunk's buffer to its pool.
-func putChunk(bp *[]byte) {
-	if len(*bp) == smallChunkSize {
-		smallChunkPool.Put(bp)
-	} else {
-		chunkPool.Put(bp)
-	}
-}
+var chunkPool = sync.Pool{New: func() any { b := make([]byte, chunkSize); return &b }}
 
 // start starts the reader goroutine; call it once the fields are set. The
 // goroutine ends when the underlying stream fails or ends (Close cancels
@@ -128,18 +99,11 @@ func (s *stream) pump() {
 			return
 		}
 	}
-	small := true // the peer has sent nothing yet
 	for {
-		var bp *[]byte
-		if small {
-			bp = smallChunkPool.Get().(*[]byte)
-		} else {
-			bp = chunkPool.Get().(*[]byte)
-		}
+		bp := chunkPool.Get().(*[]byte)
 		n, err := s.r.Read(*bp)
-		small = n < smallChunkSize
 		if !s.send(chunk{buf: bp, n: n, err: err}) {
-			putChunk(bp)
+			chunkPool.Put(bp)
 			return
 		}
 		if err != nil {
@@ -207,7 +171,7 @@ func (s *stream) SpliceTo(w io.Writer, count func(int)) (int64, error) {
 // returns the reader's final error once all was read. s.rmu is held.
 func (s *stream) nextChunk() error {
 	if s.curBuf != nil {
-		putChunk(s.curBuf)
+		chunkPool.Put(s.curBuf)
 		s.curBuf = nil
 	}
 	if s.rerr != nil {
