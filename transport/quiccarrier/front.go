@@ -142,7 +142,7 @@ type frontDoor struct {
 	idle                   time.Duration
 
 	in    chan datagram // a key holder's datagrams, for quic-go
-	out   chan datagram // quic-go's datagrams, for sendLoop
+	out   outQueue      // quic-go's datagrams, for sendLoop
 	sent  chan struct{} // closed when sendLoop has sent what was queued before Close
 	batch batchConn     // pc's, if it is a UDP socket
 	// gso and gro are the kernel's offloads on pc (see udpOffload).
@@ -169,7 +169,6 @@ type datagram struct {
 	b    []byte
 	bp   *[]byte // b's buffer, from datagramPool; nil if b is its own
 	addr *net.UDPAddr
-	to   net.Addr // where an outgoing one goes
 }
 
 // Datagrams for quic-go wait in buffers of a pool (a datagram larger than
@@ -186,7 +185,7 @@ var datagramPool = sync.Pool{New: func() any { b := make([]byte, datagramBuf); r
 const (
 	readBatch  = 16
 	writeBatch = 16
-	outQueue   = 256 // datagrams waiting to be sent
+	outBatches = 16 // batches of writeBatch datagrams waiting to be sent
 )
 
 var _ net.PacketConn = (*frontDoor)(nil)
@@ -197,13 +196,14 @@ func newFrontDoor(pc net.PacketConn, cover *net.UDPAddr, auth transport.Authenti
 		pc: pc, cover: cover, auth: auth, cids: cids, log: log,
 		maxFlows: maxFlows, maxPerSource: maxPerSource, idle: idle,
 		in:        make(chan datagram, inQueue),
-		out:       make(chan datagram, outQueue),
+		out:       outQueue{kick: make(chan struct{}, 1)},
 		batch:     newBatchConn(pc),
 		rd:        deadline.New(),
 		closed:    make(chan struct{}),
 		flows:     map[netip.AddrPort]*flow{},
 		perSource: map[netip.Prefix][]*flow{},
 	}
+	f.out.room.L = &f.out.mu
 	if f.batch != nil {
 		f.gso, f.gro = udpOffload(pc)
 	}
@@ -236,53 +236,152 @@ func (f *frontDoor) WriteTo(b []byte, addr net.Addr) (int, error) {
 	if f.batch == nil || len(b) > datagramBuf {
 		return f.pc.WriteTo(b, addr)
 	}
-	d := datagram{bp: datagramPool.Get().(*[]byte)}
-	d.b = append((*d.bp)[:0], b...)
-	d.to = addr
-	select {
-	case f.out <- d:
-		return len(b), nil
-	case <-f.closed:
-		datagramPool.Put(d.bp)
+	if !f.out.add(b, addr, f.closed) {
 		return 0, net.ErrClosed
 	}
+	return len(b), nil
 }
 
-// sendLoop sends the datagrams WriteTo queues, as many at a time as are
-// waiting, up to writeBatch, until the door closes; then it sends what is
-// still queued, and closes f.sent.
+// An outQueue holds quic-go's datagrams for sendLoop in batches: each
+// datagram is copied once, into the batch's buffer behind the one before,
+// which is what a segmented send (GSO) sends, and sendLoop is woken once
+// per batch rather than once per datagram.
+type outQueue struct {
+	mu      sync.Mutex
+	room    sync.Cond   // on mu: a batch was freed, or the door closed
+	filling *outBatch   // add appends here; nil when sendLoop took it
+	full    []*outBatch // oldest first
+	free    []*outBatch
+	made    int
+	kick    chan struct{} // cap 1: sendLoop has something to send
+}
+
+// An outBatch is up to writeBatch datagrams, end to end in buf.
+type outBatch struct {
+	buf []byte // cap writeBatch*datagramBuf
+	ds  []outDatagram
+}
+
+type outDatagram struct {
+	off, n int
+	to     net.Addr
+}
+
+func (b *outBatch) add(p []byte, to net.Addr) {
+	b.ds = append(b.ds, outDatagram{off: len(b.buf), n: len(p), to: to})
+	b.buf = append(b.buf, p...)
+}
+
+func (b *outBatch) bytes(d outDatagram) []byte { return b.buf[d.off : d.off+d.n] }
+
+func (b *outBatch) reset() {
+	clear(b.ds) // drop the addresses
+	b.buf, b.ds = b.buf[:0], b.ds[:0]
+}
+
+// add queues a copy of p for to, waiting while outBatches batches are
+// queued, and reports false if closed was closed first.
+func (q *outQueue) add(p []byte, to net.Addr, closed chan struct{}) bool {
+	q.mu.Lock()
+	for {
+		select {
+		case <-closed:
+			q.mu.Unlock()
+			return false
+		default:
+		}
+		if q.filling != nil {
+			break
+		}
+		switch {
+		case len(q.free) > 0:
+			q.filling = q.free[len(q.free)-1]
+			q.free = q.free[:len(q.free)-1]
+		case q.made < outBatches:
+			q.made++
+			q.filling = &outBatch{buf: make([]byte, 0, writeBatch*datagramBuf), ds: make([]outDatagram, 0, writeBatch)}
+		default:
+			q.room.Wait()
+		}
+	}
+	b := q.filling
+	b.add(p, to)
+	first := len(b.ds) == 1
+	if len(b.ds) == writeBatch {
+		q.full = append(q.full, b)
+		q.filling = nil
+	}
+	q.mu.Unlock()
+	if first {
+		// sendLoop takes what is queued before it waits: it waits only
+		// with nothing queued, and then the next datagram starts a batch.
+		select {
+		case q.kick <- struct{}{}:
+		default:
+		}
+	}
+	return true
+}
+
+// take moves the queued batches, the one being filled too, to bs.
+func (q *outQueue) take(bs []*outBatch) []*outBatch {
+	q.mu.Lock()
+	bs = append(bs, q.full...)
+	clear(q.full)
+	q.full = q.full[:0]
+	if q.filling != nil {
+		bs = append(bs, q.filling)
+		q.filling = nil
+	}
+	q.mu.Unlock()
+	return bs
+}
+
+// release frees bs, which sendLoop sent.
+func (q *outQueue) release(bs []*outBatch) {
+	q.mu.Lock()
+	for _, b := range bs {
+		b.reset()
+		q.free = append(q.free, b)
+	}
+	q.room.Broadcast()
+	q.mu.Unlock()
+}
+
+// wakeAll wakes the adds that wait for room, to see the door closed.
+func (q *outQueue) wakeAll() {
+	q.mu.Lock()
+	q.room.Broadcast()
+	q.mu.Unlock()
+}
+
+// sendLoop sends the datagrams WriteTo queues, as many batches at a time
+// as are waiting, until the door closes; then it sends what is still
+// queued, and closes f.sent.
 func (f *frontDoor) sendLoop() {
 	defer close(f.sent)
 	s := newSender(f)
-	ds := make([]datagram, 0, writeBatch)
+	var bs []*outBatch
 	closing := false
 	for {
-		if !closing {
+		bs = f.out.take(bs[:0])
+		if len(bs) == 0 {
+			if closing {
+				return
+			}
 			select {
-			case d := <-f.out:
-				ds = append(ds, d)
+			case <-f.out.kick:
 			case <-f.closed:
 				closing = true
+				f.out.wakeAll()
 			}
+			continue
 		}
-	more:
-		for len(ds) < writeBatch {
-			select {
-			case d := <-f.out:
-				ds = append(ds, d)
-			default:
-				break more
-			}
+		for _, b := range bs {
+			s.send(b)
 		}
-		if len(ds) == 0 {
-			return // closing, and nothing is left
-		}
-		s.send(ds)
-		for i := range ds {
-			datagramPool.Put(ds[i].bp)
-			ds[i] = datagram{}
-		}
-		ds = ds[:0]
+		f.out.release(bs)
+		clear(bs)
 	}
 }
 
@@ -294,7 +393,6 @@ type sender struct {
 	gso   bool // f.gso, until the kernel refuses a segmented send
 	ms    []ipv4.Message
 	runs  [][2]int // the datagrams of each message: ds[lo:hi]
-	buf   []byte   // the runs' bytes, end to end (writeBatch*datagramBuf fits)
 	oobs  [][]byte // each message's segment size control message
 	nmsgs int      // messages sent, for tests
 }
@@ -304,7 +402,6 @@ func newSender(f *frontDoor) *sender {
 		f: f, gso: f.gso,
 		ms:   make([]ipv4.Message, writeBatch),
 		runs: make([][2]int, writeBatch),
-		buf:  make([]byte, 0, writeBatch*datagramBuf),
 		oobs: make([][]byte, writeBatch),
 	}
 	for i := range s.ms {
@@ -314,10 +411,11 @@ func newSender(f *frontDoor) *sender {
 	return s
 }
 
-// send sends ds (at most writeBatch datagrams, none over datagramBuf).
-func (s *sender) send(ds []datagram) {
+// send sends b's datagrams. A run of them that one segmented send carries
+// lies end to end in b's buffer already.
+func (s *sender) send(b *outBatch) {
+	ds := b.ds
 	k := 0
-	s.buf = s.buf[:0]
 	for i := 0; i < len(ds); k++ {
 		j := i + 1
 		if s.gso {
@@ -325,15 +423,9 @@ func (s *sender) send(ds []datagram) {
 		}
 		m := &s.ms[k]
 		m.Addr, m.OOB = ds[i].to, nil
-		if j-i == 1 {
-			m.Buffers[0] = ds[i].b
-		} else {
-			start := len(s.buf)
-			for _, d := range ds[i:j] {
-				s.buf = append(s.buf, d.b...)
-			}
-			m.Buffers[0] = s.buf[start:]
-			m.OOB = segmentSizeMsg(s.oobs[k], len(ds[i].b))
+		m.Buffers[0] = b.buf[ds[i].off : ds[j-1].off+ds[j-1].n]
+		if j-i > 1 {
+			m.OOB = segmentSizeMsg(s.oobs[k], ds[i].n)
 		}
 		s.runs[k] = [2]int{i, j}
 		i = j
@@ -349,7 +441,7 @@ func (s *sender) send(ds []datagram) {
 				s.f.log.Info("quic front door: the kernel cannot segment sends here; sending datagrams one by one", "err", err)
 			}
 			for _, d := range ds[run[0]:run[1]] {
-				s.f.pc.WriteTo(d.b, d.to)
+				s.f.pc.WriteTo(b.bytes(d), d.to)
 			}
 			n = 1
 		}
@@ -364,11 +456,11 @@ func (s *sender) send(ds []datagram) {
 // gsoRun returns the end of the run of datagrams from ds[i] that one
 // segmented send can carry: to the same address, each as long as ds[i],
 // except that the last may be shorter.
-func gsoRun(ds []datagram, i int) int {
-	size := len(ds[i].b)
+func gsoRun(ds []outDatagram, i int) int {
+	size := ds[i].n
 	j := i + 1
 	for j < len(ds) && sameAddr(ds[j].to, ds[i].to) {
-		n := len(ds[j].b)
+		n := ds[j].n
 		if n > size || n == 0 {
 			break
 		}

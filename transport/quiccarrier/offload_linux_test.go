@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"log/slog"
 	"net"
+	"sync"
 	"testing"
 	"time"
 )
@@ -54,17 +55,17 @@ func TestSenderGSO(t *testing.T) {
 		{b, 1300}, {b, 1300}, // larger: one more
 		{a, 1300}, // another address
 	}
-	var ds []datagram
+	var ob outBatch
 	want := map[net.PacketConn][][]byte{}
 	for i, p := range plan {
 		d := numbered(i, p.size)
-		ds = append(ds, datagram{b: d, to: p.to.LocalAddr()})
+		ob.add(d, p.to.LocalAddr())
 		want[p.to] = append(want[p.to], d)
 	}
 	s := newSender(f)
-	s.send(ds)
+	s.send(&ob)
 	if s.nmsgs != 4 {
-		t.Errorf("%d messages for %d datagrams, want 4", s.nmsgs, len(ds))
+		t.Errorf("%d messages for %d datagrams, want 4", s.nmsgs, len(ob.ds))
 	}
 	for _, c := range []net.PacketConn{a, b} {
 		got := readAll(t, c, len(want[c]))
@@ -109,5 +110,85 @@ func TestFrontDoorGRO(t *testing.T) {
 	}
 	if n := r.door.groReads.Load(); n != 1 {
 		t.Errorf("the door read %d coalesced buffers, want 1", n)
+	}
+}
+
+// TestFrontDoorWriteTo: datagrams quic-go writes from several goroutines
+// at once all leave the door, each writer's in order and as written; and
+// what was written before Close leaves before the socket closes.
+func TestFrontDoorWriteTo(t *testing.T) {
+	r := startDoor(t, 16, 16)
+	const writers, each = 4, 12 // 48 datagrams: a socket buffers about 100 small ones
+	dst := client(t, "127.0.0.1")
+	var wg sync.WaitGroup
+	for w := range writers {
+		wg.Go(func() {
+			for i := range each {
+				d := bytes.Repeat([]byte{byte(w), byte(i)}, 300+i*7%200) // sizes vary, so runs break
+				if _, err := r.door.WriteTo(d, dst.LocalAddr()); err != nil {
+					t.Errorf("writer %d, datagram %d: %v", w, i, err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	r.door.Close()
+	next := make([]int, writers)
+	for _, d := range readAll(t, dst, writers*each) {
+		w, i := int(d[0]), int(d[1])
+		if w >= writers || i != next[w] || len(d) != 2*(300+i*7%200) {
+			t.Fatalf("got datagram %d of writer %d (%d bytes), want datagram %d of it", i, w, len(d), next[min(w, writers-1)])
+		}
+		next[w]++
+	}
+	if _, err := r.door.WriteTo([]byte("late"), dst.LocalAddr()); err == nil {
+		t.Error("WriteTo after Close succeeded")
+	}
+}
+
+// TestOutQueueFull: WriteTo's queue holds outBatches batches of writeBatch
+// datagrams; a further add waits until sendLoop frees a batch, and gives
+// up once the door closes.
+func TestOutQueueFull(t *testing.T) {
+	q := outQueue{kick: make(chan struct{}, 1)}
+	q.room.L = &q.mu
+	closed := make(chan struct{})
+	to := &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 9}
+	for i := range outBatches * writeBatch {
+		if !q.add([]byte{byte(i)}, to, closed) {
+			t.Fatal("add failed with room left")
+		}
+	}
+	added := make(chan bool)
+	go func() { added <- q.add([]byte{0xff}, to, closed) }()
+	select {
+	case <-added:
+		t.Fatal("add went through with the queue full")
+	case <-time.After(50 * time.Millisecond):
+	}
+	bs := q.take(nil)
+	if len(bs) != outBatches {
+		t.Fatalf("took %d batches, want %d", len(bs), outBatches)
+	}
+	for k, b := range bs {
+		for j, d := range b.ds {
+			if got := b.bytes(d); len(got) != 1 || got[0] != byte(k*writeBatch+j) {
+				t.Fatalf("batch %d, datagram %d: %v", k, j, got)
+			}
+		}
+	}
+	q.release(bs)
+	if !<-added {
+		t.Fatal("add failed once a batch was freed")
+	}
+	for range outBatches*writeBatch - 1 {
+		q.add([]byte{1}, to, closed)
+	}
+	go func() { added <- q.add([]byte{0xff}, to, closed) }()
+	close(closed)
+	q.wakeAll()
+	if <-added {
+		t.Fatal("add went through a closed door's full queue")
 	}
 }
