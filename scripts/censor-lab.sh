@@ -29,6 +29,8 @@ up      builds merpati, merpati-relay and labnode, then brings up a lab in
           --netem DELAY            delay per packet and direction (RTT +2*DELAY): tc netem, or
                                    a user-space TUN delayer on kernels without sch_netem
           --loss PERCENT           loss per direction (netem with --netem, else nftables)
+          --mtu BYTES              forward packets of at most BYTES (1280 to 1500) towards the
+                                   client and the relays: a tunnel's or a mobile network's hop
         --client starts a merpati client (SOCKS5 127.0.0.1:1080 in the
         client host); --check also runs a gotd MTProto client through it
         and directly, and prints the timings.

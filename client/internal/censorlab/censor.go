@@ -205,8 +205,29 @@ func (l *Lab) stopUserNetem(ctx context.Context) {
 	p.Stop() // the TUN interface, and the route through it, go with it
 }
 
-// Reset removes every rule and qdisc the censor applies, so it forwards
-// everything again.
+// MTU makes the censor's links towards the client and the relay carry IP
+// packets of at most mtu bytes, as a tunnel, a PPPoE line or a mobile
+// network on the path does, while both ends keep 1,500: a packet too big
+// for the hop is dropped, and its sender hears why (ICMP "fragmentation
+// needed", which the censor lets through) when it set don't-fragment.
+// [Lab.Reset] restores 1,500.
+func (l *Lab) MTU(mtu int) error {
+	if mtu < 1280 || mtu > 1500 {
+		return fmt.Errorf("censorlab: MTU %d: want 1280 to 1500", mtu)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), censorTimeout)
+	defer cancel()
+	for _, iface := range []string{"client0", "relay0"} {
+		if _, err := l.Run(ctx, Censor, "ip", "link", "set", "dev", iface, "mtu", strconv.Itoa(mtu)); err != nil {
+			return err
+		}
+	}
+	l.log.Info("censor MTU", "mtu", mtu)
+	return nil
+}
+
+// Reset removes every rule and qdisc the censor applies and restores its
+// links' MTU, so it forwards everything again.
 func (l *Lab) Reset() error {
 	ctx, cancel := context.WithTimeout(context.Background(), censorTimeout)
 	defer cancel()
@@ -218,6 +239,11 @@ func (l *Lab) Reset() error {
 		l.Run(ctx, Censor, "tc", "qdisc", "del", "dev", iface, "root")
 	}
 	l.stopUserNetem(ctx)
+	for _, iface := range censorIfaces {
+		if _, err := l.Run(ctx, Censor, "ip", "link", "set", "dev", iface, "mtu", "1500"); err != nil {
+			return err
+		}
+	}
 	l.log.Info("censor reset")
 	return nil
 }

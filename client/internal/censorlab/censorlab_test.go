@@ -8,6 +8,7 @@ import (
 	"slices"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -299,6 +300,51 @@ func TestSlowLossyLink(t *testing.T) {
 			}
 			t.Logf("via %s: time to first RPC %v (first includes the carrier handshake; median of the rest %v)",
 				carrier, msAll(ds), median(ds[1:]))
+		})
+	}
+}
+
+// TestSmallMTU: a hop on the path carries smaller packets than both ends
+// (1,500): 1,400 bytes, as behind many tunnels and mobile networks, or
+// 1,280, IPv6's minimum. Each carrier carries an MTProto client's key
+// exchange and RPCs of up to 24 KiB each way: TCP by path MTU discovery,
+// QUIC within its first packets' size, its don't-fragment probes for more
+// lost or refused. At 1,280 only the TLS carrier works: quic-go's first
+// packets carry 1,280 bytes of UDP payload, 1,308 bytes of IPv4 packet, as
+// the cover site's own (Caddy's) do, and the client falls back to TLS.
+func TestSmallMTU(t *testing.T) {
+	lab, svc := newLab(t)
+	both := []string{link.CarrierQUIC, link.CarrierTLS}
+	for _, c := range []struct {
+		mtu     int
+		offered []string // the link's carriers
+		want    string   // the carrier that carries
+	}{
+		{1400, []string{link.CarrierTLS}, link.CarrierTLS},
+		{1400, []string{link.CarrierQUIC}, link.CarrierQUIC},
+		{1280, []string{link.CarrierTLS}, link.CarrierTLS},
+		{1280, both, link.CarrierTLS},
+	} {
+		name := fmt.Sprintf("%d/%s", c.mtu, strings.Join(c.offered, "+"))
+		t.Run(name, func(t *testing.T) {
+			if err := lab.MTU(c.mtu); err != nil {
+				t.Fatal(err)
+			}
+			client, err := lab.StartClient(t.Context(), "merpati-"+strings.ReplaceAll(name, "/", "-"), withCarriers(svc.Link, c.offered...))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer client.Stop()
+			// Payloads cycle through 16 B, 256 B, 4 KiB and 24 KiB.
+			st, err := lab.Telegram(t.Context(), svc, censorlab.TelegramOptions{SOCKS: censorlab.ClientListen, RPCs: 8, Timeout: 30 * time.Second})
+			if err != nil {
+				t.Fatal(err)
+			}
+			sessions := censorlab.ClientSessions(client)
+			if len(sessions) == 0 || sessions[len(sessions)-1].Carrier != c.want {
+				t.Fatalf("sessions = %+v, want %s", sessions, c.want)
+			}
+			t.Logf("MTU %d, via %s: %d RPCs, first answered after %v", c.mtu, c.want, st.RPCs, ms(st.KeyExchange+st.FirstRPC))
 		})
 	}
 }

@@ -285,6 +285,7 @@ func cmdLab(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	dropDC := fs.Bool("drop-dc", false, "censor: drop the client's traffic to the DC prefix "+censorlab.DCPrefix)
 	netem := fs.Duration("netem", 0, "censor: delay each packet by this much, each way (tc netem, or user space without sch_netem)")
 	loss := fs.Float64("loss", 0, "censor: drop this percentage of packets (netem with --netem, else nftables)")
+	mtu := fs.Int("mtu", 0, "censor: forward IP packets of at most this many bytes towards the client and the relay (1280 to 1500)")
 	startClient := fs.Bool("client", false, "start a merpati client in the client host")
 	check := fs.Bool("check", false, "run one MTProto client through the merpati client (implies --client) and directly")
 	logFlags := cmdmain.AddLogFlags(fs, "info")
@@ -332,6 +333,11 @@ func cmdLab(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	}
 	for _, a := range blackhole {
 		if err := lab.Blackhole(a); err != nil {
+			return err
+		}
+	}
+	if *mtu != 0 {
+		if err := lab.MTU(*mtu); err != nil {
 			return err
 		}
 	}
