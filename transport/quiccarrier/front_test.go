@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
 	"testing"
 	"time"
 
@@ -464,5 +465,25 @@ func TestCheckCover(t *testing.T) {
 	// quic-go's handshake timeout is 10 s; the ICMP error comes at once.
 	if took := time.Since(start); took > 5*time.Second {
 		t.Errorf("a closed port took %v to tell", took)
+	}
+}
+
+// TestFrontDoorReadFromDeadline: ReadFrom on an empty door returns at its
+// read deadline, and with net.ErrClosed once the door closes.
+func TestFrontDoorReadFromDeadline(t *testing.T) {
+	r := startDoor(t, 16, 16)
+	r.door.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
+	if _, _, err := r.door.ReadFrom(make([]byte, 2048)); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("ReadFrom past the deadline: %v, want a time-out", err)
+	}
+	r.door.SetReadDeadline(time.Time{})
+	done := make(chan error, 1)
+	go func() {
+		_, _, err := r.door.ReadFrom(make([]byte, 2048))
+		done <- err
+	}()
+	r.door.Close()
+	if err := <-done; !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("ReadFrom on a closed door: %v, want net.ErrClosed", err)
 	}
 }
