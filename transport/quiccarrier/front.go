@@ -142,7 +142,7 @@ type frontDoor struct {
 	idle                   time.Duration
 
 	in    chan datagram // a key holder's datagrams, for quic-go
-	out   outQueue      // quic-go's datagrams, for sendLoop
+	out   *outQueue     // quic-go's datagrams, for sendLoop
 	sent  chan struct{} // closed when sendLoop has sent what was queued before Close
 	batch batchConn     // pc's, if it is a UDP socket
 	// gso and gro are the kernel's offloads on pc (see udpOffload).
@@ -196,14 +196,13 @@ func newFrontDoor(pc net.PacketConn, cover *net.UDPAddr, auth transport.Authenti
 		pc: pc, cover: cover, auth: auth, cids: cids, log: log,
 		maxFlows: maxFlows, maxPerSource: maxPerSource, idle: idle,
 		in:        make(chan datagram, inQueue),
-		out:       outQueue{kick: make(chan struct{}, 1)},
 		batch:     newBatchConn(pc),
 		rd:        deadline.New(),
 		closed:    make(chan struct{}),
 		flows:     map[netip.AddrPort]*flow{},
 		perSource: map[netip.Prefix][]*flow{},
 	}
-	f.out.room.L = &f.out.mu
+	f.out = newOutQueue(f.closed)
 	if f.batch != nil {
 		f.gso, f.gro = udpOffload(pc)
 	}
@@ -236,7 +235,7 @@ func (f *frontDoor) WriteTo(b []byte, addr net.Addr) (int, error) {
 	if f.batch == nil || len(b) > datagramBuf {
 		return f.pc.WriteTo(b, addr)
 	}
-	if !f.out.add(b, addr, f.closed) {
+	if !f.out.add(b, addr) {
 		return 0, net.ErrClosed
 	}
 	return len(b), nil
@@ -247,13 +246,21 @@ func (f *frontDoor) WriteTo(b []byte, addr net.Addr) (int, error) {
 // which is what a segmented send (GSO) sends, and sendLoop is woken once
 // per batch rather than once per datagram.
 type outQueue struct {
+	closed <-chan struct{} // the door's: add gives up
+	kick   chan struct{}   // cap 1: sendLoop has something to send
+
 	mu      sync.Mutex
 	room    sync.Cond   // on mu: a batch was freed, or the door closed
 	filling *outBatch   // add appends here; nil when sendLoop took it
 	full    []*outBatch // oldest first
 	free    []*outBatch
 	made    int
-	kick    chan struct{} // cap 1: sendLoop has something to send
+}
+
+func newOutQueue(closed <-chan struct{}) *outQueue {
+	q := &outQueue{closed: closed, kick: make(chan struct{}, 1)}
+	q.room.L = &q.mu
+	return q
 }
 
 // An outBatch is up to writeBatch datagrams, end to end in buf.
@@ -280,12 +287,12 @@ func (b *outBatch) reset() {
 }
 
 // add queues a copy of p for to, waiting while outBatches batches are
-// queued, and reports false if closed was closed first.
-func (q *outQueue) add(p []byte, to net.Addr, closed chan struct{}) bool {
+// queued, and reports false if the door closed first.
+func (q *outQueue) add(p []byte, to net.Addr) bool {
 	q.mu.Lock()
 	for {
 		select {
-		case <-closed:
+		case <-q.closed:
 			q.mu.Unlock()
 			return false
 		default:

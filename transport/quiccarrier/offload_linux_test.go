@@ -120,11 +120,12 @@ func TestFrontDoorWriteTo(t *testing.T) {
 	r := startDoor(t, 16, 16)
 	const writers, each = 4, 12 // 48 datagrams: a socket buffers about 100 small ones
 	dst := client(t, "127.0.0.1")
+	size := func(i int) int { return 2 * (300 + i*7%200) } // sizes vary, so runs break
 	var wg sync.WaitGroup
 	for w := range writers {
 		wg.Go(func() {
 			for i := range each {
-				d := bytes.Repeat([]byte{byte(w), byte(i)}, 300+i*7%200) // sizes vary, so runs break
+				d := bytes.Repeat([]byte{byte(w), byte(i)}, size(i)/2)
 				if _, err := r.door.WriteTo(d, dst.LocalAddr()); err != nil {
 					t.Errorf("writer %d, datagram %d: %v", w, i, err)
 					return
@@ -137,7 +138,7 @@ func TestFrontDoorWriteTo(t *testing.T) {
 	next := make([]int, writers)
 	for _, d := range readAll(t, dst, writers*each) {
 		w, i := int(d[0]), int(d[1])
-		if w >= writers || i != next[w] || len(d) != 2*(300+i*7%200) {
+		if w >= writers || i != next[w] || len(d) != size(i) {
 			t.Fatalf("got datagram %d of writer %d (%d bytes), want datagram %d of it", i, w, len(d), next[min(w, writers-1)])
 		}
 		next[w]++
@@ -151,17 +152,16 @@ func TestFrontDoorWriteTo(t *testing.T) {
 // datagrams; a further add waits until sendLoop frees a batch, and gives
 // up once the door closes.
 func TestOutQueueFull(t *testing.T) {
-	q := outQueue{kick: make(chan struct{}, 1)}
-	q.room.L = &q.mu
 	closed := make(chan struct{})
+	q := newOutQueue(closed)
 	to := &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 9}
 	for i := range outBatches * writeBatch {
-		if !q.add([]byte{byte(i)}, to, closed) {
+		if !q.add([]byte{byte(i)}, to) {
 			t.Fatal("add failed with room left")
 		}
 	}
 	added := make(chan bool)
-	go func() { added <- q.add([]byte{0xff}, to, closed) }()
+	go func() { added <- q.add([]byte{0xff}, to) }()
 	select {
 	case <-added:
 		t.Fatal("add went through with the queue full")
@@ -183,9 +183,9 @@ func TestOutQueueFull(t *testing.T) {
 		t.Fatal("add failed once a batch was freed")
 	}
 	for range outBatches*writeBatch - 1 {
-		q.add([]byte{1}, to, closed)
+		q.add([]byte{1}, to)
 	}
-	go func() { added <- q.add([]byte{0xff}, to, closed) }()
+	go func() { added <- q.add([]byte{0xff}, to) }()
 	close(closed)
 	q.wakeAll()
 	if <-added {

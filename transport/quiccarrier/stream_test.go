@@ -4,21 +4,18 @@ import (
 	"bytes"
 	"io"
 	"net"
-	"slices"
 	"sync"
 	"testing"
 	"time"
 )
 
 // scriptedReader gives what was delivered to it, as much as each Read's
-// buffer takes, as a QUIC stream does, and records each Read's buffer
-// size.
+// buffer takes, as a QUIC stream does.
 type scriptedReader struct {
 	mu      sync.Mutex
 	cond    *sync.Cond
 	pending []byte
-	sizes   []int
-	waiting int // buffer size of a Read that waits for data, or 0
+	waiting bool // a Read waits for data
 	closed  bool
 }
 
@@ -31,16 +28,15 @@ func newScriptedReader() *scriptedReader {
 func (r *scriptedReader) Read(p []byte) (int, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.sizes = append(r.sizes, len(p))
 	for len(r.pending) == 0 {
 		if r.closed {
 			return 0, net.ErrClosed
 		}
-		r.waiting = len(p)
+		r.waiting = true
 		r.cond.Broadcast()
 		r.cond.Wait()
 	}
-	r.waiting = 0
+	r.waiting = false
 	n := copy(p, r.pending)
 	r.pending = r.pending[n:]
 	return n, nil
@@ -61,22 +57,20 @@ func (r *scriptedReader) deliver(b []byte) {
 	r.mu.Unlock()
 }
 
-// awaitWaiting waits until a Read waits for data with nothing pending, and
-// returns its buffer size and the sizes of all Reads so far.
-func (r *scriptedReader) awaitWaiting(t *testing.T) (int, []int) {
+// awaitWaiting waits until a Read waits for data with nothing pending.
+func (r *scriptedReader) awaitWaiting(t *testing.T) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	for r.waiting == 0 || len(r.pending) > 0 {
+	for !r.waiting || len(r.pending) > 0 {
 		if time.Now().After(deadline) {
-			t.Fatalf("no read waits for data; reads so far: %v", r.sizes)
+			t.Fatal("no read waits for data")
 		}
 		r.mu.Unlock()
 		time.Sleep(time.Millisecond)
 		r.mu.Lock()
 	}
-	return r.waiting, slices.Clone(r.sizes)
 }
 
 // TestStreamHandsOnEachRead: what each read of the underlying stream
