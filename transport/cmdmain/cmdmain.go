@@ -18,6 +18,7 @@ import (
 	"os/signal"
 	"runtime"
 	"runtime/pprof"
+	"runtime/trace"
 	"strconv"
 	"strings"
 	"syscall"
@@ -38,7 +39,9 @@ type RunFunc func(ctx context.Context, args []string, stdout, stderr io.Writer) 
 // writes a CPU profile of the run there (for go tool pprof); "%p" in the
 // name stands for the process ID, for several processes at once. With
 // MERPATI_HEAPPROFILE set likewise, each SIGUSR1 writes a heap profile
-// of what is in use at that moment there (the file is replaced).
+// of what is in use at that moment there (the file is replaced). With
+// MERPATI_TRACE set likewise, it writes an execution trace of the run
+// there (for go tool trace: where goroutines wait, and for how long).
 func Main(name string, run RunFunc) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	if path := os.Getenv("MERPATI_CPUPROFILE"); path != "" {
@@ -51,6 +54,18 @@ func Main(name string, run RunFunc) int {
 		} else {
 			defer f.Close()
 			defer pprof.StopCPUProfile()
+		}
+	}
+	if path := os.Getenv("MERPATI_TRACE"); path != "" {
+		path = strings.ReplaceAll(path, "%p", strconv.Itoa(os.Getpid()))
+		if f, err := os.Create(path); err != nil {
+			fmt.Fprintln(os.Stderr, name+": trace:", err)
+		} else if err := trace.Start(f); err != nil {
+			fmt.Fprintln(os.Stderr, name+": trace:", err)
+			f.Close()
+		} else {
+			defer f.Close()
+			defer trace.Stop()
 		}
 	}
 	if path := os.Getenv("MERPATI_HEAPPROFILE"); path != "" {
