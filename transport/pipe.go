@@ -73,9 +73,19 @@ func copyHalf(dst, src net.Conn, count func(int), abort func()) int64 {
 			size = n
 		}
 	}
+	// Free bytes before the data, where dst wants them (a
+	// HeadroomWriter): buf starts head bytes into base, its array.
+	head := 0
+	hw, _ := dst.(HeadroomWriter)
+	if hw != nil {
+		if head = hw.WriteHeadroom(); head < 0 || head > maxHeadroom {
+			head = 0
+		}
+	}
 	wait := waiter(src) // nil where src cannot wait for data without a buffer
-	small := make([]byte, smallBuf)
-	buf := small
+	small := make([]byte, head+smallBuf)
+	base := small
+	buf := small[head:]
 	var bufp *[]byte
 	defer func() {
 		if bufp != nil {
@@ -89,12 +99,19 @@ func copyHalf(dst, src net.Conn, count func(int), abort func()) int64 {
 			drained = false
 			if wait() {
 				bufp = bufPool.Get().(*[]byte)
-				buf = (*bufp)[:size]
+				base = *bufp
+				buf = base[head : head+size]
 			}
 		}
 		n, rerr := src.Read(buf)
 		if n > 0 {
-			w, werr := dst.Write(buf[:n])
+			var w int
+			var werr error
+			if head > 0 {
+				w, werr = hw.WriteWithHeadroom(base[:head+n], head)
+			} else {
+				w, werr = dst.Write(buf[:n])
+			}
 			total += int64(w)
 			if count != nil && w > 0 {
 				count(w)
@@ -107,10 +124,11 @@ func copyHalf(dst, src net.Conn, count func(int), abort func()) int64 {
 		switch {
 		case bufp == nil && n == len(buf):
 			bufp = bufPool.Get().(*[]byte)
-			buf = (*bufp)[:size]
+			base = *bufp
+			buf = base[head : head+size]
 		case bufp != nil && (n < size/8 || wait != nil && n < len(buf)):
 			bufPool.Put(bufp)
-			bufp, buf = nil, small
+			bufp, base, buf = nil, small, small[head:]
 			drained = n >= size/8
 		}
 		if rerr != nil {
@@ -128,10 +146,12 @@ func copyHalf(dst, src net.Conn, count func(int), abort func()) int64 {
 }
 
 // Buffer sizes of copyHalf: the big one is what a TLS tunnel's copy loop
-// reads at a time, 64 KiB.
+// reads at a time, 64 KiB; maxHeadroom is the most free room a
+// [HeadroomWriter] gets before it.
 const (
-	smallBuf = 2 << 10
-	bigBuf   = 64 << 10
+	smallBuf    = 2 << 10
+	bigBuf      = 64 << 10
+	maxHeadroom = 64
 )
 
-var bufPool = sync.Pool{New: func() any { b := make([]byte, bigBuf); return &b }}
+var bufPool = sync.Pool{New: func() any { b := make([]byte, bigBuf+maxHeadroom); return &b }}

@@ -100,6 +100,22 @@ type WriteSizer interface {
 	WriteSize() int
 }
 
+// A HeadroomWriter is a conn, typically a [Stream], that frames what it
+// writes in front of the data itself: given free bytes before the data,
+// it writes each frame's header there and hands header and payload on in
+// one piece, sparing the copy of the payload behind its header. [Splice]
+// reads into a buffer after that many free bytes for it.
+type HeadroomWriter interface {
+	// WriteHeadroom returns how many free bytes WriteWithHeadroom
+	// wants before the data, or 0 if it wants none.
+	WriteHeadroom() int
+	// WriteWithHeadroom writes b[head:], where head is WriteHeadroom's
+	// answer, as Write writes its argument. Unlike Write it may
+	// overwrite b meanwhile: b[:head], and each byte of b[head:] once
+	// that byte is written.
+	WriteWithHeadroom(b []byte, head int) (int, error)
+}
+
 // A Dialer establishes sessions to one relay over one carrier. It must be
 // safe for concurrent use.
 type Dialer interface {

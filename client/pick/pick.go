@@ -951,6 +951,26 @@ func (s *countedStream) WriteSize() int {
 	return 0
 }
 
+// WriteHeadroom passes on the carrier stream's wish for free bytes before
+// the data (see [transport.HeadroomWriter]).
+func (s *countedStream) WriteHeadroom() int {
+	if hw, ok := s.Stream.(transport.HeadroomWriter); ok {
+		return hw.WriteHeadroom()
+	}
+	return 0
+}
+
+// WriteWithHeadroom is the carrier stream's, counted as sent.
+func (s *countedStream) WriteWithHeadroom(b []byte, head int) (int, error) {
+	hw, ok := s.Stream.(transport.HeadroomWriter)
+	if !ok {
+		return s.Write(b[head:])
+	}
+	n, err := hw.WriteWithHeadroom(b, head)
+	s.a.sent.Add(int64(n))
+	return n, err
+}
+
 // A splicingStream is a countedStream whose carrier stream is a
 // [transport.Splicer].
 type splicingStream struct{ *countedStream }

@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"net"
@@ -16,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/merpati/merpati/transport"
 	"go.uber.org/goleak"
 	"golang.org/x/net/http2"
 )
@@ -59,10 +62,20 @@ func tcpPair(tb testing.TB) (net.Conn, net.Conn) {
 	return c, r.c
 }
 
-// forEachTransport runs f once over net.Pipe and once over loopback TCP.
+// waitPair is tcpPair with each end a transport.WaitConn, whose session
+// wakes its streams' readers when the socket is drained (see
+// Session.wakeReaders).
+func waitPair(tb testing.TB) (net.Conn, net.Conn) {
+	c, s := tcpPair(tb)
+	return transport.NewWaitConn(c), transport.NewWaitConn(s)
+}
+
+// forEachTransport runs f over net.Pipe, over loopback TCP, and over
+// loopback TCP read by a transport.WaitConn.
 func forEachTransport(t *testing.T, f func(t *testing.T, pair connPair)) {
 	t.Run("pipe", func(t *testing.T) { f(t, pipePair) })
 	t.Run("tcp", func(t *testing.T) { f(t, tcpPair) })
+	t.Run("waitconn", func(t *testing.T) { f(t, waitPair) })
 }
 
 // newSessions starts a client and a server session on a fresh connection
@@ -1257,4 +1270,131 @@ func TestLargeDataSkipsReadBuffer(t *testing.T) {
 	if n := rec.n.Load(); n > frameHeaderSz {
 		t.Errorf("small reads took %d bytes of a %d-byte DATA frame, want its %d-byte header only", n, len(payload), frameHeaderSz)
 	}
+}
+
+// TestWriteWithHeadroom: a write with free bytes before its data goes to
+// the connection a DATA frame per Write, each frame's header right before
+// its payload, a frame of 16,375 bytes filling a TLS record with its
+// header; the stream's window and the session's 256 KiB pieces cut it
+// without losing or reordering a byte, and the bytes before the data are
+// all the free room it needs.
+func TestWriteWithHeadroom(t *testing.T) {
+	var rec *writeRecorder
+	cs, ss := newSessions(t, func(testing.TB) (net.Conn, net.Conn) {
+		c, s := net.Pipe()
+		rec = &writeRecorder{Conn: c}
+		return rec, s
+	}, Config{}, Config{MaxStreamWindow: 100_000})
+	ctx := ctxT(t)
+	tst, err := cs.OpenStream(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := tst.(*Stream)
+	sst := make(chan *Stream, 1)
+	go func() {
+		st, _ := ss.AcceptStream(ctx)
+		sst <- st
+	}()
+	// Past the padded first writes, which take the buffered path.
+	for range paddedWrites + 1 {
+		if _, err := st.Write([]byte("open")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	server := <-sst
+	if server == nil {
+		t.Fatal("no stream accepted")
+	}
+	buf := make([]byte, 1<<20)
+	if _, err := io.ReadFull(server, buf[:4*(paddedWrites+1)]); err != nil {
+		t.Fatal(err)
+	}
+	if st.WriteHeadroom() != frameHeaderSz {
+		t.Fatalf("WriteHeadroom = %d", st.WriteHeadroom())
+	}
+
+	// 65,500 bytes first, while the stream window (100,000) has room for all.
+	for _, size := range []int{65500, 1, 300_000} {
+		data := make([]byte, size)
+		for i := range data {
+			data[i] = byte(i*31 + size)
+		}
+		b := append(bytes.Repeat([]byte{0xaa}, frameHeaderSz), data...)
+		rec.reset()
+		errc := make(chan error, 1)
+		go func() {
+			n, err := st.WriteWithHeadroom(b, frameHeaderSz)
+			if err == nil && n != size {
+				err = fmt.Errorf("wrote %d of %d bytes", n, size)
+			}
+			errc <- err
+		}()
+		if _, err := io.ReadFull(server, buf[:size]); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(buf[:size], data) {
+			t.Fatalf("%d bytes: the server read other bytes", size)
+		}
+		if err := <-errc; err != nil {
+			t.Fatal(err)
+		}
+		var sizes []int
+		total := 0
+		for i, w := range rec.take() {
+			if w.typ != http2.FrameData {
+				continue // a WINDOW_UPDATE or SETTINGS ACK
+			}
+			if w.id != st.id || w.length+frameHeaderSz != w.n || w.length > tlsRecord-frameHeaderSz {
+				t.Fatalf("%d bytes: write %d is %d bytes starting with a DATA frame of %d for stream %d; want one whole frame of at most %d for stream %d",
+					size, i, w.n, w.length, w.id, tlsRecord-frameHeaderSz, st.id)
+			}
+			sizes = append(sizes, w.n)
+			total += w.length
+		}
+		if total != size {
+			t.Fatalf("%d bytes: DATA frames carried %d", size, total)
+		}
+		// Nothing cuts 65,500 bytes: four whole records.
+		if size == 65500 && !slices.Equal(sizes, []int{tlsRecord, tlsRecord, tlsRecord, tlsRecord}) {
+			t.Errorf("65,500 bytes went out in writes of %v bytes, want 4 of %d", sizes, tlsRecord)
+		}
+	}
+}
+
+// writeRecorder is a conn that notes each Write: its size, and the header
+// of the frame it starts with.
+type writeRecorder struct {
+	net.Conn
+	mu     sync.Mutex
+	writes []recordedWrite
+}
+
+type recordedWrite struct {
+	n, length int
+	typ       http2.FrameType
+	id        uint32
+}
+
+func (c *writeRecorder) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	w := recordedWrite{n: len(p)}
+	if len(p) >= frameHeaderSz {
+		w.length = int(p[0])<<16 | int(p[1])<<8 | int(p[2])
+		w.typ = http2.FrameType(p[3])
+		w.id = binary.BigEndian.Uint32(p[5:]) & maxStreamID
+	}
+	c.writes = append(c.writes, w)
+	c.mu.Unlock()
+	return c.Conn.Write(p)
+}
+
+func (c *writeRecorder) reset() { c.take() }
+
+func (c *writeRecorder) take() []recordedWrite {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	w := c.writes
+	c.writes = nil
+	return w
 }

@@ -87,6 +87,8 @@ type Session struct {
 	nCtrl      int           // peer-provoked frames in wq and cq
 	pings      map[[8]byte]*pingState
 	ready      []*Stream // streams with new data whose readers are not yet woken
+	readyBytes int       // bytes received for them
+	waitHook   bool      // the connection calls wakeReaders before it waits for bytes (a transport.WaitConn)
 	pingSeq    uint64
 	rtt        time.Duration // round trip of the latest acknowledged PING; 0 before the first
 	heard      chan struct{} // closed (and cleared) when the next frame arrives; nil if nobody waits
@@ -157,6 +159,9 @@ type writeItem struct {
 	flight int  // HEADERS: the size its stream's first flight is padded to (see writeFlight)
 	first  bool // DATA: queued with its stream's HEADERS, whose flight it belongs to
 	pad    int  // DATA: padding in the first frame, Pad Length octet included, already taken from the windows
+	// DATA: data with frameHeaderSz free bytes before it, or nil (see
+	// Session.writeFramed)
+	framed []byte
 }
 
 // Client starts the client side of a session on conn, which the session
@@ -233,6 +238,7 @@ func newSession(conn net.Conn, cfg Config, client bool) (*Session, error) {
 		s.idleAt = time.Now().Add(d)
 		s.idleTimer = time.AfterFunc(d, s.idleCheck)
 	}
+	s.waitHook = transport.SetOnReadWait(conn, s.wakeReaders)
 	s.wg.Add(1)
 	go s.readLoop()
 	if !cfg.PrefaceNow {
@@ -925,8 +931,10 @@ func (s *Session) writeDirect(it *writeItem) error {
 	maxFrame := int(s.peerMaxFrame)
 	s.mu.Unlock()
 	s.takeWriter()
-	err := s.writeData(it.id, it.data, it.end, maxFrame, it.pad)
-	if err == nil {
+	var err error
+	if it.framed != nil {
+		err = s.writeFramed(it.id, it.framed, it.end, maxFrame)
+	} else if err = s.writeData(it.id, it.data, it.end, maxFrame, it.pad); err == nil {
 		err = s.bw.Flush()
 	}
 	s.mu.Lock()
@@ -1041,6 +1049,9 @@ func (s *Session) writeItem(it *writeItem, maxFrame int) error {
 	case itemHeaders:
 		return s.writeHeaders(it.id, it.end, maxFrame, s.encodeHeaders(), 0)
 	case itemData:
+		if it.framed != nil && it.pad == 0 {
+			return s.writeFramed(it.id, it.framed, it.end, maxFrame)
+		}
 		return s.writeData(it.id, it.data, it.end, maxFrame, it.pad)
 	case itemSettingsAck:
 		if it.table {
@@ -1201,18 +1212,8 @@ func (s *Session) writeData(id uint32, data []byte, end bool, maxFrame, pad int)
 	for {
 		n := min(len(data), maxFrame-pad)
 		last := n == len(data)
-		size := n + pad
 		h := s.dhdr[:]
-		h[0], h[1], h[2] = byte(size>>16), byte(size>>8), byte(size)
-		h[3] = byte(http2.FrameData)
-		h[4] = 0
-		if last && end {
-			h[4] = byte(http2.FlagDataEndStream)
-		}
-		if pad > 0 {
-			h[4] |= byte(http2.FlagDataPadded)
-		}
-		binary.BigEndian.PutUint32(h[5:], id)
+		putDataHeader(h, id, n+pad, last && end, pad > 0)
 		if _, err := s.bw.Write(h); err != nil {
 			return err
 		}
@@ -1234,6 +1235,49 @@ func (s *Session) writeData(id uint32, data []byte, end bool, maxFrame, pad int)
 		if last {
 			return nil
 		}
+	}
+}
+
+// putDataHeader puts the header of a DATA frame of size bytes in h.
+func putDataHeader(h []byte, id uint32, size int, end, padded bool) {
+	h[0], h[1], h[2] = byte(size>>16), byte(size>>8), byte(size)
+	h[3] = byte(http2.FrameData)
+	h[4] = 0
+	if end {
+		h[4] = byte(http2.FlagDataEndStream)
+	}
+	if padded {
+		h[4] |= byte(http2.FlagDataPadded)
+	}
+	binary.BigEndian.PutUint32(h[5:], id)
+}
+
+// writeFramed writes framed[frameHeaderSz:] as DATA frames without
+// copying it: each frame's header goes in the frameHeaderSz bytes before
+// its payload (the free ones before the data, then the end of the frame
+// before it, already written), and header and payload go to the
+// connection in one Write. A frame then fills one TLS record
+// (tlsRecord bytes with its header), as the frames of a buffered flush
+// fill theirs. Frames already in the buffer go first, in a flush of
+// their own.
+func (s *Session) writeFramed(id uint32, framed []byte, end bool, maxFrame int) error {
+	if s.bw.Buffered() > 0 {
+		if err := s.bw.Flush(); err != nil {
+			return err
+		}
+	}
+	size := min(maxFrame, tlsRecord-frameHeaderSz)
+	for {
+		n := min(len(framed)-frameHeaderSz, size)
+		last := n == len(framed)-frameHeaderSz
+		putDataHeader(framed, id, n, last && end, false)
+		if _, err := s.conn.Write(framed[:frameHeaderSz+n]); err != nil {
+			return err
+		}
+		if last {
+			return nil
+		}
+		framed = framed[n:]
 	}
 }
 
@@ -1479,7 +1523,7 @@ func (s *Session) readFrames() error {
 				return err
 			}
 			if handled {
-				if !s.frameBuffered() {
+				if s.readyBytes >= wakeBytes || !s.waitHook && !s.frameBuffered() {
 					s.wakeReaders()
 				}
 				continue
@@ -1521,7 +1565,7 @@ func (s *Session) readFrames() error {
 		if f.Header().Type == http2.FrameHeaders {
 			s.dispatch()
 		}
-		if !s.frameBuffered() {
+		if s.readyBytes >= wakeBytes || !s.waitHook && !s.frameBuffered() {
 			s.wakeReaders()
 		}
 	}
@@ -1606,9 +1650,7 @@ func (s *Session) readData() (bool, error) {
 }
 
 // frameBuffered reports whether a whole frame is already buffered, so that
-// the next ReadFrame will not block. Readers of streams that got data are
-// woken only before the read loop may block: one wake-up then covers many
-// frames instead of one per frame.
+// the next ReadFrame will not block (see wakeReaders).
 func (s *Session) frameBuffered() bool {
 	n := s.br.Buffered()
 	if n < frameHeaderSz {
@@ -1622,7 +1664,12 @@ func (s *Session) frameBuffered() bool {
 	return n >= frameHeaderSz+length
 }
 
-// wakeReaders wakes the readers of streams that received data.
+// wakeReaders wakes the readers of streams that received data. The read
+// loop wakes them only before it may wait for the peer, so that one
+// wake-up covers many frames: when its connection is a
+// [transport.WaitConn], from the connection's read once the socket is
+// drained, else once no whole frame is left in the read buffer (the next
+// read may wait); and after wakeBytes meanwhile.
 func (s *Session) wakeReaders() {
 	s.mu.Lock()
 	for i, st := range s.ready {
@@ -1631,8 +1678,13 @@ func (s *Session) wakeReaders() {
 		s.ready[i] = nil
 	}
 	s.ready = s.ready[:0]
+	s.readyBytes = 0
 	s.mu.Unlock()
 }
+
+// wakeBytes is how much data received for streams makes the read loop
+// wake their readers while more is coming.
+const wakeBytes = 256 << 10
 
 // heardLocked notes that a frame arrived.
 func (s *Session) heardLocked() {
@@ -1803,6 +1855,7 @@ func (s *Session) onData(id uint32, n int64, data []byte, end bool, c *chunk) er
 		st.readyQueued = true
 		s.ready = append(s.ready, st)
 	}
+	s.readyBytes += len(data)
 	return nil
 }
 

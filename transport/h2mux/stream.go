@@ -319,7 +319,27 @@ func (st *Stream) writeErrLocked() error {
 // without copying, in pieces of at most 256 KiB, so Write returns once the
 // last piece is in the connection's write buffer. A write deadline
 // interrupts waiting for window, not a piece already handed over.
-func (st *Stream) Write(p []byte) (int, error) {
+func (st *Stream) Write(p []byte) (int, error) { return st.write(p, nil) }
+
+// WriteHeadroom returns the free bytes WriteWithHeadroom wants before the
+// data: a DATA frame's header (see [transport.HeadroomWriter]).
+func (st *Stream) WriteHeadroom() int { return frameHeaderSz }
+
+// WriteWithHeadroom writes b[head:] as Write does. Its DATA frames are
+// built in b: each frame's header in the bytes before its payload (the
+// free ones, then the end of the frame before, already written), so that
+// the payload goes to the connection without being copied behind its
+// header (see [Session.writeFramed]).
+func (st *Stream) WriteWithHeadroom(b []byte, head int) (int, error) {
+	if head < frameHeaderSz {
+		return st.write(b[head:], nil)
+	}
+	return st.write(b[head:], b[head-frameHeaderSz:])
+}
+
+// write is Write; framed, if not nil, is p with frameHeaderSz free bytes
+// before it (see WriteWithHeadroom).
+func (st *Stream) write(p, framed []byte) (int, error) {
 	st.wmu.Lock()
 	defer st.wmu.Unlock()
 	s := st.s
@@ -360,6 +380,9 @@ func (st *Stream) Write(p []byte) (int, error) {
 		st.sendWin -= avail
 		s.connSend -= avail
 		it := writeItem{kind: itemData, st: st, id: st.id, data: p[:avail], notify: true, first: first}
+		if framed != nil {
+			it.framed = framed[:frameHeaderSz+avail]
+		}
 		if !first && st.padWrites > 0 {
 			// Padding counts against both windows (section 6.9.1).
 			st.padWrites--
@@ -382,6 +405,9 @@ func (st *Stream) Write(p []byte) (int, error) {
 			if len(p) == 0 {
 				return n, nil
 			}
+			if framed != nil {
+				framed = framed[avail:]
+			}
 			continue
 		}
 		s.enqueueLocked(it)
@@ -403,6 +429,9 @@ func (st *Stream) Write(p []byte) (int, error) {
 			// All of p went out: a reset or close that came in since
 			// concerns later writes, not this one.
 			return n, nil
+		}
+		if framed != nil {
+			framed = framed[avail:]
 		}
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/merpati/merpati/transport"
 	"github.com/merpati/merpati/transport/auth"
 	"github.com/merpati/merpati/transport/h2mux"
 	"github.com/merpati/merpati/transport/hello"
@@ -55,6 +56,14 @@ func Accept(ctx context.Context, conn net.Conn, read []byte, cfg ServerConfig) (
 	timeout := cfg.HandshakeTimeout
 	if timeout <= 0 {
 		timeout = 10 * time.Second
+	}
+	// The session's read loop wakes its streams' readers once the
+	// socket is drained (see transport.WaitConn); it finds the socket
+	// under TLS, prefixConn and admittedConn.
+	if a, ok := conn.(*admittedConn); ok {
+		a.Conn = transport.NewWaitConn(a.Conn)
+	} else {
+		conn = transport.NewWaitConn(conn)
 	}
 	pc := &prefixConn{Conn: conn, prefix: read}
 	tc := tls.Server(pc, serverTLSConfig(&cfg))
@@ -168,6 +177,9 @@ func (c *prefixConn) Write(b []byte) (int, error) {
 	}
 	return c.Conn.Write(b)
 }
+
+// NetConn returns the connection under c.
+func (c *prefixConn) NetConn() net.Conn { return c.Conn }
 
 func (c *prefixConn) Read(b []byte) (int, error) {
 	if len(c.prefix) > 0 {

@@ -150,7 +150,9 @@ func (d *Dialer) handshake(ctx context.Context, raw net.Conn) (net.Conn, error) 
 		return nil, err
 	}
 	pin := d.cfg.Pin
-	uc := utls.UClient(raw, &utls.Config{
+	// A WaitConn under TLS: the session's read loop wakes its streams'
+	// readers once the socket is drained.
+	uc := utls.UClient(transport.NewWaitConn(raw), &utls.Config{
 		ServerName: d.cfg.ServerName,
 		// The relay's certificate is self-made; it is checked by its pin
 		// instead of by a CA, below.

@@ -484,6 +484,9 @@ type admittedConn struct {
 	release func()
 }
 
+// NetConn returns the connection c counts.
+func (c *admittedConn) NetConn() net.Conn { return c.Conn }
+
 // CloseWrite half-closes the connection, as a *net.TCPConn can: the cover
 // splice passes a half-close on.
 func (c *admittedConn) CloseWrite() error {

@@ -1,0 +1,5 @@
+//go:build !unix
+
+package transport
+
+const canWaitConn = false

@@ -1,0 +1,172 @@
+//go:build unix
+
+package transport
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// TestWaitConn: a WaitConn's Read calls its OnReadWait function once
+// before each wait for bytes, and not when bytes are there; it reads what
+// a TCP conn reads, EOF once the peer has closed, and fails at its read
+// deadline as a TCP conn does. SetOnReadWait finds it under conns that
+// name it with NetConn.
+func TestWaitConn(t *testing.T) {
+	a, b := tcpPair(t)
+	defer a.Close()
+	c := NewWaitConn(b)
+	defer c.Close()
+	wc, ok := c.(*WaitConn)
+	if !ok {
+		t.Fatalf("NewWaitConn of a TCP conn is a %T", c)
+	}
+	var waits atomic.Int32
+	waited := make(chan struct{}, 1)
+	if !SetOnReadWait(netConner{netConner{c}}, func() {
+		waits.Add(1)
+		select {
+		case waited <- struct{}{}:
+		default:
+		}
+	}) {
+		t.Fatal("SetOnReadWait did not find the WaitConn")
+	}
+	buf := make([]byte, 64)
+
+	// Bytes already there: no wait.
+	a.Write([]byte("ready"))
+	if !wc.WaitRead() {
+		t.Fatal("WaitRead could not wait")
+	}
+	if n, err := c.Read(buf); string(buf[:n]) != "ready" || err != nil {
+		t.Fatalf("Read = %q, %v", buf[:n], err)
+	}
+	if w := waits.Load(); w != 0 {
+		t.Fatalf("OnReadWait called %d times with bytes there", w)
+	}
+
+	// Nothing there: one call, then the wait, then the bytes.
+	go func() {
+		<-waited
+		a.Write([]byte("later"))
+	}()
+	if n, err := c.Read(buf); string(buf[:n]) != "later" || err != nil {
+		t.Fatalf("Read = %q, %v", buf[:n], err)
+	}
+	if w := waits.Load(); w != 1 {
+		t.Fatalf("OnReadWait called %d times for one wait", w)
+	}
+
+	// The read deadline.
+	c.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+	if _, err := c.Read(buf); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("Read past the deadline: %v", err)
+	}
+	var ne net.Error
+	if _, err := c.Read(buf); !errors.As(err, &ne) || !ne.Timeout() {
+		t.Fatalf("Read past the deadline: %v, not a timeout", err)
+	}
+	c.SetReadDeadline(time.Time{})
+
+	// The peer's end.
+	a.Write([]byte("last"))
+	a.Close()
+	got, err := io.ReadAll(c)
+	if string(got) != "last" || err != nil {
+		t.Fatalf("ReadAll = %q, %v", got, err)
+	}
+
+	// A closed conn.
+	c.Close()
+	if _, err := c.Read(buf); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("Read of a closed conn: %v", err)
+	}
+
+	if p1, p2 := net.Pipe(); SetOnReadWait(p1, func() {}) {
+		t.Error("SetOnReadWait found a WaitConn in a net.Pipe conn")
+	} else {
+		p1.Close()
+		p2.Close()
+	}
+}
+
+// netConner names the conn under it, as crypto/tls's Conn does.
+type netConner struct{ net.Conn }
+
+func (c netConner) NetConn() net.Conn { return c.Conn }
+
+// TestSpliceHeadroom: Splice's copy gives a HeadroomWriter its data with the free
+// bytes it asked for before it, and does not mind it overwriting all of
+// them; what it wrote arrives whole, in order and counted, small reads
+// and big ones, and the end half-closes it as usual.
+func TestSpliceHeadroom(t *testing.T) {
+	const head = 9
+	src, a := tcpPair(t)
+	defer src.Close()
+	hw := &headroomConn{head: head}
+	data := make([]byte, 1<<20+12345)
+	for i := range data {
+		data[i] = byte(i * 7 / 5)
+	}
+	done := make(chan int64)
+	var counted atomic.Int64
+	go func() {
+		done <- copyHalf(hw, a, func(n int) { counted.Add(int64(n)) }, func() { t.Error("copy aborted") })
+	}()
+	// A few small writes (the small buffer), then a big one.
+	for _, b := range [][]byte{data[:10], data[10:300], data[300:]} {
+		if _, err := src.Write(b); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	src.CloseWrite()
+	n := <-done
+	if n != int64(len(data)) || counted.Load() != n {
+		t.Fatalf("copied %d bytes, counted %d, want %d", n, counted.Load(), len(data))
+	}
+	if !bytes.Equal(hw.got.Bytes(), data) {
+		t.Fatalf("the HeadroomWriter got %d bytes, not the %d written", hw.got.Len(), len(data))
+	}
+	if hw.writes < 3 || !hw.closedWrite {
+		t.Fatalf("%d writes, CloseWrite %v", hw.writes, hw.closedWrite)
+	}
+}
+
+// headroomConn is a HeadroomWriter that keeps what it is given and then
+// overwrites all of it, as it may; copyHalf calls nothing else but
+// CloseWrite.
+type headroomConn struct {
+	net.Conn    // nil: only what Splice calls is here
+	head        int
+	got         bytes.Buffer
+	writes      int
+	closedWrite bool
+}
+
+func (c *headroomConn) WriteHeadroom() int { return c.head }
+
+func (c *headroomConn) WriteWithHeadroom(b []byte, head int) (int, error) {
+	if head != c.head {
+		return 0, errors.New("wrong headroom")
+	}
+	c.got.Write(b[head:])
+	c.writes++
+	for i := range b {
+		b[i] = 0xee
+	}
+	return len(b) - head, nil
+}
+
+func (c *headroomConn) Write([]byte) (int, error) {
+	return 0, errors.New("Write, not WriteWithHeadroom")
+}
+func (c *headroomConn) CloseWrite() error { c.closedWrite = true; return nil }
+func (c *headroomConn) Close() error      { return nil }
