@@ -26,6 +26,9 @@
 # MERPATI_HEAPPROFILE=/tmp/heap.%p makes each of them write a heap profile of
 # what is in use on every SIGUSR1:
 # `kill -USR1 PID` while test idle holds its sessions shows what they cost.
+# MERPATI_TRACE=/tmp/trace.%p makes each of them write an execution trace
+# (go tool trace: where each goroutine ran, waited for the network, for a
+# lock or for a core); keep such runs short (-count 1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
