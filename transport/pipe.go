@@ -13,7 +13,8 @@ import (
 // conn has it) so the peer sees EOF while the opposite direction goes on.
 // When one direction fails, both conns are closed at once.
 //
-// A conn that is a [WriteSizer] gets writes of at most its size.
+// A conn that is a [WriteSizer] gets writes of at most its size, and one
+// that is a [HeadroomWriter] the free bytes it asks for before each.
 //
 // count, if not nil, is called from both copying goroutines with each chunk
 // of bytes written, for accounting; it must be safe for concurrent use.

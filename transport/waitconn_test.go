@@ -64,6 +64,16 @@ func TestWaitConn(t *testing.T) {
 		t.Fatalf("OnReadWait called %d times for one wait", w)
 	}
 
+	// A Read allocates nothing (a relay's idle sessions each wait in one).
+	a.Write(make([]byte, 200))
+	one := make([]byte, 1)
+	if allocs := testing.AllocsPerRun(100, func() { c.Read(one) }); allocs != 0 {
+		t.Errorf("a Read allocates %.1f times", allocs)
+	}
+	if _, err := io.ReadFull(c, make([]byte, 200-101)); err != nil { // the rest (AllocsPerRun runs once more)
+		t.Fatal(err)
+	}
+
 	// The read deadline.
 	c.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
 	if _, err := c.Read(buf); !errors.Is(err, os.ErrDeadlineExceeded) {
