@@ -1398,3 +1398,169 @@ func (c *writeRecorder) take() []recordedWrite {
 	c.writes = nil
 	return w
 }
+
+// TestDeliverSmallMessages: with its connection read through a
+// transport.WaitConn, the read loop writes a small message for a stream
+// whose splice waits itself, to the splice's socket; every byte arrives
+// once and in order, counted by the splice's count, also when the socket
+// takes only part (the splice writes the rest) and among large writes
+// that the splice writes; the windows come back, so that more than a
+// window's worth goes through.
+func TestDeliverSmallMessages(t *testing.T) {
+	cs, ss := newSessions(t, waitPair, Config{}, Config{MaxStreamWindow: 65535, MaxConnWindow: 65535})
+	ctx := ctxT(t)
+	cst, err := cs.OpenStream(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cst.Close()
+	if _, err := cst.Write([]byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	sst, err := ss.AcceptStream(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sst.Close()
+	dst, peer := tcpPair(t)
+	defer peer.Close()
+	// A small send buffer, so that a burst fills the socket and a
+	// message the read loop writes goes in part.
+	dst.(*net.TCPConn).SetWriteBuffer(4096)
+	var counted atomic.Int64
+	spliced := make(chan error, 1)
+	var total int64
+	go func() {
+		var err error
+		total, err = sst.SpliceTo(dst, func(n int) { counted.Add(int64(n)) })
+		dst.Close()
+		spliced <- err
+	}()
+	got := make([]byte, 5)
+	if _, err := io.ReadFull(peer, got); err != nil || string(got) != "hello" {
+		t.Fatalf("first message: %q, %v", got, err)
+	}
+
+	// Messages one at a time, each answered: the read loop writes them.
+	var want bytes.Buffer
+	want.WriteString("hello")
+	msg := make([]byte, 300)
+	for i := range 50 {
+		for j := range msg {
+			msg[j] = byte(i + j)
+		}
+		want.Write(msg)
+		if _, err := cst.Write(msg); err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, len(msg))
+		if _, err := io.ReadFull(peer, buf); err != nil || !bytes.Equal(buf, msg) {
+			t.Fatalf("message %d: %v", i, err)
+		}
+	}
+	ss.mu.Lock()
+	delivered := ss.delivered
+	ss.mu.Unlock()
+	if delivered < 25 {
+		t.Errorf("the read loop wrote %d of 50 messages itself, want most", delivered)
+	}
+
+	// Now a burst of small and large writes while the peer does not
+	// read: the socket fills, and what the read loop cannot write, the
+	// splice does, after the windows came back many times.
+	wrote := make(chan struct{})
+	go func() {
+		defer close(wrote)
+		for i := range 400 {
+			size := 100 + i%7*500
+			if i%50 == 0 {
+				size = 100_000
+			}
+			b := make([]byte, size)
+			for j := range b {
+				b[j] = byte(i*13 + j)
+			}
+			want.Write(b)
+			if _, err := cst.Write(b); err != nil {
+				t.Error(err)
+				return
+			}
+		}
+		cst.CloseWrite()
+	}()
+	time.Sleep(100 * time.Millisecond)
+	all, err := io.ReadAll(peer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := <-spliced; err != nil {
+		t.Fatalf("SpliceTo: %v", err)
+	}
+	<-wrote
+	if !bytes.Equal(all, want.Bytes()[len("hello")+50*300:]) {
+		t.Fatalf("the socket got %d bytes, not the %d written in order", len(all), want.Len()-len("hello")-50*300)
+	}
+	if n := counted.Load(); n != int64(want.Len()) || total != n {
+		t.Errorf("count saw %d bytes and SpliceTo returned %d, want %d", n, total, want.Len())
+	}
+}
+
+// TestDeliverToFullSocket: a small message the read loop cannot write
+// (the splice's socket is full) stays the stream's, whole, for the splice
+// (here a Read) to take.
+func TestDeliverToFullSocket(t *testing.T) {
+	cs, ss := newSessions(t, waitPair, Config{}, Config{})
+	ctx := ctxT(t)
+	cst, err := cs.OpenStream(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cst.Close()
+	if _, err := cst.Write([]byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	sst, err := ss.AcceptStream(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sst.Close()
+	one := make([]byte, 1)
+	if _, err := io.ReadFull(sst, one); err != nil {
+		t.Fatal(err)
+	}
+
+	// A socket whose peer does not read, filled until it takes nothing.
+	dst, peer := tcpPair(t)
+	defer dst.Close()
+	defer peer.Close()
+	dst.(*net.TCPConn).SetWriteBuffer(4096)
+	peer.(*net.TCPConn).SetReadBuffer(4096)
+	dst.SetWriteDeadline(time.Now().Add(200 * time.Millisecond))
+	if _, err := dst.Write(make([]byte, 8<<20)); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("filling the socket: %v", err)
+	}
+	rc, err := dst.(*net.TCPConn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	counted := 0
+	ss.mu.Lock()
+	sst.sink, sst.sinkCount, sst.spliceIdle = rc, func(n int) { counted += n }, true
+	ss.mu.Unlock()
+
+	msg := bytes.Repeat([]byte("m"), 300)
+	if _, err := cst.Write(msg); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, len(msg))
+	sst.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadFull(sst, got); err != nil || !bytes.Equal(got, msg) {
+		t.Fatalf("the stream kept %q, %v", got, err)
+	}
+	ss.mu.Lock()
+	delivered := ss.delivered
+	ss.mu.Unlock()
+	if delivered != 1 || counted != 0 {
+		t.Errorf("the read loop tried %d messages and counted %d bytes written; want 1 tried, 0 written", delivered, counted)
+	}
+}

@@ -13,6 +13,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"golang.org/x/net/http2"
@@ -88,6 +89,7 @@ type Session struct {
 	pings      map[[8]byte]*pingState
 	ready      []*Stream // streams with new data whose readers are not yet woken
 	readyBytes int       // bytes received for them
+	delivered  int       // small messages the read loop wrote itself (see deliver)
 	waitHook   bool      // the connection calls wakeReaders before it waits for bytes (a transport.WaitConn)
 	pingSeq    uint64
 	rtt        time.Duration // round trip of the latest acknowledged PING; 0 before the first
@@ -1671,15 +1673,83 @@ func (s *Session) frameBuffered() bool {
 // drained, else once no whole frame is left in the read buffer (the next
 // read may wait); and after wakeBytes meanwhile.
 func (s *Session) wakeReaders() {
+	var direct [8]*chunk
+	var to [8]*Stream
+	k := 0
 	s.mu.Lock()
 	for i, st := range s.ready {
 		st.readyQueued = false
-		signal(st.rch)
 		s.ready[i] = nil
+		if k < len(direct) && st.spliceIdle && len(st.recv.chunks) == 1 && st.recv.n <= directMax && !st.remoteEnd {
+			// A small message for a stream whose splice waits with
+			// nothing in hand: written here (see deliver).
+			direct[k], to[k] = st.recv.take(), st
+			k++
+			continue
+		}
+		signal(st.rch)
 	}
 	s.ready = s.ready[:0]
 	s.readyBytes = 0
 	s.mu.Unlock()
+	for i := range k {
+		s.deliver(to[i], direct[i])
+	}
+}
+
+// directMax is the most data the read loop writes to a stream's
+// destination itself (see deliver).
+const directMax = 4 << 10
+
+// deliver writes c, all that st holds, to st's splice destination,
+// without waiting: a small message (an app's request or its answer) then
+// reaches its socket without the wake-up of the splice's goroutine, which
+// would add to every round trip what the tunnel, one goroutine reading and
+// writing each connection, does not pay. What the socket does not take at
+// once goes back to st, for the splice. Only the read loop adds data to a
+// stream, so none comes meanwhile; the splice, finding nothing, waits on.
+func (s *Session) deliver(st *Stream, c *chunk) {
+	s.mu.Lock()
+	sink, count := st.sink, st.sinkCount
+	s.mu.Unlock()
+	b := c.data[c.off:c.end]
+	n := 0
+	if sink != nil {
+		sink.Write(func(fd uintptr) bool {
+			var err error
+			for {
+				n, err = syscall.Write(int(fd), b)
+				if err != syscall.EINTR {
+					break
+				}
+			}
+			if err != nil {
+				n = 0
+			}
+			return true // never wait: the splice writes what is left
+		})
+	}
+	if n > 0 && count != nil {
+		count(n)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	written := int64(n)
+	s.delivered++
+	st.sinkWritten += written
+	if c.off += n; c.off < c.end {
+		if st.errLocked() == nil && s.err == nil {
+			s.consumedLocked(st, written)
+			st.recv.push(c) // st holds nothing else: the read loop is here
+			signal(st.rch)
+			return
+		}
+		// Closed or reset meanwhile: its data is dropped, as
+		// discardLocked drops it.
+		written += int64(c.end - c.off)
+	}
+	s.consumedLocked(st, written)
+	freeChunk(c)
 }
 
 // wakeBytes is how much data received for streams makes the read loop

@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"syscall"
 	"time"
 
 	"golang.org/x/net/http2"
@@ -49,6 +50,13 @@ type Stream struct {
 	sendWin     int64   // bytes we may still send
 	padWrites   int     // DATA writes still to be padded at random (see paddedWrites)
 	rdl, wdl    deadline
+	// SpliceTo's destination, a socket the read loop may write a small
+	// message to itself (see Session.deliver), and its count; nil
+	// unless SpliceTo runs and its destination is a socket.
+	sink        syscall.RawConn
+	sinkCount   func(int)
+	sinkWritten int64 // what the read loop wrote to sink
+	spliceIdle  bool  // SpliceTo waits for data with nothing in hand
 }
 
 // deadline is one direction's deadline: a time and a timer that wakes the
@@ -230,8 +238,29 @@ func (st *Stream) awaitDataLocked(zero bool) error {
 // time when several are waiting (one writev on a TCP conn), calling count,
 // if not nil, with the bytes of each write (see [transport.Splicer]). It
 // returns the bytes written and nil, or the first error of Read's or of
-// w's.
+// w's. While it waits for data and w is a *net.TCPConn, the session's
+// read loop may write a small message to w itself, and call count for it
+// (see Session.deliver): w must be left to SpliceTo while it runs.
 func (st *Stream) SpliceTo(w io.Writer, count func(int)) (int64, error) {
+	var sink syscall.RawConn
+	if tc, ok := w.(*net.TCPConn); ok {
+		sink, _ = tc.SyscallConn()
+	}
+	if sink == nil {
+		return st.spliceTo(w, count, nil)
+	}
+	n, err := st.spliceTo(w, count, sink)
+	s := st.s
+	s.mu.Lock()
+	n += st.sinkWritten
+	st.sink, st.sinkCount, st.spliceIdle, st.sinkWritten = nil, nil, false, 0
+	s.mu.Unlock()
+	return n, err
+}
+
+// spliceTo is SpliceTo; sink, if not nil, is w's socket, to which the read
+// loop may write itself while spliceTo waits.
+func (st *Stream) spliceTo(w io.Writer, count func(int), sink syscall.RawConn) (int64, error) {
 	s := st.s
 	var total int64
 	var chunks [spliceChunks]*chunk
@@ -244,7 +273,9 @@ func (st *Stream) SpliceTo(w io.Writer, count func(int)) (int64, error) {
 				return total, err
 			}
 		}
+		st.sink, st.sinkCount, st.spliceIdle = sink, count, sink != nil
 		err := st.awaitDataLocked(false)
+		st.spliceIdle = false
 		k := 0
 		for err == nil && k < spliceChunks && st.recv.n > 0 {
 			chunks[k] = st.recv.take()
