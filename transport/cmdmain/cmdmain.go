@@ -44,36 +44,39 @@ type RunFunc func(ctx context.Context, args []string, stdout, stderr io.Writer) 
 // there (for go tool trace: where goroutines wait, and for how long).
 func Main(name string, run RunFunc) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	if path := os.Getenv("MERPATI_CPUPROFILE"); path != "" {
-		path = strings.ReplaceAll(path, "%p", strconv.Itoa(os.Getpid()))
-		if f, err := os.Create(path); err != nil {
-			fmt.Fprintln(os.Stderr, name+": cpu profile:", err)
-		} else if err := pprof.StartCPUProfile(f); err != nil {
-			fmt.Fprintln(os.Stderr, name+": cpu profile:", err)
-			f.Close()
-		} else {
-			defer f.Close()
-			defer pprof.StopCPUProfile()
-		}
-	}
-	if path := os.Getenv("MERPATI_TRACE"); path != "" {
-		path = strings.ReplaceAll(path, "%p", strconv.Itoa(os.Getpid()))
-		if f, err := os.Create(path); err != nil {
-			fmt.Fprintln(os.Stderr, name+": trace:", err)
-		} else if err := trace.Start(f); err != nil {
-			fmt.Fprintln(os.Stderr, name+": trace:", err)
-			f.Close()
-		} else {
-			defer f.Close()
-			defer trace.Stop()
-		}
-	}
+	defer startToFile(name, "cpu profile", "MERPATI_CPUPROFILE", pprof.StartCPUProfile, pprof.StopCPUProfile)()
+	defer startToFile(name, "trace", "MERPATI_TRACE", trace.Start, trace.Stop)()
 	if path := os.Getenv("MERPATI_HEAPPROFILE"); path != "" {
 		defer heapProfileOnSignal(name, strings.ReplaceAll(path, "%p", strconv.Itoa(os.Getpid())))()
 	}
 	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
 	return exitStatus(name, err, os.Stderr)
+}
+
+// startToFile starts start writing to the file that the environment
+// variable env names ("%p" in it stands for the process ID), if it is set,
+// and returns what stops it and closes the file. A failure is printed,
+// not fatal: the program runs without it.
+func startToFile(name, what, env string, start func(io.Writer) error, stop func()) func() {
+	path := os.Getenv(env)
+	if path == "" {
+		return func() {}
+	}
+	f, err := os.Create(strings.ReplaceAll(path, "%p", strconv.Itoa(os.Getpid())))
+	if err == nil {
+		if err = start(f); err != nil {
+			f.Close()
+		}
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, name+": "+what+":", err)
+		return func() {}
+	}
+	return func() {
+		stop()
+		f.Close()
+	}
 }
 
 // heapProfileOnSignal writes a heap profile to path on every SIGUSR1

@@ -1236,31 +1236,9 @@ func TestLargeDataSkipsReadBuffer(t *testing.T) {
 		rec = &readRecorder{Conn: s, small: readBufSize}
 		return c, rec
 	}, Config{}, Config{})
-	ctx := ctxT(t)
-	st, err := cs.OpenStream(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sst := make(chan *Stream, 1)
-	go func() {
-		st, _ := ss.AcceptStream(ctx)
-		sst <- st
-	}()
-	// Past the padded first writes (paddedWrites), whose padding may cut
-	// a frame in two.
+	// Past the padded first writes, whose padding may cut a frame in two.
+	st, server := pastPaddedWrites(t, cs, ss)
 	buf := make([]byte, 16<<10)
-	for range paddedWrites + 1 {
-		if _, err := st.Write([]byte("open")); err != nil {
-			t.Fatal(err)
-		}
-	}
-	server := <-sst
-	if server == nil {
-		t.Fatal("no stream accepted")
-	}
-	if _, err := io.ReadFull(server, buf[:4*(paddedWrites+1)]); err != nil {
-		t.Fatal(err)
-	}
 	rec.n.Store(0)
 	payload := bytes.Repeat([]byte{7}, len(buf))
 	go st.Write(payload)
@@ -1285,31 +1263,10 @@ func TestWriteWithHeadroom(t *testing.T) {
 		rec = &writeRecorder{Conn: c}
 		return rec, s
 	}, Config{}, Config{MaxStreamWindow: 100_000})
-	ctx := ctxT(t)
-	tst, err := cs.OpenStream(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	st := tst.(*Stream)
-	sst := make(chan *Stream, 1)
-	go func() {
-		st, _ := ss.AcceptStream(ctx)
-		sst <- st
-	}()
 	// Past the padded first writes, which take the buffered path.
-	for range paddedWrites + 1 {
-		if _, err := st.Write([]byte("open")); err != nil {
-			t.Fatal(err)
-		}
-	}
-	server := <-sst
-	if server == nil {
-		t.Fatal("no stream accepted")
-	}
+	tst, server := pastPaddedWrites(t, cs, ss)
+	st := tst.(*Stream)
 	buf := make([]byte, 1<<20)
-	if _, err := io.ReadFull(server, buf[:4*(paddedWrites+1)]); err != nil {
-		t.Fatal(err)
-	}
 	if st.WriteHeadroom() != frameHeaderSz {
 		t.Fatalf("WriteHeadroom = %d", st.WriteHeadroom())
 	}
@@ -1408,20 +1365,7 @@ func (c *writeRecorder) take() []recordedWrite {
 // window's worth goes through.
 func TestDeliverSmallMessages(t *testing.T) {
 	cs, ss := newSessions(t, waitPair, Config{}, Config{MaxStreamWindow: 65535, MaxConnWindow: 65535})
-	ctx := ctxT(t)
-	cst, err := cs.OpenStream(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cst.Close()
-	if _, err := cst.Write([]byte("hello")); err != nil {
-		t.Fatal(err)
-	}
-	sst, err := ss.AcceptStream(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sst.Close()
+	cst, sst := openAccepted(t, cs, ss)
 	dst, peer := tcpPair(t)
 	defer peer.Close()
 	// A small send buffer, so that a burst fills the socket and a
@@ -1436,6 +1380,9 @@ func TestDeliverSmallMessages(t *testing.T) {
 		dst.Close()
 		spliced <- err
 	}()
+	if _, err := cst.Write([]byte("hello")); err != nil {
+		t.Fatal(err)
+	}
 	got := make([]byte, 5)
 	if _, err := io.ReadFull(peer, got); err != nil || string(got) != "hello" {
 		t.Fatalf("first message: %q, %v", got, err)
@@ -1510,24 +1457,7 @@ func TestDeliverSmallMessages(t *testing.T) {
 // (here a Read) to take.
 func TestDeliverToFullSocket(t *testing.T) {
 	cs, ss := newSessions(t, waitPair, Config{}, Config{})
-	ctx := ctxT(t)
-	cst, err := cs.OpenStream(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cst.Close()
-	if _, err := cst.Write([]byte("x")); err != nil {
-		t.Fatal(err)
-	}
-	sst, err := ss.AcceptStream(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sst.Close()
-	one := make([]byte, 1)
-	if _, err := io.ReadFull(sst, one); err != nil {
-		t.Fatal(err)
-	}
+	cst, sst := openAccepted(t, cs, ss)
 
 	// A socket whose peer does not read, filled until it takes nothing.
 	dst, peer := tcpPair(t)
@@ -1563,4 +1493,33 @@ func TestDeliverToFullSocket(t *testing.T) {
 	if delivered != 1 || counted != 0 {
 		t.Errorf("the read loop tried %d messages and counted %d bytes written; want 1 tried, 0 written", delivered, counted)
 	}
+}
+
+// pastPaddedWrites opens a stream from cs and returns both ends once
+// the stream's padded first writes (paddedWrites) have crossed.
+func pastPaddedWrites(t *testing.T, cs, ss *Session) (transport.Stream, *Stream) {
+	t.Helper()
+	ctx := ctxT(t)
+	st, err := cs.OpenStream(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sst := make(chan *Stream, 1)
+	go func() {
+		st, _ := ss.AcceptStream(ctx)
+		sst <- st
+	}()
+	for range paddedWrites + 1 {
+		if _, err := st.Write([]byte("open")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	server := <-sst
+	if server == nil {
+		t.Fatal("no stream accepted")
+	}
+	if _, err := io.ReadFull(server, make([]byte, 4*(paddedWrites+1))); err != nil {
+		t.Fatal(err)
+	}
+	return st, server
 }

@@ -660,7 +660,7 @@ func TestIdleTimerStaysStopped(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ss.Close()
-	st := openAccepted(t, cs, ss)
+	_, st := openAccepted(t, cs, ss)
 	c.Close() // the client's connection drops with the stream open
 	<-ss.Done()
 	st.Close()
@@ -674,8 +674,8 @@ func TestIdleTimerStaysStopped(t *testing.T) {
 }
 
 // openAccepted opens a stream from cs, accepts it on ss, and returns
-// the server's end once a byte has crossed.
-func openAccepted(t *testing.T, cs, ss *Session) transport.Stream {
+// both ends once a byte has crossed.
+func openAccepted(t *testing.T, cs, ss *Session) (transport.Stream, *Stream) {
 	t.Helper()
 	st, err := cs.OpenStream(context.Background())
 	if err != nil {
@@ -691,5 +691,5 @@ func openAccepted(t *testing.T, cs, ss *Session) transport.Stream {
 	if _, err := io.ReadFull(sst, make([]byte, 1)); err != nil {
 		t.Fatal(err)
 	}
-	return sst
+	return st, sst
 }
