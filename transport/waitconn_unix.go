@@ -50,3 +50,24 @@ func (c *WaitConn) Read(p []byte) (int, error) {
 	}
 	return n, nil
 }
+
+// WriteNow writes b to rc's socket without waiting, and returns how many
+// bytes the socket took: none when it is full, or on any error (a later
+// write reports it).
+func WriteNow(rc syscall.RawConn, b []byte) int {
+	n := 0
+	rc.Write(func(fd uintptr) bool {
+		var err error
+		for {
+			n, err = syscall.Write(int(fd), b)
+			if err != syscall.EINTR {
+				break
+			}
+		}
+		if err != nil {
+			n = 0
+		}
+		return true // never wait
+	})
+	return n
+}

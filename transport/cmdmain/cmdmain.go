@@ -82,8 +82,12 @@ func startToFile(name, what, env string, start func(io.Writer) error, stop func(
 // heapProfileOnSignal writes a heap profile to path on every SIGUSR1
 // until the returned function is called.
 func heapProfileOnSignal(name, path string) (stop func()) {
+	if heapProfileSignal == nil {
+		fmt.Fprintln(os.Stderr, name+": heap profile: no SIGUSR1 on this system")
+		return func() {}
+	}
 	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGUSR1)
+	signal.Notify(sig, heapProfileSignal)
 	done := make(chan struct{})
 	go func() {
 		for {

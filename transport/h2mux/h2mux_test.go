@@ -1271,7 +1271,20 @@ func TestWriteWithHeadroom(t *testing.T) {
 		t.Fatalf("WriteHeadroom = %d", st.WriteHeadroom())
 	}
 
-	// 65,500 bytes first, while the stream window (100,000) has room for all.
+	// 65,500 bytes first, while the stream window (100,000) has room for
+	// all, once the server's SETTINGS have raised it from the default
+	// 65,535 (the stream may have opened before they came).
+	for end := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+		cs.mu.Lock()
+		win := st.sendWin
+		cs.mu.Unlock()
+		if win >= 65500 {
+			break
+		}
+		if time.Now().After(end) {
+			t.Fatalf("the stream's send window stayed at %d", win)
+		}
+	}
 	for _, size := range []int{65500, 1, 300_000} {
 		data := make([]byte, size)
 		for i := range data {

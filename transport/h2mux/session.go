@@ -13,7 +13,6 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"golang.org/x/net/http2"
@@ -1712,22 +1711,9 @@ func (s *Session) deliver(st *Stream, c *chunk) {
 	s.mu.Lock()
 	sink, count := st.sink, st.sinkCount
 	s.mu.Unlock()
-	b := c.data[c.off:c.end]
 	n := 0
 	if sink != nil {
-		sink.Write(func(fd uintptr) bool {
-			var err error
-			for {
-				n, err = syscall.Write(int(fd), b)
-				if err != syscall.EINTR {
-					break
-				}
-			}
-			if err != nil {
-				n = 0
-			}
-			return true // never wait: the splice writes what is left
-		})
+		n = transport.WriteNow(sink, c.data[c.off:c.end])
 	}
 	if n > 0 && count != nil {
 		count(n)
