@@ -160,8 +160,9 @@ type writeItem struct {
 	flight int  // HEADERS: the size its stream's first flight is padded to (see writeFlight)
 	first  bool // DATA: queued with its stream's HEADERS, whose flight it belongs to
 	pad    int  // DATA: padding in the first frame, Pad Length octet included, already taken from the windows
-	// DATA: data with frameHeaderSz free bytes before it, or nil (see
-	// Session.writeFramed)
+	// DATA: data with frameHeaderSz free bytes before it, to be written
+	// by writeFramed; nil for the buffered path (padded or first-flight
+	// DATA, or a plain Write)
 	framed []byte
 }
 
@@ -1050,7 +1051,7 @@ func (s *Session) writeItem(it *writeItem, maxFrame int) error {
 	case itemHeaders:
 		return s.writeHeaders(it.id, it.end, maxFrame, s.encodeHeaders(), 0)
 	case itemData:
-		if it.framed != nil && it.pad == 0 {
+		if it.framed != nil {
 			return s.writeFramed(it.id, it.framed, it.end, maxFrame)
 		}
 		return s.writeData(it.id, it.data, it.end, maxFrame, it.pad)

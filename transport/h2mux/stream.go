@@ -247,10 +247,13 @@ func (st *Stream) SpliceTo(w io.Writer, count func(int)) (int64, error) {
 		sink, _ = tc.SyscallConn()
 	}
 	if sink == nil {
-		return st.spliceTo(w, count, nil)
+		return st.spliceTo(w, count)
 	}
-	n, err := st.spliceTo(w, count, sink)
 	s := st.s
+	s.mu.Lock()
+	st.sink, st.sinkCount = sink, count
+	s.mu.Unlock()
+	n, err := st.spliceTo(w, count)
 	s.mu.Lock()
 	n += st.sinkWritten
 	st.sink, st.sinkCount, st.spliceIdle, st.sinkWritten = nil, nil, false, 0
@@ -258,9 +261,9 @@ func (st *Stream) SpliceTo(w io.Writer, count func(int)) (int64, error) {
 	return n, err
 }
 
-// spliceTo is SpliceTo; sink, if not nil, is w's socket, to which the read
-// loop may write itself while spliceTo waits.
-func (st *Stream) spliceTo(w io.Writer, count func(int), sink syscall.RawConn) (int64, error) {
+// spliceTo is SpliceTo, the read loop writing to st.sink, if set, while
+// it waits.
+func (st *Stream) spliceTo(w io.Writer, count func(int)) (int64, error) {
 	s := st.s
 	var total int64
 	var chunks [spliceChunks]*chunk
@@ -273,7 +276,7 @@ func (st *Stream) spliceTo(w io.Writer, count func(int), sink syscall.RawConn) (
 				return total, err
 			}
 		}
-		st.sink, st.sinkCount, st.spliceIdle = sink, count, sink != nil
+		st.spliceIdle = st.sink != nil
 		err := st.awaitDataLocked(false)
 		st.spliceIdle = false
 		k := 0
@@ -411,9 +414,6 @@ func (st *Stream) write(p, framed []byte) (int, error) {
 		st.sendWin -= avail
 		s.connSend -= avail
 		it := writeItem{kind: itemData, st: st, id: st.id, data: p[:avail], notify: true, first: first}
-		if framed != nil {
-			it.framed = framed[:frameHeaderSz+avail]
-		}
 		if !first && st.padWrites > 0 {
 			// Padding counts against both windows (section 6.9.1).
 			st.padWrites--
@@ -423,6 +423,11 @@ func (st *Stream) write(p, framed []byte) (int, error) {
 				st.sendWin -= pad
 				s.connSend -= pad
 			}
+		}
+		if framed != nil && it.pad == 0 && !first {
+			// Padded DATA, and DATA in its stream's first flight
+			// (see Session.writeFlight), take the buffered path.
+			it.framed = framed[:frameHeaderSz+avail]
 		}
 		if s.canWriteDirectLocked(&it) {
 			err := s.writeDirect(&it)
