@@ -46,24 +46,30 @@ func Main(name string, run RunFunc) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer startToFile(name, "cpu profile", "MERPATI_CPUPROFILE", pprof.StartCPUProfile, pprof.StopCPUProfile)()
 	defer startToFile(name, "trace", "MERPATI_TRACE", trace.Start, trace.Stop)()
-	if path := os.Getenv("MERPATI_HEAPPROFILE"); path != "" {
-		defer heapProfileOnSignal(name, strings.ReplaceAll(path, "%p", strconv.Itoa(os.Getpid())))()
+	if path := envPath("MERPATI_HEAPPROFILE"); path != "" {
+		defer heapProfileOnSignal(name, path)()
 	}
 	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
 	return exitStatus(name, err, os.Stderr)
 }
 
+// envPath returns the file name the environment variable env gives, "%p"
+// in it standing for the process ID, or "" if it is not set.
+func envPath(env string) string {
+	return strings.ReplaceAll(os.Getenv(env), "%p", strconv.Itoa(os.Getpid()))
+}
+
 // startToFile starts start writing to the file that the environment
-// variable env names ("%p" in it stands for the process ID), if it is set,
-// and returns what stops it and closes the file. A failure is printed,
-// not fatal: the program runs without it.
+// variable env names (see envPath), if it is set, and returns what stops
+// it and closes the file. A failure is printed, not fatal: the program
+// runs without it.
 func startToFile(name, what, env string, start func(io.Writer) error, stop func()) func() {
-	path := os.Getenv(env)
+	path := envPath(env)
 	if path == "" {
 		return func() {}
 	}
-	f, err := os.Create(strings.ReplaceAll(path, "%p", strconv.Itoa(os.Getpid())))
+	f, err := os.Create(path)
 	if err == nil {
 		if err = start(f); err != nil {
 			f.Close()
