@@ -84,6 +84,7 @@ func copyHalf(dst, src net.Conn, count func(int), abort func()) int64 {
 		}
 	}
 	wait := waiter(src) // nil where src cannot wait for data without a buffer
+	gate, _ := dst.(WriteGate)
 	small := make([]byte, head+smallBuf)
 	base := small
 	buf := small[head:]
@@ -103,6 +104,9 @@ func copyHalf(dst, src net.Conn, count func(int), abort func()) int64 {
 				base = *bufp
 				buf = base[head : head+size]
 			}
+		}
+		if gate != nil && bufp != nil {
+			gate.WaitWrite()
 		}
 		n, rerr := src.Read(buf)
 		if n > 0 {

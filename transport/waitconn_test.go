@@ -180,3 +180,61 @@ func (c *headroomConn) Write([]byte) (int, error) {
 }
 func (c *headroomConn) CloseWrite() error { c.closedWrite = true; return nil }
 func (c *headroomConn) Close() error      { return nil }
+
+// TestSpliceWriteGate: a WriteGate destination is asked to wait before
+// each read into the big buffer, and not before a small message.
+func TestSpliceWriteGate(t *testing.T) {
+	src, a := tcpPair(t)
+	defer src.Close()
+	g := &gateConn{}
+	data := make([]byte, 1<<20+777)
+	for i := range data {
+		data[i] = byte(i * 13 / 7)
+	}
+	done := make(chan int64)
+	go func() { done <- copyHalf(g, a, nil, func() { t.Error("copy aborted") }) }()
+	if _, err := src.Write(data[:100]); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(20 * time.Millisecond) // read on its own
+	if _, err := src.Write(data[100:]); err != nil {
+		t.Fatal(err)
+	}
+	src.CloseWrite()
+	if n := <-done; n != int64(len(data)) || !bytes.Equal(g.got.Bytes(), data) {
+		t.Fatalf("copied %d bytes (%d kept), want %d", n, g.got.Len(), len(data))
+	}
+	if len(g.events) == 0 || g.events[0] == -1 {
+		t.Fatalf("events %v: the first, a small message, waited at the gate", g.events)
+	}
+	waits := 0
+	for i, e := range g.events {
+		if e == -1 {
+			waits++
+		}
+		if e > smallBuf && g.events[i-1] != -1 {
+			t.Fatalf("events %v: a write of %d bytes without a wait before its read", g.events, e)
+		}
+	}
+	if waits == 0 {
+		t.Fatalf("events %v: no wait at the gate", g.events)
+	}
+}
+
+// gateConn is a WriteGate that logs its waits (as -1) and the sizes of
+// the writes it takes.
+type gateConn struct {
+	net.Conn // nil: only what Splice calls is here
+	events   []int
+	got      bytes.Buffer
+}
+
+func (c *gateConn) WaitWrite() { c.events = append(c.events, -1) }
+
+func (c *gateConn) Write(b []byte) (int, error) {
+	c.events = append(c.events, len(b))
+	c.got.Write(b)
+	return len(b), nil
+}
+func (c *gateConn) CloseWrite() error { return nil }
+func (c *gateConn) Close() error      { return nil }

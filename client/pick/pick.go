@@ -971,6 +971,14 @@ func (s *countedStream) WriteWithHeadroom(b []byte, head int) (int, error) {
 	return n, err
 }
 
+// WaitWrite passes on the carrier stream's write gate (see
+// [transport.WriteGate]).
+func (s *countedStream) WaitWrite() {
+	if g, ok := s.Stream.(transport.WriteGate); ok {
+		g.WaitWrite()
+	}
+}
+
 // A splicingStream is a countedStream whose carrier stream is a
 // [transport.Splicer].
 type splicingStream struct{ *countedStream }

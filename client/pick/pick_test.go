@@ -610,3 +610,55 @@ func TestStatusLineSendsNoPing(t *testing.T) {
 		t.Errorf("status after a ping: RTT %v, want the ping's 1ms", st.RTT)
 	}
 }
+
+// TestCountedStreamPassesOn: the counting wrapper around a carrier's
+// stream passes on what transport.Splice asks of the stream beyond
+// net.Conn: its write gate, and its headroom, counted as sent.
+func TestCountedStreamPassesOn(t *testing.T) {
+	fs := &fancyStream{}
+	a := &Active{}
+	var cs any = &countedStream{Stream: fs, a: a}
+	g, ok := cs.(transport.WriteGate)
+	if !ok {
+		t.Fatal("not a WriteGate")
+	}
+	g.WaitWrite()
+	if fs.waits != 1 {
+		t.Fatalf("the carrier stream's WaitWrite was called %d times, want 1", fs.waits)
+	}
+	hw := cs.(transport.HeadroomWriter)
+	if hw.WriteHeadroom() != 9 {
+		t.Fatalf("WriteHeadroom = %d, want the stream's 9", hw.WriteHeadroom())
+	}
+	if n, err := hw.WriteWithHeadroom(make([]byte, 9+100), 9); n != 100 || err != nil {
+		t.Fatalf("WriteWithHeadroom = %d, %v", n, err)
+	}
+	if sent, _ := a.Bytes(); sent != 100 || fs.headroomWrites != 1 {
+		t.Fatalf("%d bytes counted, %d headroom writes; want 100 and 1", sent, fs.headroomWrites)
+	}
+	// A carrier stream without them: no wait, no headroom.
+	cs = &countedStream{Stream: plainStream{}, a: a}
+	cs.(transport.WriteGate).WaitWrite()
+	if cs.(transport.HeadroomWriter).WriteHeadroom() != 0 {
+		t.Fatal("headroom asked for a stream that wants none")
+	}
+}
+
+// plainStream is a transport.Stream and no more; only what the test calls
+// is here.
+type plainStream struct{ net.Conn }
+
+func (plainStream) CloseWrite() error { return nil }
+
+// fancyStream is a plainStream with a write gate and headroom.
+type fancyStream struct {
+	plainStream
+	waits, headroomWrites int
+}
+
+func (s *fancyStream) WaitWrite()         { s.waits++ }
+func (s *fancyStream) WriteHeadroom() int { return 9 }
+func (s *fancyStream) WriteWithHeadroom(b []byte, head int) (int, error) {
+	s.headroomWrites++
+	return len(b) - head, nil
+}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/url"
 	"os"
@@ -30,7 +31,7 @@ import (
 var allPaths = []string{"tls", "plain-tls", "quic", "plain-quic", "mtproxy", "splice"}
 
 // The tests, in the order they run in each round.
-var allTests = []string{"1", "100", "open", "rtt", "hs", "idle", "idle-stream"}
+var allTests = []string{"1", "100", "open", "rtt", "rtt-load", "hs", "idle", "idle-stream"}
 
 // hsPaths are the paths with a handshake of their own (test hs);
 // idlePaths those whose idle sessions test idle measures.
@@ -602,6 +603,8 @@ func (l *lab) measure(ctx context.Context) error {
 					err = l.testOpen(p)
 				case "rtt":
 					err = l.testRTT(p)
+				case "rtt-load":
+					err = l.testRTTLoad(p)
 				case "hs":
 					if slices.Contains(hsPaths, name) {
 						err = l.testHandshake(p)
@@ -812,7 +815,43 @@ func (l *lab) testOpen(p *path) error {
 }
 
 // testRTT measures round trips of a packet on one stream.
-func (l *lab) testRTT(p *path) error {
+func (l *lab) testRTT(p *path) error { return l.roundTrips(p, "rtt", l.cfg.rtts) }
+
+// loadStreams is how many streams download while test rtt-load measures
+// round trips on another, as an app loads media while its user chats.
+const loadStreams = 16
+
+// testRTTLoad measures round trips of a packet on one stream while
+// loadStreams other streams along the same path download without end.
+// Through a carrier they share the stream's connection, so its packets
+// queue behind their data; through a tunnel of a connection per stream
+// they share only the CPU.
+func (l *lab) testRTTLoad(p *path) error {
+	ss, err := openMany(p, loadStreams)
+	if err != nil {
+		return err
+	}
+	var wg sync.WaitGroup
+	for _, s := range ss {
+		wg.Go(func() {
+			// Ends with an error once s is closed below.
+			transfer(s, modeDown, math.MaxInt64, packet(l.cfg.buf))
+		})
+	}
+	defer func() {
+		for _, s := range ss {
+			s.Close()
+		}
+		wg.Wait()
+	}()
+	time.Sleep(200 * time.Millisecond) // the downloads under way
+	return l.roundTrips(p, "rttload", max(1, l.cfg.rtts/4))
+}
+
+// roundTrips measures n round trips of a packet on a new stream along p,
+// and records their median and 99th percentile as metric-p50 and
+// metric-p99, in µs.
+func (l *lab) roundTrips(p *path, metric string, n int) error {
 	s, err := p.open()
 	if err != nil {
 		return err
@@ -823,8 +862,8 @@ func (l *lab) testRTT(p *path) error {
 	}
 	msg := packet(rttLen)
 	got := make([]byte, rttLen)
-	rtts := make([]time.Duration, 0, l.cfg.rtts)
-	for i := range l.cfg.rtts + 50 {
+	rtts := make([]time.Duration, 0, n)
+	for i := range n + 50 {
 		t0 := time.Now()
 		if _, err := s.Write(msg); err != nil {
 			return err
@@ -840,8 +879,8 @@ func (l *lab) testRTT(p *path) error {
 	us := func(q float64) float64 {
 		return float64(rtts[min(len(rtts)-1, int(q*float64(len(rtts))))].Nanoseconds()) / 1e3
 	}
-	l.record(p.name, "rtt-p50", us(0.50))
-	l.record(p.name, "rtt-p99", us(0.99))
+	l.record(p.name, metric+"-p50", us(0.50))
+	l.record(p.name, metric+"-p99", us(0.99))
 	return nil
 }
 

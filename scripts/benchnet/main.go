@@ -104,7 +104,7 @@ import (
 func main() { os.Exit(cmdmain.Main("benchnet", run)) }
 
 const usage = `usage:
-  benchnet run --bin DIR [--only tls,plain-tls,quic,plain-quic,mtproxy,splice] [--tests 1,100,open,rtt,hs,idle]
+  benchnet run --bin DIR [--only tls,plain-tls,quic,plain-quic,mtproxy,splice] [--tests 1,100,open,rtt,rtt-load,hs,idle,idle-stream]
                [--count 3] [--size 1GiB] [--psize 10MiB] [--streams 100] [--sessions 1000,10000] ...
   benchnet dc|cover|tls-server|tls-client|quic-server|quic-client|splice|sessions ...   (roles run starts)
 Run "benchnet COMMAND -h" for a command's flags.`

@@ -60,21 +60,22 @@ func (l *lab) report(w io.Writer) {
 	}
 	fmt.Fprintf(w, "\nMedians of %s round(s); MB = 10^6 bytes; CPU = utime+stime from /proc of the client-side and relay-side processes; buffers %s.\n\n",
 		rounds, formatSize(int64(c.buf)))
-	fmt.Fprintf(w, "| path | 1 stream down/up MB/s (%s) | %d×%s down/up MB/s | CPU s/GiB client, relay (1 stream) | CPU s/GiB client, relay (%d streams) | stream opens/s | 100 B RTT p50/p99 µs | handshakes/s, CPU ms client, relay |\n",
-		formatSize(c.size), c.streams, formatSize(c.psize), c.streams)
-	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|")
+	fmt.Fprintf(w, "| path | 1 stream down/up MB/s (%s) | %d×%s down/up MB/s | CPU s/GiB client, relay (1 stream) | CPU s/GiB client, relay (%d streams) | stream opens/s | 100 B RTT p50/p99 µs | same, %d streams downloading | handshakes/s, CPU ms client, relay |\n",
+		formatSize(c.size), c.streams, formatSize(c.psize), c.streams, loadStreams)
+	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|")
 	for _, p := range c.only {
 		hs := "–"
 		if !math.IsNaN(r.med(p, "hs-rate")) {
 			hs = fmt.Sprintf("%s, %s, %s", num(r.med(p, "hs-rate"), 0), num(r.med(p, "hs-client-ms"), 2), num(r.med(p, "hs-relay-ms"), 2))
 		}
-		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %s | %s |\n", pathLabels[p],
+		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", pathLabels[p],
 			pair(r.med(p, "1-d"), r.med(p, "1-u"), 0, "/"),
 			pair(r.med(p, "100-d"), r.med(p, "100-u"), 0, "/"),
 			pair(r.med(p, "cpu1-client"), r.med(p, "cpu1-relay"), 2, ", "),
 			pair(r.med(p, "cpu100-client"), r.med(p, "cpu100-relay"), 2, ", "),
 			num(r.med(p, "opens"), 0),
 			pair(r.med(p, "rtt-p50"), r.med(p, "rtt-p99"), 0, "/"),
+			pair(r.med(p, "rttload-p50"), r.med(p, "rttload-p99"), 0, "/"),
 			hs)
 	}
 	if l.wantsTest("1") || l.wantsTest("100") {
@@ -127,6 +128,8 @@ func (l *lab) report(w io.Writer) {
 			}
 			ratio("new TLS-carrier session / plain TLS handshake, relay CPU", r.med("tls", "hs-relay-ms"), r.med("plain-tls", "hs-relay-ms"), "≤ 1.3")
 			ratio("TLS carrier / plain TLS, 100 B round trip p50", r.med("tls", "rtt-p50"), r.med("plain-tls", "rtt-p50"), "≤ 1.3")
+			ratio(fmt.Sprintf("TLS carrier / plain TLS, round trip p50, %d downloading", loadStreams),
+				r.med("tls", "rttload-p50"), r.med("plain-tls", "rttload-p50"), "none")
 		}
 	}
 	for _, n := range c.sessions {

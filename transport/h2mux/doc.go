@@ -43,5 +43,7 @@
 //
 // One goroutine reads frames and one writes them; stream reads and writes
 // never block the reading goroutine, so a slow stream does not stall the
-// others beyond what the connection window allows.
+// others beyond what the connection window allows. Busy streams queue
+// their DATA for the writer in turn, a few at a time ([Stream.WaitWrite]),
+// so that a small message written meanwhile waits behind little.
 package h2mux

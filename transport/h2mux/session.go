@@ -61,8 +61,9 @@ type Session struct {
 	dispatchMu sync.Mutex
 	slotCh     chan struct{} // client: cap 1: a stream slot was freed or the limit rose; nil on a server, which opens none
 	done       chan struct{} // closed when the session is dead
-	writerDone chan struct{} // closed when writeLoop has returned
+	writerDone chan struct{} // closed when no writer will write again (see writerEnded)
 	dieOnce    sync.Once
+	writerOnce sync.Once // closes writerDone
 	wg         sync.WaitGroup
 
 	mu         sync.Mutex
@@ -101,6 +102,14 @@ type Session struct {
 	// ncq mirrors len(cq), so that the writer can check for control
 	// frames between two items of a batch without taking mu.
 	ncq atomic.Int32
+
+	// The write gate (see [Stream.WaitWrite]): streams waiting to read
+	// their next data, in turn; gateWaiting mirrors len(gateQ) and
+	// dataQueued counts the DATA items queued and not yet written, so
+	// that the writer checks both without taking mu.
+	gateQ       []*Stream
+	gateWaiting atomic.Int32
+	dataQueued  atomic.Int32
 
 	peerMaxStreams uint32
 	peerMaxFrame   uint32
@@ -520,6 +529,9 @@ func (s *Session) die(err error) {
 		for _, st := range s.streams {
 			st.stopTimersLocked()
 		}
+		if !s.writerOn && !s.writing {
+			s.writerEnded() // none runs, and kickLocked starts none now
+		}
 		if s.idleTimer != nil {
 			s.idleTimer.Stop()
 		}
@@ -673,6 +685,9 @@ func (s *Session) enqueueLocked(it writeItem) bool {
 		s.ncq.Store(int32(len(s.cq)))
 	} else {
 		s.wq = append(s.wq, it)
+		if it.kind == itemData {
+			s.dataQueued.Add(1)
+		}
 	}
 	s.kickLocked()
 	return true
@@ -683,13 +698,27 @@ func (s *Session) enqueueLocked(it writeItem) bool {
 // while there is something to write (see writeFrames): an idle session
 // has no goroutine but its reader. s.mu is held.
 func (s *Session) kickLocked() {
-	if s.writerOn || s.err != nil {
+	if s.err != nil {
+		if !s.writerOn && !s.writing {
+			s.writerEnded()
+		}
+		return
+	}
+	if s.writerOn {
 		return
 	}
 	s.writerOn = true
 	s.wg.Add(1) // before s.err is set, so before Close waits
 	go s.writeLoop()
 }
+
+// writerEnded closes writerDone: the session has died and no writer runs
+// or will run (the writer goroutine has returned, or none ran and none
+// holds the write token), so that DATA still queued will not go out. A
+// stream waiting for its queued DATA learns so from writerDone (see
+// [Stream.Write]); were it to return on s.done instead, a writer might
+// still be reading its buffer.
+func (s *Session) writerEnded() { s.writerOnce.Do(func() { close(s.writerDone) }) }
 
 // errWriterIdle ends a writer goroutine that has nothing left to write.
 var errWriterIdle = errors.New("h2mux: writer idle")
@@ -784,7 +813,7 @@ func (s *Session) writeLoop() {
 	if err == errWriterIdle {
 		return
 	}
-	defer close(s.writerDone)
+	defer s.writerEnded()
 	if err != nil {
 		var de *drainedError
 		if errors.As(err, &de) {
@@ -852,6 +881,11 @@ func (s *Session) writeFrames() error {
 				continue
 			}
 			s.releaseWriter()
+			// Streams whose turn at the write gate went unused
+			// (see Stream.WaitWrite) may wait for one still.
+			for range gateItems {
+				s.openGateLocked()
+			}
 			if s.client && s.goaway && s.numStreams == 0 {
 				// The server sent GOAWAY and the last stream has
 				// ended: close the session, as a browser does.
@@ -899,12 +933,16 @@ func (s *Session) writeFrames() error {
 						signal(data.st.wdone)
 					}
 					*data = writeItem{}
+					s.dataWritten()
 				}
 			} else {
 				err = s.writeItem(it, maxFrame)
 			}
 			if it.notify {
 				signal(it.st.wdone)
+			}
+			if it.kind == itemData {
+				s.dataWritten()
 			}
 			if err != nil {
 				return err
@@ -942,7 +980,9 @@ func (s *Session) writeDirect(it *writeItem) error {
 	s.mu.Lock()
 	s.releaseWriter() // on error too: the session is dying
 	s.writing = false
-	if len(s.wq)+len(s.cq) > 0 {
+	if len(s.wq)+len(s.cq) > 0 || s.err != nil {
+		// A writer for what was queued meanwhile; or, the session
+		// having died, none (see kickLocked).
 		s.kickLocked()
 	}
 	return err

@@ -57,6 +57,7 @@ type Stream struct {
 	sinkCount   func(int)
 	sinkWritten int64 // what the read loop wrote to sink
 	spliceIdle  bool  // SpliceTo waits for data with nothing in hand
+	gateOpen    bool  // WaitWrite's turn came (see Session.openGateLocked)
 }
 
 // deadline is one direction's deadline: a time and a timer that wakes the
@@ -403,6 +404,9 @@ func (st *Stream) write(p, framed []byte) (int, error) {
 			if avail > 0 {
 				break
 			}
+			// A stream let on by the write gate that waits for its
+			// window passes its turn on.
+			s.openGateLocked()
 			s.mu.Unlock()
 			first = false // the writer may take the HEADERS alone meanwhile
 			select {
@@ -431,6 +435,7 @@ func (st *Stream) write(p, framed []byte) (int, error) {
 		}
 		if s.canWriteDirectLocked(&it) {
 			err := s.writeDirect(&it)
+			s.openGateLocked()
 			s.mu.Unlock()
 			if err != nil {
 				s.die(fmt.Errorf("h2mux: write: %w", err))
