@@ -5,6 +5,7 @@ package transport
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -238,3 +239,88 @@ func (c *gateConn) Write(b []byte) (int, error) {
 }
 func (c *gateConn) CloseWrite() error { return nil }
 func (c *gateConn) Close() error      { return nil }
+
+// TestWaitConnGather: while gathering, a WaitConn writes what it is given
+// in fewer system calls, all of it and in order, and the rest when
+// gathering stops; writes before and after go out as they come. FindGatherer
+// finds it under conns that name it with NetConn.
+func TestWaitConnGather(t *testing.T) {
+	a, b := tcpPair(t)
+	defer a.Close()
+	c := NewWaitConn(b).(*WaitConn)
+	defer c.Close()
+	if g := FindGatherer(netConner{netConner{c}}); g != Gatherer(c) {
+		t.Fatalf("FindGatherer = %v", g)
+	}
+	if g := FindGatherer(netConner{b}); g != nil {
+		t.Fatalf("FindGatherer found %v over a plain TCP conn", g)
+	}
+	const record = 16<<10 + 22 // a TLS record of 16 KiB
+	var want bytes.Buffer
+	write := func(n int) {
+		t.Helper()
+		p := make([]byte, n)
+		for i := range p {
+			p[i] = byte(want.Len() + i*3)
+		}
+		if m, err := c.Write(p); m != n || err != nil {
+			t.Fatalf("Write = %d, %v", m, err)
+		}
+		want.Write(p)
+	}
+	got := make(chan []byte)
+	go func() {
+		b, _ := io.ReadAll(a)
+		got <- b
+	}()
+
+	write(100) // not gathering
+	if err := c.Gather(true); err != nil {
+		t.Fatal(err)
+	}
+	w0 := writeSyscalls(t)
+	for range 20 {
+		write(record)
+	}
+	write(7)
+	write(gatherSize + 1) // too big to gather: written as it comes
+	write(record)
+	if err := c.Gather(false); err != nil {
+		t.Fatal(err)
+	}
+	if w0 >= 0 {
+		// 20 records gathered four to a write (the last four with
+		// the 7 bytes), the big one, and the last record: 7 writes,
+		// against 23 one by one. The runtime may write too (to wake
+		// its poller).
+		n := writeSyscalls(t) - w0
+		if n > 12 {
+			t.Errorf("%d write system calls for 23 writes gathered, want about 7", n)
+		}
+	}
+	write(5) // not gathering
+	c.CloseWrite()
+	if b := <-got; !bytes.Equal(b, want.Bytes()) {
+		t.Fatalf("the peer read %d bytes, not the %d written in that order", len(b), want.Len())
+	}
+	if c.gather != nil {
+		t.Fatal("the gathering buffer is still held")
+	}
+}
+
+// writeSyscalls returns the process's write system calls so far (syscw of
+// /proc/self/io), or -1 where it cannot tell.
+func writeSyscalls(t *testing.T) int {
+	b, err := os.ReadFile("/proc/self/io")
+	if err != nil {
+		return -1
+	}
+	for line := range bytes.Lines(b) {
+		var n int
+		if _, err := fmt.Sscanf(string(line), "syscw: %d", &n); err == nil {
+			return n
+		}
+	}
+	t.Fatalf("no syscw in /proc/self/io: %q", b)
+	return -1
+}

@@ -3,6 +3,7 @@ package h2mux
 import (
 	"bytes"
 	"context"
+	"io"
 	"net"
 	"sync"
 	"testing"
@@ -275,4 +276,87 @@ func TestQueuedWriteWhenSessionDies(t *testing.T) {
 			t.Fatal("a write still waits after its session was closed")
 		}
 	}
+}
+
+// TestWritesGathered: over a connection that can gather writes (a
+// transport.WaitConn, as under TLS), a session's writer and a stream
+// writing directly gather every frame they write, and stop gathering
+// (which writes out what was gathered) before they give up writing.
+func TestWritesGathered(t *testing.T) {
+	var g *gatherRecorder
+	cs, ss := newSessions(t, func(tb testing.TB) (net.Conn, net.Conn) {
+		c, s := tcpPair(tb)
+		g = &gatherRecorder{Conn: c}
+		return g, s
+	}, Config{}, Config{})
+	if cs.gather != transport.Gatherer(g) {
+		t.Fatal("the session does not gather its writes")
+	}
+	st, server := pastPaddedWrites(t, cs, ss)
+	const size, n = 65500, 32
+	got := make(chan error, 1)
+	go func() {
+		_, err := io.CopyN(io.Discard, server, size*n)
+		got <- err
+	}()
+	g.reset()
+	var wg sync.WaitGroup
+	for range 2 { // two goroutines: some writes go direct, some queue
+		wg.Go(func() {
+			b := make([]byte, frameHeaderSz+size)
+			for range n / 2 {
+				if _, err := st.(*Stream).WriteWithHeadroom(b, frameHeaderSz); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if err := <-got; err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the writer to go idle", func() bool {
+		cs.mu.Lock()
+		defer cs.mu.Unlock()
+		return !cs.writerOn && !cs.writing
+	})
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.loose > 0 || g.gathered < 4*n || g.on {
+		t.Fatalf("%d frame writes gathered, %d not; gathering still on: %v", g.gathered, g.loose, g.on)
+	}
+}
+
+// gatherRecorder is a transport.Gatherer that counts the writes made while
+// it gathers and those made while it does not; it writes them all at once.
+type gatherRecorder struct {
+	net.Conn
+	mu              sync.Mutex
+	on              bool
+	gathered, loose int
+}
+
+func (g *gatherRecorder) Gather(on bool) error {
+	g.mu.Lock()
+	g.on = on
+	g.mu.Unlock()
+	return nil
+}
+
+func (g *gatherRecorder) Write(p []byte) (int, error) {
+	g.mu.Lock()
+	if g.on {
+		g.gathered++
+	} else {
+		g.loose++
+	}
+	g.mu.Unlock()
+	return g.Conn.Write(p)
+}
+
+func (g *gatherRecorder) reset() {
+	g.mu.Lock()
+	g.gathered, g.loose = 0, 0
+	g.mu.Unlock()
 }

@@ -87,10 +87,11 @@ type Session struct {
 	cq         []writeItem   // connection control frames, written ahead of wq (see enqueueLocked)
 	nCtrl      int           // peer-provoked frames in wq and cq
 	pings      map[[8]byte]*pingState
-	ready      []*Stream // streams with new data whose readers are not yet woken
-	readyBytes int       // bytes received for them
-	delivered  int       // small messages the read loop wrote itself (see deliver)
-	waitHook   bool      // the connection calls wakeReaders before it waits for bytes (a transport.WaitConn)
+	ready      []*Stream          // streams with new data whose readers are not yet woken
+	readyBytes int                // bytes received for them
+	delivered  int                // small messages the read loop wrote itself (see deliver)
+	waitHook   bool               // the connection calls wakeReaders before it waits for bytes (a transport.WaitConn)
+	gather     transport.Gatherer // the connection under TLS, if it gathers writes; nil otherwise
 	pingSeq    uint64
 	rtt        time.Duration // round trip of the latest acknowledged PING; 0 before the first
 	heard      chan struct{} // closed (and cleared) when the next frame arrives; nil if nobody waits
@@ -250,6 +251,7 @@ func newSession(conn net.Conn, cfg Config, client bool) (*Session, error) {
 		s.idleTimer = time.AfterFunc(d, s.idleCheck)
 	}
 	s.waitHook = transport.SetOnReadWait(conn, s.wakeReaders)
+	s.gather = transport.FindGatherer(conn)
 	s.wg.Add(1)
 	go s.readLoop()
 	if !cfg.PrefaceNow {
@@ -904,6 +906,7 @@ func (s *Session) writeFrames() error {
 		maxFrame := int(s.peerMaxFrame)
 		s.mu.Unlock()
 		s.takeWriter()
+		s.gatherWrites(true)
 
 		if err := s.writeCtrl(ctrl, maxFrame); err != nil {
 			return err
@@ -951,10 +954,16 @@ func (s *Session) writeFrames() error {
 				// The last frame: nothing is written after it, and
 				// the token stays taken.
 				err := s.bw.Flush()
+				if gerr := s.gatherWrites(false); err == nil {
+					err = gerr
+				}
 				s.releaseWriter()
 				return err
 			}
 			*it = writeItem{} // drop references to streams and buffers
+		}
+		if err := s.gatherWrites(false); err != nil {
+			return err
 		}
 		s.mu.Lock()
 		s.writing = false
@@ -971,11 +980,15 @@ func (s *Session) writeDirect(it *writeItem) error {
 	maxFrame := int(s.peerMaxFrame)
 	s.mu.Unlock()
 	s.takeWriter()
+	s.gatherWrites(true)
 	var err error
 	if it.framed != nil {
 		err = s.writeFramed(it.id, it.framed, it.end, maxFrame)
 	} else if err = s.writeData(it.id, it.data, it.end, maxFrame, it.pad); err == nil {
 		err = s.bw.Flush()
+	}
+	if gerr := s.gatherWrites(false); err == nil {
+		err = gerr
 	}
 	s.mu.Lock()
 	s.releaseWriter() // on error too: the session is dying
@@ -986,6 +999,19 @@ func (s *Session) writeDirect(it *writeItem) error {
 		s.kickLocked()
 	}
 	return err
+}
+
+// gatherWrites turns on or off the gathering of the connection's writes
+// into fewer system calls, where the connection under TLS can gather them
+// (see [transport.Gatherer]): on while a writer writes a round of queued
+// frames or a stream writes directly, and off, writing out what was
+// gathered, at its end, before the write token is given back. Turning it
+// on does not fail.
+func (s *Session) gatherWrites(on bool) error {
+	if s.gather == nil {
+		return nil
+	}
+	return s.gather.Gather(on)
 }
 
 // canWriteDirectLocked reports whether a stream may write its DATA item it
