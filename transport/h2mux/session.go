@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -1591,9 +1592,7 @@ func (s *Session) readFrames() error {
 				return err
 			}
 			if handled {
-				if s.readyBytes >= wakeBytes || !s.waitHook && !s.frameBuffered() {
-					s.wakeReaders()
-				}
+				s.wakeIfDue()
 				continue
 			}
 		}
@@ -1633,9 +1632,29 @@ func (s *Session) readFrames() error {
 		if f.Header().Type == http2.FrameHeaders {
 			s.dispatch()
 		}
-		if s.readyBytes >= wakeBytes || !s.waitHook && !s.frameBuffered() {
-			s.wakeReaders()
-		}
+		s.wakeIfDue()
+	}
+}
+
+// wakeIfDue wakes the readers of streams that received data (see
+// wakeReaders) after wakeBytes, or, where the connection does not tell
+// when its socket is drained, once no whole frame is left in the read
+// buffer.
+//
+// After wakeBytes, more is coming, and the read loop then yields its
+// thread to the readers it woke: they write the data out while it is still
+// in this core's cache, where the read loop has just put it, and their
+// chunks come back to this core's pool to take the next payloads. Left to
+// run on, the read loop fills chunk after chunk while the readers wait for
+// a thread, and with many busy streams megabytes queue, each copy of them
+// then a cache miss.
+func (s *Session) wakeIfDue() {
+	switch {
+	case s.readyBytes >= wakeBytes:
+		s.wakeReaders()
+		runtime.Gosched()
+	case !s.waitHook && !s.frameBuffered():
+		s.wakeReaders()
 	}
 }
 
