@@ -16,6 +16,7 @@
 # Tests (-tests): 1 (one stream down/up, CPU per GiB, system calls per MiB on
 # the TCP paths), 100 (-streams × -psize
 # down/up), open (stream opens/s), rtt (100-byte round trip p50/p99),
+# rtt-load (the same while 16 other streams of the path download),
 # hs (handshakes/s and CPU per handshake), idle (relay memory and CPU per
 # idle session at each of -sessions; every path), idle-stream (the same
 # with a stream open in each session, after an echo; tls, plain-tls, quic,
