@@ -13,8 +13,10 @@ import (
 // conn has it) so the peer sees EOF while the opposite direction goes on.
 // When one direction fails, both conns are closed at once.
 //
-// A conn that is a [WriteSizer] gets writes of at most its size, and one
-// that is a [HeadroomWriter] the free bytes it asks for before each.
+// A conn that is a [WriteSizer] gets writes of at most its size, one
+// that is a [HeadroomWriter] the free bytes it asks for before each, and
+// one that is a [WriteGate] is waited on before each read that follows
+// one of a big buffer's worth.
 //
 // count, if not nil, is called from both copying goroutines with each chunk
 // of bytes written, for accounting; it must be safe for concurrent use.
@@ -96,6 +98,10 @@ func copyHalf(dst, src net.Conn, count func(int), abort func()) int64 {
 	}()
 	var total int64
 	drained := false // a read did not fill the big buffer: wait before taking it again
+	// The last read filled the big buffer: src streams data to dst,
+	// which, a WriteGate, may have it wait its turn before the next read.
+	// A message, even one of tens of KiB, goes on without waiting.
+	bulk := false
 	for {
 		if drained {
 			drained = false
@@ -105,10 +111,11 @@ func copyHalf(dst, src net.Conn, count func(int), abort func()) int64 {
 				buf = base[head : head+size]
 			}
 		}
-		if gate != nil && bufp != nil {
+		if bulk && gate != nil {
 			gate.WaitWrite()
 		}
 		n, rerr := src.Read(buf)
+		bulk = bufp != nil && n == size
 		if n > 0 {
 			var w int
 			var werr error

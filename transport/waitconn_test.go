@@ -183,7 +183,8 @@ func (c *headroomConn) CloseWrite() error { c.closedWrite = true; return nil }
 func (c *headroomConn) Close() error      { return nil }
 
 // TestSpliceWriteGate: a WriteGate destination is asked to wait before
-// each read into the big buffer, and not before a small message.
+// each read that follows a read of a whole big buffer, and not before the
+// reads of messages, small or of some KiB.
 func TestSpliceWriteGate(t *testing.T) {
 	src, a := tcpPair(t)
 	defer src.Close()
@@ -194,28 +195,32 @@ func TestSpliceWriteGate(t *testing.T) {
 	}
 	done := make(chan int64)
 	go func() { done <- copyHalf(g, a, nil, func() { t.Error("copy aborted") }) }()
-	if _, err := src.Write(data[:100]); err != nil {
-		t.Fatal(err)
-	}
-	time.Sleep(20 * time.Millisecond) // read on its own
-	if _, err := src.Write(data[100:]); err != nil {
-		t.Fatal(err)
+	msgs := 100 + 10<<10
+	for _, b := range [][]byte{data[:100], data[100:msgs], data[msgs:]} {
+		if _, err := src.Write(b); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(20 * time.Millisecond) // each read on its own
 	}
 	src.CloseWrite()
 	if n := <-done; n != int64(len(data)) || !bytes.Equal(g.got.Bytes(), data) {
 		t.Fatalf("copied %d bytes (%d kept), want %d", n, g.got.Len(), len(data))
 	}
-	if len(g.events) == 0 || g.events[0] == -1 {
-		t.Fatalf("events %v: the first, a small message, waited at the gate", g.events)
-	}
-	waits := 0
-	for i, e := range g.events {
+	waits, written, full := 0, 0, false
+	for _, e := range g.events {
 		if e == -1 {
 			waits++
+			full = false
+			continue
 		}
-		if e > smallBuf && g.events[i-1] != -1 {
-			t.Fatalf("events %v: a write of %d bytes without a wait before its read", g.events, e)
+		if written < msgs && waits > 0 {
+			t.Fatalf("events %v: a message waited at the gate", g.events)
 		}
+		if full {
+			t.Fatalf("events %v: a read after a whole big buffer did not wait", g.events)
+		}
+		written += e
+		full = e == bigBuf
 	}
 	if waits == 0 {
 		t.Fatalf("events %v: no wait at the gate", g.events)
