@@ -49,6 +49,27 @@ func (c *heldConn) Close() error {
 	return c.Conn.Close()
 }
 
+// heldSessions returns a client session over a heldConn and its server.
+func heldSessions(t *testing.T) (*Session, *Session, *heldConn) {
+	var held *heldConn
+	cs, ss := newSessions(t, func(testing.TB) (net.Conn, net.Conn) {
+		c, s := net.Pipe()
+		held = &heldConn{Conn: c, permits: make(chan struct{})}
+		return held, s
+	}, Config{}, Config{})
+	return cs, ss, held
+}
+
+// waitWriterIdle waits until nobody writes on s.
+func waitWriterIdle(t *testing.T, s *Session) {
+	t.Helper()
+	waitFor(t, "the writer to go idle", func() bool {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return !s.writerOn && !s.writing
+	})
+}
+
 // waitFor polls cond until it holds, or fails the test after 10 s.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
@@ -65,12 +86,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 // up the rest (the writer lets them on when its queue is empty); and a
 // stream waiting when it is closed, or when its session ends, goes on.
 func TestWriteGate(t *testing.T) {
-	var held *heldConn
-	cs, ss := newSessions(t, func(testing.TB) (net.Conn, net.Conn) {
-		c, s := net.Pipe()
-		held = &heldConn{Conn: c, permits: make(chan struct{})}
-		return held, s
-	}, Config{}, Config{})
+	cs, ss, held := heldSessions(t)
 	go func() { // the server reads whatever comes
 		for {
 			st, err := ss.AcceptStream(context.Background())
@@ -94,11 +110,7 @@ func TestWriteGate(t *testing.T) {
 		streams[i] = st.(*Stream)
 	}
 	// Everything written so far has reached the server.
-	waitFor(t, "the writer to go idle", func() bool {
-		cs.mu.Lock()
-		defer cs.mu.Unlock()
-		return !cs.writerOn && !cs.writing
-	})
+	waitWriterIdle(t, cs)
 	held.hold()
 
 	// Stream 0 writes directly and waits in the connection's Write;
@@ -235,19 +247,10 @@ var _ transport.WriteGate = (*Stream)(nil)
 // used to wait for good: the direct writer, failing, started no writer
 // goroutine for the queue, and nothing told the waiting Write.
 func TestQueuedWriteWhenSessionDies(t *testing.T) {
-	var held *heldConn
-	cs, ss := newSessions(t, func(testing.TB) (net.Conn, net.Conn) {
-		c, s := net.Pipe()
-		held = &heldConn{Conn: c, permits: make(chan struct{})}
-		return held, s
-	}, Config{}, Config{})
+	cs, ss, held := heldSessions(t)
 	a, _ := pastPaddedWrites(t, cs, ss)
 	b, _ := pastPaddedWrites(t, cs, ss)
-	waitFor(t, "the writer to go idle", func() bool {
-		cs.mu.Lock()
-		defer cs.mu.Unlock()
-		return !cs.writerOn && !cs.writing
-	})
+	waitWriterIdle(t, cs)
 	held.hold()
 	writes := make(chan error, 2)
 	for i, st := range []transport.Stream{a, b} {
@@ -316,11 +319,7 @@ func TestWritesGathered(t *testing.T) {
 	if err := <-got; err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the writer to go idle", func() bool {
-		cs.mu.Lock()
-		defer cs.mu.Unlock()
-		return !cs.writerOn && !cs.writing
-	})
+	waitWriterIdle(t, cs)
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if g.loose > 0 || g.gathered < 4*n || g.on {
