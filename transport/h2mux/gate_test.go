@@ -60,6 +60,32 @@ func heldSessions(t *testing.T) (*Session, *Session, *heldConn) {
 	return cs, ss, held
 }
 
+// startHeldWrites has each of sts write 1,000 bytes, in turn, on cs, whose
+// connection holds writes: the first writes directly and waits in the
+// connection's Write, the others queue an item each behind it. Each write's
+// result comes on the channel returned.
+func startHeldWrites(t *testing.T, cs *Session, sts []*Stream) chan error {
+	t.Helper()
+	writes := make(chan error, len(sts))
+	for i, st := range sts {
+		go func() {
+			b := append(make([]byte, frameHeaderSz), bytes.Repeat([]byte{byte(i)}, 1000)...)
+			_, err := st.WriteWithHeadroom(b, frameHeaderSz)
+			writes <- err
+		}()
+		if i == 0 {
+			waitFor(t, "the direct write", func() bool {
+				cs.mu.Lock()
+				defer cs.mu.Unlock()
+				return cs.writing
+			})
+		} else {
+			waitFor(t, "an item queued", func() bool { return cs.dataQueued.Load() == int32(i) })
+		}
+	}
+	return writes
+}
+
 // waitWriterIdle waits until nobody writes on s.
 func waitWriterIdle(t *testing.T, s *Session) {
 	t.Helper()
@@ -115,23 +141,7 @@ func TestWriteGate(t *testing.T) {
 
 	// Stream 0 writes directly and waits in the connection's Write;
 	// streams 1 to 4 queue an item each behind it.
-	writes := make(chan error, 5)
-	for i := range 5 {
-		go func() {
-			b := append(make([]byte, frameHeaderSz), bytes.Repeat([]byte{byte(i)}, 1000)...)
-			_, err := streams[i].WriteWithHeadroom(b, frameHeaderSz)
-			writes <- err
-		}()
-		if i == 0 {
-			waitFor(t, "the direct write", func() bool {
-				cs.mu.Lock()
-				defer cs.mu.Unlock()
-				return cs.writing
-			})
-		} else {
-			waitFor(t, "an item queued", func() bool { return cs.dataQueued.Load() == int32(i) })
-		}
-	}
+	writes := startHeldWrites(t, cs, streams[:5])
 	gateLen := func() int {
 		cs.mu.Lock()
 		defer cs.mu.Unlock()
@@ -252,22 +262,7 @@ func TestQueuedWriteWhenSessionDies(t *testing.T) {
 	b, _ := pastPaddedWrites(t, cs, ss)
 	waitWriterIdle(t, cs)
 	held.hold()
-	writes := make(chan error, 2)
-	for i, st := range []transport.Stream{a, b} {
-		go func() {
-			_, err := st.(*Stream).WriteWithHeadroom(make([]byte, frameHeaderSz+1000), frameHeaderSz)
-			writes <- err
-		}()
-		if i == 0 {
-			waitFor(t, "the direct write", func() bool {
-				cs.mu.Lock()
-				defer cs.mu.Unlock()
-				return cs.writing
-			})
-		} else {
-			waitFor(t, "the queued write", func() bool { return cs.dataQueued.Load() == 1 })
-		}
-	}
+	writes := startHeldWrites(t, cs, []*Stream{a.(*Stream), b.(*Stream)})
 	cs.Close()
 	for range 2 {
 		select {
