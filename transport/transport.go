@@ -118,15 +118,15 @@ type HeadroomWriter interface {
 
 // A WriteGate is a conn, typically a [Stream] of a multiplexed session,
 // whose writes queue behind those of other conns sharing its connection.
-// [Splice] calls WaitWrite before it reads a big buffer's worth of data
-// to write to it, so that the data is read shortly before it can be
-// written, not long before, in a queue where it leaves the CPU's caches
-// (and the source's socket buffer holds it meanwhile, as it would for a
-// connection of its own).
+// [Splice] calls WaitWrite before each read that follows a read of a whole
+// big buffer (a bulk transfer, not a message), so that the data is read
+// shortly before it can be written, not long before, in a queue where it
+// leaves the CPU's caches (and the source's socket buffer holds it
+// meanwhile, as it would for a connection of its own).
 type WriteGate interface {
 	// WaitWrite returns when a write is unlikely to wait long behind
-	// other conns' writes, after a bounded wait. It reports nothing: a
-	// conn that cannot be written fails the next Write.
+	// other conns' writes, or at once once the conn cannot be written.
+	// It reports nothing: such a conn fails the next Write.
 	WaitWrite()
 }
 
